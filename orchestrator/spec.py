@@ -1,0 +1,355 @@
+"""The job spec: one YAML document that describes data, model, training and scaling.
+
+Pure module: it imports neither Ray nor torch, so validating a spec is fast and safe anywhere.
+Every model forbids unknown keys, so a typo is an error that names its field path.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from orchestrator.errors import SpecError
+
+NAME_RE = r"^[a-z0-9]([a-z0-9-]{0,50}[a-z0-9])?$"
+IMPORT_PATH_RE = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --------------------------------------------------------------------------------------- data
+
+
+class Split(_Model):
+    """Fractions of rows that go to each split. They must add up to 1."""
+
+    train: float = Field(0.7, gt=0, lt=1, description="Fraction of rows used for training.")
+    validation: float = Field(0.15, gt=0, lt=1, description="Fraction used for validation (per-epoch metrics, checkpoint score).")
+    test: float = Field(0.15, gt=0, lt=1, description="Held-out fraction, evaluated once at the end.")
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> "Split":
+        total = self.train + self.validation + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + validation + test must add up to 1, got {total:g}")
+        return self
+
+
+class ImageSpec(_Model):
+    """An image stored as a flat numeric array in one column."""
+
+    column: str = Field(description="Column that holds each image as a list of numbers.")
+    shape: list[Annotated[int, Field(gt=0)]] = Field(
+        description="Shape of one image as [channels, height, width]; the column holds prod(shape) values."
+    )
+
+    @field_validator("shape")
+    @classmethod
+    def _three_dims(cls, v: list[int]) -> list[int]:
+        if len(v) != 3:
+            raise ValueError("shape must be [channels, height, width]")
+        return v
+
+
+class DataSpec(_Model):
+    source: str = Field(
+        description="Parquet/CSV file or directory: a local path (relative paths resolve against the spec "
+        "file's folder) or any URI pyarrow understands (s3://, gs://, file://, ...)."
+    )
+    format: Optional[Literal["parquet", "csv"]] = Field(
+        None, description="File format; inferred from the source's extension when omitted."
+    )
+    prepare: Optional[Literal["sklearn:digits", "sklearn:breast_cancer", "sklearn:wine", "sklearn:diabetes"]] = Field(
+        None,
+        description="Built-in prepare step: writes this bundled scikit-learn dataset to `source` "
+        "as Parquet if the file does not exist yet.",
+    )
+    label: str = Field(description="Column to predict.")
+    task: Optional[Literal["classification", "regression"]] = Field(
+        None, description="Inferred from the label column's type when omitted (float -> regression)."
+    )
+    features: Optional[list[str]] = Field(
+        None, description="Numeric and categorical feature columns (tabular data). Omit to use every other column."
+    )
+    categorical: list[str] = Field(
+        default_factory=list,
+        description="Feature columns to one-hot encode (string columns are treated as categorical automatically).",
+    )
+    image: Optional[ImageSpec] = Field(None, description="Image input instead of tabular features.")
+    split: Split = Field(default_factory=Split)
+    seed: int = Field(0, ge=0, description="Seed of the deterministic train/validation/test split.")
+    cache: Literal["auto", "memory", "stream"] = Field(
+        "auto",
+        description="memory: preprocess once into Ray's object store before training (fast epochs); "
+        "stream: re-read and transform the source every epoch (bounded memory); auto: memory when the "
+        "source is at most 1 GiB on disk, else stream.",
+    )
+
+    @model_validator(mode="after")
+    def _features_or_image(self) -> "DataSpec":
+        if self.image is not None and self.features:
+            raise ValueError("give either `features` (tabular) or `image`, not both")
+        if self.image is not None and self.categorical:
+            raise ValueError("`categorical` applies to tabular features, not to `image`")
+        if self.features and self.label in self.features:
+            raise ValueError(f"label column {self.label!r} is also listed in features")
+        if self.features is not None and not self.features:
+            raise ValueError("features must name at least one column (or be omitted)")
+        unknown = sorted(set(self.categorical) - set(self.features or self.categorical))
+        if unknown:
+            raise ValueError(f"categorical columns {unknown} are not in features")
+        if self.format is None:
+            suffix = self.source.rstrip("/").rsplit(".", 1)[-1].lower()
+            if suffix in ("parquet", "pq"):
+                self.format = "parquet"
+            elif suffix in ("csv",):
+                self.format = "csv"
+            else:
+                raise ValueError(
+                    f"cannot infer the format of {self.source!r} from its extension; set data.format to parquet or csv"
+                )
+        return self
+
+
+# -------------------------------------------------------------------------------------- model
+
+
+class MLPSpec(_Model):
+    arch: Literal["mlp"] = "mlp"
+    hidden: list[Annotated[int, Field(gt=0)]] = Field([128, 64], description="Width of each hidden layer.")
+    activation: Literal["relu", "gelu", "tanh"] = "relu"
+    batch_norm: bool = False
+
+
+class CNNSpec(_Model):
+    arch: Literal["cnn"] = "cnn"
+    channels: list[Annotated[int, Field(gt=0)]] = Field(
+        [32, 64], description="Output channels of each 3x3 conv block (conv, batch norm, ReLU, 2x2 max-pool when the map allows)."
+    )
+    hidden: int = Field(128, gt=0, description="Width of the dense layer before the output layer.")
+
+
+class CustomModelSpec(_Model):
+    arch: Literal["custom"] = "custom"
+    factory: str = Field(
+        pattern=IMPORT_PATH_RE,
+        description="`module:function` returning an nn.Module. Called as "
+        "function(input_shape=..., num_outputs=..., dropout=..., **kwargs).",
+    )
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for the factory.")
+
+
+ModelSpec = Annotated[Union[MLPSpec, CNNSpec, CustomModelSpec], Field(discriminator="arch")]
+
+
+# -------------------------------------------------------------------------------------- train
+
+
+class EarlyStopping(_Model):
+    patience: int = Field(gt=0, description="Epochs without improvement of the checkpoint metric before stopping.")
+    min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as an improvement.")
+
+
+class TrainSpec(_Model):
+    epochs: int = Field(10, gt=0, le=10_000)
+    batch_size: int = Field(64, gt=0, le=1_000_000, description="Per-worker batch size.")
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0, le=10, description="Peak learning rate.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="Momentum (sgd only).")
+    schedule: Literal["constant", "cosine", "step", "onecycle"] = "constant"
+    step_size: int = Field(10, gt=0, description="Epochs between lr decays (schedule: step).")
+    gamma: float = Field(0.1, gt=0, le=1, description="Decay factor (schedule: step).")
+    warmup_epochs: int = Field(0, ge=0, description="Linear warm-up epochs (constant and cosine schedules).")
+    weight_decay: float = Field(0.0, ge=0, le=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Classification only.")
+    grad_clip: Optional[float] = Field(None, gt=0, description="Max global gradient norm; none to disable.")
+    early_stopping: Optional[EarlyStopping] = None
+    mixed_precision: Literal["auto", "off", "bf16", "fp16"] = Field(
+        "auto", description="GPU only. auto: bf16 where the GPU supports it, else fp16; always off on CPU."
+    )
+    max_failures: int = Field(3, ge=0, description="Worker-group restarts allowed; each resumes from the latest checkpoint.")
+    seed: int = Field(0, ge=0, description="Seed for weight initialisation and shuffling.")
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> "TrainSpec":
+        if self.warmup_epochs >= self.epochs and self.warmup_epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be smaller than epochs ({self.epochs})")
+        return self
+
+
+class ScalingSpec(_Model):
+    workers: int = Field(2, gt=0, le=4096, description="Data-parallel (DDP) workers.")
+    cpus_per_worker: Union[float, Literal["auto"]] = Field(
+        "auto",
+        description="CPUs reserved per worker. auto: share the cluster's CPUs, leaving room for Ray Data.",
+    )
+    gpus_per_worker: float = Field(0, ge=0, le=64, description="GPUs per worker; > 0 trains on GPU.")
+
+    @field_validator("cpus_per_worker")
+    @classmethod
+    def _positive(cls, v: Union[float, str]) -> Union[float, str]:
+        if v != "auto" and not (0 < float(v) <= 1024):
+            raise ValueError("must be 'auto' or a number in (0, 1024]")
+        return v
+
+    @property
+    def use_gpu(self) -> bool:
+        return self.gpus_per_worker > 0
+
+
+METRIC_MODES = {
+    "val_loss": "min",
+    "val_accuracy": "max",
+    "val_rmse": "min",
+    "val_mae": "min",
+}
+
+
+class CheckpointSpec(_Model):
+    keep: int = Field(2, gt=0, description="Checkpoints kept (best by `metric`; the latest is always kept too).")
+    metric: Literal["val_loss", "val_accuracy", "val_rmse", "val_mae"] = Field(
+        "val_loss", description="Validation metric that ranks checkpoints and picks the best one."
+    )
+
+    @property
+    def mode(self) -> str:
+        return METRIC_MODES[self.metric]
+
+
+class OutputSpec(_Model):
+    dir: str = Field("runs", description="Folder under which each run gets its own directory (relative to the working directory).")
+
+
+# --------------------------------------------------------------------------------------- spec
+
+
+class JobSpec(_Model):
+    name: str = Field(pattern=NAME_RE, description="Job name: lower-case letters, digits and '-', at most 52 characters.")
+    data: DataSpec
+    model: ModelSpec = Field(default_factory=MLPSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    scaling: ScalingSpec = Field(default_factory=ScalingSpec)
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    output: OutputSpec = Field(default_factory=OutputSpec)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "JobSpec":
+        if isinstance(self.model, CNNSpec) and self.data.image is None:
+            raise ValueError("model.arch cnn needs image data: set data.image")
+        task = self.data.task
+        if task == "regression":
+            if self.checkpoint.metric == "val_accuracy":
+                raise ValueError("checkpoint.metric val_accuracy needs a classification task")
+            if self.train.label_smoothing:
+                raise ValueError("train.label_smoothing applies to classification only")
+        if task == "classification" and self.checkpoint.metric in ("val_rmse", "val_mae"):
+            raise ValueError(f"checkpoint.metric {self.checkpoint.metric} needs a regression task")
+        return self
+
+    # Where the spec came from; relative data paths resolve against it. Not part of the schema.
+    _base_dir: Path = Path(".")
+
+    @property
+    def base_dir(self) -> Path:
+        return self._base_dir
+
+
+# ------------------------------------------------------------------------------------ loading
+
+
+def _loc(loc: tuple) -> str:
+    """('model', 'cnn', 'channels', 0) -> 'model.channels[0]' (the union tag is not a field)."""
+    out = ""
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif i > 0 and loc[i - 1] == "model" and part in ("mlp", "cnn", "custom") and len(loc) > i + 1:
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def format_validation_error(err: ValidationError) -> list[str]:
+    lines = []
+    for e in err.errors(include_url=False):
+        msg = e["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling; `orchestrator schema` lists every field)"
+        elif e["type"] == "union_tag_invalid":
+            msg = f"unknown model arch {e.get('input', {}).get('arch') if isinstance(e.get('input'), dict) else ''!r}; expected one of mlp, cnn, custom"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        lines.append(f"{_loc(tuple(e['loc']))}: {msg}")
+    return lines
+
+
+def parse_spec(data: Any, *, source: str = "<spec>", base_dir: Optional[Path] = None) -> JobSpec:
+    if not isinstance(data, dict):
+        raise SpecError(source, [f"(top level): expected a mapping of fields, got {type(data).__name__}"])
+    try:
+        spec = JobSpec.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(source, format_validation_error(err)) from None
+    spec._base_dir = (base_dir or Path(".")).resolve()
+    return spec
+
+
+def load_spec(path: str | Path) -> JobSpec:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(str(path), ["file not found"]) from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
+        raise SpecError(str(path), [f"cannot read: {e.__class__.__name__}: {e}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise SpecError(str(path), [f"(yaml) {where}{problem}"]) from None
+    return parse_spec(data, source=str(path), base_dir=path.parent)
+
+
+def spec_to_dict(spec: JobSpec) -> dict:
+    return spec.model_dump(mode="json")
+
+
+def json_schema() -> dict:
+    schema = JobSpec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "orchestrator job spec"
+    return schema
+
+
+def is_uri(source: str) -> bool:
+    return bool(re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", source))
+
+
+def resolve_source(spec: JobSpec) -> str:
+    """Absolute local path or URI of the dataset."""
+    src = spec.data.source
+    if is_uri(src):
+        return src
+    p = Path(src).expanduser()
+    if not p.is_absolute():
+        p = spec.base_dir / p
+    return str(p.resolve())
