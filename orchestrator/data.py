@@ -219,6 +219,9 @@ def prepare_data(spec: JobSpec) -> PreparedData:
         batch_format="pandas",
         num_cpus=DATA_TASK_CPUS,
     )
+    cache = d.cache == "memory" or (d.cache == "auto" and (source_bytes(src) or CACHE_MAX_BYTES + 1) <= CACHE_MAX_BYTES)
+    if cache:  # read and split once; fitting and every epoch then work from the object store
+        with_split = with_split.materialize()
     raw = {
         name: with_split.map_batches(_select_split, fn_kwargs={"code": i}, batch_format="pandas", num_cpus=DATA_TASK_CPUS)
         for i, name in enumerate(SPLITS)
@@ -229,7 +232,7 @@ def prepare_data(spec: JobSpec) -> PreparedData:
         name: r.map_batches(_transform, fn_kwargs={"pre": pre_dict}, batch_format="pandas", num_cpus=DATA_TASK_CPUS)
         for name, r in raw.items()
     }
-    if d.cache == "memory" or (d.cache == "auto" and (source_bytes(src) or CACHE_MAX_BYTES + 1) <= CACHE_MAX_BYTES):
+    if cache:
         transformed = {name: t.materialize() for name, t in transformed.items()}
     return PreparedData(source=src, columns=cols, preprocessor=pre, raw=raw, transformed=transformed)
 

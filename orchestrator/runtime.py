@@ -34,12 +34,11 @@ def init_ray(address: Optional[str] = None, *, verbose: bool = False, num_cpus: 
 def quiet_ray_data(verbose: bool = False) -> None:
     import ray
 
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = verbose
     if not verbose:
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
         logging.getLogger("ray.train").setLevel(logging.WARNING)
         logging.getLogger("ray.tune").setLevel(logging.WARNING)
+    ray.data.DataContext.get_current().enable_progress_bars = verbose
 
 
 def cluster_resources() -> ClusterResources:

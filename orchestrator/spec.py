@@ -234,6 +234,43 @@ class OutputSpec(_Model):
     dir: str = Field("runs", description="Folder under which each run gets its own directory (relative to the working directory).")
 
 
+# -------------------------------------------------------------------------------------- serve
+
+
+class Autoscaling(_Model):
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, gt=0)
+    target_ongoing_requests: float = Field(8, gt=0, description="Per-replica load the autoscaler aims for.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Autoscaling":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) is more than max_replicas ({self.max_replicas})")
+        return self
+
+
+class ServeSpec(_Model):
+    """How the promoted model is served over HTTP by Ray Serve."""
+
+    host: str = Field("127.0.0.1", description="Bind address. Loopback by default; 0.0.0.0 exposes the server to the network.")
+    port: int = Field(8000, gt=0, lt=65536)
+    route_prefix: str = Field("/", pattern=r"^/[\w\-/]*$")
+    max_batch_size: int = Field(32, gt=0, le=4096, description="Dynamic batching: most requests per forward pass.")
+    batch_wait_timeout_s: float = Field(0.005, ge=0, le=10, description="Dynamic batching: longest wait to fill a batch.")
+    autoscaling: Autoscaling = Field(default_factory=Autoscaling)
+    max_ongoing_requests: int = Field(64, gt=0, description="Requests one replica works on at once.")
+    max_queued_requests: int = Field(256, ge=-1, description="Requests queued beyond that before answering 503; -1 is unbounded.")
+    cpus_per_replica: float = Field(0.5, gt=0)
+    gpus_per_replica: float = Field(0, ge=0)
+    max_body_bytes: int = Field(1 << 20, gt=0, description="Larger request bodies get HTTP 413.")
+    auth_token_env: Optional[str] = Field(
+        None,
+        pattern=r"^[A-Z_][A-Z0-9_]*$",
+        description="Name of an environment variable holding a bearer token; when set, every endpoint but "
+        "/healthz needs 'Authorization: Bearer <token>'. The token itself never goes in the spec.",
+    )
+
+
 # --------------------------------------------------------------------------------------- spec
 
 
@@ -245,6 +282,7 @@ class JobSpec(_Model):
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
+    serve: Optional[ServeSpec] = Field(None, description="Serve the promoted model after `orchestrator run`.")
 
     @model_validator(mode="after")
     def _consistent(self) -> "JobSpec":

@@ -1,0 +1,53 @@
+"""The run directory: everything one `orchestrator train/run` leaves behind.
+
+  <output.dir>/<name>-<YYYYmmdd-HHMMSS>/
+    spec.yaml           the spec as given; spec.resolved.json with every default filled in
+    metrics.json/.csv   one row per epoch
+    best_checkpoint/    the best checkpoint by the spec's checkpoint metric
+    test_metrics.json   held-out test metrics of the best checkpoint
+    summary.json        outcome, wall time, failures
+    train/              Ray Train's own storage (every kept checkpoint)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from orchestrator.spec import JobSpec
+
+
+def new_run_dir(spec: JobSpec, spec_path: Path, root: Path | None = None) -> Path:
+    root = Path(root or spec.output.dir)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run = root / f"{spec.name}-{stamp}"
+    n = 1
+    while run.exists():  # two runs in the same second
+        n += 1
+        run = root / f"{spec.name}-{stamp}-{n}"
+    run.mkdir(parents=True)
+    shutil.copyfile(spec_path, run / "spec.yaml")
+    write_json(run / "spec.resolved.json", spec.model_dump(mode="json"))
+    return run.resolve()
+
+
+def write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(path)
+
+
+def write_metrics(run: Path, rows: Iterable[dict], stem: str = "metrics") -> None:
+    rows = list(rows)
+    write_json(run / f"{stem}.json", rows)
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    with open(run / f"{stem}.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)

@@ -1,0 +1,54 @@
+"""Terminal progress for long work: epochs of a training run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+SHOWN = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_rmse", "val_mae")
+
+
+def fmt_metrics(m: dict[str, Any], keys=SHOWN) -> str:
+    return "  ".join(f"{k}={m[k]:.4f}" for k in keys if isinstance(m.get(k), (int, float)))
+
+
+class EpochProgress:
+    """A progress bar over epochs plus one log line per epoch (kept in non-interactive logs too)."""
+
+    def __init__(self, console: Console, epochs: int, label: str = "training"):
+        self.console = console
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}"), console=console, transient=True,
+        )
+        self.task = self.progress.add_task(label, total=epochs, info="starting workers")
+
+    def __enter__(self) -> "EpochProgress":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+    def on_event(self, event: dict) -> None:
+        if event["kind"] == "epoch":
+            m = event["metrics"]
+            resumed = m.get("restored_from_epoch", -1)
+            note = f"  (resumed after epoch {resumed})" if resumed >= 0 and m["epoch"] == resumed + 1 else ""
+            self.progress.console.print(f"epoch {m['epoch']:>3}  {fmt_metrics(m)}  [dim]{m.get('epoch_time_s', 0):.1f}s[/]{note}", highlight=False)
+            self.progress.update(self.task, completed=m["epoch"], info=fmt_metrics(m, ("val_loss", "val_accuracy", "val_rmse")))
+            if m.get("early_stopped"):
+                self.progress.console.print(f"[yellow]early stopping after epoch {m['epoch']}[/]")
+        elif event["kind"] == "failure":
+            for rank, err in event["errors"].items():
+                self.progress.console.print(f"[yellow]worker {rank} failed: {err}; restarting from the latest checkpoint[/]", highlight=False)
+
+
+def metrics_table(title: str, metrics: dict[str, Any]) -> Table:
+    t = Table(title=title, show_header=False, title_justify="left")
+    for k, v in metrics.items():
+        t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    return t

@@ -1,0 +1,62 @@
+"""Shared fixtures. Ray tests share one real local Ray instance per session (starting one costs ~5 s)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+JOBS = ROOT / "jobs"
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    from orchestrator.runtime import quiet_ray_data
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="warning", log_to_driver=False)
+    quiet_ray_data()
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """Bundled datasets written once per session by the same prepare step the jobs use."""
+    from orchestrator.datasets import write_bundled
+
+    d = tmp_path_factory.mktemp("data")
+    write_bundled("sklearn:digits", d / "digits.parquet")
+    write_bundled("sklearn:breast_cancer", d / "breast_cancer.parquet")
+    write_bundled("sklearn:breast_cancer", d / "breast_cancer.csv")
+    write_bundled("sklearn:diabetes", d / "diabetes.parquet")
+    return d
+
+
+def spec_dict(name: str, **overrides) -> dict:
+    """A job from jobs/ as a dict, with top-level sections updated by `overrides`."""
+    import yaml
+
+    d = yaml.safe_load((JOBS / name).read_text())
+    for k, v in overrides.items():
+        if isinstance(v, dict) and isinstance(d.get(k), dict):
+            d[k] = {**d[k], **v}
+        else:
+            d[k] = v
+    return d
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300):
+    import subprocess
+
+    exe = Path(sys.executable).parent / "orchestrator"
+    return subprocess.run(
+        [str(exe), *args], cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+    )

@@ -1,0 +1,127 @@
+"""Ray Data ingest against a real local Ray: splits, train-only fitting, clear data errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from orchestrator.data import prepare_data
+from orchestrator.errors import DataError
+from orchestrator.preprocess import SPLITS
+from orchestrator.spec import parse_spec
+from tests.conftest import spec_dict
+
+pytestmark = pytest.mark.ray
+
+
+def _spec(data_dir, job, **data):
+    d = spec_dict(job)
+    d["data"] = {k: v for k, v in {**d["data"], **data}.items() if v is not None}
+    return parse_spec(d, base_dir=data_dir)
+
+
+def _row_keys(ds, cols):
+    df = ds.to_pandas()
+    return {tuple(np.asarray(v, dtype=float).tobytes() if isinstance(v, (list, np.ndarray)) else v for v in row) for row in df[cols].itertuples(index=False)}
+
+
+def test_splits_are_disjoint_and_cover_every_row(ray_session, data_dir):
+    spec = _spec(data_dir, "digits-cnn.yaml", source=str(data_dir / "digits.parquet"), prepare=None)
+    prepared = prepare_data(spec)
+    keys = {name: _row_keys(prepared.raw[name], ["image", "label"]) for name in SPLITS}
+    total = pd.read_parquet(data_dir / "digits.parquet")
+    all_keys = _row_keys(ray_session.data.from_pandas(total), ["image", "label"])
+    assert not keys["train"] & keys["validation"]
+    assert not keys["train"] & keys["test"]
+    assert not keys["validation"] & keys["test"]
+    assert keys["train"] | keys["validation"] | keys["test"] == all_keys
+    counts = {n: prepared.raw[n].count() for n in SPLITS}
+    assert sum(counts.values()) == len(total)
+    assert abs(counts["train"] / len(total) - 0.7) < 0.05
+    # same seed, same split; the transformed datasets have the same rows as the raw ones
+    again = prepare_data(spec)
+    assert _row_keys(again.raw["test"], ["image", "label"]) == keys["test"]
+    assert prepared.transformed["test"].count() == counts["test"]
+
+
+def test_preprocessing_is_fitted_on_the_training_split_only(ray_session, data_dir):
+    spec = _spec(data_dir, "breast-cancer-mlp.yaml", source=str(data_dir / "breast_cancer.parquet"), prepare=None)
+    prepared = prepare_data(spec)
+    pre = prepared.preprocessor
+    train = prepared.raw["train"].to_pandas()
+    full = pd.read_parquet(data_dir / "breast_cancer.parquet")
+    col = pre.numeric[0]
+    assert pre.means[0] == pytest.approx(train[col].mean(), rel=1e-9)
+    assert pre.stds[0] == pytest.approx(train[col].std(ddof=0), rel=1e-6)
+    assert pre.means[0] != pytest.approx(full[col].mean(), rel=1e-6)  # not the whole file's statistics
+    assert pre.train_rows == len(train)
+    assert pre.classes == sorted(train["label"].unique().tolist())
+    x = prepared.transformed["train"].to_pandas()["x"]
+    stacked = np.stack(x.to_numpy())
+    assert np.allclose(stacked[:, : len(pre.numeric)].mean(axis=0), 0, atol=1e-4)  # standardised on train
+
+
+def test_image_statistics_are_fitted_on_train(ray_session, data_dir):
+    spec = _spec(data_dir, "digits-cnn.yaml", source=str(data_dir / "digits.parquet"), prepare=None)
+    prepared = prepare_data(spec)
+    train = np.stack(prepared.raw["train"].to_pandas()["image"].to_numpy())
+    assert prepared.preprocessor.image_mean == pytest.approx(train.mean(), rel=1e-6)
+    assert prepared.preprocessor.image_std == pytest.approx(train.std(), rel=1e-6)
+
+
+def test_csv_source_and_categorical_features(ray_session, data_dir, tmp_path):
+    df = pd.read_csv(data_dir / "breast_cancer.csv")
+    df["site"] = np.where(df.index % 3 == 0, "north", "south")
+    path = tmp_path / "bc.csv"
+    df.to_csv(path, index=False)
+    spec = _spec(tmp_path, "breast-cancer-mlp.yaml", source=str(path), prepare=None, features=["mean_radius", "site"], categorical=["site"])
+    prepared = prepare_data(spec)
+    assert prepared.preprocessor.categorical == {"site": ["north", "south"]}
+    assert prepared.preprocessor.input_shape == [3]
+
+
+def test_regression_label(ray_session, data_dir):
+    d = spec_dict("breast-cancer-mlp.yaml")
+    d["data"] = {"source": str(data_dir / "diabetes.parquet"), "label": "target"}
+    d["checkpoint"] = {"metric": "val_rmse"}
+    prepared = prepare_data(parse_spec(d))
+    assert prepared.preprocessor.task == "regression"
+    assert prepared.preprocessor.num_outputs == 1
+
+
+@pytest.mark.parametrize(
+    "data,words",
+    [
+        ({"source": "missing.parquet", "prepare": None}, ["missing.parquet", "data file not found"]),
+        ({"label": "diagnosis"}, ["'diagnosis'", "data.label", "not found"]),
+        ({"features": ["mean_radius", "mean_colour"]}, ["'mean_colour'", "data.features", "not found"]),
+        ({"features": ["mean_radius", "label2"]}, ["'label2'", "numeric features must be numbers"]),
+        ({"task": "regression"}, ["'label'", "regression needs a numeric label"]),
+    ],
+    ids=["missing file", "missing label", "missing feature", "string feature", "string regression label"],
+)
+def test_bad_data_gets_a_clear_error_naming_file_and_column(ray_session, data_dir, tmp_path, data, words):
+    df = pd.read_parquet(data_dir / "breast_cancer.parquet")
+    df["label2"] = df["label"]
+    path = tmp_path / "bc.parquet"
+    df.to_parquet(path)
+    data = {"source": str(path), "prepare": None, **data}
+    if data["source"] == "missing.parquet":
+        data["source"] = str(tmp_path / "missing.parquet")
+    spec = _spec(tmp_path, "breast-cancer-mlp.yaml", **data)
+    with pytest.raises(DataError) as info:
+        prepare_data(spec)
+    msg = str(info.value)
+    assert str(tmp_path) in msg
+    for w in words:
+        assert w in msg
+
+
+def test_image_column_must_hold_arrays(ray_session, data_dir, tmp_path):
+    df = pd.read_parquet(data_dir / "breast_cancer.parquet")
+    path = tmp_path / "flat.parquet"
+    df.to_parquet(path)
+    spec = _spec(tmp_path, "digits-cnn.yaml", source=str(path), prepare=None, image={"column": "mean_radius", "shape": [1, 1, 1]})
+    with pytest.raises(DataError, match="'mean_radius' .*must be a list of numbers"):
+        prepare_data(spec)
