@@ -99,6 +99,39 @@ def train(
     train_job(spec, spec_path, output=output, address=address, verbose=verbose, console=console)
 
 
+@app.command()
+@friendly
+def run(
+    spec_path: Path = typer.Argument(..., metavar="SPEC", help="Job spec YAML."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Parent folder of the run directory (default: the spec's output.dir)."),
+    address: Optional[str] = _address_option(),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Ray's own logs."),
+) -> None:
+    """Validate, plan, search (or train once), evaluate the winner on the test split, apply the promotion gate."""
+    from orchestrator.pipeline import run_job
+    from orchestrator.spec import load_spec
+
+    spec = load_spec(spec_path)
+    result = run_job(spec, spec_path, output=output, address=address, verbose=verbose, console=console)
+    if result.interrupted:
+        raise typer.Exit(130)
+
+
+@app.command()
+@friendly
+def resume(
+    run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="Run directory of an interrupted search."),
+    address: Optional[str] = _address_option(),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Ray's own logs."),
+) -> None:
+    """Continue an interrupted search without re-running finished trials."""
+    from orchestrator.pipeline import resume_job
+
+    result = resume_job(run_dir, address=address, verbose=verbose, console=console)
+    if result.interrupted:
+        raise typer.Exit(130)
+
+
 def main() -> None:
     app()
 

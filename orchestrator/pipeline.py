@@ -1,60 +1,178 @@
-"""The stages of a job wired together: what `orchestrator train` (and, later, `run`) execute."""
+"""The stages of a job wired together: what `orchestrator train`, `run` and `resume` execute.
+
+The same functions run locally, inside a job submitted to a remote cluster, and in a KubeRay
+RayJob: only where Ray runs differs.
+"""
 
 from __future__ import annotations
 
+import json
+import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from rich.console import Console
 
+from orchestrator.errors import OrchestratorError
 from orchestrator.rundir import new_run_dir, write_json, write_metrics
-from orchestrator.spec import JobSpec
+from orchestrator.spec import JobSpec, load_spec
 
 
-def train_job(spec: JobSpec, spec_path: Path, *, output: Optional[Path] = None, address: Optional[str] = None, verbose: bool = False, console: Optional[Console] = None) -> Path:
-    """Train once on Ray; returns the run directory."""
-    from orchestrator.data import prepare_data
-    from orchestrator.planning import plan_workers
+@dataclass
+class RunResult:
+    run_dir: Path
+    best_checkpoint: Optional[str]
+    test_metrics: dict
+    decision: dict
+    interrupted: bool = False
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def promoted(self) -> bool:
+        return bool(self.decision.get("promoted"))
+
+
+def _start(spec: JobSpec, address: Optional[str], verbose: bool, console: Console):
     from orchestrator.runtime import cluster_resources, init_ray
-    from orchestrator.train import run_training
-    from orchestrator.ui import EpochProgress, metrics_table
 
-    console = console or Console()
     with console.status("starting Ray"):
-        init_ray(address, verbose=verbose)
-    resources = cluster_resources()
-    plan = plan_workers(spec.scaling, resources)  # refuses an infeasible spec before any work
-    run = new_run_dir(spec, spec_path, output)
-    console.print(
-        f"run [bold]{run}[/]\n"
-        f"cluster: {resources.cpus:g} CPUs, {resources.gpus:g} GPUs -> {plan.workers} workers x "
-        f"{plan.cpus_per_worker:g} CPU" + (f" + {plan.gpus_per_worker:g} GPU" if plan.gpus_per_worker else ""),
-        highlight=False,
-    )
+        init_ray(address, verbose=verbose, code_dirs=[str(spec.base_dir)])
+    return cluster_resources()
+
+
+def _prepare(spec: JobSpec, console: Console):
+    from orchestrator.data import prepare_data
+
     with console.status("reading data, splitting, fitting preprocessing on the training split"):
         prepared = prepare_data(spec)
     pre = prepared.preprocessor
     console.print(
-        f"data: {prepared.source}  task={pre.task}  train rows={pre.train_rows}  "
-        f"inputs={pre.input_shape}  outputs={pre.num_outputs}",
-        highlight=False,
+        f"data: {prepared.source}  task={pre.task}  train rows={pre.train_rows}  inputs={pre.input_shape}  outputs={pre.num_outputs}",
+        highlight=False, soft_wrap=True,
     )
+    return prepared
+
+
+def _train_once(spec: JobSpec, run: Path, prepared, plan, console: Console) -> tuple[str, dict, list, dict]:
+    from orchestrator.train import run_training
+    from orchestrator.ui import EpochProgress
+
     with EpochProgress(console, spec.train.epochs) as progress:
         outcome = run_training(spec, run, plan, prepared=prepared, on_event=progress.on_event)
     write_metrics(run, outcome.epochs)
-    write_json(run / "test_metrics.json", outcome.test_metrics)
-    write_json(run / "summary.json", {
-        "name": spec.name,
-        "status": "succeeded",
-        "epochs_run": len(outcome.epochs),
-        "best_checkpoint": outcome.best_checkpoint,
-        "best_epoch": outcome.best_metrics.get("epoch"),
-        "checkpoint_metric": spec.checkpoint.metric,
-        "best_validation": {k: v for k, v in outcome.best_metrics.items() if k.startswith("val_")},
-        "test": outcome.test_metrics,
-        "worker_failures": outcome.failures,
-        "wall_time_s": round(outcome.wall_time_s, 1),
-    })
-    console.print(metrics_table(f"best checkpoint (epoch {outcome.best_metrics.get('epoch')}) on the held-out test split", outcome.test_metrics))
-    console.print(f"best checkpoint: {outcome.best_checkpoint}", highlight=False)
-    return run
+    trial = {"trial_id": "train", "config": {}, "status": "TERMINATED", "epochs": outcome.epochs, "error": None}
+    extra = {"epochs_run": len(outcome.epochs), "best_epoch": outcome.best_metrics.get("epoch"),
+             "best_validation": {k: v for k, v in outcome.best_metrics.items() if k.startswith("val_")},
+             "worker_failures": outcome.failures, "train_wall_time_s": round(outcome.wall_time_s, 1)}
+    return outcome.best_checkpoint, outcome.test_metrics, [trial], extra
+
+
+def _finish(spec: JobSpec, run: Path, best_checkpoint: str, test_metrics: dict, trials: list[dict], winner: Optional[str], extra: dict, console: Console) -> RunResult:
+    from orchestrator.promote import decide
+    from orchestrator.report import write_report
+    from orchestrator.ui import metrics_table
+
+    decision = decide(spec.promote, test_metrics)
+    write_json(run / "test_metrics.json", test_metrics)
+    write_json(run / "promotion.json", decision.to_dict())
+    summary = {"name": spec.name, "status": "succeeded", "best_checkpoint": best_checkpoint, "metric": spec.tune_metric,
+               "test": test_metrics, "promoted": decision.promoted, "promotion": decision.reason, **extra}
+    write_json(run / "summary.json", summary)
+    write_report(run, title=f"{spec.name}: {run.name}", trials=trials, metric=spec.tune_metric, winner=winner,
+                 summary={"run": str(run), "winner": winner, **{k: v for k, v in test_metrics.items()}, "promotion": decision.reason})
+    console.print(metrics_table("winner on the held-out test split", test_metrics))
+    style = "green" if decision.promoted else "red"
+    console.print(f"[{style}]{'PROMOTED' if decision.promoted else 'NOT PROMOTED'}[/]: {decision.reason}", highlight=False)
+    console.print(f"best checkpoint: {best_checkpoint}\nreport: {run / 'report.html'}", highlight=False, soft_wrap=True)
+    return RunResult(run, best_checkpoint, test_metrics, decision.to_dict(), summary=summary)
+
+
+def train_job(spec: JobSpec, spec_path: Path, *, output: Optional[Path] = None, address: Optional[str] = None, verbose: bool = False, console: Optional[Console] = None) -> RunResult:
+    """Train once (the spec's own settings, even if it has a tune section)."""
+    from orchestrator.planning import plan_workers
+
+    console = console or Console()
+    resources = _start(spec, address, verbose, console)
+    plan = plan_workers(spec.scaling, resources)  # refuses an infeasible spec before any work
+    run = new_run_dir(spec, spec_path, output)
+    console.print(f"run [bold]{run}[/]\ncluster: {resources.cpus:g} CPUs, {resources.gpus:g} GPUs -> {plan.workers} workers x {plan.cpus_per_worker:g} CPU"
+                  + (f" + {plan.gpus_per_worker:g} GPU" if plan.gpus_per_worker else ""), highlight=False, soft_wrap=True)
+    prepared = _prepare(spec, console)
+    best, test, trials, extra = _train_once(spec, run, prepared, plan, console)
+    return _finish(spec, run, best, test, trials, "train", extra, console)
+
+
+def run_job(spec: JobSpec, spec_path: Path, *, output: Optional[Path] = None, address: Optional[str] = None, verbose: bool = False, console: Optional[Console] = None) -> RunResult:
+    """Validate, plan, search (or train once without a tune section), evaluate, apply the promotion gate."""
+    if spec.tune is None:
+        return train_job(spec, spec_path, output=output, address=address, verbose=verbose, console=console)
+    from orchestrator.tune import plan_search
+
+    console = console or Console()
+    resources = _start(spec, address, verbose, console)
+    concurrent, plan = plan_search(spec, resources)
+    run = new_run_dir(spec, spec_path, output)
+    console.print(f"run [bold]{run}[/]\nsearch: {spec.tune.num_samples} trials ({spec.tune.search}, scheduler {spec.tune.scheduler.type}), "
+                  f"{concurrent} at a time, each {plan.workers} workers x {plan.cpus_per_worker:g} CPU", highlight=False, soft_wrap=True)
+    prepared = _prepare(spec, console)
+    return _search(spec, run, prepared, resources, console, restore=False)
+
+
+def resume_job(run_dir: Path, *, address: Optional[str] = None, verbose: bool = False, console: Optional[Console] = None) -> RunResult:
+    """Continue an interrupted search; finished trials are kept, not run again."""
+    console = console or Console()
+    run_dir = Path(run_dir).resolve()
+    meta_path = run_dir / "run.json"
+    if not meta_path.is_file() or not (run_dir / "spec.yaml").is_file():
+        raise OrchestratorError(f"{run_dir}: not a run directory (no run.json/spec.yaml)")
+    meta = json.loads(meta_path.read_text())
+    spec = load_spec(run_dir / "spec.yaml")
+    spec._base_dir = Path(meta["base_dir"])
+    if spec.tune is None:
+        raise OrchestratorError(f"{run_dir}: this run has no search to resume (its spec has no tune section)")
+    if not (run_dir / "tune").is_dir():
+        raise OrchestratorError(f"{run_dir}: the search never started; run the spec again instead")
+    if (run_dir / "summary.json").is_file():
+        raise OrchestratorError(f"{run_dir}: this search already finished (see summary.json)")
+    resources = _start(spec, address, verbose, console)
+    console.print(f"resuming [bold]{run_dir}[/]", highlight=False)
+    prepared = _prepare(spec, console)
+    return _search(spec, run_dir, prepared, resources, console, restore=True)
+
+
+def _search(spec: JobSpec, run: Path, prepared, resources, console: Console, *, restore: bool) -> RunResult:
+    from orchestrator.train import evaluate_checkpoint
+    from orchestrator.tune import run_search
+    from orchestrator.ui import TrialTable
+
+    with TrialTable(console, spec.tune_metric, spec.tune.num_samples) as table:
+        outcome = run_search(spec, run, prepared, resources, restore=restore, on_change=table.update)
+    trials = [r.__dict__ for r in outcome.records]
+    write_metrics(run, [{"trial_id": t["trial_id"], "status": t["status"], "error": t["error"], **t["config"],
+                         f"best_{spec.tune_metric}": r.best(spec.tune_metric), "epochs": len(t["epochs"])}
+                        for t, r in zip(trials, outcome.records)], stem="trial_summary")
+    failed = [r for r in outcome.records if r.status == "ERROR"]
+    for r in failed:
+        console.print(f"[yellow]trial {r.trial_id} failed: {r.error}[/]", highlight=False, soft_wrap=True)
+    if outcome.interrupted:
+        console.print(f"[yellow]search interrupted[/]; continue it with: orchestrator resume {run}", highlight=False, soft_wrap=True)
+        return RunResult(run, None, {}, {"promoted": False, "reason": "interrupted"}, interrupted=True)
+    if outcome.winner is None:
+        reasons = "; ".join(f"{r.trial_id}: {r.error}" for r in failed) or "no trial reported a metric"
+        raise OrchestratorError(f"every trial failed ({reasons})")
+    best_dir = run / "best_checkpoint"
+    if best_dir.exists():
+        shutil.rmtree(best_dir)
+    shutil.copytree(outcome.winner_checkpoint, best_dir)
+    with console.status("evaluating the winner on the held-out test split"):
+        test = evaluate_checkpoint(str(best_dir), prepared.transformed["test"])
+    w = outcome.winner
+    console.print(f"winner: trial {w.trial_id}  best {spec.tune_metric}={w.best(spec.tune_metric):.4f}  "
+                  + ", ".join(f"{k}={v}" for k, v in w.config.items()), highlight=False, soft_wrap=True)
+    write_json(run / "winner.json", {"trial_id": w.trial_id, "config": w.config, f"best_{spec.tune_metric}": w.best(spec.tune_metric), "checkpoint": outcome.winner_checkpoint})
+    extra = {"trials": len(outcome.records), "failed_trials": len(failed),
+             "pruned_by_scheduler": sum(r.status == "PRUNED" for r in outcome.records),
+             "early_stopped": sum(r.status == "EARLY_STOPPED" for r in outcome.records),
+             "winner": w.trial_id, "winner_config": w.config, "search_wall_time_s": round(outcome.wall_time_s, 1)}
+    return _finish(spec, run, str(best_dir), test, trials, w.trial_id, extra, console)

@@ -32,6 +32,8 @@ def new_run_dir(spec: JobSpec, spec_path: Path, root: Path | None = None) -> Pat
     run.mkdir(parents=True)
     shutil.copyfile(spec_path, run / "spec.yaml")
     write_json(run / "spec.resolved.json", spec.model_dump(mode="json"))
+    # relative data paths resolve against the spec's folder, which `resume` needs to know
+    write_json(run / "run.json", {"spec_path": str(Path(spec_path).resolve()), "base_dir": str(spec.base_dir), "created": stamp})
     return run.resolve()
 
 

@@ -9,7 +9,7 @@ from typing import Optional
 from orchestrator.planning import ClusterResources
 
 
-def init_ray(address: Optional[str] = None, *, verbose: bool = False, num_cpus: Optional[int] = None) -> None:
+def init_ray(address: Optional[str] = None, *, verbose: bool = False, num_cpus: Optional[int] = None, code_dirs: Optional[list[str]] = None) -> None:
     """Start embedded Ray (dashboard on 127.0.0.1, token auth on) or join `address`/RAY_ADDRESS.
 
     The dashboard stays on: Ray Train's placement-group cleanup and Tune's early stopping need the
@@ -23,6 +23,10 @@ def init_ray(address: Optional[str] = None, *, verbose: bool = False, num_cpus: 
         logging_level=logging.INFO if verbose else logging.WARNING,
         log_to_driver=verbose,
     )
+    # User model code (model.factory) must import on every worker: put the working directory and
+    # the spec's folder on the workers' path, as they are on the driver's.
+    paths = [os.getcwd(), *(code_dirs or []), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}}
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, **kwargs)

@@ -6,6 +6,7 @@ Every model forbids unknown keys, so a typo is an error that names its field pat
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
@@ -234,6 +235,108 @@ class OutputSpec(_Model):
     dir: str = Field("runs", description="Folder under which each run gets its own directory (relative to the working directory).")
 
 
+# --------------------------------------------------------------------------------------- tune
+
+DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice", "grid")
+
+
+class Param(_Model):
+    """One search dimension: exactly one of the distribution keys."""
+
+    loguniform: Optional[tuple[float, float]] = Field(None, description="[low, high], both > 0; sampled on a log scale.")
+    uniform: Optional[tuple[float, float]] = Field(None, description="[low, high].")
+    randint: Optional[tuple[int, int]] = Field(None, description="[low, high], both inclusive.")
+    choice: Optional[list[Any]] = Field(None, min_length=1, description="Values to sample from.")
+    grid: Optional[list[Any]] = Field(None, min_length=1, description="Values that are all tried (search: random only).")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "Param":
+        given = [k for k in DISTRIBUTIONS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of {', '.join(DISTRIBUTIONS)} (got {', '.join(given) or 'none'})")
+        kind = given[0]
+        if kind in ("loguniform", "uniform", "randint"):
+            lo, hi = getattr(self, kind)
+            if not lo < hi:
+                raise ValueError(f"{kind}: low ({lo}) must be below high ({hi})")
+            if kind == "loguniform" and lo <= 0:
+                raise ValueError("loguniform: bounds must be > 0")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in DISTRIBUTIONS if getattr(self, k) is not None)
+
+    @property
+    def values(self) -> Any:
+        return getattr(self, self.kind)
+
+    def sample_values(self) -> list[Any]:
+        """Values that stand for this dimension when checking it against the spec."""
+        v = self.values
+        return list(v) if self.kind in ("choice", "grid", "loguniform", "uniform", "randint") else [v]
+
+
+class AshaSpec(_Model):
+    type: Literal["asha"] = "asha"
+    grace_period: int = Field(1, gt=0, description="Epochs every trial runs before it can be stopped.")
+    reduction_factor: float = Field(2, gt=1, description="Only 1/reduction_factor of trials go on at each rung.")
+    max_epochs: Optional[int] = Field(None, gt=0, description="Longest a trial runs; defaults to train.epochs.")
+
+
+class NoScheduler(_Model):
+    type: Literal["none"] = "none"
+
+
+class TuneSpec(_Model):
+    space: dict[str, Param] = Field(
+        description="Search space: dotted spec paths (train.lr, train.weight_decay, train.dropout, "
+        "train.label_smoothing, train.early_stopping.patience, model.hidden, ...) -> distribution.",
+        min_length=1,
+    )
+    metric: Optional[Literal["val_loss", "val_accuracy", "val_rmse", "val_mae"]] = Field(
+        None, description="Validation metric to optimise; defaults to checkpoint.metric."
+    )
+    num_samples: int = Field(8, gt=0, le=10_000, description="Trials to run (each grid point counts once per sample).")
+    search: Literal["optuna", "random"] = Field("optuna", description="optuna: TPE; random: random and grid search.")
+    scheduler: Annotated[Union[AshaSpec, NoScheduler], Field(discriminator="type")] = Field(default_factory=AshaSpec)
+    max_concurrent: Union[int, Literal["auto"]] = Field(
+        "auto", description="Trials at once; auto derives it from the cluster's CPUs/GPUs and scaling.workers."
+    )
+    time_budget_s: Optional[float] = Field(None, gt=0, description="Wall-clock budget; no new trials start after it.")
+    seed: int = Field(0, ge=0, description="Seed of the search algorithm.")
+    include_spec_config: bool = Field(True, description="Evaluate the spec's own settings as the first trial.")
+
+    @field_validator("space")
+    @classmethod
+    def _paths(cls, v: dict[str, Param]) -> dict[str, Param]:
+        for key in v:
+            if not re.match(r"^(train|model|data)\.[a-z_]+(\.[a-z_]+)*$", key):
+                raise ValueError(f"{key!r}: search keys are dotted paths under train., model. or data. (e.g. train.lr)")
+            if key.startswith("data.") and key not in ("data.cache",):
+                raise ValueError(f"{key!r}: the data section cannot be searched (splits must stay fixed)")
+        return v
+
+    @model_validator(mode="after")
+    def _grid_needs_random(self) -> "TuneSpec":
+        if isinstance(self.max_concurrent, int) and self.max_concurrent < 1:
+            raise ValueError("max_concurrent must be at least 1 or 'auto'")
+        grids = [k for k, p in self.space.items() if p.kind == "grid"]
+        if grids and self.search != "random":
+            raise ValueError(f"grid dimensions ({', '.join(grids)}) need search: random")
+        return self
+
+
+PROMOTE_RE = re.compile(r"^\s*(test_)?(accuracy|loss|rmse|mae)\s*(>=|<=|>|<)\s*([-+]?\d*\.?\d+(e[-+]?\d+)?)\s*$")
+
+
+def parse_promote(rule: str) -> tuple[str, str, float]:
+    m = PROMOTE_RE.match(rule)
+    if not m:
+        raise ValueError("expected '<metric> <op> <number>' with metric accuracy, loss, rmse or mae and op >=, >, <= or <, e.g. 'accuracy >= 0.95'")
+    return f"test_{m.group(2)}", m.group(3), float(m.group(4))
+
+
 # -------------------------------------------------------------------------------------- serve
 
 
@@ -282,7 +385,18 @@ class JobSpec(_Model):
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
+    tune: Optional[TuneSpec] = Field(None, description="Hyperparameter and regularisation search; omit to train once.")
+    promote: Optional[str] = Field(
+        None, description="Promotion gate on the held-out test split, e.g. 'accuracy >= 0.95' or 'rmse < 40'."
+    )
     serve: Optional[ServeSpec] = Field(None, description="Serve the promoted model after `orchestrator run`.")
+
+    @field_validator("promote")
+    @classmethod
+    def _promote_rule(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None:
+            parse_promote(v)
+        return v
 
     @model_validator(mode="after")
     def _consistent(self) -> "JobSpec":
@@ -296,7 +410,17 @@ class JobSpec(_Model):
                 raise ValueError("train.label_smoothing applies to classification only")
         if task == "classification" and self.checkpoint.metric in ("val_rmse", "val_mae"):
             raise ValueError(f"checkpoint.metric {self.checkpoint.metric} needs a regression task")
+        if self.promote:
+            metric = parse_promote(self.promote)[0]
+            if task == "regression" and metric == "test_accuracy":
+                raise ValueError("promote: accuracy needs a classification task")
+            if task == "classification" and metric in ("test_rmse", "test_mae"):
+                raise ValueError(f"promote: {metric[5:]} needs a regression task")
         return self
+
+    @property
+    def tune_metric(self) -> str:
+        return (self.tune.metric if self.tune and self.tune.metric else None) or self.checkpoint.metric
 
     # Where the spec came from; relative data paths resolve against it. Not part of the schema.
     _base_dir: Path = Path(".")
@@ -338,6 +462,37 @@ def format_validation_error(err: ValidationError) -> list[str]:
     return lines
 
 
+def apply_overrides(data: dict, overrides: dict[str, Any]) -> dict:
+    """Copy of a spec dict with dotted paths set (a missing or null parent becomes a mapping)."""
+    out = copy.deepcopy(data)
+    for path, value in overrides.items():
+        *parents, last = path.split(".")
+        node = out
+        for p in parents:
+            if not isinstance(node.get(p), dict):
+                node[p] = {}
+            node = node[p]
+        node[last] = value
+    return out
+
+
+def check_search_space(spec: JobSpec) -> list[str]:
+    """Every value a search dimension can take must make a valid spec; problems name the dimension."""
+    if spec.tune is None:
+        return []
+    base = spec.model_dump(mode="json", exclude={"tune", "promote"})
+    problems = []
+    for key, param in spec.tune.space.items():
+        for value in param.sample_values():
+            try:
+                JobSpec.model_validate(apply_overrides(base, {key: value}))
+            except ValidationError as err:
+                for line in format_validation_error(err):
+                    problems.append(f"tune.space.{key}: value {value!r} gives an invalid spec: {line}")
+                break
+    return problems
+
+
 def parse_spec(data: Any, *, source: str = "<spec>", base_dir: Optional[Path] = None) -> JobSpec:
     if not isinstance(data, dict):
         raise SpecError(source, [f"(top level): expected a mapping of fields, got {type(data).__name__}"])
@@ -345,6 +500,9 @@ def parse_spec(data: Any, *, source: str = "<spec>", base_dir: Optional[Path] = 
         spec = JobSpec.model_validate(data)
     except ValidationError as err:
         raise SpecError(source, format_validation_error(err)) from None
+    problems = check_search_space(spec)
+    if problems:
+        raise SpecError(source, problems)
     spec._base_dir = (base_dir or Path(".")).resolve()
     return spec
 

@@ -200,7 +200,10 @@ def train_loop_per_worker(config: dict) -> None:
         sums.all_reduce()
         metrics = {"epoch": epoch + 1, "lr": lr, **sums.metrics(task, "train_", target_std)}
         if not math.isfinite(metrics["train_loss"]):
-            raise FloatingPointError(f"training loss became {metrics['train_loss']} at epoch {epoch + 1}")
+            # Every rank sees the same all-reduced loss, so all stop together. Retrying would diverge
+            # again, so this ends the run (no exception, no restart) and tells the driver why.
+            ray.train.report({**metrics, "diverged": True})
+            return {"diverged_epoch": epoch + 1, "loss": metrics["train_loss"]}
 
         # Rank 0 scores the whole validation set on the unwrapped model (no collectives needed).
         stop = torch.zeros(1, device=device)
@@ -371,6 +374,7 @@ def run_training(spec: JobSpec, run_dir: Path, plan: WorkerPlan, *, prepared: Op
         raise OrchestratorError(f"training failed: {_root_cause(e)}") from None
     finally:
         ray.kill(queue.actor)
+    check_diverged(result)
     best = result.get_best_checkpoint(spec.checkpoint.metric, spec.checkpoint.mode) or result.checkpoint
     if best is None:
         raise OrchestratorError("training finished without a checkpoint")
@@ -386,6 +390,19 @@ def run_training(spec: JobSpec, run_dir: Path, plan: WorkerPlan, *, prepared: Op
         epochs=[epochs[k] for k in sorted(epochs)], best_checkpoint=str(best_dir), best_metrics=best_metrics,
         test_metrics=test_metrics, failures=failures, wall_time_s=time.perf_counter() - t0,
     )
+
+
+class DivergedError(OrchestratorError):
+    pass
+
+
+def check_diverged(result) -> None:
+    rv = getattr(result, "return_value", None)
+    if isinstance(rv, dict) and rv.get("diverged_epoch"):
+        raise DivergedError(
+            f"training diverged: the loss became {rv['loss']} at epoch {rv['diverged_epoch']} "
+            "(lower train.lr, or set train.grad_clip)"
+        )
 
 
 def _root_cause(e: BaseException) -> str:

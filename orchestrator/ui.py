@@ -52,3 +52,44 @@ def metrics_table(title: str, metrics: dict[str, Any]) -> Table:
     for k, v in metrics.items():
         t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
     return t
+
+
+class TrialTable:
+    """Live table of trials with a progress bar over completed trials."""
+
+    def __init__(self, console: Console, metric: str, total: int):
+        from rich.live import Live
+
+        self.console, self.metric, self.total = console, metric, total
+        self.tracker = None
+        self.live = Live(self._render(), console=console, refresh_per_second=2, transient=False)
+
+    def __enter__(self) -> "TrialTable":
+        self.live.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.live.update(self._render())
+        self.live.stop()
+
+    def update(self, tracker) -> None:
+        self.tracker = tracker
+        self.live.update(self._render())
+
+    def _render(self):
+        from rich.console import Group
+        from rich.progress_bar import ProgressBar
+        from rich.text import Text
+
+        records = list(self.tracker.records.values()) if self.tracker else []
+        done = sum(r.status in ("TERMINATED", "PRUNED", "EARLY_STOPPED", "ERROR") for r in records)
+        t = Table(title=f"trials ({done}/{self.total} done)", title_justify="left")
+        for col in ("trial", "status", "epochs", f"best {self.metric}", "config"):
+            t.add_column(col)
+        colors = {"RUNNING": "cyan", "TERMINATED": "green", "PRUNED": "yellow", "EARLY_STOPPED": "yellow", "ERROR": "red"}
+        for r in records:
+            best = r.best(self.metric)
+            cfg = ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}" for k, v in r.config.items())
+            t.add_row(r.trial_id, f"[{colors.get(r.status, 'white')}]{r.status}[/]", str(len(r.epochs)),
+                      "" if best is None else f"{best:.4f}", cfg + (f"  [red]{r.error[:80]}[/]" if r.error else ""))
+        return Group(t, ProgressBar(total=max(self.total, 1), completed=done, width=60), Text(""))
