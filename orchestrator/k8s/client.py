@@ -159,8 +159,8 @@ def _api_error(e: Any, what: str) -> K8sError:
     message = _one_line(st.get("message") or getattr(e, "reason", "") or "")
     reason = st.get("reason")
     if status == 404:
-        if reason == "NotFound" and st.get("details", {}).get("name"):
-            return NotFound(f"{what}: not found")
+        if reason == "NotFound" and (st.get("details") or {}).get("name"):
+            return NotFound(f"{what}: not found ({message})" if message else f"{what}: not found")
         return K8sError(
             f"{what}: the API server does not know this resource type ({message or '404 page not found'}); "
             "is the KubeRay operator (with its ray.io/v1 CRDs) installed? See docs/kubernetes.md"
