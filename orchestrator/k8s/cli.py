@@ -292,7 +292,7 @@ def _rayjob_line(name: str, status: dict) -> str:
 @friendly
 def up(
     spec_path: Optional[Path] = typer.Argument(
-        None, metavar="[SPEC]", help="Size the cluster for this job spec's scaling section (default: 2 CPU workers)."
+        None, metavar="SPEC", help="Size the cluster for this job spec's scaling section (default: 2 CPU workers)."
     ),
     name: Optional[str] = typer.Option(None, "--name", help=f"RayCluster name (default: the spec's name, else {DEFAULT_CLUSTER_NAME!r})."),
     namespace: str = _opt_namespace(),
@@ -477,7 +477,7 @@ def scale(
     context: Optional[str] = _opt_context(),
     dry_run: bool = _opt_dry_run("Read the RayCluster, print the JSON patch that would be sent, change nothing."),
 ) -> None:
-    """Set a worker group's replicas (with autoscaling on, the autoscaler keeps adjusting within [min, max])."""
+    """Set a worker group's replicas (with autoscaling on, the autoscaler keeps adjusting between its min and max)."""
     from orchestrator.k8s import client as kc
     from orchestrator.k8s.render import scale_patch, to_yaml
 
