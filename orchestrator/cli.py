@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from orchestrator.errors import OrchestratorError
 
 app = typer.Typer(
     name="orchestrator",
@@ -21,25 +17,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
-err_console = Console(stderr=True)
-
-
-def friendly(fn: Callable) -> Callable:
-    """User errors become one clear message and an exit code, never a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except OrchestratorError as e:
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-            raise typer.Exit(e.exit_code)
-        except KeyboardInterrupt:
-            err_console.print("[yellow]interrupted[/]")
-            raise typer.Exit(130)
-
-    return wrapper
+from orchestrator.clitools import console, err_console, friendly  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------ validate
@@ -130,6 +108,22 @@ def resume(
     result = resume_job(run_dir, address=address, verbose=verbose, console=console)
     if result.interrupted:
         raise typer.Exit(130)
+
+
+# ------------------------------------------------------------------------------ sub-commands
+
+cluster_app = typer.Typer(help="Create, inspect and remove Ray clusters.", no_args_is_help=True)
+app.add_typer(cluster_app, name="cluster")
+
+
+def _register_subcommands() -> None:
+    from orchestrator.k8s.cli import cluster_k8s_app, k8s_app
+
+    app.add_typer(k8s_app, name="k8s")  # orchestrator k8s render
+    cluster_app.add_typer(cluster_k8s_app, name="k8s")  # orchestrator cluster k8s up|down|status|scale
+
+
+_register_subcommands()
 
 
 def main() -> None:

@@ -107,13 +107,13 @@ def run_job(spec: JobSpec, spec_path: Path, *, output: Optional[Path] = None, ad
     """Validate, plan, search (or train once without a tune section), evaluate, apply the promotion gate."""
     if spec.tune is None:
         return train_job(spec, spec_path, output=output, address=address, verbose=verbose, console=console)
-    from orchestrator.tune import plan_search
+    from orchestrator.tune import expected_trials, plan_search
 
     console = console or Console()
     resources = _start(spec, address, verbose, console)
     concurrent, plan = plan_search(spec, resources)
     run = new_run_dir(spec, spec_path, output)
-    console.print(f"run [bold]{run}[/]\nsearch: {spec.tune.num_samples} trials ({spec.tune.search}, scheduler {spec.tune.scheduler.type}), "
+    console.print(f"run [bold]{run}[/]\nsearch: {expected_trials(spec.tune)} trials ({spec.tune.search}, scheduler {spec.tune.scheduler.type}), "
                   f"{concurrent} at a time, each {plan.workers} workers x {plan.cpus_per_worker:g} CPU", highlight=False, soft_wrap=True)
     prepared = _prepare(spec, console)
     return _search(spec, run, prepared, resources, console, restore=False)
@@ -143,10 +143,10 @@ def resume_job(run_dir: Path, *, address: Optional[str] = None, verbose: bool = 
 
 def _search(spec: JobSpec, run: Path, prepared, resources, console: Console, *, restore: bool) -> RunResult:
     from orchestrator.train import evaluate_checkpoint
-    from orchestrator.tune import run_search
+    from orchestrator.tune import expected_trials, run_search
     from orchestrator.ui import TrialTable
 
-    with TrialTable(console, spec.tune_metric, spec.tune.num_samples) as table:
+    with TrialTable(console, spec.tune_metric, expected_trials(spec.tune)) as table:
         outcome = run_search(spec, run, prepared, resources, restore=restore, on_change=table.update)
     trials = [r.__dict__ for r in outcome.records]
     write_metrics(run, [{"trial_id": t["trial_id"], "status": t["status"], "error": t["error"], **t["config"],

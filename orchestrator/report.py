@@ -80,12 +80,12 @@ def params_vs_metric(trials: list[dict], metric: str, params: list[str]):
             ys.append(min(vals) if mode == "min" else max(vals))
             colors.append(len(vals))
         if xs and all(_finite(x) for x in xs):
-            sc = ax.scatter(xs, ys, c=colors, cmap="viridis")
+            ax.scatter(xs, ys, c=colors, cmap="viridis")
             if all(x > 0 for x in xs) and max(xs) / min(xs) > 50:
                 ax.set_xscale("log")
         elif xs:
             labels = sorted(set(map(str, xs)))
-            sc = ax.scatter([labels.index(str(x)) for x in xs], ys, c=colors, cmap="viridis")
+            ax.scatter([labels.index(str(x)) for x in xs], ys, c=colors, cmap="viridis")
             ax.set_xticks(range(len(labels)), labels, rotation=30, fontsize=7)
         ax.set_xlabel(p)
         ax.set_ylabel(f"best {metric}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import tempfile
 import threading
@@ -12,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -28,7 +26,7 @@ from ray.util.queue import Empty, Queue
 from orchestrator.checkpoint import load_model, read_state, write_checkpoint
 from orchestrator.data import PreparedData, prepare_data
 from orchestrator.errors import OrchestratorError
-from orchestrator.models import build_model, count_parameters, forward
+from orchestrator.models import build_model, forward
 from orchestrator.planning import WorkerPlan
 from orchestrator.preprocess import UNKNOWN_LABEL
 from orchestrator.spec import JobSpec
@@ -201,8 +199,8 @@ def train_loop_per_worker(config: dict) -> None:
         metrics = {"epoch": epoch + 1, "lr": lr, **sums.metrics(task, "train_", target_std)}
         if not math.isfinite(metrics["train_loss"]):
             # Every rank sees the same all-reduced loss, so all stop together. Retrying would diverge
-            # again, so this ends the run (no exception, no restart) and tells the driver why.
-            ray.train.report({**metrics, "diverged": True})
+            # again, so this ends the run (no exception, no restart) and tells the driver why
+            # through the return value (a report without validation metrics would confuse Tune).
             return {"diverged_epoch": epoch + 1, "loss": metrics["train_loss"]}
 
         # Rank 0 scores the whole validation set on the unwrapped model (no collectives needed).

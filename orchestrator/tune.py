@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import ray
+
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -98,10 +98,14 @@ def trial_spec(base: dict, overrides: dict[str, Any], tune_metric: str, base_dir
 # ---------------------------------------------------------------------------------- planning
 
 
+def expected_trials(t: TuneSpec) -> int:
+    return t.num_samples * max(1, math.prod(len(p.values) for p in t.space.values() if p.kind == "grid"))
+
+
 def plan_search(spec: JobSpec, cluster: ClusterResources) -> tuple[int, WorkerPlan]:
     """How many trials run at once and what each of their workers reserves."""
     t: TuneSpec = spec.tune
-    n_trials = t.num_samples * max(1, math.prod(len(p.values) for p in t.space.values() if p.kind == "grid"))
+    n_trials = expected_trials(t)
     workers = spec.scaling.workers
     def plan(k: int) -> WorkerPlan:
         return plan_workers(spec.scaling, ClusterResources(
@@ -162,6 +166,8 @@ class TrialRecord:
             return None
         return min(vals) if METRIC_MODES[metric] == "min" else max(vals)
 
+
+FINAL_STATUSES = ("TERMINATED", "PRUNED", "EARLY_STOPPED", "ERROR")
 
 # Who wants to hear about trial changes (the CLI's live table). Module-level rather than held by
 # the callback, because Tune pickles its callbacks with the experiment and restores them on resume.
@@ -272,7 +278,10 @@ def build_tuner(spec: JobSpec, prepared: PreparedData, plan: WorkerPlan, concurr
     if restore:
         return tune.Tuner.restore(str(run_dir / TUNE_DIR), trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False)
 
-    point = spec_point(spec) if t.include_spec_config else {}
+    has_grid = any(p.kind == "grid" for p in t.space.values())
+    # A grid already enumerates its points; elsewhere the spec's own settings go first, so the
+    # search can only match or beat the untuned config on validation.
+    point = spec_point(spec) if t.include_spec_config and not has_grid else {}
     if t.search == "optuna":
         from ray.tune.search.optuna import OptunaSearch
         from optuna.samplers import TPESampler
@@ -296,7 +305,7 @@ def build_tuner(spec: JobSpec, prepared: PreparedData, plan: WorkerPlan, concurr
         param_space=to_tune_space(t.space),
         tune_config=tune.TuneConfig(
             metric=metric, mode=mode, num_samples=t.num_samples, search_alg=searcher, scheduler=scheduler,
-            max_concurrent_trials=concurrent, time_budget_s=t.time_budget_s, reuse_actors=False,
+            time_budget_s=t.time_budget_s, reuse_actors=False,
         ),
         run_config=tune.RunConfig(
             name=TUNE_DIR, storage_path=str(run_dir), callbacks=[tracker], verbose=0,
@@ -332,17 +341,19 @@ def run_search(spec: JobSpec, run_dir: Path, prepared: PreparedData, cluster: Cl
     if on_change:
         LISTENERS.append(on_change)
     try:
-        grid = tuner.fit()
+        tuner.fit()
     finally:
         if on_change:
             LISTENERS.remove(on_change)
     if restore:  # the restored experiment used its own (unpickled) tracker; read what it saved
         tracker._load()
     metric = spec.tune_metric
-    unfinished = [r for r in grid if r.metrics is None and r.error is None]
-    statuses = [rec.status for rec in tracker.records.values()]
-    interrupted = bool(unfinished) or any(s in ("RUNNING", "PENDING") for s in statuses)
     records = list(tracker.records.values())
+    finished = [r for r in records if r.status in FINAL_STATUSES]
+    # Tune returns normally after Ctrl-C, so an interrupt shows as trials missing or unfinished
+    # (the time budget is the only other reason for fewer trials than planned).
+    out_of_time = spec.tune.time_budget_s is not None and time.perf_counter() - t0 >= 0.95 * spec.tune.time_budget_s
+    interrupted = len(finished) < len(records) or (len(finished) < expected_trials(spec.tune) and not out_of_time)
     scored = [r for r in records if r.best(metric) is not None and r.status != "ERROR"]
     winner = None
     if scored:

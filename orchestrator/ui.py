@@ -82,7 +82,9 @@ class TrialTable:
         from rich.text import Text
 
         records = list(self.tracker.records.values()) if self.tracker else []
-        done = sum(r.status in ("TERMINATED", "PRUNED", "EARLY_STOPPED", "ERROR") for r in records)
+        from orchestrator.tune import FINAL_STATUSES
+
+        done = sum(r.status in FINAL_STATUSES for r in records)
         t = Table(title=f"trials ({done}/{self.total} done)", title_justify="left")
         for col in ("trial", "status", "epochs", f"best {self.metric}", "config"):
             t.add_column(col)

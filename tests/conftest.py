@@ -17,11 +17,9 @@ JOBS = ROOT / "jobs"
 def ray_session():
     import ray
 
-    from orchestrator.runtime import quiet_ray_data
+    from orchestrator.runtime import init_ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="warning", log_to_driver=False)
-    quiet_ray_data()
+    init_ray(num_cpus=2)  # as the CLI starts it: dashboard on 127.0.0.1, the repo on the workers' path
     yield ray
     ray.shutdown()
 

@@ -9,17 +9,17 @@ code, never a traceback.
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import secrets
 import string
 from enum import Enum
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import typer
 
+from orchestrator.clitools import friendly
 from orchestrator.errors import OrchestratorError
 
 ENV_IMAGE = "ORCHESTRATOR_K8S_IMAGE"
@@ -77,23 +77,6 @@ def _err(line: str) -> None:
 def _warn(warnings: list[str]) -> None:
     for w in warnings:
         _err(f"warning: {w}")
-
-
-def friendly(fn: Callable) -> Callable:
-    """OrchestratorError -> `error: <message>` on stderr and its exit code; Ctrl-C -> exit 130."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except OrchestratorError as e:
-            _err(f"error: {e}")
-            raise typer.Exit(e.exit_code)
-        except KeyboardInterrupt:
-            _err("interrupted")
-            raise typer.Exit(130)
-
-    return wrapper
 
 
 def _check_namespace(namespace: Optional[str]) -> None:

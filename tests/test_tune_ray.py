@@ -1,0 +1,122 @@
+"""Search with Ray Tune on a real local Ray: failing trials, promotion gate, interrupt and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.pipeline import run_job
+from orchestrator.promote import decide
+from orchestrator.spec import parse_spec
+from tests.conftest import ROOT, run_cli, spec_dict
+
+pytestmark = pytest.mark.ray
+
+
+def _search_spec(data_dir, **tune):
+    d = spec_dict("breast-cancer-mlp.yaml")
+    d["data"]["source"] = str(data_dir / "breast_cancer.parquet")
+    d["data"].pop("prepare")
+    d["train"].update(epochs=2, max_failures=0)
+    d["tune"] = {"num_samples": 1, "search": "random", "scheduler": {"type": "none"}, "max_concurrent": 2, **tune}
+    return d
+
+
+def test_failing_trials_do_not_abort_the_search_and_the_gate_refuses(ray_session, data_dir, tmp_path):
+    d = _search_spec(data_dir, space={"model.kwargs.mode": {"grid": ["ok", "raise", "nan"]}})
+    d["model"] = {"arch": "custom", "factory": "tests.models_for_tests:flaky"}
+    d["checkpoint"] = {"metric": "val_accuracy"}
+    d["promote"] = "accuracy >= 0.9999"
+    spec_path = tmp_path / "flaky.yaml"
+    spec_path.write_text(yaml.safe_dump(d))
+    spec = parse_spec(d, base_dir=tmp_path)
+
+    result = run_job(spec, spec_path, output=tmp_path / "runs")
+
+    trials = {t["config"]["model.kwargs.mode"]: t for t in json.loads((result.run_dir / "trials.json").read_text())}
+    assert trials["ok"]["status"] == "TERMINATED" and len(trials["ok"]["epochs"]) == 2
+    assert trials["raise"]["status"] == "ERROR" and "boom: this model cannot be built" in trials["raise"]["error"]
+    assert trials["nan"]["status"] == "ERROR" and "diverged" in trials["nan"]["error"]
+    winner = json.loads((result.run_dir / "winner.json").read_text())
+    assert winner["config"] == {"model.kwargs.mode": "ok"}
+    # the gate: a real test accuracy below 0.9999 is refused, and the run says why
+    assert 0.5 < result.test_metrics["test_accuracy"] < 0.9999
+    promotion = json.loads((result.run_dir / "promotion.json").read_text())
+    assert promotion["promoted"] is False and "does not meet" in promotion["reason"]
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["failed_trials"] == 2 and summary["promoted"] is False
+    report = (result.run_dir / "report.html").read_text()
+    assert "boom: this model cannot be built" in report and "data:image/png;base64," in report
+    for png in ("learning_curves.png", "best_so_far.png", "params.png"):
+        assert (result.run_dir / png).stat().st_size > 1000
+
+
+def test_promotion_gate_decisions():
+    assert decide("accuracy >= 0.95", {"test_accuracy": 0.96}).promoted
+    assert not decide("accuracy >= 0.95", {"test_accuracy": 0.9499}).promoted
+    assert decide("rmse < 40", {"test_rmse": 39.0}).promoted
+    assert not decide("rmse < 40", {"test_rmse": 40.0}).promoted
+    assert not decide("accuracy >= 0.5", {"test_rmse": 1.0}).promoted  # metric not measured: refuse
+    assert decide(None, {"test_accuracy": 0.1}).promoted
+
+
+def _wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_resume_after_interrupt_skips_finished_trials(data_dir, tmp_path):
+    d = _search_spec(data_dir, space={"train.lr": {"grid": [0.001, 0.002, 0.003]}}, max_concurrent=1)
+    d["train"]["epochs"] = 3
+    spec_path = tmp_path / "search.yaml"
+    spec_path.write_text(yaml.safe_dump(d))
+    out = tmp_path / "runs"
+    exe = Path(sys.executable).parent / "orchestrator"
+    proc = subprocess.Popen([str(exe), "run", str(spec_path), "-o", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        def finished_trial():
+            runs = list(out.glob("*/trials.json")) if out.exists() else []
+            if not runs:
+                return None
+            try:
+                recs = json.loads(runs[0].read_text())
+            except json.JSONDecodeError:
+                return None
+            done = [r["trial_id"] for r in recs if r["status"] == "TERMINATED"]
+            return (runs[0].parent, done) if done else None
+
+        run_dir, done_before = _wait_for(finished_trial, 300, "a finished trial")
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, output
+    assert "orchestrator resume" in output
+    assert not (run_dir / "summary.json").exists()
+
+    r = run_cli("resume", str(run_dir), timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    starts = [json.loads(l)["trial_id"] for l in (run_dir / "trials" / "trial_starts.jsonl").read_text().splitlines()]
+    for trial_id in done_before:
+        assert starts.count(trial_id) == 1, f"finished trial {trial_id} ran again: {starts}"
+    recs = json.loads((run_dir / "trials.json").read_text())
+    assert len(recs) == 3 and all(r["status"] == "TERMINATED" for r in recs)
+    assert sorted(r["config"]["train.lr"] for r in recs) == [0.001, 0.002, 0.003]
+    assert json.loads((run_dir / "summary.json").read_text())["trials"] == 3
+    again = run_cli("resume", str(run_dir), timeout=60)
+    assert again.returncode == 2 or again.returncode == 1
+    assert "already finished" in again.stderr
