@@ -77,6 +77,9 @@ def train(
     train_job(spec, spec_path, output=output, address=address, verbose=verbose, console=console)
 
 
+NOT_PROMOTED_EXIT = 3
+
+
 @app.command()
 @friendly
 def run(
@@ -93,6 +96,8 @@ def run(
     result = run_job(spec, spec_path, output=output, address=address, verbose=verbose, console=console)
     if result.interrupted:
         raise typer.Exit(130)
+    if not result.promoted:
+        raise typer.Exit(NOT_PROMOTED_EXIT)
 
 
 @app.command()
@@ -108,6 +113,8 @@ def resume(
     result = resume_job(run_dir, address=address, verbose=verbose, console=console)
     if result.interrupted:
         raise typer.Exit(130)
+    if not result.promoted:
+        raise typer.Exit(NOT_PROMOTED_EXIT)
 
 
 # ------------------------------------------------------------------------------ sub-commands
