@@ -455,7 +455,8 @@ def format_validation_error(err: ValidationError) -> list[str]:
         if e["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling; `orchestrator schema` lists every field)"
         elif e["type"] == "union_tag_invalid":
-            msg = f"unknown model arch {e.get('input', {}).get('arch') if isinstance(e.get('input'), dict) else ''!r}; expected one of mlp, cnn, custom"
+            ctx = e.get("ctx", {})
+            msg = f"unknown {ctx.get('discriminator', 'type')} {ctx.get('tag')}; expected one of {ctx.get('expected_tags')}"
         elif e["type"] == "missing":
             msg = "required field is missing"
         lines.append(f"{_loc(tuple(e['loc']))}: {msg}")

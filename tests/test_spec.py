@@ -64,7 +64,7 @@ MISTAKES = [
     ("dropout out of range", _with("train.dropout", 1.5), "train.dropout", "less than 1"),
     ("splits do not add up", _with("data.split", {"train": 0.8, "validation": 0.3, "test": 0.1}), "data.split", "add up to 1"),
     ("unknown optimizer", _with("train.optimizer", "adagradd"), "train.optimizer", "adamw"),
-    ("unknown model arch", _with("model", {"arch": "transformer"}), "model", "mlp, cnn, custom"),
+    ("unknown model arch", _with("model", {"arch": "transformer"}), "model", "'mlp', 'cnn', 'custom'"),
     ("bad job name", _with("name", "Digits CNN!"), "name", "pattern"),
     ("zero workers", _with("scaling.workers", 0), "scaling.workers", "greater than 0"),
     ("bad cpus_per_worker", _with("scaling.cpus_per_worker", -2), "scaling.cpus_per_worker", "auto"),
@@ -151,3 +151,36 @@ def test_relative_source_resolves_against_spec_folder(tmp_path):
     assert resolve_source(spec) == str((tmp_path / "sub" / "data" / "digits.parquet").resolve())
     uri = parse_spec(_with("data.source", "s3://bucket/digits.parquet"))
     assert resolve_source(uri) == "s3://bucket/digits.parquet"
+
+
+TUNE_MISTAKES = [
+    ("value outside the field's bounds", {"space": {"train.lr": {"loguniform": [0.001, 100]}}}, "tune.space.train.lr", "less than or equal to 10"),
+    ("field that does not exist", {"space": {"train.learning_rate": {"uniform": [0.1, 0.2]}}}, "tune.space.train.learning_rate", "unknown field"),
+    ("field of another architecture", {"space": {"model.activation": {"choice": ["gelu"]}}}, "tune.space.model.activation", "unknown field"),
+    ("two distributions", {"space": {"train.lr": {"uniform": [0.1, 0.2], "choice": [0.1]}}}, "tune.space.train.lr", "exactly one"),
+    ("reversed bounds", {"space": {"train.dropout": {"uniform": [0.5, 0.1]}}}, "tune.space.train.dropout", "must be below"),
+    ("grid with optuna", {"space": {"train.lr": {"grid": [0.1, 0.2]}}}, "tune", "need search: random"),
+    ("search over the data split", {"space": {"data.seed": {"choice": [1, 2]}}}, "tune.space", "cannot be searched"),
+    ("unknown scheduler", {"space": {"train.lr": {"uniform": [0.1, 0.2]}}, "scheduler": {"type": "hyperband"}}, "tune.scheduler", "asha"),
+]
+
+
+@pytest.mark.parametrize("what,tune,field,reason", TUNE_MISTAKES, ids=[m[0] for m in TUNE_MISTAKES])
+def test_search_space_mistakes_name_their_dimension(what, tune, field, reason):
+    d = copy.deepcopy(BASE)
+    d["tune"] = tune
+    with pytest.raises(SpecError) as info:
+        parse_spec(d)
+    assert any(p.startswith(field) and reason in p for p in info.value.problems), info.value.problems
+
+
+@pytest.mark.parametrize("rule", ["accuracy >= 1.5x", "f1 > 0.5", "accuracy => 0.9"])
+def test_bad_promote_rule(rule):
+    with pytest.raises(SpecError) as info:
+        parse_spec(_with("promote", rule))
+    assert info.value.problems[0].startswith("promote:")
+
+
+def test_promote_metric_must_fit_the_task():
+    with pytest.raises(SpecError, match="rmse needs a regression task"):
+        parse_spec(_with("data.task", "classification") | {"promote": "rmse < 3"})
