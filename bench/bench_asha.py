@@ -1,6 +1,6 @@
 """ASHA vs the same search without early stopping, in one process on the same Ray instance.
 
-    .venv/bin/python bench/bench_asha.py [SPEC]        (default: jobs/digits-cnn.yaml)
+    .venv/bin/python bench/bench_asha.py [SPEC] [--epochs N]   (default: jobs/digits-cnn.yaml)
 
 Runs the spec's search twice — once with its ASHA scheduler, once with scheduler `none` (every
 trial runs all epochs) — and reports the wall time and the best validation metric of each, plus
@@ -28,8 +28,16 @@ from orchestrator.tune import plan_search, run_search  # noqa: E402
 
 
 def main() -> None:
-    spec_path = Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "jobs" / "digits-cnn.yaml")
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("spec", nargs="?", default=str(ROOT / "jobs" / "digits-cnn.yaml"))
+    ap.add_argument("--epochs", type=int, help="override train.epochs (ASHA's max_t follows it)")
+    args = ap.parse_args()
+    spec_path = Path(args.spec).resolve()
     spec = load_spec(spec_path)
+    if args.epochs:
+        spec.train.epochs = args.epochs
     if spec.tune is None:
         sys.exit(f"{spec_path} has no tune section")
     console = Console()
@@ -67,7 +75,9 @@ def main() -> None:
         "time_ratio_asha_over_none": round(a["wall_time_s"] / n["wall_time_s"], 3),
         "metric_gap_points": round(100 * abs(a[metric] - n[metric]), 2),
     }
-    (ROOT / "bench" / "results" / "asha.json").write_text(json.dumps(summary, indent=2))
+    summary["epochs_per_trial"] = spec.train.epochs
+    name = "asha.json" if not args.epochs else f"asha-{args.epochs}epochs.json"
+    (ROOT / "bench" / "results" / name).write_text(json.dumps(summary, indent=2))
     console.print_json(json.dumps(summary))
 
 

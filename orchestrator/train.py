@@ -31,6 +31,8 @@ from orchestrator.planning import WorkerPlan
 from orchestrator.preprocess import UNKNOWN_LABEL
 from orchestrator.spec import JobSpec
 
+CONTROLLER_FAILURE_LIMIT = 2
+
 # ------------------------------------------------------------------------------ loop building blocks
 
 
@@ -282,7 +284,9 @@ def build_trainer(spec: JobSpec, prepared: PreparedData, plan: WorkerPlan, *, st
         run_config=RunConfig(
             name=name,
             storage_path=storage_path,
-            failure_config=FailureConfig(max_failures=spec.train.max_failures),
+            # controller_failure_limit: a worker group that cannot start (no room in the cluster)
+            # ends the run with Train's error after a few 60 s tries instead of retrying forever.
+            failure_config=FailureConfig(max_failures=spec.train.max_failures, controller_failure_limit=CONTROLLER_FAILURE_LIMIT),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=spec.checkpoint.keep,
                 checkpoint_score_attribute=spec.checkpoint.metric,

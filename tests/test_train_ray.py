@@ -87,7 +87,7 @@ def test_resumes_from_checkpoint_after_a_worker_is_killed(ray_session, data_dir,
     th = threading.Thread(target=lambda: box.setdefault("out", run_training(spec, tmp_path, plan, prepared=prepared, on_event=on_event)))
     th.start()
     assert reached.wait(240), "training never reached epoch 2"
-    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    workers = list_actors(address=ray_session.get_runtime_context().gcs_address, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
     assert len(workers) == 2
     os.kill(workers[-1].pid, signal.SIGKILL)
     th.join(300)
