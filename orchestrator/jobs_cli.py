@@ -1,0 +1,362 @@
+"""CLI for Ray clusters and jobs: `orchestrator submit`, `orchestrator jobs list|status|logs|stop`
+and `orchestrator cluster local up|down|status`. Wired into the main app by `register`."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from orchestrator.clitools import console, err_console, friendly
+from orchestrator.errors import OrchestratorError
+
+jobs_app = typer.Typer(help="Jobs on a Ray cluster, through its Jobs API: list, status, logs, stop.", no_args_is_help=True)
+local_app = typer.Typer(help="A local Ray cluster (`ray start --head` on 127.0.0.1, token authentication on).", no_args_is_help=True)
+
+
+def register(app: typer.Typer, cluster_app: typer.Typer) -> None:
+    """Add `submit`, `jobs` and `cluster local` to the main app (once)."""
+    if any(c.name == "submit" for c in app.registered_commands):
+        return
+    app.command("submit")(submit)
+    app.add_typer(jobs_app, name="jobs")
+    cluster_app.add_typer(local_app, name="local")
+
+
+# ----------------------------------------------------------------------------------- options
+
+
+def _opt_address():
+    return typer.Option(None, "--address", "-a", show_default=False,
+                        help="Jobs API of the cluster, http(s)://HEAD:8265 (default: RAY_API_SERVER_ADDRESS, an http RAY_ADDRESS, "
+                        "or the one local cluster that is up).")
+
+
+def _opt_token_env():
+    return typer.Option(None, "--token-env", metavar="VAR", show_default=False,
+                        help="Environment variable holding the cluster's token (default: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, "
+                        "the local cluster's token file, ~/.ray/auth_token).")
+
+
+def _opt_insecure():
+    return typer.Option(False, "--insecure", help="Allow plain http to a non-loopback address without a token.")
+
+
+def _info(line: str) -> None:
+    err_console.print(line, highlight=False, soft_wrap=True, markup=False)
+
+
+def _client(address: Optional[str], token_env: Optional[str], insecure: bool):
+    from orchestrator.submit import JobsClient
+
+    return JobsClient(address, token_env=token_env, insecure=insecure, warn=lambda m: _info(f"warning: {m}"))
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def _finish(client, view) -> None:
+    """The final lines after following a job, and its exit code."""
+    from orchestrator.submit import exit_code, run_dir_from_logs
+
+    run_dir = run_dir_from_logs(client.logs(view.submission_id)) if view.output_dir else None
+    _info(f"job {view.submission_id}: {view.status}" + (f" (exit code {view.driver_exit_code})" if view.status == "FAILED" and view.driver_exit_code else ""))
+    if run_dir:
+        _info(f"run directory: {run_dir}")
+    code = exit_code(view)
+    if code:
+        raise typer.Exit(code)
+
+
+def _follow(client, job_id: str) -> None:
+    try:
+        view = client.follow(job_id, _out)
+    except KeyboardInterrupt:
+        _info(f"stopped following; job {job_id} keeps running (`orchestrator jobs stop {job_id} --address {client.address}` stops it)")
+        raise typer.Exit(130)
+    if view.status not in ("SUCCEEDED", "FAILED", "STOPPED"):
+        _info(f"the log stream ended while job {job_id} is {view.status}; `orchestrator jobs logs {job_id} --follow` picks it up again")
+        raise typer.Exit(1)
+    _finish(client, view)
+
+
+# ------------------------------------------------------------------------------------ submit
+
+
+def _k8s_opt(name: str):
+    from orchestrator.k8s import cli as k8s_cli
+
+    return getattr(k8s_cli, name)()
+
+
+@friendly
+def submit(
+    spec_path: Path = typer.Argument(..., metavar="SPEC", help="Job spec YAML."),
+    address: Optional[str] = _opt_address(),
+    token_env: Optional[str] = _opt_token_env(),
+    insecure: bool = _opt_insecure(),
+    follow: Optional[bool] = typer.Option(None, "--follow/--no-follow", show_default=False,
+                                          help="Stream the job's logs until it ends and exit with its outcome (default: off; on with --k8s)."),
+    storage: Optional[str] = typer.Option(None, "--storage", show_default=False,
+                                          help="Folder on the cluster (shared by its nodes) for the run directory; default: the spec's output.dir "
+                                          "if absolute, else the local cluster's storage or, for a cluster on this machine, output.dir here."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be sent and contact nothing."),
+    k8s: bool = typer.Option(False, "--k8s", help="Run it as a KubeRay RayJob on Kubernetes instead (docs/kubernetes.md)."),
+    namespace: Optional[str] = _k8s_opt("_opt_namespace"),
+    kubeconfig: Optional[str] = _k8s_opt("_opt_kubeconfig"),
+    context: Optional[str] = _k8s_opt("_opt_context"),
+    storage_pvc: Optional[str] = _k8s_opt("_opt_storage_pvc"),
+    image: Optional[str] = _k8s_opt("_opt_image"),
+    gpu_image: Optional[str] = _k8s_opt("_opt_gpu_image"),
+) -> None:
+    """Submit SPEC to a Ray cluster through its Jobs API; prints the submission id.
+
+    The job runs `orchestrator run` on the cluster with the spec and the Python code next to it.
+    """
+    if k8s:
+        if address or token_env or insecure or storage:
+            raise OrchestratorError("--address, --token-env, --insecure and --storage apply to Ray Jobs API submission, not to --k8s")
+        from orchestrator.k8s.cli import submit_k8s
+
+        code = submit_k8s(str(spec_path), namespace=namespace, kubeconfig=kubeconfig, context=context, dry_run=dry_run,
+                          follow=True if follow is None else follow, storage_pvc=storage_pvc, image=image, gpu_image=gpu_image)
+        if code:
+            raise typer.Exit(code)
+        return
+    if kubeconfig or context:
+        raise OrchestratorError("--kubeconfig and --context apply to --k8s only")
+    from orchestrator.submit import plan_submission, resolve_address
+
+    target = resolve_address(address)
+    plan = plan_submission(spec_path, address=target, storage=storage)  # an invalid spec fails before any request
+    if dry_run:
+        _out(plan.describe() + "\n")
+        return
+    client = _client(target, token_env, insecure)
+    for note in plan.notes:
+        _info(f"note: {note}")
+    job_id = client.submit(plan)
+    _out(job_id + "\n")
+    _info(f"submitted to {client.address} (Ray {client.ray_version}); run directory under {plan.output_dir}")
+    if follow:
+        _follow(client, job_id)
+        return
+    _info(f"follow: orchestrator jobs logs {job_id} --follow --address {client.address}\n"
+          f"stop:   orchestrator jobs stop {job_id} --address {client.address}")
+
+
+# -------------------------------------------------------------------------------------- jobs
+
+
+def _when(t: Optional[float]) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
+
+
+@jobs_app.command("list")
+@friendly
+def jobs_list(
+    address: Optional[str] = _opt_address(),
+    token_env: Optional[str] = _opt_token_env(),
+    insecure: bool = _opt_insecure(),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Jobs submitted to the cluster, oldest first."""
+    client = _client(address, token_env, insecure)
+    jobs = [j for j in client.list() if j.submission_id]
+    if as_json:
+        _out(json.dumps([j.__dict__ for j in jobs], indent=2) + "\n")
+        return
+    if not jobs:
+        _info(f"no jobs at {client.address}")
+        return
+    # plain columns, never truncated: ids are meant to be copied
+    rows = [("SUBMISSION ID", "STATUS", "SPEC", "STARTED", "ENDED")]
+    rows += [(j.submission_id, j.status, j.spec_name or "-", _when(j.start_time), _when(j.end_time)) for j in jobs]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    _out("".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() + "\n" for r in rows))
+
+
+@jobs_app.command("status")
+@friendly
+def jobs_status(
+    job_id: str = typer.Argument(..., metavar="ID", help="Submission id."),
+    address: Optional[str] = _opt_address(),
+    token_env: Optional[str] = _opt_token_env(),
+    insecure: bool = _opt_insecure(),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Status of one job (and its run directory once `orchestrator run` has created it)."""
+    from orchestrator.submit import run_dir_from_logs
+
+    client = _client(address, token_env, insecure)
+    view = client.job(job_id)
+    run_dir = run_dir_from_logs(client.logs(job_id)) if view.output_dir else None
+    if as_json:
+        _out(json.dumps({**view.__dict__, "run_dir": run_dir}, indent=2) + "\n")
+        return
+    lines = [f"{view.submission_id}: {view.status}", f"  entrypoint: {view.entrypoint}",
+             f"  started:    {_when(view.start_time)}", f"  ended:      {_when(view.end_time)}"]
+    if view.driver_exit_code is not None:
+        lines.append(f"  exit code:  {view.driver_exit_code}")
+    if run_dir:
+        lines.append(f"  run dir:    {run_dir}")
+    if view.message and view.status != "FAILED":
+        lines.append(f"  message:    {view.message}")
+    elif view.message:
+        lines.append("  message:    " + view.message.splitlines()[0])
+    _out("\n".join(lines) + "\n")
+
+
+@jobs_app.command("logs")
+@friendly
+def jobs_logs(
+    job_id: str = typer.Argument(..., metavar="ID", help="Submission id."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep streaming until the job ends; exit with its outcome."),
+    address: Optional[str] = _opt_address(),
+    token_env: Optional[str] = _opt_token_env(),
+    insecure: bool = _opt_insecure(),
+) -> None:
+    """The job's driver output (what `orchestrator run` printed on the cluster)."""
+    client = _client(address, token_env, insecure)
+    if follow:
+        _follow(client, job_id)
+    else:
+        _out(client.logs(job_id))
+
+
+@jobs_app.command("stop")
+@friendly
+def jobs_stop(
+    job_id: str = typer.Argument(..., metavar="ID", help="Submission id."),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until the job has stopped."),
+    address: Optional[str] = _opt_address(),
+    token_env: Optional[str] = _opt_token_env(),
+    insecure: bool = _opt_insecure(),
+) -> None:
+    """Stop a pending or running job (its driver gets SIGTERM, then SIGKILL)."""
+    client = _client(address, token_env, insecure)
+    if not client.stop(job_id):
+        view = client.job(job_id)
+        _out(f"{job_id}: already finished ({view.status})\n")
+        return
+    if not wait:
+        _out(f"{job_id}: stop requested\n")
+        return
+    view = client.wait(job_id, timeout=60)
+    _out(f"{job_id}: {view.status}\n")
+    if view.status not in ("STOPPED", "SUCCEEDED", "FAILED"):
+        raise OrchestratorError(f"job {job_id} is still {view.status} 60 s after the stop request")
+
+
+# ------------------------------------------------------------------------------ cluster local
+
+
+def _cluster_name(name: Optional[str], config: Optional[Path]) -> str:
+    from orchestrator.cluster_local import load_config
+
+    return name or load_config(config).name
+
+
+_CONFIG_HELP = "Cluster config YAML (see cluster/local.yaml); flags override it."
+
+
+@local_app.command("up")
+@friendly
+def local_up(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help=_CONFIG_HELP, show_default=False),
+    name: Optional[str] = typer.Option(None, "--name", help="Cluster name (default: the config's, else 'local').", show_default=False),
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="Logical CPUs of the head node.", show_default=False),
+    port: Optional[int] = typer.Option(None, "--port", help="GCS port (0: a free one).", show_default=False),
+    dashboard_port: Optional[int] = typer.Option(None, "--dashboard-port", help="Dashboard / Jobs API port on 127.0.0.1 (0: a free one).", show_default=False),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Absolute folder for the run directories of jobs submitted here.", show_default=False),
+    as_json: bool = typer.Option(False, "--json", help="Print the cluster's state as JSON."),
+) -> None:
+    """Start a Ray head on this machine with token authentication on; print its addresses."""
+    from pydantic import ValidationError
+
+    from orchestrator import cluster_local as cl
+    from orchestrator.spec import format_validation_error
+
+    cfg = cl.load_config(config)
+    overrides = {k: v for k, v in dict(name=name, num_cpus=num_cpus, port=port, dashboard_port=dashboard_port, storage=storage).items() if v is not None}
+    try:
+        cfg = cl.LocalClusterConfig.model_validate({**cfg.model_dump(), **overrides})
+    except ValidationError as err:
+        raise OrchestratorError("invalid option: " + "; ".join(format_validation_error(err))) from None
+    with err_console.status(f"starting local Ray cluster {cfg.name!r}"):
+        st = cl.up(cfg)
+    if as_json:
+        _out(json.dumps(st.__dict__, indent=2) + "\n")
+        return
+    console.print(
+        f"local Ray cluster [bold]{st.name}[/] is up: {st.num_cpus} CPUs, Ray {st.ray_version}, token authentication on\n"
+        f"  dashboard:  {st.dashboard_url}\n"
+        f"  Jobs API:   {st.dashboard_url}    orchestrator submit SPEC --address {st.dashboard_url}\n"
+        f"  GCS:        {st.gcs_address}    orchestrator run SPEC --address {st.gcs_address} (with RAY_AUTH_MODE=token, RAY_AUTH_TOKEN_PATH={st.token_file})\n"
+        f"  token:      {st.token_file}\n"
+        f"  stop it:    orchestrator cluster local down --name {st.name}",
+        highlight=False, soft_wrap=True, markup=True,
+    )
+
+
+@local_app.command("down")
+@friendly
+def local_down(
+    name: Optional[str] = typer.Option(None, "--name", help="Cluster name (default: the config's, else 'local').", show_default=False),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help=_CONFIG_HELP, show_default=False),
+    grace_period: float = typer.Option(10.0, "--grace-period", help="Seconds the raylet and its workers get to exit before SIGKILL."),
+    keep_logs: bool = typer.Option(False, "--keep-logs", help="Keep Ray's temp dir (session logs)."),
+) -> None:
+    """Stop this cluster's processes only (never other Ray instances on the machine)."""
+    from orchestrator import cluster_local as cl
+
+    cluster = _cluster_name(name, config)
+    res = cl.down(cluster, grace_s=grace_period, keep_logs=keep_logs)
+    if res.found:
+        console.print(f"local Ray cluster {cluster!r} stopped ({res.found} processes" + (f", {res.killed} with SIGKILL)" if res.killed else ")"), highlight=False)
+    else:
+        console.print(f"local Ray cluster {cluster!r} was not running; state removed", highlight=False)
+
+
+@local_app.command("status")
+@friendly
+def local_status(
+    name: Optional[str] = typer.Option(None, "--name", help="Cluster name (default: the config's, else 'local').", show_default=False),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help=_CONFIG_HELP, show_default=False),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Is the cluster up? Its addresses, nodes, CPUs and jobs. Exit 1 when it is down."""
+    from orchestrator import cluster_local as cl
+
+    info = cl.status(_cluster_name(name, config))
+    if as_json:
+        _out(json.dumps(info, indent=2) + "\n")
+    elif info["up"]:
+        jobs = ", ".join(f"{v} {k.lower()}" for k, v in info["jobs"].items() if v) or "none"
+        console.print(
+            f"local Ray cluster [bold]{info['name']}[/]: [green]up[/] ({info['processes']} processes, {info['nodes']} node(s), {info['cpus']:g} CPUs)\n"
+            f"  dashboard / Jobs API: {info['dashboard_url']}\n  GCS: {info['gcs_address']}\n  token: {info['token_file']}\n  jobs: {jobs}",
+            highlight=False, soft_wrap=True,
+        )
+    else:
+        console.print(f"local Ray cluster [bold]{info['name']}[/]: [red]down[/] ({info['reason']})", highlight=False, soft_wrap=True)
+    if not info["up"]:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    """The whole `orchestrator` CLI with these commands, for `python -m orchestrator.jobs_cli`."""
+    from orchestrator.cli import app, cluster_app
+
+    register(app, cluster_app)
+    app()
+
+
+if __name__ == "__main__":
+    main()

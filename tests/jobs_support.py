@@ -1,0 +1,62 @@
+"""Helpers for the cluster and job-submission tests: the CLI in a subprocess with a clean environment."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import ROOT, spec_dict
+
+# Variables of the developer's shell that would change which cluster or token a command uses.
+AMBIENT = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE", "ORCHESTRATOR_HOME")
+
+
+def cli_command() -> list[str]:
+    """`orchestrator`; through `python -m orchestrator.jobs_cli` while cli.py does not register these commands yet."""
+    from orchestrator.cli import app
+
+    if any(c.name == "submit" for c in app.registered_commands):
+        return [str(Path(sys.executable).parent / "orchestrator")]
+    return [sys.executable, "-m", "orchestrator.jobs_cli"]
+
+
+def orch(*args: str, home: Path, cwd: Path | None = None, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if k not in AMBIENT}
+    clean.update(ORCHESTRATOR_HOME=str(home), COLUMNS="200", **(env or {}))
+    return subprocess.run([*cli_command(), *args], cwd=cwd or ROOT, env=clean, capture_output=True, text=True, timeout=timeout)
+
+
+def invoker():
+    """Run these commands in-process through typer's CliRunner (no Ray, no subprocess): invoke(*args) -> Result."""
+    import typer
+    from typer.testing import CliRunner
+
+    from orchestrator.jobs_cli import register
+
+    app, cluster_app = typer.Typer(), typer.Typer()
+    app.add_typer(cluster_app, name="cluster")
+    register(app, cluster_app)
+    runner = CliRunner()
+    return lambda *args: runner.invoke(app, list(args))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def small_digits_spec(folder: Path, name: str = "digits-small.yaml", **sections) -> Path:
+    """jobs/digits-cnn.yaml with small settings: no search, no promotion gate, 2 epochs, 2 workers."""
+    d = spec_dict("digits-cnn.yaml", **{"train": {"epochs": 2}, "scaling": {"workers": 2}, **sections})
+    d.pop("tune", None)
+    d.pop("promote", None)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(yaml.safe_dump(d))
+    return path
