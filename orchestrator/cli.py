@@ -124,10 +124,12 @@ app.add_typer(cluster_app, name="cluster")
 
 
 def _register_subcommands() -> None:
+    from orchestrator import jobs_cli
     from orchestrator.k8s.cli import cluster_k8s_app, k8s_app
 
     app.add_typer(k8s_app, name="k8s")  # orchestrator k8s render
     cluster_app.add_typer(cluster_k8s_app, name="k8s")  # orchestrator cluster k8s up|down|status|scale
+    jobs_cli.register(app, cluster_app)  # orchestrator submit, jobs ..., cluster local up|down|status
 
 
 _register_subcommands()
