@@ -56,65 +56,67 @@ def schema() -> None:
 # --------------------------------------------------------------------------------------- train
 
 
-def _address_option() -> Optional[str]:
-    return typer.Option(None, "--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray).")
+ADDRESS = typer.Option(None, "--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray).")
+OUTPUT = typer.Option(None, "--output", "-o", help="Parent folder of the run directory (default: the spec's output.dir).")
+VERBOSE = typer.Option(False, "--verbose", "-v", help="Show Ray's own logs.")
+SPEC = typer.Argument(..., metavar="SPEC", help="Job spec YAML.")
+NOT_PROMOTED_EXIT = 3
+
+
+def _exit_for(result) -> None:
+    """130 for an interrupted search, 3 for a winner that failed the promotion gate."""
+    if result.interrupted:
+        raise typer.Exit(130)
+    if not result.promoted:
+        raise typer.Exit(NOT_PROMOTED_EXIT)
 
 
 @app.command()
 @friendly
-def train(
-    spec_path: Path = typer.Argument(..., metavar="SPEC", help="Job spec YAML."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Parent folder of the run directory (default: the spec's output.dir)."),
-    address: Optional[str] = _address_option(),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Ray's own logs."),
-) -> None:
+def train(spec_path: Path = SPEC, output: Optional[Path] = OUTPUT, address: Optional[str] = ADDRESS, verbose: bool = VERBOSE) -> None:
     """Train once (no search) on Ray and write a run directory."""
+    from orchestrator.pipeline import train_job
     from orchestrator.spec import load_spec
 
-    spec = load_spec(spec_path)
-    from orchestrator.pipeline import train_job
-
-    train_job(spec, spec_path, output=output, address=address, verbose=verbose, console=console)
-
-
-NOT_PROMOTED_EXIT = 3
+    train_job(load_spec(spec_path), spec_path, output=output, address=address, verbose=verbose, console=console)
 
 
 @app.command()
 @friendly
 def run(
-    spec_path: Path = typer.Argument(..., metavar="SPEC", help="Job spec YAML."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Parent folder of the run directory (default: the spec's output.dir)."),
-    address: Optional[str] = _address_option(),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Ray's own logs."),
+    spec_path: Path = SPEC,
+    output: Optional[Path] = OUTPUT,
+    address: Optional[str] = ADDRESS,
+    verbose: bool = VERBOSE,
+    force: bool = typer.Option(False, "--force", help="Serve the winner even if it failed the promotion gate."),
+    no_serve: bool = typer.Option(False, "--no-serve", help="Do not serve, even if the spec has a serve section."),
 ) -> None:
-    """Validate, plan, search (or train once), evaluate the winner on the test split, apply the promotion gate."""
+    """Validate, plan, search (or train once), evaluate the winner on the test split, apply the promotion gate,
+    and serve it when the spec has a serve section."""
     from orchestrator.pipeline import run_job
     from orchestrator.spec import load_spec
 
     spec = load_spec(spec_path)
     result = run_job(spec, spec_path, output=output, address=address, verbose=verbose, console=console)
-    if result.interrupted:
-        raise typer.Exit(130)
-    if not result.promoted:
-        raise typer.Exit(NOT_PROMOTED_EXIT)
+    if spec.serve is not None and not no_serve and not result.interrupted:
+        from orchestrator.serve_cli import serve_after_run
+
+        serve_after_run(result, spec, console, force)
+        return
+    _exit_for(result)
 
 
 @app.command()
 @friendly
 def resume(
     run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="Run directory of an interrupted search."),
-    address: Optional[str] = _address_option(),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Ray's own logs."),
+    address: Optional[str] = ADDRESS,
+    verbose: bool = VERBOSE,
 ) -> None:
     """Continue an interrupted search without re-running finished trials."""
     from orchestrator.pipeline import resume_job
 
-    result = resume_job(run_dir, address=address, verbose=verbose, console=console)
-    if result.interrupted:
-        raise typer.Exit(130)
-    if not result.promoted:
-        raise typer.Exit(NOT_PROMOTED_EXIT)
+    _exit_for(resume_job(run_dir, address=address, verbose=verbose, console=console))
 
 
 # ------------------------------------------------------------------------------ sub-commands
@@ -124,12 +126,13 @@ app.add_typer(cluster_app, name="cluster")
 
 
 def _register_subcommands() -> None:
-    from orchestrator import jobs_cli
+    from orchestrator import jobs_cli, serve_cli
     from orchestrator.k8s.cli import cluster_k8s_app, k8s_app
 
     app.add_typer(k8s_app, name="k8s")  # orchestrator k8s render
     cluster_app.add_typer(cluster_k8s_app, name="k8s")  # orchestrator cluster k8s up|down|status|scale
     jobs_cli.register(app, cluster_app)  # orchestrator submit, jobs ..., cluster local up|down|status
+    serve_cli.register(app)  # orchestrator serve, predict
 
 
 _register_subcommands()

@@ -1,0 +1,290 @@
+"""Serving without Ray: request schema, validation, auth and limits of the HTTP app, CLI helpers."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+import typer
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from orchestrator import serve_cli
+from orchestrator.errors import OrchestratorError
+from orchestrator.preprocess import Preprocessor
+from orchestrator.serve_app import ModelRunner, make_api, record_model, token_digest
+from tests.serve_support import feature_records, free_port, make_checkpoint, make_run_dir, offline_predictions
+
+TOKEN = "test-token-123"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "ckpt")
+
+
+@pytest.fixture(scope="module")
+def runner(checkpoint):
+    return ModelRunner(checkpoint[0], max_records=100, max_body_bytes=64 * 1024)
+
+
+@pytest.fixture(scope="module")
+def client(runner):
+    async def infer(records):
+        return runner.predict(records)
+
+    return TestClient(make_api(runner, infer, token_sha256=token_digest(TOKEN)), headers=AUTH)
+
+
+@pytest.fixture(scope="module")
+def records(runner, checkpoint):
+    return feature_records(checkpoint[1], runner.columns)
+
+
+def test_predictions_equal_offline_in_every_body_shape(client, checkpoint, records):
+    ckpt, test = checkpoint
+    expected = offline_predictions(ckpt, test)
+    wrapped = client.post("/predict", json={"records": records[:50]}).json()
+    assert wrapped["predictions"] == expected[:50]
+    assert client.post("/predict", json=records[50:60]).json()["predictions"] == expected[50:60]
+    one = client.post("/predict", json=records[3]).json()
+    assert one["predictions"] == [expected[3]]
+    assert set(one["probabilities"][0]) == {"benign", "malignant"}
+    assert abs(sum(one["probabilities"][0].values()) - 1) < 1e-5
+    assert one["model_version"] == wrapped["model_version"] and len(one["model_version"]) == 12
+
+
+def test_null_numeric_is_imputed_and_unseen_category_allowed(client, records):
+    rec = {**records[0], "mean_radius": None, "site": "elsewhere"}
+    assert client.post("/predict", json=rec).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "body, status, field",
+    [
+        (b"{not json", 400, None),
+        (b"", 400, None),
+        (b"\xff\xfe", 400, None),
+        (b"42", 422, None),
+        (b'{"records": 5}', 422, "records"),
+        (b'{"records": []}', 422, "records"),
+    ],
+)
+def test_malformed_bodies(client, body, status, field):
+    resp = client.post("/predict", content=body)
+    assert resp.status_code == status, resp.text
+    detail = resp.json()["detail"]
+    assert detail and (field is None or detail.startswith(field))
+
+
+def test_field_errors_name_the_field(client, records):
+    def errors(body):
+        resp = client.post("/predict", json=body)
+        assert resp.status_code == 422, resp.text
+        return {e["field"]: e for e in resp.json()["errors"]}, resp.json()["detail"]
+
+    wrong, detail = errors({**records[0], "mean_radius": "large"})
+    assert wrong["mean_radius"]["type"] == "float_type" and "mean_radius" in detail and "'large'" in detail
+    assert "mean_radius" in errors({**records[0], "mean_radius": True})[0]
+    assert "site" in errors({**records[0], "site": 3})[0]
+    missing = errors({k: v for k, v in records[0].items() if k != "worst_area"})[0]
+    assert missing["worst_area"]["type"] == "missing"
+    unknown = errors({**records[0], "label": "benign"})[0]
+    assert unknown["label"]["type"] == "extra_forbidden"
+    batch = errors({"records": [records[0], {**records[1], "mean_texture": []}]})[0]
+    assert list(batch) == ["records[1].mean_texture"]
+    assert list(errors([records[0], "x"])[0]) == ["[1]"]
+    assert "extra" in errors({"records": [records[0]], "extra": 1})[0]
+
+
+def test_nan_is_refused(client, records):
+    body = json.dumps({**records[0], "mean_radius": float("nan")}).encode()  # Python writes NaN
+    resp = client.post("/predict", content=body)
+    assert resp.status_code == 422 and "mean_radius" in resp.json()["detail"]
+
+
+def test_limits_give_413(client, records, runner):
+    assert client.post("/predict", json=[records[0]] * (runner.max_records + 1)).status_code == 413
+    big = b'{"records": [' + b" " * (80 * 1024) + b"]}"
+    resp = client.post("/predict", content=big)
+    assert resp.status_code == 413 and "max_body_bytes" in resp.json()["detail"]
+
+    def chunked():  # no Content-Length: the body is counted as it arrives
+        for _ in range(20):
+            yield b" " * 8192
+
+    assert client.post("/predict", content=chunked()).status_code == 413
+
+
+def test_auth(runner, records):
+    async def infer(recs):
+        return runner.predict(recs)
+
+    c = TestClient(make_api(runner, infer, token_sha256=token_digest(TOKEN)))
+    no = c.post("/predict", json=records[0])
+    assert no.status_code == 401 and no.headers["www-authenticate"] == "Bearer"
+    assert c.post("/predict", json=records[0], headers={"Authorization": "Basic abc"}).status_code == 401
+    assert c.post("/predict", json=records[0], headers={"Authorization": "Bearer wrong"}).status_code == 403
+    assert c.get("/metadata").status_code == 401 and c.get("/openapi.json").status_code == 401
+    assert c.get("/healthz").status_code == 200
+    assert c.post("/predict", json=records[0], headers=AUTH).status_code == 200
+
+
+def test_metadata_and_docs(client, runner):
+    meta = client.get("/metadata").json()
+    assert meta["name"] == "test" and meta["task"] == "classification" and meta["classes"] == ["benign", "malignant"]
+    schema = meta["input_schema"]
+    assert schema["additionalProperties"] is False and len(schema["required"]) == 31
+    assert schema["properties"]["site"]["anyOf"][0]["type"] == "string"
+    assert meta["model"]["arch"] == "mlp" and meta["model"]["parameters"] > 0
+    assert meta["limits"]["max_records"] == 100
+    api = client.get("/openapi.json").json()
+    assert "Record" in api["components"]["schemas"] and "/predict" in api["paths"]
+    assert client.get("/docs").status_code == 200
+
+
+def test_metrics_hook_sees_every_request(runner, records):
+    seen = []
+
+    async def infer(recs):
+        return runner.predict(recs)
+
+    c = TestClient(make_api(runner, infer, observe=lambda route, status, s: seen.append((route, status))))
+    c.post("/predict", json=records[0])
+    c.post("/predict", content=b"{")
+    c.get("/nope")
+    assert seen == [("/predict", 200), ("/predict", 400), ("other", 404)]
+
+
+def test_image_and_integer_category_schemas():
+    from pydantic import ValidationError
+
+    img = record_model(Preprocessor(task="classification", label="y", image_column="image", image_shape=[1, 2, 2], classes=[0, 1]))
+    img.model_validate({"image": [0, 1.5, 2, 3]})
+    with pytest.raises(ValidationError):
+        img.model_validate({"image": [0, 1, 2]})
+    cat = record_model(Preprocessor(task="regression", label="y", categorical={"n": [1, 2, 3]}))
+    cat.model_validate({"n": 7})
+    with pytest.raises(ValidationError):
+        cat.model_validate({"n": "1"})
+
+
+def test_app_builder_args(checkpoint):
+    from orchestrator.serve import ServeArgs, app_builder, serve_args
+    from orchestrator.spec import ServeSpec
+
+    with pytest.raises(ValueError, match="max_batch_size"):
+        app_builder({"checkpoint_path": "/x", "max_batch_size": 0})
+    with pytest.raises(ValueError, match="unknown_arg"):
+        app_builder({"checkpoint_path": "/x", "unknown_arg": 1})
+    args = serve_args(str(checkpoint[0]), ServeSpec(auth_token_env="SERVE_TOKEN"))
+    json.dumps(args)
+    assert ServeArgs.model_validate(args).auth_token_env == "SERVE_TOKEN"
+    app_builder(args)
+
+
+def test_app_builder_accepts_the_rayservice_args(checkpoint):
+    """The KubeRay manifest renders its args for this builder: they must be accepted as they are."""
+    from orchestrator.k8s.render import SERVE_DEPLOYMENT, serve_config
+    from orchestrator.serve import DEPLOYMENT, app_builder
+    from orchestrator.spec import parse_spec
+
+    spec = parse_spec({"name": "bc", "data": {"source": "x.parquet", "label": "label"}, "serve": {"auth_token_env": "SERVE_TOKEN"}})
+    app = serve_config(spec, str(checkpoint[0]))["applications"][0]
+    assert DEPLOYMENT == SERVE_DEPLOYMENT
+    app_builder(app["args"])
+
+
+# ---------------------------------------------------------------------------------- CLI helpers
+
+
+def test_resolve_target(tmp_path, checkpoint):
+    ok = make_run_dir(tmp_path / "a", checkpoint[0], serve={"port": 9123, "max_batch_size": 8})
+    t = serve_cli.resolve_target(ok)
+    assert t.checkpoint == ok / "best_checkpoint" and t.serve.port == 9123 and t.serve.max_batch_size == 8
+    assert serve_cli.resolve_target(ok / "best_checkpoint", port=9200, host="0.0.0.0").serve.port == 9200
+    bad = make_run_dir(tmp_path / "b", checkpoint[0], promoted=False)
+    with pytest.raises(OrchestratorError, match="not promoted.*--force"):
+        serve_cli.resolve_target(bad)
+    with pytest.raises(OrchestratorError, match="not promoted"):
+        serve_cli.resolve_target(bad / "best_checkpoint")
+    assert serve_cli.resolve_target(bad, force=True).serve.port == 8000
+    assert serve_cli.resolve_target(checkpoint[0]).run_dir is None
+    with pytest.raises(OrchestratorError, match="no such"):
+        serve_cli.resolve_target(tmp_path / "missing")
+    with pytest.raises(OrchestratorError, match="neither"):
+        serve_cli.resolve_target(tmp_path)
+    with pytest.raises(OrchestratorError, match="--port"):
+        serve_cli.resolve_target(ok, port=70000)
+
+
+def test_serve_after_run_refuses_unpromoted(tmp_path, checkpoint):
+    from types import SimpleNamespace
+
+    from orchestrator.spec import parse_spec
+
+    spec = parse_spec({"name": "bc", "data": {"source": "x.parquet", "label": "label"}, "serve": {}})
+    result = SimpleNamespace(run_dir=tmp_path, best_checkpoint=str(checkpoint[0]), interrupted=False, promoted=False,
+                             decision={"reason": "test_accuracy = 0.5 does not meet 'accuracy >= 0.9'"})
+    with pytest.raises(OrchestratorError, match="not promoted.*--force"):
+        serve_cli.serve_after_run(result, spec, serve_cli.console, force=False)
+
+
+def test_curl_example_is_valid_shell(records):
+    rec = {**records[0], "site": "it's"}
+    cmd = serve_cli.curl_example("http://127.0.0.1:8000", rec, "SERVE_TOKEN")
+    argv = shlex.split(cmd)
+    assert argv[:3] == ["curl", "-s", "http://127.0.0.1:8000/predict"]
+    assert json.loads(argv[argv.index("-d") + 1]) == rec
+    assert "Authorization: Bearer $SERVE_TOKEN" in argv
+
+
+def test_test_row_comes_from_the_test_split(tmp_path):
+    from orchestrator.preprocess import assign_splits
+    from orchestrator.spec import parse_spec
+    from tests.serve_support import breast_cancer_frame
+
+    df = breast_cancer_frame()
+    df.to_parquet(tmp_path / "bc.parquet", index=False)
+    spec = parse_spec({"name": "bc", "data": {"source": "bc.parquet", "label": "label", "categorical": ["site"]}}, base_dir=tmp_path)
+    cols = [c for c in df.columns if c != "label"]
+    row = serve_cli.test_row(spec, cols)
+    assert row is not None and list(row) == cols
+    codes = assign_splits(df, 0, (0.7, 0.15, 0.15))
+    assert row["mean_radius"] == df[codes == 2].iloc[0]["mean_radius"]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".json", ".jsonl", ".parquet"])
+def test_read_records(tmp_path, checkpoint, suffix):
+    rows = checkpoint[1].head(3)
+    path = tmp_path / f"rows{suffix}"
+    if suffix == ".csv":
+        rows.to_csv(path, index=False)
+    elif suffix == ".json":
+        path.write_text(json.dumps({"records": rows.to_dict("records")}))
+    elif suffix == ".jsonl":
+        rows.to_json(path, orient="records", lines=True)
+    else:
+        rows.to_parquet(path)
+    df = serve_cli.read_records(path)
+    assert len(df) == 3 and list(df["mean_radius"]) == list(rows["mean_radius"])
+
+
+def test_predict_reports_unreachable_server_without_traceback(tmp_path, checkpoint):
+    path = tmp_path / "rows.csv"
+    checkpoint[1].head(2).to_csv(path, index=False)
+    app = typer.Typer()
+    serve_cli.register(app)
+
+    @app.command()
+    def _noop() -> None:  # a second command keeps typer's subcommand layout
+        pass
+
+    result = CliRunner().invoke(app, ["predict", f"http://127.0.0.1:{free_port()}", str(path)])
+    assert result.exit_code == 1
+    assert "cannot reach" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(app, ["predict", "http://127.0.0.1:1", str(tmp_path / "nope.txt")])
+    assert result.exit_code == 1 and "unsupported file type" in result.output
