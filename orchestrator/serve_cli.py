@@ -5,7 +5,6 @@ cli.py calls `register(app)`; the heavy imports (Ray, torch, FastAPI) happen onl
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import re
@@ -21,6 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from orchestrator.clitools import friendly
 from orchestrator.errors import OrchestratorError
 
 console = Console()
@@ -404,18 +404,6 @@ def _predictions_table(rows: list[dict]) -> Table:
 # ---------------------------------------------------------------------------------- commands
 
 
-def _friendly(fn: Callable) -> Callable:
-    """cli.friendly, looked up when the command runs (cli.py imports this module)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from orchestrator.cli import friendly
-
-        return friendly(fn)(*args, **kwargs)
-
-    return wrapper
-
-
 def serve_command(
     target: Path = typer.Argument(..., metavar="RUN_DIR|CHECKPOINT", help="Run directory (serves its best_checkpoint) or checkpoint directory."),
     host: Optional[str] = typer.Option(None, "--host", help="Bind address (default: the spec's serve.host, 127.0.0.1)."),
@@ -464,5 +452,5 @@ def predict_command(
 
 def register(app: typer.Typer) -> None:
     """Add `serve` and `predict` to the orchestrator CLI."""
-    app.command("serve")(_friendly(serve_command))
-    app.command("predict")(_friendly(predict_command))
+    app.command("serve")(friendly(serve_command))
+    app.command("predict")(friendly(predict_command))
