@@ -26,6 +26,13 @@ from orchestrator.errors import OrchestratorError
 console = Console()
 err_console = Console(stderr=True)
 
+
+class NotPromotedError(OrchestratorError):
+    """Serving refused: the model failed the promotion gate (exit 3, like `orchestrator run`)."""
+
+    exit_code = 3
+
+
 DEFAULT_CHUNK = 256
 RETRIES_ON_503 = 5
 
@@ -92,7 +99,7 @@ def resolve_target(path: Path, *, spec_path: Optional[Path] = None, host: Option
         if not isinstance(decision, dict):
             decision = {"promoted": False, "reason": "the run has no promotion decision (promotion.json); it may not have finished"}
         if not decision.get("promoted") and not force:
-            raise OrchestratorError(
+            raise NotPromotedError(
                 f"{run_dir}: the model was not promoted ({decision.get('reason', 'no reason recorded')}); "
                 "pass --force to serve it anyway"
             )
@@ -261,7 +268,7 @@ def serve_after_run(result, spec, console: Console, force: bool) -> None:
         console.print("[yellow]nothing to serve: the run did not finish with a best checkpoint[/]")
         return
     if not result.promoted and not force:
-        raise OrchestratorError(
+        raise NotPromotedError(
             f"not serving: the winner was not promoted ({result.decision.get('reason', 'no reason recorded')}); "
             f"serve it anyway with: orchestrator serve {result.run_dir} --force"
         )

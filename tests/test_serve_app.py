@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import shlex
-from pathlib import Path
+import warnings
 
 import pytest
 import typer
-from fastapi.testclient import TestClient
 from typer.testing import CliRunner
+
+with warnings.catch_warnings():  # starlette's TestClient warns that it prefers httpx2
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
 
 from orchestrator import serve_cli
 from orchestrator.errors import OrchestratorError
@@ -278,13 +281,17 @@ def test_predict_reports_unreachable_server_without_traceback(tmp_path, checkpoi
     checkpoint[1].head(2).to_csv(path, index=False)
     app = typer.Typer()
     serve_cli.register(app)
-
-    @app.command()
-    def _noop() -> None:  # a second command keeps typer's subcommand layout
-        pass
-
     result = CliRunner().invoke(app, ["predict", f"http://127.0.0.1:{free_port()}", str(path)])
     assert result.exit_code == 1
     assert "cannot reach" in result.output and "Traceback" not in result.output
     result = CliRunner().invoke(app, ["predict", "http://127.0.0.1:1", str(tmp_path / "nope.txt")])
     assert result.exit_code == 1 and "unsupported file type" in result.output
+
+
+def test_serve_command_refuses_an_unpromoted_run(tmp_path, checkpoint):
+    bad = make_run_dir(tmp_path, checkpoint[0], promoted=False)
+    app = typer.Typer()
+    serve_cli.register(app)
+    result = CliRunner().invoke(app, ["serve", str(bad)])
+    assert result.exit_code == 3
+    assert "not promoted" in result.output and "--force" in result.output and "Traceback" not in result.output

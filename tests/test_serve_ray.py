@@ -115,6 +115,7 @@ def test_prometheus_metrics_exposed(server, records):
     from orchestrator.serve import metrics_url
 
     httpx.post(f"{server}/predict", json={"records": records[:5]}, headers=AUTH)
+    httpx.post(f"{server}/predict", json=records[0])  # 401
     url = metrics_url()
     assert url is not None
 
