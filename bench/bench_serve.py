@@ -1,16 +1,18 @@
 """Serving benchmark: Ray Serve with dynamic batching vs a plain per-request FastAPI + uvicorn server.
 
-    .venv/bin/python bench/bench_serve.py [--hidden 4096 4096] [--duration 10] [--threads 1]
+    .venv/bin/python bench/bench_serve.py [--hidden 4096 4096 4096] [--rounds 2] [--duration 6] [--threads 1]
 
-One run, one machine, one model (an MLP on the breast-cancer features; big enough that a forward
-pass costs about as much for 64 rows as for a few), loopback only:
+One run, one machine, one model (an MLP on the breast-cancer features, hidden 4096x3 by default;
+its forward pass is memory-bound, so one pass over 64 rows costs a fraction of 64 one-row passes),
+loopback only:
   ceiling   the model's own forward throughput in-process (batch 1 and batch 64), no HTTP
   serve     orchestrator.serve.deploy(): the Serve proxy, one replica, @serve.batch
   baseline  the same FastAPI app (same validation and preprocessing code) under uvicorn, one
             worker, one forward pass per request in a thread pool as wide as the machine's cores
 Both servers use the same torch.set_num_threads. The load generator (aiohttp, in this process)
 keeps C requests of one record each in flight for a fixed time, at C = 1, 16 and 64, after a
-warm-up. It prints a table and writes bench/results/serve.json.
+warm-up; servers and levels are interleaved and repeated (--rounds) so that changes in the
+machine's load hit both servers alike. It prints a table and writes bench/results/serve.json.
 """
 
 from __future__ import annotations
@@ -59,14 +61,14 @@ def baseline_server(checkpoint: str, port: int, threads: int, pool: int) -> None
 
 
 async def _load(url: str, bodies: list[bytes], concurrency: int, duration: float, max_requests: int) -> dict:
+    """Keep `concurrency` one-record requests in flight for `duration` s; latencies of the 200s."""
     import aiohttp
 
     latencies: list[float] = []
     errors: dict[str, int] = {}
     sent = 0
-    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
-    timeout = aiohttp.ClientTimeout(total=60)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
         t0 = time.perf_counter()
         stop_at = t0 + duration
 
@@ -91,25 +93,40 @@ async def _load(url: str, bodies: list[bytes], concurrency: int, duration: float
 
         await asyncio.gather(*(worker(k) for k in range(concurrency)))
         elapsed = time.perf_counter() - t0
-    latencies.sort()
-    q = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) >= 2 else latencies * 99
+    return {"latencies": latencies, "errors": errors, "seconds": elapsed}
+
+
+def summarize(server: str, concurrency: int, runs: list[dict]) -> dict:
+    """Pool the rounds: throughput = answered / measured time, percentiles over every latency."""
+    lat = sorted(x for r in runs for x in r["latencies"])
+    seconds = sum(r["seconds"] for r in runs)
+    errors: dict[str, int] = {}
+    for r in runs:
+        for k, v in r["errors"].items():
+            errors[k] = errors.get(k, 0) + v
+    q = statistics.quantiles(lat, n=100, method="inclusive") if len(lat) >= 2 else [lat[0] if lat else float("nan")] * 99
     return {
-        "concurrency": concurrency, "ok": len(latencies), "errors": errors, "seconds": round(elapsed, 2),
-        "throughput_rps": round(len(latencies) / elapsed, 1),
-        "p50_ms": round(q[49] * 1000, 2) if q else None, "p99_ms": round(q[98] * 1000, 2) if q else None,
+        "server": server, "concurrency": concurrency, "ok": len(lat), "errors": errors, "seconds": round(seconds, 2),
+        "throughput_rps": round(len(lat) / seconds, 1), "p50_ms": round(q[49] * 1000, 2), "p99_ms": round(q[98] * 1000, 2),
+        "rounds_rps": [round(len(r["latencies"]) / r["seconds"], 1) for r in runs],
     }
 
 
-def measure(name: str, url: str, bodies: list[bytes], duration: float, warmup: float, max_requests: int) -> list[dict]:
-    rows = []
-    for c in CONCURRENCY:
-        asyncio.run(_load(f"{url}/predict", bodies, c, warmup, max_requests))
-        r = asyncio.run(_load(f"{url}/predict", bodies, c, duration, max_requests))
-        r["server"] = name
-        rows.append(r)
-        print(f"  {name:8s} C={c:<3d} {r['throughput_rps']:8.1f} req/s  p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms"
-              + (f"  errors {r['errors']}" if r["errors"] else ""), flush=True)
-    return rows
+def measure(urls: dict[str, str], bodies: list[bytes], *, rounds: int, duration: float, warmup: float, max_requests: int) -> list[dict]:
+    """Every server at every concurrency, interleaved and repeated, so that drift in the machine's
+    load (other processes) falls on both servers alike."""
+    runs: dict[tuple[str, int], list[dict]] = {}
+    names = list(urls)
+    for rnd in range(rounds):
+        for c in CONCURRENCY:
+            for name in names if rnd % 2 == 0 else names[::-1]:
+                url = f"{urls[name]}/predict"
+                asyncio.run(_load(url, bodies, c, warmup, max_requests))
+                r = asyncio.run(_load(url, bodies, c, duration, max_requests))
+                runs.setdefault((name, c), []).append(r)
+                rps = len(r["latencies"]) / r["seconds"]
+                print(f"  round {rnd + 1}  {name:8s} C={c:<3d} {rps:8.1f} req/s" + (f"  errors {r['errors']}" if r["errors"] else ""), flush=True)
+    return [summarize(name, c, runs[(name, c)]) for name in names for c in CONCURRENCY]
 
 
 def ceiling(checkpoint: Path, threads: int, seconds: float = 2.0) -> dict:
@@ -160,9 +177,10 @@ def check_answers(url: str, records: list[dict], expected: list) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--hidden", type=int, nargs="+", default=[4096, 4096], help="MLP hidden layer widths.")
+    ap.add_argument("--hidden", type=int, nargs="+", default=[4096, 4096, 4096], help="MLP hidden layer widths.")
     ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads in both servers.")
-    ap.add_argument("--duration", type=float, default=10.0, help="Seconds measured per concurrency level.")
+    ap.add_argument("--duration", type=float, default=6.0, help="Seconds measured per server, concurrency level and round.")
+    ap.add_argument("--rounds", type=int, default=2, help="Interleaved repetitions, pooled in the results.")
     ap.add_argument("--warmup", type=float, default=2.0, help="Seconds of load before each measurement.")
     ap.add_argument("--max-requests", type=int, default=50_000, help="Cap on requests per measurement.")
     ap.add_argument("--max-batch-size", type=int, default=64)
@@ -181,9 +199,11 @@ def main() -> None:
     import torch
 
     from orchestrator.serve import deploy
+    from orchestrator.serve_cli import _quiet_serve_logs
     from orchestrator.spec import ServeSpec
     from tests.serve_support import feature_records, free_port, make_checkpoint, offline_predictions
 
+    _quiet_serve_logs(False)
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     print(f"training an MLP {a.hidden} on breast-cancer features ...", flush=True)
     ckpt, test = make_checkpoint(work / "ckpt", hidden=a.hidden, epochs=3, job="bench")
@@ -199,33 +219,26 @@ def main() -> None:
     ceil = ceiling(ckpt, a.threads)
     print(f"  forward: batch 1 {ceil['forward_batch1_rows_per_s']} rows/s, batch 64 {ceil['forward_batch64_rows_per_s']} rows/s", flush=True)
 
-    results = []
-    # (b) plain FastAPI + uvicorn, in its own process
+    cores = os.cpu_count() or 1
+    load_before = os.getloadavg()
     port = free_port()
     proc = subprocess.Popen([sys.executable, __file__, "--baseline-server", str(ckpt), str(port), "--threads", str(a.threads),
                              "--baseline-pool", str(a.baseline_pool)], cwd=ROOT)
-    try:
-        base_url = f"http://127.0.0.1:{port}"
-        wait_ready(base_url)
-        check_answers(base_url, records, expected)
-        print("baseline: FastAPI + uvicorn, 1 worker, per-request forward", flush=True)
-        results += measure("baseline", base_url, bodies, a.duration, a.warmup, a.max_requests)
-    finally:
-        proc.terminate()
-        proc.wait(30)
-
-    # (a) Ray Serve with dynamic batching
-    cores = os.cpu_count() or 1
     ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False, logging_level="warning")
     spec = ServeSpec(port=free_port(), max_batch_size=a.max_batch_size, batch_wait_timeout_s=a.batch_wait_ms / 1000,
                      max_ongoing_requests=max(128, 2 * a.max_batch_size), max_queued_requests=-1, cpus_per_replica=1)
     try:
-        url = deploy(ckpt, spec, name="bench", torch_threads=a.threads)
-        wait_ready(url)
-        check_answers(url, records, expected)
-        print(f"serve: Ray Serve, 1 replica, @serve.batch(max_batch_size={a.max_batch_size}, wait {a.batch_wait_ms:g} ms)", flush=True)
-        results += measure("serve", url, bodies, a.duration, a.warmup, a.max_requests)
+        urls = {"baseline": f"http://127.0.0.1:{port}"}  # (b) plain FastAPI + uvicorn, its own process
+        urls["serve"] = deploy(ckpt, spec, name="bench", torch_threads=a.threads)  # (a) Ray Serve
+        for url in urls.values():
+            wait_ready(url)
+            check_answers(url, records, expected)
+        print(f"baseline: FastAPI + uvicorn, 1 worker, per-request forward on {a.baseline_pool} threads\n"
+              f"serve:    Ray Serve, 1 replica, @serve.batch(max_batch_size={a.max_batch_size}, wait {a.batch_wait_ms:g} ms)", flush=True)
+        results = measure(urls, bodies, rounds=a.rounds, duration=a.duration, warmup=a.warmup, max_requests=a.max_requests)
     finally:
+        proc.terminate()
+        proc.wait(30)
         try:
             from ray import serve
 
@@ -233,14 +246,16 @@ def main() -> None:
         finally:
             ray.shutdown()
 
+    load_after = os.getloadavg()
     by = {(r["server"], r["concurrency"]): r for r in results}
     speedup = {c: round(by[("serve", c)]["throughput_rps"] / max(by[("baseline", c)]["throughput_rps"], 1e-9), 2) for c in CONCURRENCY}
     report = {
         "command": "bench/bench_serve.py " + " ".join(sys.argv[1:]),
         "machine": {"cpus": cores, "platform": platform.platform(), "python": platform.python_version(),
-                    "torch": torch.__version__, "ray": ray.__version__},
+                    "torch": torch.__version__, "ray": ray.__version__,
+                    "load_average_1m_before_after": [round(load_before[0], 2), round(load_after[0], 2)]},
         "model": {"arch": "mlp", "hidden": a.hidden, "parameters": n_params, "inputs": len(columns)},
-        "settings": {"torch_threads": a.threads, "duration_s": a.duration, "warmup_s": a.warmup,
+        "settings": {"torch_threads": a.threads, "duration_s": a.duration, "warmup_s": a.warmup, "rounds": a.rounds,
                      "serve": {"replicas": 1, "cpus_per_replica": 1, "max_batch_size": a.max_batch_size,
                                "batch_wait_timeout_s": a.batch_wait_ms / 1000, "max_ongoing_requests": spec.max_ongoing_requests},
                      "baseline": {"uvicorn_workers": 1, "forward_threads": a.baseline_pool}},
@@ -259,6 +274,7 @@ def main() -> None:
     print(f"ceiling: forward {ceil['forward_batch1_rows_per_s']} rows/s at batch 1, {ceil['forward_batch64_rows_per_s']} rows/s at batch 64")
     print("serve / baseline throughput: " + ", ".join(f"C={c}: {s}x" for c, s in speedup.items())
           + f"  (goal at C=64: 2x -> {'met' if report['goal_2x_at_64_met'] else 'NOT met'})")
+    print(f"load average (1 min) before/after: {load_before[0]:.2f} / {load_after[0]:.2f} on {cores} CPUs")
     print(f"wrote {a.out.relative_to(ROOT) if a.out.is_relative_to(ROOT) else a.out}")
 
 
