@@ -6,7 +6,9 @@ One run, one machine, one model (an MLP on the breast-cancer features, hidden 40
 its forward pass is memory-bound, so one pass over 64 rows costs a fraction of 64 one-row passes),
 loopback only:
   ceiling   the model's own forward throughput in-process (batch 1 and batch 64), no HTTP
-  serve     orchestrator.serve.deploy(): the Serve proxy, one replica, @serve.batch
+  serve     orchestrator.serve.deploy() on Ray started as the CLI starts it (orchestrator.runtime.init_ray):
+            Serve's HTTP ingress (HAProxy when available, else Serve's Python proxy), one replica,
+            @serve.batch
   baseline  the same FastAPI app (same validation and preprocessing code) under uvicorn, one
             worker, one forward pass per request in a thread pool as wide as the machine's cores
 Both servers use the same torch.set_num_threads. The load generator (aiohttp, in this process)
@@ -224,7 +226,10 @@ def main() -> None:
     port = free_port()
     proc = subprocess.Popen([sys.executable, __file__, "--baseline-server", str(ckpt), str(port), "--threads", str(a.threads),
                              "--baseline-pool", str(a.baseline_pool)], cwd=ROOT)
-    ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False, logging_level="warning")
+    from orchestrator.runtime import init_ray, serve_ingress
+
+    init_ray(num_cpus=cores)  # as `orchestrator serve` starts it (Serve's ingress: HAProxy when available)
+    ingress = "haproxy" if serve_ingress.get("haproxy") else "python-proxy"
     spec = ServeSpec(port=free_port(), max_batch_size=a.max_batch_size, batch_wait_timeout_s=a.batch_wait_ms / 1000,
                      max_ongoing_requests=max(128, 2 * a.max_batch_size), max_queued_requests=-1, cpus_per_replica=1)
     try:
@@ -234,7 +239,7 @@ def main() -> None:
             wait_ready(url)
             check_answers(url, records, expected)
         print(f"baseline: FastAPI + uvicorn, 1 worker, per-request forward on {a.baseline_pool} threads\n"
-              f"serve:    Ray Serve, 1 replica, @serve.batch(max_batch_size={a.max_batch_size}, wait {a.batch_wait_ms:g} ms)", flush=True)
+              f"serve:    Ray Serve ({ingress} ingress), 1 replica, @serve.batch(max_batch_size={a.max_batch_size}, wait {a.batch_wait_ms:g} ms)", flush=True)
         results = measure(urls, bodies, rounds=a.rounds, duration=a.duration, warmup=a.warmup, max_requests=a.max_requests)
     finally:
         proc.terminate()
@@ -256,7 +261,7 @@ def main() -> None:
                     "load_average_1m_before_after": [round(load_before[0], 2), round(load_after[0], 2)]},
         "model": {"arch": "mlp", "hidden": a.hidden, "parameters": n_params, "inputs": len(columns)},
         "settings": {"torch_threads": a.threads, "duration_s": a.duration, "warmup_s": a.warmup, "rounds": a.rounds,
-                     "serve": {"replicas": 1, "cpus_per_replica": 1, "max_batch_size": a.max_batch_size,
+                     "serve": {"ingress": ingress, "replicas": 1, "cpus_per_replica": 1, "max_batch_size": a.max_batch_size,
                                "batch_wait_timeout_s": a.batch_wait_ms / 1000, "max_ongoing_requests": spec.max_ongoing_requests},
                      "baseline": {"uvicorn_workers": 1, "forward_threads": a.baseline_pool}},
         "ceiling": ceil,

