@@ -1,18 +1,22 @@
-"""`orchestrator serve` end to end in its own process: serve a run directory, answer, stop on Ctrl-C."""
+"""`orchestrator serve` and `orchestrator run` with a serve section, end to end in their own process: serve, answer, stop on Ctrl-C."""
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 
 import httpx
 import pytest
+import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, spec_dict
 from tests.serve_support import feature_records, free_port, make_checkpoint, make_run_dir, offline_predictions
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -21,29 +25,23 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 CLI = "import sys, typer; from orchestrator import serve_cli; app = typer.Typer(); serve_cli.register(app); app()"
 
 
-def test_serve_run_dir_until_ctrl_c(tmp_path):
-    ckpt, test = make_checkpoint(tmp_path / "ckpt")
-    port = free_port()
-    run = make_run_dir(tmp_path, ckpt, serve={"port": port, "max_batch_size": 8})
-    proc = subprocess.Popen([sys.executable, "-c", CLI, "serve", str(run)], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "COLUMNS": "300"})
+@contextmanager
+def serving_until_ctrl_c(cmd: list[str], port: int, timeout: float):
+    """Run a serving command until it prints its ready banner; yield its output lines, then press
+    Ctrl-C and check that it stops cleanly and the port is closed."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "COLUMNS": "300"})
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
     reader.start()
     try:
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + timeout
         while not any("Ctrl-C stops the server" in x for x in lines):
             assert proc.poll() is None, "".join(lines)
             assert time.monotonic() < deadline, "".join(lines)
             time.sleep(0.2)
         out = "".join(lines)
         assert f"http://127.0.0.1:{port}" in out and "curl -s" in out
-        curl = next(x for x in lines if x.startswith("curl -s"))
-        assert f"http://127.0.0.1:{port}/predict" in curl
-        meta = httpx.get(f"http://127.0.0.1:{port}/metadata").json()
-        rows = feature_records(test, list(meta["input_schema"]["properties"]))
-        got = httpx.post(f"http://127.0.0.1:{port}/predict", json={"records": rows}, timeout=60).json()["predictions"]
-        assert got == offline_predictions(ckpt, test)
+        yield lines
         proc.send_signal(signal.SIGINT)
         assert proc.wait(120) == 0, "".join(lines)
     finally:
@@ -54,3 +52,37 @@ def test_serve_run_dir_until_ctrl_c(tmp_path):
     assert "server stopped" in "".join(lines)
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/healthz")
+
+
+def test_serve_run_dir_until_ctrl_c(tmp_path):
+    ckpt, test = make_checkpoint(tmp_path / "ckpt")
+    port = free_port()
+    run = make_run_dir(tmp_path, ckpt, serve={"port": port, "max_batch_size": 8})
+    with serving_until_ctrl_c([sys.executable, "-c", CLI, "serve", str(run)], port, 240) as lines:
+        curl = next(x for x in lines if x.startswith("curl -s"))
+        assert f"http://127.0.0.1:{port}/predict" in curl
+        meta = httpx.get(f"http://127.0.0.1:{port}/metadata").json()
+        rows = feature_records(test, list(meta["input_schema"]["properties"]))
+        got = httpx.post(f"http://127.0.0.1:{port}/predict", json={"records": rows}, timeout=60).json()["predictions"]
+        assert got == offline_predictions(ckpt, test)
+
+
+def test_run_with_serve_section_trains_then_serves_the_winner(tmp_path, data_dir):
+    """`orchestrator run SPEC` with a `serve:` section: train, evaluate, promote, then serve the winner
+    at the spec's port with a working curl line, until Ctrl-C."""
+    port = free_port()
+    d = spec_dict("breast-cancer-mlp.yaml", model={"hidden": [16]}, train={"epochs": 2}, scaling={"workers": 1},
+                  promote="accuracy >= 0.5", serve={"port": port, "max_batch_size": 8})
+    d["data"]["source"] = str(data_dir / "breast_cancer.parquet")
+    d["data"].pop("prepare", None)
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(d))
+    exe = os.path.join(os.path.dirname(sys.executable), "orchestrator")
+    with serving_until_ctrl_c([exe, "run", str(spec_path), "-o", str(tmp_path / "runs")], port, 420) as lines:
+        out = "".join(lines)
+        (run_dir,) = (tmp_path / "runs").iterdir()
+        assert "serving breast-cancer-mlp" in out and str(run_dir / "best_checkpoint") in out
+        curl = next(x for x in lines if x.startswith("curl -s"))
+        body = json.loads(shlex.split(curl)[-1])  # the curl line's record, as a user would paste it
+        answer = httpx.post(f"http://127.0.0.1:{port}/predict", json=body, timeout=60).json()
+        assert answer["predictions"][0] in ("benign", "malignant") and set(answer["probabilities"][0]) == {"benign", "malignant"}
