@@ -168,11 +168,16 @@ def _search(spec: JobSpec, run: Path, prepared, resources, console: Console, *, 
     with console.status("evaluating the winner on the held-out test split"):
         test = evaluate_checkpoint(str(best_dir), prepared.transformed["test"])
     w = outcome.winner
+    epochs_run = sum(len(r.epochs) for r in outcome.records)
+    budget = len(outcome.records) * spec.train.epochs
+    pruned = sum(r.status == "PRUNED" for r in outcome.records)
+    console.print(f"search: {len(outcome.records)} trials in {outcome.wall_time_s:.0f} s, {pruned} pruned by the scheduler, "
+                  f"{epochs_run} of {budget} epochs run ({100 * epochs_run / max(budget, 1):.0f}%)", highlight=False, soft_wrap=True)
     console.print(f"winner: trial {w.trial_id}  best {spec.tune_metric}={w.best(spec.tune_metric):.4f}  "
                   + ", ".join(f"{k}={v}" for k, v in w.config.items()), highlight=False, soft_wrap=True)
     write_json(run / "winner.json", {"trial_id": w.trial_id, "config": w.config, f"best_{spec.tune_metric}": w.best(spec.tune_metric), "checkpoint": outcome.winner_checkpoint})
     extra = {"trials": len(outcome.records), "failed_trials": len(failed),
-             "pruned_by_scheduler": sum(r.status == "PRUNED" for r in outcome.records),
+             "pruned_by_scheduler": pruned, "epochs_run": epochs_run, "epochs_without_pruning": budget,
              "early_stopped": sum(r.status == "EARLY_STOPPED" for r in outcome.records),
              "winner": w.trial_id, "winner_config": w.config, "search_wall_time_s": round(outcome.wall_time_s, 1)}
     return _finish(spec, run, str(best_dir), test, trials, w.trial_id, extra, console)

@@ -71,6 +71,8 @@ class TrialTable:
     def __exit__(self, *exc) -> None:
         self.live.update(self._render())
         self.live.stop()
+        if not self.live.console.is_terminal:
+            self.live.console.line()  # to a file or pipe the last render ends without a newline
 
     def update(self, tracker) -> None:
         self.tracker = tracker
