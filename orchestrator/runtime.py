@@ -130,15 +130,36 @@ def serve_ingress_env() -> dict[str, str]:
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": d,
         "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": os.path.join(d, "server-state"),
         "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": os.path.join(d, "metrics.sock"),
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(_unassigned_port()),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(_unassigned_port()),
         "RAY_SERVE_HAPROXY_NBTHREAD": str(max(1, min(4, os.cpu_count() or 1))),
         # the replica runs the app on its own event loop instead of handing every ASGI message to a
         # second loop in another thread (as RAY_SERVE_THROUGHPUT_OPTIMIZED does); the app never
         # blocks its loop (forward passes run in a worker thread): +20% requests/s on 2 CPUs
         "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+        # a stopping replica stays open this long so that load balancers in front can drop it
+        # (Ray's default: 30 s, so removing an app or pressing Ctrl-C took 31 s instead of 3 s);
+        # the HAProxy on this node reloads within a second and retries refused connections
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5",
     }
     return {k: v for k, v in env.items() if k not in os.environ}
+
+
+def _unassigned_port(low: int = 20000, high: int = 30000) -> int:
+    """A free port below the kernel's ephemeral range (32768+ on Linux) and above Ray's worker
+    ports (10002-19999), so that no process of the Ray node starting next gets it by chance
+    before HAProxy binds it (which happened with free_port())."""
+    import random
+    import socket
+
+    for port in random.sample(range(low, high), 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    return free_port()
 
 
 def free_port() -> int:

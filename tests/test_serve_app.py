@@ -311,7 +311,7 @@ def test_serve_ingress_env_haproxy_by_default_private_paths_and_opt_out(monkeypa
         assert len(env[key]) + 57 <= 97, env[key]
     d = env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"]
     assert env["RAY_SERVE_HAPROXY_SOCKET_PATH"].startswith(d) and oct(os.stat(d).st_mode)[-3:] == "700"
-    assert env["RAY_SERVE_HAPROXY_STATS_PORT"] != "8404" and env["RAY_SERVE_HAPROXY_METRICS_PORT"] != "9101"
+    assert all(20000 <= int(env[f"RAY_SERVE_HAPROXY_{k}_PORT"]) < 30000 for k in ("STATS", "METRICS"))  # not 8404, 9101
     monkeypatch.setenv("RAY_SERVE_HAPROXY_STATS_PORT", "8500")  # what the user set wins
     assert "RAY_SERVE_HAPROXY_STATS_PORT" not in runtime.serve_ingress_env()
     monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "0")  # opt out: Serve's Python proxy, Ray's defaults
