@@ -140,3 +140,19 @@ def test_train_digits_cnn_end_to_end(tmp_path):
     assert loaded.preprocessor.image_shape == [1, 8, 8]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["best_epoch"] == loaded.metrics["epoch"]
+
+
+def test_embedded_ray_gives_every_worker_the_train_settings(ray_session):
+    """Trial drivers, Train controllers and workers see the poll interval and the preemption watcher
+    switched off (one embedded node cannot be preempted; the watcher would cost an actor per run)."""
+    import ray
+
+    from orchestrator.runtime import HEALTH_CHECK_ENV, PREEMPTION_WATCHER_ENV
+
+    @ray.remote(num_cpus=0)
+    def env_of_a_worker():
+        return {k: os.environ.get(k) for k in (HEALTH_CHECK_ENV, PREEMPTION_WATCHER_ENV)}
+
+    seen = ray.get(env_of_a_worker.remote())
+    assert seen[PREEMPTION_WATCHER_ENV] == "0"
+    assert float(seen[HEALTH_CHECK_ENV]) <= 0.5
