@@ -7,8 +7,8 @@ its forward pass is memory-bound, so one pass over 64 rows costs a fraction of 6
 loopback only:
   ceiling   the model's own forward throughput in-process (batch 1 and batch 64), no HTTP
   serve     orchestrator.serve.deploy() on Ray started as the CLI starts it (orchestrator.runtime.init_ray):
-            Serve's HTTP ingress (HAProxy when available, else Serve's Python proxy), one replica,
-            @serve.batch
+            Serve's HTTP ingress (HAProxy, RAY_SERVE_ENABLE_HA_PROXY=1, unless the environment sets
+            it to 0: Serve's default Python proxy), one replica, @serve.batch
   baseline  the same FastAPI app (same validation and preprocessing code) under uvicorn, one
             worker, one forward pass per request in a thread pool as wide as the machine's cores
 Both servers use the same torch.set_num_threads. The load generator (aiohttp, in this process)
@@ -228,7 +228,10 @@ def main() -> None:
                              "--baseline-pool", str(a.baseline_pool)], cwd=ROOT)
     from orchestrator.runtime import init_ray, serve_ingress
 
-    init_ray(num_cpus=cores)  # as `orchestrator serve` starts it (Serve's ingress: HAProxy when available)
+    # Serve's HTTP ingress: HAProxy, the opt-in fast path (RAY_SERVE_ENABLE_HA_PROXY=0 on the command
+    # line measures Serve's default Python proxy instead)
+    os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
+    init_ray(num_cpus=cores)  # as `orchestrator serve` starts it
     ingress = "haproxy" if serve_ingress.get("haproxy") else "python-proxy"
     spec = ServeSpec(port=free_port(), max_batch_size=a.max_batch_size, batch_wait_timeout_s=a.batch_wait_ms / 1000,
                      max_ongoing_requests=max(128, 2 * a.max_batch_size), max_queued_requests=-1, cpus_per_replica=1)

@@ -100,7 +100,7 @@ def haproxy_binary() -> Optional[str]:
 
 
 def serve_ingress_env() -> dict[str, str]:
-    """Environment for an embedded Ray node so that Serve's HTTP ingress is HAProxy.
+    """Environment for an embedded Ray node so that Serve's HTTP ingress is HAProxy, when asked.
 
     By default Serve answers HTTP in a Python proxy actor that hands each request to a replica by
     actor calls (the replica then pulls the body back): several ms of CPU per request. With
@@ -111,13 +111,12 @@ def serve_ingress_env() -> dict[str, str]:
     and Prometheus listeners on ports 8404 and 9101, shared by every Ray instance on the machine;
     here they go to a private directory (mode 0700) and free ports.
 
-    On when an HAProxy binary is found, unless RAY_SERVE_ENABLE_HA_PROXY is set (0 keeps Serve's
-    Python proxy and Ray's defaults); any variable already set in the environment wins.
+    Opt-in (RAY_SERVE_ENABLE_HA_PROXY=1, and an HAProxy binary found): Ray 2.60's HAProxy template
+    binds the stats page and the Prometheus exporter on all interfaces, against this project's
+    loopback-by-default rule, so the default stays Serve's Python proxy. Any variable already set
+    in the environment wins.
     """
-    choice = os.environ.get(SERVE_HAPROXY_ENV)
-    if choice is not None and choice != "1":
-        return {}
-    if choice is None and haproxy_binary() is None:
+    if os.environ.get(SERVE_HAPROXY_ENV) != "1" or haproxy_binary() is None:
         return {}
     # Ray puts the sockets one node-id folder (57 characters) further down, and HAProxy refuses
     # socket paths over 97 characters: keep the directory's path short

@@ -207,9 +207,10 @@ def _print_ready(console: Console, url: str, target: ServeTarget, name: str) -> 
 
     if serve_ingress.get("haproxy"):
         console.print(f"  HTTP ingress: HAProxy (stats :{serve_ingress['stats_port']}/stats, Prometheus :{serve_ingress['metrics_port']}/metrics, "
-                      "on all interfaces); RAY_SERVE_ENABLE_HA_PROXY=0 uses Serve's Python proxy", highlight=False, soft_wrap=True)
+                      "on all interfaces)", highlight=False, soft_wrap=True)
     elif serve_ingress:
-        console.print("  HTTP ingress: Serve's Python proxy (no HAProxy binary, or RAY_SERVE_ENABLE_HA_PROXY=0)", highlight=False, soft_wrap=True)
+        console.print("  HTTP ingress: Serve's Python proxy (RAY_SERVE_ENABLE_HA_PROXY=1 selects HAProxy: about 2-3x the "
+                      "throughput, but its stats and metrics listeners bind all interfaces; see docs/serving.md)", highlight=False, soft_wrap=True)
     if spec.host not in ("127.0.0.1", "localhost", "::1"):
         console.print(f"[yellow]  listening on {spec.host}: reachable from the network[/]", highlight=False)
     console.print(f"try it ({'a row of the held-out test split' if row is not None else 'training means'}):", highlight=False)

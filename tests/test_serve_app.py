@@ -298,14 +298,18 @@ def test_serve_command_refuses_an_unpromoted_run(tmp_path, checkpoint):
     assert "not promoted" in result.output and "--force" in result.output and "Traceback" not in result.output
 
 
-def test_serve_ingress_env_haproxy_by_default_private_paths_and_opt_out(monkeypatch):
+def test_serve_ingress_env_haproxy_opt_in_private_paths(monkeypatch):
     from orchestrator import runtime
 
     for k in [k for k in os.environ if k.startswith("RAY_SERVE_")]:
         monkeypatch.delenv(k)
     monkeypatch.setattr(runtime, "haproxy_binary", lambda: "/usr/sbin/haproxy")
+    # off by default: Ray's HAProxy template binds its stats and metrics listeners on all interfaces
+    assert runtime.serve_ingress_env() == {}
+    monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "1")
     env = runtime.serve_ingress_env()
-    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and env["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "0"
+    assert env["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "0"
+    assert "RAY_SERVE_ENABLE_HA_PROXY" not in env  # already in the environment the node inherits
     # Ray adds a 56-character node-id folder; HAProxy refuses socket paths over 97 characters
     for key in ("RAY_SERVE_HAPROXY_SOCKET_PATH", "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH"):
         assert len(env[key]) + 57 <= 97, env[key]
@@ -314,8 +318,8 @@ def test_serve_ingress_env_haproxy_by_default_private_paths_and_opt_out(monkeypa
     assert all(20000 <= int(env[f"RAY_SERVE_HAPROXY_{k}_PORT"]) < 30000 for k in ("STATS", "METRICS"))  # not 8404, 9101
     monkeypatch.setenv("RAY_SERVE_HAPROXY_STATS_PORT", "8500")  # what the user set wins
     assert "RAY_SERVE_HAPROXY_STATS_PORT" not in runtime.serve_ingress_env()
-    monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "0")  # opt out: Serve's Python proxy, Ray's defaults
+    monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "0")  # Serve's Python proxy, Ray's defaults
     assert runtime.serve_ingress_env() == {}
-    monkeypatch.delenv("RAY_SERVE_ENABLE_HA_PROXY")
+    monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "1")
     monkeypatch.setattr(runtime, "haproxy_binary", lambda: None)  # no binary (e.g. macOS): Python proxy
     assert runtime.serve_ingress_env() == {}
