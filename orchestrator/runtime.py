@@ -106,7 +106,7 @@ def serve_ingress_env() -> dict[str, str]:
     actor calls (the replica then pulls the body back): several ms of CPU per request. With
     RAY_SERVE_ENABLE_HA_PROXY=1 an HAProxy process listens on serve.host:serve.port and forwards
     each connection to an HTTP server inside the replica, so a request costs little more than in
-    a plain uvicorn server (2.2x Serve's throughput at 64 clients on 2 CPUs in bench/bench_serve.py). Ray's own
+    a plain uvicorn server (bench/bench_serve.py; figures in docs/serving.md). Ray's own
     defaults put HAProxy's config, admin socket and state under /tmp/haproxy-serve and its stats
     and Prometheus listeners on ports 8404 and 9101, shared by every Ray instance on the machine;
     here they go to a private directory (mode 0700) and free ports.
