@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -111,6 +112,7 @@ def main() -> None:
             "epochs_run": sum(len(r.epochs) for r in outcome.records),
             "trials": len(outcome.records),
             "statuses": {s: sum(r.status == s for r in outcome.records) for s in sorted({r.status for r in outcome.records})},
+            "trials_run_to_the_end": sum(len(r.epochs) >= spec.train.epochs for r in outcome.records),
             "median_epoch_time_s": round(statistics.median(epoch_times), 2) if epoch_times else None,
             "median_trial_startup_s": round(statistics.median(startups), 1) if startups else None,
         }
@@ -118,6 +120,7 @@ def main() -> None:
     a, n = rows["asha"], rows["none"]
     summary = {
         "command": "bench/bench_asha.py " + " ".join(sys.argv[1:]),
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
         "spec": str(spec_path.relative_to(ROOT) if spec_path.is_relative_to(ROOT) else spec_path),
         "machine": {"cpus": resources.cpus, "gpus": resources.gpus, "python": platform.python_version(),
                     "load_average_1m_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)]},
