@@ -107,14 +107,16 @@ def run_job(spec: JobSpec, spec_path: Path, *, output: Optional[Path] = None, ad
     """Validate, plan, search (or train once without a tune section), evaluate, apply the promotion gate."""
     if spec.tune is None:
         return train_job(spec, spec_path, output=output, address=address, verbose=verbose, console=console)
-    from orchestrator.tune import expected_trials, plan_search
+    from orchestrator.tune import expected_trials, in_process_trials, plan_search
 
     console = console or Console()
     resources = _start(spec, address, verbose, console)
     concurrent, plan = plan_search(spec, resources)
     run = new_run_dir(spec, spec_path, output)
+    each = (f"each training in its own trial process on {plan.cpus_per_worker:g} CPU (one worker: no Ray Train worker group to start)" if in_process_trials(plan)
+            else f"each {plan.workers} workers x {plan.cpus_per_worker:g} CPU")
     console.print(f"run [bold]{run}[/]\nsearch: {expected_trials(spec.tune)} trials ({spec.tune.search}, scheduler {spec.tune.scheduler.type}), "
-                  f"{concurrent} at a time, each {plan.workers} workers x {plan.cpus_per_worker:g} CPU", highlight=False, soft_wrap=True)
+                  f"{concurrent} at a time, {each}", highlight=False, soft_wrap=True)
     prepared = _prepare(spec, console)
     return _search(spec, run, prepared, resources, console, restore=False)
 

@@ -134,22 +134,80 @@ def _y_dtype(task: str) -> torch.dtype:
 # ----------------------------------------------------------------------------------- worker loop
 
 
-def train_loop_per_worker(config: dict) -> None:
-    """Runs on every Ray Train worker. `config` is plain data (see build_loop_config)."""
+class TrainSession:
+    """What the loop needs from its runtime, on a Ray Train worker."""
+
+    def __init__(self):
+        ctx = ray.train.get_context()
+        self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
+
+    def device(self) -> torch.device:
+        return ray.train.torch.get_device()
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        return ray.train.torch.prepare_model(model)  # DDP over gloo (CPU) or NCCL (GPU)
+
+    def dataset(self, name: str):
+        return ray.train.get_dataset_shard(name)
+
+    def get_checkpoint(self) -> Optional[Checkpoint]:
+        return ray.train.get_checkpoint()
+
+    def report(self, metrics: dict, checkpoint: Optional[Checkpoint]) -> None:
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+class TuneTrialSession:
+    """The same, for a search trial with one CPU worker that trains in its own Tune trial process.
+
+    With a single worker there is nothing for Ray Train to coordinate (no collectives, one shard),
+    and its controller, worker process, placement group and dataset actors cost a trial more CPU
+    than a short epoch. So the loop runs in the trial, reads the datasets whole and reports
+    metrics and checkpoints to Tune, which keeps the checkpoints (Ray Train's own local mode is
+    refused inside a Tune function in Ray 2.60).
+    """
+
+    rank, world_size = 0, 1
+
+    def __init__(self, datasets: dict):
+        self.datasets = datasets
+
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def dataset(self, name: str):
+        return self.datasets[name]
+
+    def get_checkpoint(self) -> Optional[Checkpoint]:
+        from ray import tune
+
+        return tune.get_checkpoint()
+
+    def report(self, metrics: dict, checkpoint: Optional[Checkpoint]) -> None:
+        from ray import tune
+
+        tune.report(metrics, checkpoint=checkpoint)
+
+
+def train_loop_per_worker(config: dict, session=None) -> Optional[dict]:
+    """Runs on every Ray Train worker (or in an in-process trial). `config` is plain data (see build_loop_config)."""
+    session = session or TrainSession()
     t = config["train"]
     task, model_spec = config["task"], config["model"]
-    ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
+    rank = session.rank
     torch.set_num_threads(config["torch_threads"])
     torch.manual_seed(t["seed"])
-    device = ray.train.torch.get_device()
+    device = session.device()
 
     model = build_model(model_spec, config["input_shape"], config["num_outputs"], t["dropout"])
     optimizer = make_optimizer(model.parameters(), t)
     start_epoch, best, since_best, restored_from = 0, None, 0, None
 
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:  # a restarted worker group, or a re-run of the same run name: resume
+    ckpt = session.get_checkpoint()
+    if ckpt is not None:  # a restarted worker group, a resumed trial, or a re-run of the same run name: resume
         with ckpt.as_directory() as d:
             state = read_state(d)
         model.load_state_dict(state["model"])
@@ -158,7 +216,7 @@ def train_loop_per_worker(config: dict) -> None:
         best, since_best = state.get("best"), state.get("since_best", 0)
         restored_from = state["epoch"]
 
-    model = ray.train.torch.prepare_model(model)  # DDP over gloo (CPU) or NCCL (GPU)
+    model = session.prepare_model(model)
     raw_model = model.module if hasattr(model, "module") else model
     loss_fn = make_loss(task, t["label_smoothing"])
     eval_loss_fn = make_loss(task, 0.0)  # validation loss is comparable across label-smoothing settings
@@ -169,8 +227,8 @@ def train_loop_per_worker(config: dict) -> None:
     min_delta = (t.get("early_stopping") or {}).get("min_delta", 0.0)
     target_std = config["target_std"]
 
-    train_shard = ray.train.get_dataset_shard("train")
-    val_data = ray.train.get_dataset_shard("validation")
+    train_shard = session.dataset("train")
+    val_data = session.dataset("validation")
     dtypes = {"x": torch.float32, "y": _y_dtype(task)}
 
     for epoch in range(start_epoch, t["epochs"]):
@@ -220,7 +278,7 @@ def train_loop_per_worker(config: dict) -> None:
             epoch_time_s=time.perf_counter() - t0,
             restored_from_epoch=-1 if restored_from is None else restored_from + 1,
             early_stopped=bool(stop.item()),
-            world_size=ctx.get_world_size(),
+            world_size=session.world_size,
         )
 
         with tempfile.TemporaryDirectory() as tmp:
@@ -234,7 +292,7 @@ def train_loop_per_worker(config: dict) -> None:
                     metrics=metrics,
                 )
                 checkpoint = Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=checkpoint)
+            session.report(metrics, checkpoint)
         if stop.item():
             break
 
@@ -399,7 +457,8 @@ class DivergedError(OrchestratorError):
 
 
 def check_diverged(result) -> None:
-    rv = getattr(result, "return_value", None)
+    """`result`: a Train Result, or what the loop returned (an in-process trial)."""
+    rv = result if isinstance(result, dict) else getattr(result, "return_value", None)
     if isinstance(rv, dict) and rv.get("diverged_epoch"):
         raise DivergedError(
             f"training diverged: the loss became {rv['loss']} at epoch {rv['diverged_epoch']} "

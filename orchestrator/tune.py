@@ -3,6 +3,11 @@
 Ray 2.60 (Train V2): `Tuner(TorchTrainer)` no longer works, so each Tune trial is a function
 trainable that runs its own `TorchTrainer` and relays metrics with `TuneReportCallback`. The
 data is read, split and preprocessed once on the driver and shared by every trial.
+
+A trial with one CPU worker has nothing to distribute, so it trains in its own Tune trial process
+and reports metrics and checkpoints straight to Tune (train.TuneTrialSession): that saves it a
+Train controller, a worker process, a placement group and the dataset actors, which is most of
+what a trial costs before its first epoch.
 """
 
 from __future__ import annotations
@@ -135,15 +140,30 @@ def plan_search(spec: JobSpec, cluster: ClusterResources) -> tuple[int, WorkerPl
 # ------------------------------------------------------------------------------- the trial
 
 
+def in_process_trials(plan: WorkerPlan) -> bool:
+    """One CPU worker per trial: the trial trains in its own process (see the module docstring)."""
+    return plan.workers == 1 and not plan.gpus_per_worker
+
+
+def trial_resources(plan: WorkerPlan) -> dict[str, float]:
+    # An in-process trial is its own (only) worker; otherwise the trial function only drives its
+    # TorchTrainer, whose workers reserve their own resources.
+    return plan.resources_per_worker() if in_process_trials(plan) else {"CPU": TRIAL_DRIVER_CPUS}
+
+
 def run_trial(config: dict, *, base: dict, base_dir: str, space: dict, tune_metric: str, prepared: PreparedData, plan: WorkerPlan, trials_dir: str) -> None:
     """One Tune trial = one Ray Train run of the spec with this trial's values."""
-    from orchestrator.train import build_trainer, check_diverged
+    from orchestrator.train import TuneTrialSession, build_loop_config, build_trainer, check_diverged, train_loop_per_worker
 
     trial_id = tune.get_context().get_trial_id()
     overrides = decode_config(config, {k: Param.model_validate(v) for k, v in space.items()})
     spec = trial_spec(base, overrides, tune_metric, base_dir)
     with open(os.path.join(trials_dir, STARTS_FILE), "a") as f:  # lets tests and users see (re)starts
         f.write(json.dumps({"trial_id": trial_id, "time": time.time(), "pid": os.getpid()}) + "\n")
+    if in_process_trials(plan):
+        datasets = {k: prepared.transformed[k] for k in ("train", "validation")}
+        check_diverged(train_loop_per_worker(build_loop_config(spec, prepared, plan), TuneTrialSession(datasets)))
+        return
     trainer = build_trainer(spec, prepared, plan, storage_path=trials_dir, name=f"trial-{trial_id}", callbacks=[TuneReportCallback()])
     result = trainer.fit()
     check_diverged(result)  # a diverged trial is marked failed, with the reason
@@ -273,7 +293,7 @@ def build_tuner(spec: JobSpec, prepared: PreparedData, plan: WorkerPlan, concurr
             run_trial, base=base, base_dir=str(spec.base_dir), space={k: v.model_dump(mode="json", exclude_none=True) for k, v in t.space.items()},
             tune_metric=metric, prepared=prepared, plan=plan, trials_dir=str(trials_dir),
         ),
-        {"CPU": TRIAL_DRIVER_CPUS},
+        trial_resources(plan),
     )
     if restore:
         return tune.Tuner.restore(str(run_dir / TUNE_DIR), trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False)
@@ -310,6 +330,11 @@ def build_tuner(spec: JobSpec, prepared: PreparedData, plan: WorkerPlan, concurr
         run_config=tune.RunConfig(
             name=TUNE_DIR, storage_path=str(run_dir), callbacks=[tracker], verbose=0,
             failure_config=tune.FailureConfig(max_failures=0),
+            # Used by in-process trials only (the others keep their checkpoints in their Train run).
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=spec.checkpoint.keep, checkpoint_score_attribute=spec.checkpoint.metric,
+                checkpoint_score_order=spec.checkpoint.mode,
+            ),
         ),
     )
 
@@ -323,10 +348,18 @@ class SearchOutcome:
     wall_time_s: float
 
 
-def winner_checkpoint(run_dir: Path, trial_id: str, metric: str) -> str:
+def winner_checkpoint(run_dir: Path, trial_id: str, metric: str, results=None) -> str:
+    """The winner's best checkpoint: from its Train run, or from Tune for an in-process trial."""
     from ray.train import Result
 
-    result = Result.from_path(str(run_dir / TRIALS_DIR / f"trial-{trial_id}"))
+    train_run = run_dir / TRIALS_DIR / f"trial-{trial_id}"
+    if (train_run / "checkpoint_manager_snapshot.json").exists():
+        result = Result.from_path(str(train_run))
+    else:
+        found = [r for r in (results or []) if (r.metrics or {}).get("trial_id") == trial_id]
+        if not found:
+            raise OrchestratorError(f"trial {trial_id} left no checkpoint")
+        result = found[0]
     best = result.get_best_checkpoint(metric, METRIC_MODES[metric]) or result.checkpoint
     if best is None:
         raise OrchestratorError(f"trial {trial_id} left no checkpoint")
@@ -341,7 +374,7 @@ def run_search(spec: JobSpec, run_dir: Path, prepared: PreparedData, cluster: Cl
     if on_change:
         LISTENERS.append(on_change)
     try:
-        tuner.fit()
+        results = tuner.fit()
     finally:
         if on_change:
             LISTENERS.remove(on_change)
@@ -359,5 +392,5 @@ def run_search(spec: JobSpec, run_dir: Path, prepared: PreparedData, cluster: Cl
     if scored:
         key = (lambda r: r.best(metric)) if METRIC_MODES[metric] == "min" else (lambda r: -r.best(metric))
         winner = sorted(scored, key=key)[0]
-    ckpt = winner_checkpoint(run_dir, winner.trial_id, metric) if winner and not interrupted else None
+    ckpt = winner_checkpoint(run_dir, winner.trial_id, metric, results) if winner and not interrupted else None
     return SearchOutcome(records=records, winner=winner, winner_checkpoint=ckpt, interrupted=interrupted, wall_time_s=time.perf_counter() - t0)

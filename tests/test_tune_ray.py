@@ -21,17 +21,27 @@ from tests.conftest import ROOT, run_cli, spec_dict
 pytestmark = pytest.mark.ray
 
 
-def _search_spec(data_dir, **tune):
+def _search_spec(data_dir, workers=2, **tune):
     d = spec_dict("breast-cancer-mlp.yaml")
     d["data"]["source"] = str(data_dir / "breast_cancer.parquet")
     d["data"].pop("prepare")
     d["train"].update(epochs=2, max_failures=0)
+    d["scaling"] = {"workers": workers}
     d["tune"] = {"num_samples": 1, "search": "random", "scheduler": {"type": "none"}, "max_concurrent": 2, **tune}
     return d
 
 
-def test_failing_trials_do_not_abort_the_search_and_the_gate_refuses(ray_session, data_dir, tmp_path):
-    d = _search_spec(data_dir, space={"model.kwargs.mode": {"grid": ["ok", "raise", "nan"]}})
+def _actor_count(class_name: str) -> int:
+    from ray.util.state import list_actors
+
+    return len(list_actors(filters=[("class_name", "=", class_name)], limit=10_000, raise_on_missing_output=False))
+
+
+# workers=2: every trial runs a TorchTrainer with a DDP worker group; workers=1: every trial
+# trains in its own Tune trial process (Ray Train local mode) and Tune keeps its checkpoints.
+@pytest.mark.parametrize("workers", [2, 1])
+def test_failing_trials_do_not_abort_the_search_and_the_gate_refuses(ray_session, data_dir, tmp_path, workers):
+    d = _search_spec(data_dir, workers, space={"model.kwargs.mode": {"grid": ["ok", "raise", "nan"]}})
     d["model"] = {"arch": "custom", "factory": "tests.models_for_tests:flaky"}
     d["checkpoint"] = {"metric": "val_accuracy"}
     d["promote"] = "accuracy >= 0.9999"
@@ -59,6 +69,31 @@ def test_failing_trials_do_not_abort_the_search_and_the_gate_refuses(ray_session
         assert (result.run_dir / png).stat().st_size > 1000
 
 
+def test_one_worker_trials_train_in_process_and_asha_prunes(ray_session, data_dir, tmp_path):
+    d = _search_spec(data_dir, 1, num_samples=6, space={"train.lr": {"loguniform": [1e-5, 1e-1]}},
+                     scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 3})
+    d["train"]["epochs"] = 4
+    d["checkpoint"] = {"metric": "val_loss", "keep": 1}
+    spec_path = tmp_path / "search.yaml"
+    spec_path.write_text(yaml.safe_dump(d))
+    spec = parse_spec(d, base_dir=tmp_path)
+    controllers, workers = _actor_count("TrainController"), _actor_count("RayTrainWorker")
+
+    result = run_job(spec, spec_path, output=tmp_path / "runs")
+
+    # no Train controller or worker group was started for any trial
+    assert (_actor_count("TrainController"), _actor_count("RayTrainWorker")) == (controllers, workers)
+    recs = json.loads((result.run_dir / "trials.json").read_text())
+    assert len(recs) == 6 and {r["status"] for r in recs} <= {"TERMINATED", "PRUNED"}
+    assert any(r["status"] == "PRUNED" for r in recs), recs
+    # the winner's best checkpoint is the one Tune kept for that trial, at its lowest val_loss
+    winner = json.loads((result.run_dir / "winner.json").read_text())
+    best_epoch = min(next(r for r in recs if r["trial_id"] == winner["trial_id"])["epochs"], key=lambda e: e["val_loss"])
+    saved = json.loads((result.run_dir / "best_checkpoint" / "metrics.json").read_text())
+    assert saved["epoch"] == best_epoch["epoch"] and saved["val_loss"] == pytest.approx(best_epoch["val_loss"])
+    assert 0.5 < result.test_metrics["test_accuracy"] <= 1.0
+
+
 def test_promotion_gate_decisions():
     assert decide("accuracy >= 0.95", {"test_accuracy": 0.96}).promoted
     assert not decide("accuracy >= 0.95", {"test_accuracy": 0.9499}).promoted
@@ -78,8 +113,9 @@ def _wait_for(predicate, timeout, what):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_resume_after_interrupt_skips_finished_trials(data_dir, tmp_path):
-    d = _search_spec(data_dir, space={"train.lr": {"grid": [0.001, 0.002, 0.003]}}, max_concurrent=1)
+@pytest.mark.parametrize("workers", [2, 1])
+def test_resume_after_interrupt_skips_finished_trials(data_dir, tmp_path, workers):
+    d = _search_spec(data_dir, workers, space={"train.lr": {"grid": [0.001, 0.002, 0.003]}}, max_concurrent=1)
     d["train"]["epochs"] = 3
     spec_path = tmp_path / "search.yaml"
     spec_path.write_text(yaml.safe_dump(d))
