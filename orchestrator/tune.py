@@ -285,6 +285,11 @@ def build_tuner(spec: JobSpec, prepared: PreparedData, plan: WorkerPlan, concurr
 
     t = spec.tune
     metric, mode = spec.tune_metric, METRIC_MODES[spec.tune_metric]
+    if in_process_trials(plan):
+        # Tune saves its experiment state each time a trial has made `checkpoint.keep` checkpoints
+        # (so that it never points at a deleted one) and warns when that happens more than once in
+        # 5 s, i.e. every epoch of a short-epoch search. The state is a few KB on local disk.
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     trials_dir = run_dir / TRIALS_DIR
     trials_dir.mkdir(parents=True, exist_ok=True)
     base = spec.model_dump(mode="json")
