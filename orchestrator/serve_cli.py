@@ -223,17 +223,21 @@ def _wait_for_interrupt(name: str, console: Console) -> None:
     from ray import serve
 
     stop = threading.Event()
-    previous = None
+    previous = {}
     if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        # SIGINT too, explicitly: a process started in the background by a non-interactive shell
+        # inherits SIGINT ignored, and Python then never raises KeyboardInterrupt, so the banner's
+        # "Ctrl-C stops the server" would be false there.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, lambda *_: stop.set())
     try:
         while not stop.wait(0.5):
             pass
     except KeyboardInterrupt:
         pass
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         with console.status("stopping the server"):
             try:
                 serve.delete(name)

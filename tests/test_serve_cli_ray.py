@@ -29,7 +29,10 @@ CLI = "import sys, typer; from orchestrator import serve_cli; app = typer.Typer(
 def serving_until_ctrl_c(cmd: list[str], port: int, timeout: float):
     """Run a serving command until it prints its ready banner; yield its output lines, then press
     Ctrl-C and check that it stops cleanly and the port is closed."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "COLUMNS": "300"})
+    # SIGINT ignored, as in a child of a background job of a non-interactive shell (CI runners,
+    # `nohup`): Ctrl-C must still stop the server.
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "COLUMNS": "300"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
     reader.start()
@@ -43,7 +46,11 @@ def serving_until_ctrl_c(cmd: list[str], port: int, timeout: float):
         assert f"http://127.0.0.1:{port}" in out and "curl -s" in out
         yield lines
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(120) == 0, "".join(lines)
+        try:
+            code = proc.wait(120)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("still running 120 s after Ctrl-C:\n" + "".join(lines)) from None
+        assert code == 0, "".join(lines)
     finally:
         if proc.poll() is None:
             proc.kill()
