@@ -330,6 +330,11 @@ def build_loop_config(spec: JobSpec, prepared: PreparedData, plan: WorkerPlan) -
     }
 
 
+def loop_datasets(prepared: PreparedData) -> dict:
+    """The datasets the training loop reads (the test split stays with the driver)."""
+    return {"train": prepared.transformed["train"], "validation": prepared.transformed["validation"]}
+
+
 def build_trainer(spec: JobSpec, prepared: PreparedData, plan: WorkerPlan, *, storage_path: str, name: str, callbacks: list, loop_overrides: Optional[dict] = None, train_loop=None) -> TorchTrainer:
     config = build_loop_config(spec, prepared, plan)
     config.update(loop_overrides or {})
@@ -352,7 +357,7 @@ def build_trainer(spec: JobSpec, prepared: PreparedData, plan: WorkerPlan, *, st
             ),
             callbacks=callbacks,
         ),
-        datasets={"train": prepared.transformed["train"], "validation": prepared.transformed["validation"]},
+        datasets=loop_datasets(prepared),
         # Each worker streams its own disjoint shard of train; validation goes whole to every worker
         # (only rank 0 reads it, so metrics are exact rather than computed on equalised shards).
         dataset_config=DataConfig(datasets_to_split=["train"]),

@@ -153,7 +153,7 @@ def trial_resources(plan: WorkerPlan) -> dict[str, float]:
 
 def run_trial(config: dict, *, base: dict, base_dir: str, space: dict, tune_metric: str, prepared: PreparedData, plan: WorkerPlan, trials_dir: str) -> None:
     """One Tune trial = one Ray Train run of the spec with this trial's values."""
-    from orchestrator.train import TuneTrialSession, build_loop_config, build_trainer, check_diverged, train_loop_per_worker
+    from orchestrator.train import TuneTrialSession, build_loop_config, build_trainer, check_diverged, loop_datasets, train_loop_per_worker
 
     trial_id = tune.get_context().get_trial_id()
     overrides = decode_config(config, {k: Param.model_validate(v) for k, v in space.items()})
@@ -161,8 +161,7 @@ def run_trial(config: dict, *, base: dict, base_dir: str, space: dict, tune_metr
     with open(os.path.join(trials_dir, STARTS_FILE), "a") as f:  # lets tests and users see (re)starts
         f.write(json.dumps({"trial_id": trial_id, "time": time.time(), "pid": os.getpid()}) + "\n")
     if in_process_trials(plan):
-        datasets = {k: prepared.transformed[k] for k in ("train", "validation")}
-        check_diverged(train_loop_per_worker(build_loop_config(spec, prepared, plan), TuneTrialSession(datasets)))
+        check_diverged(train_loop_per_worker(build_loop_config(spec, prepared, plan), TuneTrialSession(loop_datasets(prepared))))
         return
     trainer = build_trainer(spec, prepared, plan, storage_path=trials_dir, name=f"trial-{trial_id}", callbacks=[TuneReportCallback()])
     result = trainer.fit()
