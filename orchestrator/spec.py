@@ -7,7 +7,9 @@ Every model forbids unknown keys, so a typo is an error that names its field pat
 from __future__ import annotations
 
 import copy
+import math
 import re
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -16,6 +18,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictFloat,
+    StrictInt,
     ValidationError,
     field_validator,
     model_validator,
@@ -27,8 +31,13 @@ NAME_RE = r"^[a-z0-9]([a-z0-9-]{0,50}[a-z0-9])?$"
 IMPORT_PATH_RE = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
 
 
+# Strict: YAML `true` is not the number 1, `1.0e30` is not an integer and "10" is not a number
+# (ints are still accepted where a float is expected). Numbers must be finite.
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+MAX_IMAGE_VALUES = 1 << 26  # 64 Mi numbers per image (256 MiB as float32), e.g. 4 x 4096 x 4096
 
 
 # --------------------------------------------------------------------------------------- data
@@ -53,7 +62,7 @@ class ImageSpec(_Model):
     """An image stored as a flat numeric array in one column."""
 
     column: str = Field(description="Column that holds each image as a list of numbers.")
-    shape: list[Annotated[int, Field(gt=0)]] = Field(
+    shape: list[Annotated[int, Field(gt=0, le=65_536)]] = Field(
         description="Shape of one image as [channels, height, width]; the column holds prod(shape) values."
     )
 
@@ -62,6 +71,8 @@ class ImageSpec(_Model):
     def _three_dims(cls, v: list[int]) -> list[int]:
         if len(v) != 3:
             raise ValueError("shape must be [channels, height, width]")
+        if v[0] * v[1] * v[2] > MAX_IMAGE_VALUES:
+            raise ValueError(f"shape {v} holds {v[0] * v[1] * v[2]:,} values per image; at most {MAX_IMAGE_VALUES:,}")
         return v
 
 
@@ -83,21 +94,38 @@ class DataSpec(_Model):
         None, description="Inferred from the label column's type when omitted (float -> regression)."
     )
     features: Optional[list[str]] = Field(
-        None, description="Numeric and categorical feature columns (tabular data). Omit to use every other column."
+        None, description="Numeric and categorical feature columns (tabular data). Omit to use every other column.",
+        json_schema_extra={"uniqueItems": True},
     )
     categorical: list[str] = Field(
         default_factory=list,
         description="Feature columns to one-hot encode (string columns are treated as categorical automatically).",
+        json_schema_extra={"uniqueItems": True},
     )
     image: Optional[ImageSpec] = Field(None, description="Image input instead of tabular features.")
     split: Split = Field(default_factory=Split)
-    seed: int = Field(0, ge=0, description="Seed of the deterministic train/validation/test split.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of the deterministic train/validation/test split (0 to 2**32 - 1).")
     cache: Literal["auto", "memory", "stream"] = Field(
         "auto",
         description="memory: preprocess once into Ray's object store before training (fast epochs); "
         "stream: re-read and transform the source every epoch (bounded memory); auto: memory when the "
         "source is at most 1 GiB on disk, else stream.",
     )
+
+    @field_validator("source")
+    @classmethod
+    def _no_nul(cls, v: str) -> str:
+        if "\x00" in v or not v.strip():
+            raise ValueError("must be a non-empty path or URI without NUL characters")
+        return v
+
+    @field_validator("features", "categorical")
+    @classmethod
+    def _unique(cls, v: Optional[list[str]]) -> Optional[list[str]]:
+        twice = sorted({c for c in v or [] if v.count(c) > 1})
+        if twice:
+            raise ValueError(f"lists {', '.join(map(repr, twice))} more than once")
+        return v
 
     @model_validator(mode="after")
     def _features_or_image(self) -> "DataSpec":
@@ -107,6 +135,10 @@ class DataSpec(_Model):
             raise ValueError("`categorical` applies to tabular features, not to `image`")
         if self.features and self.label in self.features:
             raise ValueError(f"label column {self.label!r} is also listed in features")
+        if self.label in self.categorical:
+            raise ValueError(f"label column {self.label!r} is also listed in categorical")
+        if self.image is not None and self.image.column == self.label:
+            raise ValueError(f"label column {self.label!r} is also the image column")
         if self.features is not None and not self.features:
             raise ValueError("features must name at least one column (or be omitted)")
         unknown = sorted(set(self.categorical) - set(self.features or self.categorical))
@@ -130,17 +162,17 @@ class DataSpec(_Model):
 
 class MLPSpec(_Model):
     arch: Literal["mlp"] = "mlp"
-    hidden: list[Annotated[int, Field(gt=0)]] = Field([128, 64], description="Width of each hidden layer.")
+    hidden: list[Annotated[int, Field(gt=0, le=65_536)]] = Field([128, 64], max_length=64, description="Width of each hidden layer.")
     activation: Literal["relu", "gelu", "tanh"] = "relu"
     batch_norm: bool = False
 
 
 class CNNSpec(_Model):
     arch: Literal["cnn"] = "cnn"
-    channels: list[Annotated[int, Field(gt=0)]] = Field(
-        [32, 64], description="Output channels of each 3x3 conv block (conv, batch norm, ReLU, 2x2 max-pool when the map allows)."
+    channels: list[Annotated[int, Field(gt=0, le=8192)]] = Field(
+        [32, 64], max_length=32, description="Output channels of each 3x3 conv block (conv, batch norm, ReLU, 2x2 max-pool when the map allows)."
     )
-    hidden: int = Field(128, gt=0, description="Width of the dense layer before the output layer.")
+    hidden: int = Field(128, gt=0, le=65_536, description="Width of the dense layer before the output layer.")
 
 
 class CustomModelSpec(_Model):
@@ -160,8 +192,8 @@ ModelSpec = Annotated[Union[MLPSpec, CNNSpec, CustomModelSpec], Field(discrimina
 
 
 class EarlyStopping(_Model):
-    patience: int = Field(gt=0, description="Epochs without improvement of the checkpoint metric before stopping.")
-    min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as an improvement.")
+    patience: int = Field(gt=0, le=10_000, description="Epochs without improvement of the checkpoint metric before stopping.")
+    min_delta: float = Field(0.0, ge=0, le=1e6, description="Smallest change that counts as an improvement.")
 
 
 class TrainSpec(_Model):
@@ -171,19 +203,19 @@ class TrainSpec(_Model):
     lr: float = Field(1e-3, gt=0, le=10, description="Peak learning rate.")
     momentum: float = Field(0.9, ge=0, lt=1, description="Momentum (sgd only).")
     schedule: Literal["constant", "cosine", "step", "onecycle"] = "constant"
-    step_size: int = Field(10, gt=0, description="Epochs between lr decays (schedule: step).")
+    step_size: int = Field(10, gt=0, le=10_000, description="Epochs between lr decays (schedule: step).")
     gamma: float = Field(0.1, gt=0, le=1, description="Decay factor (schedule: step).")
-    warmup_epochs: int = Field(0, ge=0, description="Linear warm-up epochs (constant and cosine schedules).")
+    warmup_epochs: int = Field(0, ge=0, le=10_000, description="Linear warm-up epochs (constant and cosine schedules).")
     weight_decay: float = Field(0.0, ge=0, le=1)
     dropout: float = Field(0.0, ge=0, lt=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Classification only.")
-    grad_clip: Optional[float] = Field(None, gt=0, description="Max global gradient norm; none to disable.")
+    grad_clip: Optional[float] = Field(None, gt=0, le=1e6, description="Max global gradient norm; none to disable.")
     early_stopping: Optional[EarlyStopping] = None
     mixed_precision: Literal["auto", "off", "bf16", "fp16"] = Field(
         "auto", description="GPU only. auto: bf16 where the GPU supports it, else fp16; always off on CPU."
     )
-    max_failures: int = Field(3, ge=0, description="Worker-group restarts allowed; each resumes from the latest checkpoint.")
-    seed: int = Field(0, ge=0, description="Seed for weight initialisation and shuffling.")
+    max_failures: int = Field(3, ge=0, le=1000, description="Worker-group restarts allowed; each resumes from the latest checkpoint.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed for weight initialisation and shuffling (0 to 2**32 - 1).")
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> "TrainSpec":
@@ -221,7 +253,7 @@ METRIC_MODES = {
 
 
 class CheckpointSpec(_Model):
-    keep: int = Field(2, gt=0, description="Checkpoints kept (best by `metric`; the latest is always kept too).")
+    keep: int = Field(2, gt=0, le=1000, description="Checkpoints kept (best by `metric`; the latest is always kept too).")
     metric: Literal["val_loss", "val_accuracy", "val_rmse", "val_mae"] = Field(
         "val_loss", description="Validation metric that ranks checkpoints and picks the best one."
     )
@@ -232,7 +264,7 @@ class CheckpointSpec(_Model):
 
 
 class OutputSpec(_Model):
-    dir: str = Field("runs", description="Folder under which each run gets its own directory (relative to the working directory).")
+    dir: str = Field("runs", min_length=1, pattern=r"^[^\x00]*$", description="Folder under which each run gets its own directory (relative to the working directory).")
 
 
 # --------------------------------------------------------------------------------------- tune
@@ -243,9 +275,9 @@ DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice", "grid")
 class Param(_Model):
     """One search dimension: exactly one of the distribution keys."""
 
-    loguniform: Optional[tuple[float, float]] = Field(None, description="[low, high], both > 0; sampled on a log scale.")
-    uniform: Optional[tuple[float, float]] = Field(None, description="[low, high].")
-    randint: Optional[tuple[int, int]] = Field(None, description="[low, high], both inclusive.")
+    loguniform: Optional[Annotated[tuple[StrictFloat, StrictFloat], Field(strict=False)]] = Field(None, description="[low, high], both > 0; sampled on a log scale.")
+    uniform: Optional[Annotated[tuple[StrictFloat, StrictFloat], Field(strict=False)]] = Field(None, description="[low, high].")
+    randint: Optional[Annotated[tuple[StrictInt, StrictInt], Field(strict=False)]] = Field(None, description="[low, high], both inclusive.")
     choice: Optional[list[Any]] = Field(None, min_length=1, description="Values to sample from.")
     grid: Optional[list[Any]] = Field(None, min_length=1, description="Values that are all tried (search: random only).")
 
@@ -279,9 +311,9 @@ class Param(_Model):
 
 class AshaSpec(_Model):
     type: Literal["asha"] = "asha"
-    grace_period: int = Field(1, gt=0, description="Epochs every trial runs before it can be stopped.")
-    reduction_factor: float = Field(2, gt=1, description="Only 1/reduction_factor of trials go on at each rung.")
-    max_epochs: Optional[int] = Field(None, gt=0, description="Longest a trial runs; defaults to train.epochs.")
+    grace_period: int = Field(1, gt=0, le=10_000, description="Epochs every trial runs before it can be stopped.")
+    reduction_factor: float = Field(2, gt=1, le=100, description="Only 1/reduction_factor of trials go on at each rung.")
+    max_epochs: Optional[int] = Field(None, gt=0, le=10_000, description="Longest a trial runs; defaults to train.epochs.")
 
 
 class NoScheduler(_Model):
@@ -300,11 +332,11 @@ class TuneSpec(_Model):
     num_samples: int = Field(8, gt=0, le=10_000, description="Trials to run (each grid point counts once per sample).")
     search: Literal["optuna", "random"] = Field("optuna", description="optuna: TPE; random: random and grid search.")
     scheduler: Annotated[Union[AshaSpec, NoScheduler], Field(discriminator="type")] = Field(default_factory=AshaSpec)
-    max_concurrent: Union[int, Literal["auto"]] = Field(
+    max_concurrent: Union[Annotated[int, Field(ge=1, le=10_000)], Literal["auto"]] = Field(
         "auto", description="Trials at once; auto derives it from the cluster's CPUs/GPUs and scaling.workers."
     )
-    time_budget_s: Optional[float] = Field(None, gt=0, description="Wall-clock budget; no new trials start after it.")
-    seed: int = Field(0, ge=0, description="Seed of the search algorithm.")
+    time_budget_s: Optional[float] = Field(None, gt=0, le=31_536_000, description="Wall-clock budget; no new trials start after it.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of the search algorithm (0 to 2**32 - 1).")
     include_spec_config: bool = Field(True, description="Evaluate the spec's own settings as the first trial.")
 
     @field_validator("space")
@@ -319,8 +351,6 @@ class TuneSpec(_Model):
 
     @model_validator(mode="after")
     def _grid_needs_random(self) -> "TuneSpec":
-        if isinstance(self.max_concurrent, int) and self.max_concurrent < 1:
-            raise ValueError("max_concurrent must be at least 1 or 'auto'")
         grids = [k for k, p in self.space.items() if p.kind == "grid"]
         if grids and self.search != "random":
             raise ValueError(f"grid dimensions ({', '.join(grids)}) need search: random")
@@ -334,16 +364,26 @@ def parse_promote(rule: str) -> tuple[str, str, float]:
     m = PROMOTE_RE.match(rule)
     if not m:
         raise ValueError("expected '<metric> <op> <number>' with metric accuracy, loss, rmse or mae and op >=, >, <= or <, e.g. 'accuracy >= 0.95'")
-    return f"test_{m.group(2)}", m.group(3), float(m.group(4))
+    name, op, value = m.group(2), m.group(3), float(m.group(4))
+    # A gate no model can pass (or every model passes) is a typo, found now rather than after training.
+    if not math.isfinite(value):
+        raise ValueError(f"threshold {m.group(4)} is not a finite number")
+    if name == "accuracy" and not 0 <= value <= 1:
+        raise ValueError(f"accuracy is a fraction between 0 and 1; the threshold {value:g} is outside it")
+    if name != "accuracy" and value < 0:
+        raise ValueError(f"{name} is never negative; the threshold {value:g} is below 0")
+    if (op == ">" and name == "accuracy" and value == 1) or (op == "<" and value == 0):
+        raise ValueError(f"'{name} {op} {value:g}' can never pass")
+    return f"test_{name}", op, value
 
 
 # -------------------------------------------------------------------------------------- serve
 
 
 class Autoscaling(_Model):
-    min_replicas: int = Field(1, ge=0)
-    max_replicas: int = Field(1, gt=0)
-    target_ongoing_requests: float = Field(8, gt=0, description="Per-replica load the autoscaler aims for.")
+    min_replicas: int = Field(1, ge=0, le=4096)
+    max_replicas: int = Field(1, gt=0, le=4096)
+    target_ongoing_requests: float = Field(8, gt=0, le=100_000, description="Per-replica load the autoscaler aims for.")
 
     @model_validator(mode="after")
     def _ordered(self) -> "Autoscaling":
@@ -355,17 +395,17 @@ class Autoscaling(_Model):
 class ServeSpec(_Model):
     """How the promoted model is served over HTTP by Ray Serve."""
 
-    host: str = Field("127.0.0.1", description="Bind address. Loopback by default; 0.0.0.0 exposes the server to the network.")
+    host: str = Field("127.0.0.1", pattern=r"^[A-Za-z0-9.:-]{1,253}$", description="Bind address. Loopback by default; 0.0.0.0 exposes the server to the network.")
     port: int = Field(8000, gt=0, lt=65536)
     route_prefix: str = Field("/", pattern=r"^/[\w\-/]*$")
     max_batch_size: int = Field(32, gt=0, le=4096, description="Dynamic batching: most requests per forward pass.")
     batch_wait_timeout_s: float = Field(0.005, ge=0, le=10, description="Dynamic batching: longest wait to fill a batch.")
     autoscaling: Autoscaling = Field(default_factory=Autoscaling)
-    max_ongoing_requests: int = Field(64, gt=0, description="Requests one replica works on at once.")
-    max_queued_requests: int = Field(256, ge=-1, description="Requests queued beyond that before answering 503; -1 is unbounded.")
-    cpus_per_replica: float = Field(0.5, gt=0)
-    gpus_per_replica: float = Field(0, ge=0)
-    max_body_bytes: int = Field(1 << 20, gt=0, description="Larger request bodies get HTTP 413.")
+    max_ongoing_requests: int = Field(64, gt=0, le=100_000, description="Requests one replica works on at once.")
+    max_queued_requests: int = Field(256, ge=-1, le=1_000_000, description="Requests queued beyond that before answering 503; -1 is unbounded.")
+    cpus_per_replica: float = Field(0.5, gt=0, le=1024)
+    gpus_per_replica: float = Field(0, ge=0, le=64)
+    max_body_bytes: int = Field(1 << 20, gt=0, le=1 << 30, description="Larger request bodies get HTTP 413.")
     auth_token_env: Optional[str] = Field(
         None,
         pattern=r"^[A-Z_][A-Z0-9_]*$",
@@ -398,26 +438,6 @@ class JobSpec(_Model):
             parse_promote(v)
         return v
 
-    @model_validator(mode="after")
-    def _consistent(self) -> "JobSpec":
-        if isinstance(self.model, CNNSpec) and self.data.image is None:
-            raise ValueError("model.arch cnn needs image data: set data.image")
-        task = self.data.task
-        if task == "regression":
-            if self.checkpoint.metric == "val_accuracy":
-                raise ValueError("checkpoint.metric val_accuracy needs a classification task")
-            if self.train.label_smoothing:
-                raise ValueError("train.label_smoothing applies to classification only")
-        if task == "classification" and self.checkpoint.metric in ("val_rmse", "val_mae"):
-            raise ValueError(f"checkpoint.metric {self.checkpoint.metric} needs a regression task")
-        if self.promote:
-            metric = parse_promote(self.promote)[0]
-            if task == "regression" and metric == "test_accuracy":
-                raise ValueError("promote: accuracy needs a classification task")
-            if task == "classification" and metric in ("test_rmse", "test_mae"):
-                raise ValueError(f"promote: {metric[5:]} needs a regression task")
-        return self
-
     @property
     def tune_metric(self) -> str:
         return (self.tune.metric if self.tune and self.tune.metric else None) or self.checkpoint.metric
@@ -430,25 +450,118 @@ class JobSpec(_Model):
         return self._base_dir
 
 
+# ------------------------------------------------------------------------ cross-field checks
+
+# The bundled datasets' tasks, so a spec that names one is checked before any data is read.
+PREPARED_TASKS = {
+    "sklearn:digits": "classification",
+    "sklearn:breast_cancer": "classification",
+    "sklearn:wine": "classification",
+    "sklearn:diabetes": "regression",
+}
+# What only makes sense for one task (the loss fits both), as _metric_uses names it.
+TASK_ONLY = {"classification": {"accuracy", "label_smoothing"}, "regression": {"rmse", "mae"}}
+
+
+def _metric_uses(spec: JobSpec) -> list[tuple[str, str]]:
+    """(field path, metric name without val_/test_) for every metric the spec names."""
+    uses = [("checkpoint.metric", spec.checkpoint.metric[4:])]
+    if spec.tune is not None and spec.tune.metric:
+        uses.append(("tune.metric", spec.tune.metric[4:]))
+    if spec.promote:
+        uses.append(("promote", parse_promote(spec.promote)[0][5:]))
+    if spec.train.label_smoothing:
+        uses.append(("train.label_smoothing", "label_smoothing"))
+    return uses
+
+
+def task_problems(spec: JobSpec, task: str, why: str) -> list[str]:
+    """Metrics and settings of the other task; `why` says how the task is known."""
+    other = "regression" if task == "classification" else "classification"
+    return [f"{path}: {name} needs a {other} task, but {why}" for path, name in _metric_uses(spec) if name in TASK_ONLY[other]]
+
+
+def spec_problems(spec: JobSpec) -> list[str]:
+    """Checks across sections, each led by the field path to change."""
+    problems = []
+    if isinstance(spec.model, CNNSpec) and spec.data.image is None:
+        problems.append("model.arch: cnn needs image data: set data.image")
+    d = spec.data
+    prepared = PREPARED_TASKS.get(d.prepare or "")
+    if d.task and prepared and d.task != prepared:
+        problems.append(f"data.task: {d.task}, but data.prepare {d.prepare} is a {prepared} dataset")
+    if d.task:
+        problems += task_problems(spec, d.task, f"data.task is {d.task}")
+    elif prepared:
+        problems += task_problems(spec, prepared, f"data.prepare {d.prepare} is a {prepared} dataset")
+    else:  # the task is decided from the label column later (data.check_columns); settings must still agree
+        implied = next(((p, n, t) for p, n in _metric_uses(spec) for t, names in TASK_ONLY.items() if n in names), None)
+        if implied:
+            problems += task_problems(spec, implied[2], f"{implied[0]} ({implied[1]}) needs a {implied[2]} task")
+    t = spec.tune
+    if t is not None and isinstance(t.scheduler, AshaSpec):
+        epochs = spec.train.epochs
+        if "train.epochs" in t.space:  # a searched epoch count: the longest value bounds the rungs
+            epochs = max([epochs] + [v for v in t.space["train.epochs"].sample_values() if type(v) is int])
+        sch = t.scheduler
+        if sch.max_epochs and sch.max_epochs > epochs:
+            problems.append(f"tune.scheduler.max_epochs: {sch.max_epochs} is more than train.epochs ({epochs}); no trial trains longer than train.epochs")
+        limit, name = (sch.max_epochs, "tune.scheduler.max_epochs") if sch.max_epochs else (epochs, "train.epochs")
+        if sch.grace_period > limit:
+            problems.append(f"tune.scheduler.grace_period: {sch.grace_period} is more than {name} ({limit}); ASHA could never stop a trial")
+    return problems
+
+
 # ------------------------------------------------------------------------------------ loading
 
 
 def _loc(loc: tuple) -> str:
-    """('model', 'cnn', 'channels', 0) -> 'model.channels[0]' (the union tag is not a field)."""
+    """('model', 'cnn', 'channels', 0) -> 'model.channels[0]' (the union tag is not a field).
+    A key that is not a plain name (spaces, newlines, a number) is quoted: `train['a b']`."""
     out = ""
     for i, part in enumerate(loc):
-        if isinstance(part, int):
+        if type(part) is int:
             out += f"[{part}]"
-        elif i > 0 and loc[i - 1] == "model" and part in ("mlp", "cnn", "custom") and len(loc) > i + 1:
+        elif len(loc) > i + 1 and loc[i - 1 : i + 1] in (("model", "mlp"), ("model", "cnn"), ("model", "custom"), ("scheduler", "asha"), ("scheduler", "none")):
             continue
+        elif not re.fullmatch(r"[A-Za-z_][\w.-]*", str(part)):
+            out += f"[{_yaml_scalar(part)}]"
         else:
             out += ("." if out else "") + str(part)
     return out or "(top level)"
 
 
+MAX_PROBLEMS = 50
+
+
+def _yaml_scalar(v: Any) -> str:
+    if v is None or isinstance(v, bool):
+        return {None: "null", True: "true", False: "false"}[v]
+    return reprlib.repr(v)
+
+
+# pydantic's name for a member of a plain union (`float`, `literal['auto']`), the last part of its loc
+_UNION_MEMBER = re.compile(r"^((constrained-)?(float|int)|literal\[.*\]|function-\w+\[.*\])$")
+
+
+def _merge_union_errors(errors: list[dict]) -> list[dict]:
+    """`x: number or 'auto'` fails as one error per union member; report them as one line for `x`."""
+    out: list[dict] = []
+    for e in errors:
+        loc = tuple(e["loc"])
+        if loc and isinstance(loc[-1], str) and _UNION_MEMBER.match(loc[-1]) and e["type"] not in ("extra_forbidden", "missing"):
+            e = {**e, "loc": loc[:-1]}
+            if out and tuple(out[-1]["loc"]) == e["loc"] and out[-1].get("union"):
+                out[-1]["msg"] += " or " + e["msg"].removeprefix("Input should be ")
+                continue
+            e["union"] = True
+        out.append(e)
+    return out
+
+
 def format_validation_error(err: ValidationError) -> list[str]:
     lines = []
-    for e in err.errors(include_url=False):
+    for e in _merge_union_errors(err.errors(include_url=False)):
         msg = e["msg"]
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
@@ -459,7 +572,14 @@ def format_validation_error(err: ValidationError) -> list[str]:
             msg = f"unknown {ctx.get('discriminator', 'type')} {ctx.get('tag')}; expected one of {ctx.get('expected_tags')}"
         elif e["type"] == "missing":
             msg = "required field is missing"
-        lines.append(f"{_loc(tuple(e['loc']))}: {msg}")
+        elif e["type"] != "value_error" and isinstance(e.get("input"), (bool, int, float, str, type(None))):
+            msg += f", got {_yaml_scalar(e['input'])}"  # e.g. `got true` where a number belongs
+        path = _loc(tuple(e["loc"]))
+        if e["type"] == "invalid_key":  # pydantic turns the key into an index or a string; name it as written
+            path = (_loc(tuple(e["loc"])[:-1]) if len(e["loc"]) > 1 else "") + f"[{_yaml_scalar(e['input'])}]"
+        lines.append(_one_line(f"{path}: {msg}"))
+    if len(lines) > MAX_PROBLEMS:  # e.g. a file of 10,000 unknown keys
+        lines = lines[:MAX_PROBLEMS] + [f"(top level): and {len(lines) - MAX_PROBLEMS} more problems"]
     return lines
 
 
@@ -486,10 +606,11 @@ def check_search_space(spec: JobSpec) -> list[str]:
     for key, param in spec.tune.space.items():
         for value in param.sample_values():
             try:
-                JobSpec.model_validate(apply_overrides(base, {key: value}))
+                lines = spec_problems(JobSpec.model_validate(apply_overrides(base, {key: value})))
             except ValidationError as err:
-                for line in format_validation_error(err):
-                    problems.append(f"tune.space.{key}: value {value!r} gives an invalid spec: {line}")
+                lines = format_validation_error(err)
+            problems += [_one_line(f"tune.space.{key}: value {reprlib.repr(value)} gives an invalid spec: {line}") for line in lines]
+            if lines:
                 break
     return problems
 
@@ -501,29 +622,147 @@ def parse_spec(data: Any, *, source: str = "<spec>", base_dir: Optional[Path] = 
         spec = JobSpec.model_validate(data)
     except ValidationError as err:
         raise SpecError(source, format_validation_error(err)) from None
-    problems = check_search_space(spec)
+    problems = spec_problems(spec) or check_search_space(spec)
     if problems:
         raise SpecError(source, problems)
     spec._base_dir = (base_dir or Path(".")).resolve()
     return spec
 
 
-def load_spec(path: str | Path) -> JobSpec:
+MAX_SPEC_BYTES = 1 << 20  # a job spec is a few KiB; a bound keeps `validate` fast on any file
+MAX_YAML_DEPTH = 32  # real specs nest about 7 deep; PyYAML's composer recurses once per level
+MAX_YAML_NODES = 100_000  # after expanding aliases: an alias bomb must not reach the validator
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (YAML would keep the last silently), nesting deeper
+    than MAX_YAML_DEPTH (before PyYAML's recursion can fail) and alias bombs."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._path: list[str] = []
+        self._aliases = False
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self._aliases = True
+        if isinstance(index, yaml.ScalarNode):
+            part = index.value
+        elif isinstance(index, int):
+            part = f"[{index}]"
+        else:
+            part = "(key)" if parent is not None else ""
+        if len(self._path) >= MAX_YAML_DEPTH:
+            raise yaml.composer.ComposerError(
+                None, None, f"nested deeper than {MAX_YAML_DEPTH} levels (at {_join_path(self._path)})",
+                self.peek_event().start_mark,
+            )
+        self._path.append(part)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._path.pop()
+
+    def compose_mapping_node(self, anchor):
+        node = super().compose_mapping_node(anchor)
+        seen: dict[tuple, yaml.Node] = {}
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                first = seen.setdefault((key.tag, key.value), key)
+                if first is not key:
+                    raise _DuplicateKey(_join_path([*self._path, key.value]), key.start_mark.line + 1, first.start_mark.line + 1)
+        return node
+
+    def get_single_node(self):
+        node = super().get_single_node()
+        if node is not None and self._aliases:
+            _expanded_size(node, {}, set())
+        return node
+
+
+# YAML 1.1 (PyYAML) reads `1e-3` as a string; YAML 1.2 and people read it as a number. With strict
+# number fields the string would be refused, so exponent floats without a dot are floats here.
+_SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, path: str, line: int, first_line: int):
+        self.path, self.line, self.first_line = path, line, first_line
+
+
+def _join_path(parts: list[str]) -> str:
+    return "".join(p if p.startswith("[") or i <= 1 else "." + p for i, p in enumerate(parts)) or "(top level)"
+
+
+def _expanded_size(node: yaml.Node, memo: dict, active: set, level: int = 1) -> int:
+    """Values the document holds with every alias expanded. Refuses cycles, more than MAX_YAML_NODES
+    values and (aliases inside aliased collections) nesting deeper than MAX_YAML_DEPTH."""
+    if id(node) not in memo:
+        if id(node) in active:
+            raise yaml.composer.ComposerError(None, None, "an alias refers to the collection that contains it", node.start_mark)
+        active.add(id(node))
+        children = [n for kv in node.value for n in kv] if isinstance(node, yaml.MappingNode) else node.value if isinstance(node, yaml.SequenceNode) else []
+        if children and level >= MAX_YAML_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels once aliases are expanded", node.start_mark)
+        size = 1 + sum(_expanded_size(n, memo, active, level + 1) for n in children)
+        height = 1 + max((memo[id(n)][1] for n in children), default=0)
+        active.discard(id(node))
+        memo[id(node)] = (size, height)
+    size, height = memo[id(node)]
+    if size > MAX_YAML_NODES:
+        raise yaml.composer.ComposerError(None, None, f"more than {MAX_YAML_NODES} values once aliases are expanded", node.start_mark)
+    if level + height - 1 > MAX_YAML_DEPTH:
+        raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels once aliases are expanded", node.start_mark)
+    return size
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    mark = getattr(e, "problem_mark", None)
+    if isinstance(e, yaml.reader.ReaderError):
+        code = e.character if isinstance(e.character, int) else ord(e.character)
+        return f"(yaml) character {e.position + 1}: unacceptable character #x{code:04x}: {e.reason}"
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    context, problem = getattr(e, "context", None), getattr(e, "problem", None)
+    return f"(yaml) {where}{' '.join(filter(None, [context, problem])) or e}"
+
+
+def _one_line(problem: str, limit: int = 300) -> str:
+    """One short printable line: messages quote user text, which may hold newlines or control characters."""
+    s = " ".join("".join(c if c.isprintable() else " " for c in problem).split())
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+def read_spec_yaml(path: str | Path) -> Any:
+    """The parsed YAML of a spec file; any unreadable or malformed file is a SpecError."""
     path = Path(path)
     try:
-        text = path.read_text()
+        with open(path, "rb") as f:  # read at most one byte too many: the file may be /dev/zero
+            raw = f.read(MAX_SPEC_BYTES + 1)
     except FileNotFoundError:
-        raise SpecError(str(path), ["file not found"]) from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
-        raise SpecError(str(path), [f"cannot read: {e.__class__.__name__}: {e}"]) from None
+        raise SpecError(str(path), ["(file): file not found"]) from None
+    except OSError as e:
+        raise SpecError(str(path), [_one_line(f"(file): cannot read: {e.__class__.__name__}: {e.strerror or e}")]) from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError(str(path), [f"(file): larger than {MAX_SPEC_BYTES // 1024} KiB; a job spec is a small YAML file"])
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SpecError(str(path), [f"(file): not UTF-8 text (byte {e.start + 1}); a job spec is a YAML file"]) from None
+    try:
+        return yaml.load(text, Loader=_SpecLoader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as e:
+        raise SpecError(str(path), [_one_line(f"{e.path}: duplicate key (line {e.line}; first given on line {e.first_line})")]) from None
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(e, "problem", None) or str(e)
-        raise SpecError(str(path), [f"(yaml) {where}{problem}"]) from None
-    return parse_spec(data, source=str(path), base_dir=path.parent)
+        raise SpecError(str(path), [_one_line(_yaml_problem(e))]) from None
+    except RecursionError:  # not expected with the depth bound; never a traceback all the same
+        raise SpecError(str(path), [f"(yaml) nested too deep (at most {MAX_YAML_DEPTH} levels)"]) from None
+
+
+def load_spec(path: str | Path) -> JobSpec:
+    path = Path(path)
+    return parse_spec(read_spec_yaml(path), source=str(path), base_dir=path.parent)
 
 
 def spec_to_dict(spec: JobSpec) -> dict:

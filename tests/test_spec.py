@@ -70,7 +70,7 @@ MISTAKES = [
     ("bad cpus_per_worker", _with("scaling.cpus_per_worker", -2), "scaling.cpus_per_worker", "auto"),
     ("image shape not 3-d", _with("data.image.shape", [8, 8]), "data.image.shape", "channels, height, width"),
     ("unknown format", _with("data.source", "digits.txt"), "data", "parquet or csv"),
-    ("cnn without image data", _with("data.image", DELETE), "(top level)", "needs image data"),
+    ("cnn without image data", _with("data.image", DELETE), "model.arch", "needs image data"),
     ("unknown checkpoint metric", _with("checkpoint.metric", "val_f1"), "checkpoint.metric", "val_loss"),
     ("bad custom factory path", _with("model", {"arch": "custom", "factory": "not a path"}), "model.factory", "pattern"),
     ("early stopping without patience", _with("train.early_stopping", {"min_delta": 0.1}), "train.early_stopping.patience", "missing"),
@@ -184,3 +184,227 @@ def test_bad_promote_rule(rule):
 def test_promote_metric_must_fit_the_task():
     with pytest.raises(SpecError, match="rmse needs a regression task"):
         parse_spec(_with("data.task", "classification") | {"promote": "rmse < 3"})
+
+
+# ------------------------------------------------------------ files that can never be a spec
+
+ALL_SPEC_FILES = sorted([*JOB_FILES, *JOBS.parent.glob("bench/specs/*.yaml"), *JOBS.parent.glob("tests/k8s_specs/*.yaml")])
+
+
+@pytest.mark.parametrize("path", ALL_SPEC_FILES, ids=lambda p: p.name)
+def test_every_spec_in_the_repository_validates(path: Path):
+    load_spec(path)
+
+
+def test_validate_cli_deeply_nested_yaml_is_one_line_not_a_traceback(tmp_path):
+    p = tmp_path / "deep.yaml"
+    p.write_text("a: " + "[" * 10_000 + "]" * 10_000 + "\n")
+    r = run_cli("validate", str(p))
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr + r.stdout and "RecursionError" not in r.stderr
+    assert "(yaml) line 1, column 35: nested deeper than 32 levels" in r.stderr
+    assert len(r.stderr.splitlines()) == 2 and len(r.stderr) < 1000, r.stderr
+
+
+def test_validate_cli_duplicate_key_names_the_path_and_both_lines(tmp_path):
+    p = tmp_path / "dup.yaml"
+    p.write_text((JOBS / "digits-cnn.yaml").read_text().replace("  epochs: 10\n", "  epochs: 10\n  epochs: 20\n"))
+    r = run_cli("validate", str(p))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "train.epochs: duplicate key (line 19; first given on line 18)" in r.stderr, r.stderr
+
+
+def test_a_duplicate_section_is_refused_too(tmp_path):
+    p = tmp_path / "dup.yaml"
+    p.write_text((JOBS / "breast-cancer-mlp.yaml").read_text() + "train:\n  epochs: 3\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(p)
+    assert info.value.problems[0].startswith("train: duplicate key (line")
+
+
+def test_yaml_merge_keys_are_not_duplicates(tmp_path):
+    p = tmp_path / "merge.yaml"
+    p.write_text((JOBS / "breast-cancer-mlp.yaml").read_text() + "serve: &s {port: 8100}\noutput: {dir: runs, <<: {}}\n")
+    assert load_spec(p).serve.port == 8100
+
+
+JUNK = {
+    "binary.yaml": bytes(range(256)) * 4,
+    "empty.yaml": b"",
+    "list.yaml": b"- a\n- b\n",
+    "scalar.yaml": b"42\n",
+    "nul.yaml": b"name: a\x00b\n",
+    "huge.yaml": b"# " + b"x" * (2 << 20) + b"\n",
+    "two-docs.yaml": b"a: 1\n---\nb: 2\n",
+    "alias-bomb.yaml": b"a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + b"".join(
+        f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n".encode() for p, c in zip("abcdef", "bcdefg")),
+    "alias-cycle.yaml": b"a: &a [*a]\n",
+    "tab.yaml": b"name: x\n\tdata: 1\n",
+}
+
+
+def test_validate_cli_refuses_any_file_content_with_one_line_each(tmp_path):
+    paths = []
+    for name, content in JUNK.items():
+        paths.append(tmp_path / name)
+        paths[-1].write_bytes(content)
+    r = run_cli("validate", *map(str, paths), str(tmp_path))  # the folder itself too
+    assert r.returncode == 2 and "Traceback" not in r.stderr + r.stdout
+    lines = r.stderr.splitlines()
+    assert len(lines) == 2 * (len(paths) + 1), r.stderr  # a header and one reason per file
+    for header, reason in zip(lines[::2], lines[1::2]):
+        assert header.startswith("✗ ") and header.endswith(": invalid job spec")
+        assert reason.startswith(("    (file): ", "    (yaml) ", "    (top level): ")), reason
+    assert "more than 100000 values once aliases are expanded" in r.stderr
+    assert "larger than 1024 KiB" in r.stderr
+
+
+@pytest.mark.parametrize("command", ["train", "run"])
+def test_train_and_run_refuse_a_malformed_spec_before_starting_anything(tmp_path, command):
+    p = tmp_path / "deep.yaml"
+    p.write_text("name: [" + "[" * 5000 + "\n")
+    r = run_cli(command, str(p), "-o", str(tmp_path / "runs"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr + r.stdout
+    assert "nested deeper than 32 levels" in r.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+# ----------------------------------------------------------------- specs that can never work
+
+def spec_dict_tabular(**data):
+    d = yaml.safe_load((JOBS / "breast-cancer-mlp.yaml").read_text())
+    d["data"].update(data)
+    return d
+
+
+def _problems(data) -> list[str]:
+    with pytest.raises(SpecError) as info:
+        parse_spec(data)
+    assert info.value.exit_code == 2
+    return info.value.problems
+
+
+def _has(problems: list[str], field: str, *words: str) -> bool:
+    return any(p.startswith(f"{field}:") and all(w in p for w in words) for p in problems)
+
+
+@pytest.mark.parametrize("path", ["train.epochs", "train.lr", "scaling.workers", "train.grad_clip", "data.image.shape", "tune.num_samples", "serve.port"])
+def test_booleans_are_not_numbers(path):
+    value = [True, 8, 8] if path == "data.image.shape" else True
+    problems = _problems(_with(path, value))
+    assert _has(problems, path + ("[0]" if path == "data.image.shape" else ""), "got true"), problems
+
+
+@pytest.mark.parametrize("path,value,words", [
+    ("train.grad_clip", float("inf"), "finite"),
+    ("train.lr", float("nan"), "finite"),
+    ("tune.scheduler.reduction_factor", float("inf"), "finite"),
+    ("data.image.shape", [10**6, 10**6, 10**6], "less than or equal to 65536"),
+    ("data.image.shape", [64, 8192, 8192], "at most 67,108,864"),
+    ("data.seed", 10**30, "less than or equal to 4294967295"),
+    ("train.seed", 1e30, "valid integer"),
+    ("train.epochs", 10.0, "valid integer"),
+    ("model.channels", [32] * 33, "at most 32 items"),
+    ("tune.max_concurrent", 0, "greater than or equal to 1 or 'auto'"),
+])
+def test_infinite_and_absurd_numbers(path, value, words):
+    problems = _problems(_with(path, value))
+    field = "data.image.shape[0]" if value == [10**6] * 3 else path
+    assert _has(problems, field, words), problems
+
+
+def test_yaml_numbers_are_read_as_people_write_them(tmp_path):
+    p = tmp_path / "job.yaml"
+    p.write_text((JOBS / "breast-cancer-mlp.yaml").read_text().replace("lr: 0.001", "lr: 1e-3").replace("seed: 0", "seed: 1e30"))
+    with pytest.raises(SpecError) as info:
+        load_spec(p)
+    assert info.value.problems == ["data.seed: Input should be a valid integer, got 1e+30"]
+    p.write_text(p.read_text().replace("seed: 1e30", "seed: 7"))
+    spec = load_spec(p)
+    assert spec.train.lr == 1e-3 and spec.data.seed == 7
+
+
+@pytest.mark.parametrize("rule,words", [
+    ("accuracy >= 2", "between 0 and 1"),
+    ("accuracy > 1", "can never pass"),
+    ("accuracy < 0", "can never pass"),
+    ("test_accuracy >= -0.5", "between 0 and 1"),
+    ("loss < -1", "never negative"),
+    ("loss < 0", "can never pass"),
+    ("accuracy >= 1e999", "not a finite number"),
+])
+def test_promotion_gates_that_can_never_pass(rule, words):
+    assert _has(_problems(_with("promote", rule)), "promote", words)
+
+
+@pytest.mark.parametrize("rule", ["accuracy >= 1", "accuracy >= 0", "accuracy <= 0.5", "loss <= 0", "loss < 0.1"])
+def test_promotion_gates_at_the_edges_are_fine(rule):
+    assert parse_spec(_with("promote", rule)).promote == rule
+
+
+def test_regression_gates_on_a_regression_dataset():
+    d = spec_dict_tabular(prepare="sklearn:diabetes", label="target") | {"promote": "rmse < 40", "checkpoint": {"metric": "val_mae"}}
+    assert parse_spec(d).promote == "rmse < 40"
+
+
+@pytest.mark.parametrize("path,value,field", [
+    ("checkpoint.metric", "val_rmse", "checkpoint.metric"),  # digits is a classification dataset
+    ("tune.metric", "val_mae", "tune.metric"),
+    ("promote", "rmse < 3", "promote"),
+    ("data.task", "regression", "data.task"),  # data.prepare sklearn:digits is classification
+])
+def test_metrics_of_the_other_task(path, value, field):
+    problems = _problems(_with(path, value))
+    assert _has(problems, field, "task"), problems
+
+
+def test_metrics_that_contradict_each_other_when_the_data_decides_the_task():
+    d = _with("data.prepare", None) | {"promote": "rmse < 3"}  # the task comes from the label column later
+    assert _has(_problems(d), "promote", "rmse needs a regression task", "checkpoint.metric (accuracy) needs a classification task")
+
+
+def test_metric_of_the_other_task_is_refused_where_the_data_decides_it():
+    import pyarrow as pa
+
+    from orchestrator.data import check_columns
+    from orchestrator.errors import DataError
+
+    d = _with("data.prepare", None)
+    d["checkpoint"]["metric"] = d["tune"]["metric"] = "val_rmse"
+    d["train"]["label_smoothing"] = 0
+    del d["promote"]
+    spec = parse_spec(d)  # no task is known yet: valid
+    schema = pa.schema([("image", pa.list_(pa.float32())), ("label", pa.int64())])
+    with pytest.raises(DataError) as info:
+        check_columns(spec, "digits.parquet", schema)
+    msg = str(info.value)
+    assert "checkpoint.metric: rmse needs a regression task" in msg and "tune.metric:" in msg and "int64" in msg
+    assert check_columns(spec, "digits.parquet", pa.schema([("image", pa.list_(pa.float32())), ("label", pa.float64())])).task == "regression"
+
+
+@pytest.mark.parametrize("scheduler,field", [
+    ({"type": "asha", "grace_period": 11}, "tune.scheduler.grace_period"),
+    ({"type": "asha", "max_epochs": 20}, "tune.scheduler.max_epochs"),
+    ({"type": "asha", "grace_period": 6, "max_epochs": 5}, "tune.scheduler.grace_period"),
+])
+def test_asha_rungs_beyond_train_epochs(scheduler, field):
+    d = _with("tune.scheduler", scheduler)  # train.epochs is 10
+    assert _has(_problems(d), field, "is more than"), _problems(d)
+    assert parse_spec(_with("tune.scheduler", {"type": "asha", "grace_period": 10, "max_epochs": 10}))
+
+
+@pytest.mark.parametrize("key", ["features", "categorical"])
+def test_duplicate_feature_names(key):
+    d = spec_dict_tabular(features=["mean_radius", "mean_texture", "mean_radius"] if key == "features" else ["mean_radius", "site"])
+    if key == "categorical":
+        d["data"]["categorical"] = ["site", "site"]
+    assert _has(_problems(d), f"data.{key}", "'mean_radius'" if key == "features" else "'site'", "more than once")
+
+
+def test_odd_keys_are_quoted_on_one_line():
+    d = spec_dict_tabular()
+    d["train"]["a\nb"] = 1
+    d[True] = 1
+    problems = _problems(d)
+    assert "train['a\\nb']: unknown field" in problems[0] and all("\n" not in p for p in problems)
+    assert any(p.startswith("[true]: Keys should be strings") for p in problems), problems
