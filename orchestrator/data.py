@@ -7,8 +7,12 @@ would otherwise deadlock (see planning.py, which leaves room for these tasks).
 
 from __future__ import annotations
 
+import logging
 import os
-from dataclasses import dataclass
+import re
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -20,10 +24,11 @@ from ray.data.aggregate import Count, Mean, Std, Sum, Unique
 
 from orchestrator.errors import DataError
 from orchestrator.preprocess import SPLIT_COLUMN, SPLITS, Preprocessor, assign_splits
-from orchestrator.spec import JobSpec, is_uri, resolve_source
+from orchestrator.spec import JobSpec, is_uri, resolve_source, task_problems
 
 DATA_TASK_CPUS = 0.25
 CACHE_MAX_BYTES = 1 << 30  # data.cache: auto keeps sources up to this size in the object store
+MAX_AUTO_CATEGORIES = 1000  # a string column with more distinct values is more likely an id than a category
 
 
 @dataclass
@@ -34,6 +39,7 @@ class Columns:
     numeric: list[str]
     categorical: list[str]
     image: Optional[str]
+    auto_categorical: list[str] = field(default_factory=list)  # string columns not listed in data.categorical
 
 
 @dataclass
@@ -62,23 +68,152 @@ def read_dataset(spec: JobSpec) -> tuple[str, ray.data.Dataset]:
     src = ensure_prepared(spec)
     if not is_uri(src) and not os.path.exists(src):
         raise DataError(f"{src}: data file not found (data.source in the spec)")
-    args = {"num_cpus": DATA_TASK_CPUS}
-    try:
-        if spec.data.format == "parquet":
-            ds = ray.data.read_parquet(src, **args)
-        else:
-            ds = ray.data.read_csv(src, **args)
+    fmt = spec.data.format
+    is_dir = check_source_files(src, fmt)
+    # In a folder only this format's files are read (check_source_files has refused a folder
+    # holding others); a file named in data.source is read whatever its extension.
+    exts = list(EXTENSIONS[fmt])
+    if is_dir is False and "." in os.path.basename(src):
+        exts.append(os.path.basename(src).rsplit(".", 1)[1])
+    args = {"num_cpus": DATA_TASK_CPUS, "file_extensions": exts}
+    with data_errors(src, fmt):
+        ds = ray.data.read_parquet(src, **args) if fmt == "parquet" else ray.data.read_csv(src, **args)
         schema = ds.schema()
-    except Exception as e:  # pyarrow/fsspec raise many types; the message is what matters
-        raise DataError(f"{src}: cannot read as {spec.data.format}: {_short(e)}") from None
     if schema is None:
         raise DataError(f"{src}: no rows or no schema found")
     return src, ds
 
 
-def _short(e: Exception) -> str:
-    msg = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {msg[-1] if msg else ''}"
+# The file name endings each format reads. Ray Data's own filter skips other files without a
+# word: a folder of Parquet and CSV read as Parquet silently lost the CSV rows, and `.pq`
+# (which the spec accepts as Parquet) was "no files found".
+EXTENSIONS = {"parquet": ("parquet", "pq"), "csv": ("csv", "csv.gz", "csv.bz2", "csv.br", "csv.zst", "csv.lz4")}
+
+
+def _hidden(rel: str) -> bool:
+    """_SUCCESS, .crc, _temporary/...: files that writers such as Spark leave beside the data."""
+    return any(part.startswith((".", "_")) for part in rel.split("/") if part)
+
+
+def check_source_files(src: str, fmt: str) -> Optional[bool]:
+    """Refuse, on the driver and before any Ray task, what Ray Data would skip or misreport.
+
+    A folder must hold only `fmt` files (hidden ones aside), and no data file may be empty
+    (Ray Data calls a 0-byte Parquet file "no files found" and fails on a 0-byte CSV with
+    tracebacks). Returns whether `src` is a folder, or None when it cannot be listed (Ray
+    Data then reports what it finds).
+    """
+    import pyarrow.fs as pafs
+
+    try:
+        fs, path = pafs.FileSystem.from_uri(src) if is_uri(src) else (pafs.LocalFileSystem(), os.path.abspath(src))
+        info = fs.get_file_info(path)
+        is_dir = info.type == pafs.FileType.Directory
+        if is_dir:
+            files = [f for f in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+                     if f.type == pafs.FileType.File and not _hidden(f.path[len(path):])]
+        else:
+            files = [info] if info.type == pafs.FileType.File else []
+    except Exception:  # no rights to list, an unknown scheme...: the read itself will say
+        return None
+    exts = EXTENSIONS[fmt]
+    if is_dir:
+        kinds = Counter(_kind(f.base_name, exts) for f in files)
+        ours = sum(n for k, n in kinds.items() if k[1:] in exts)
+        if ours < len(files):
+            found = " and ".join(f"{n} {k} file{'s' * (n != 1)}" for k, n in kinds.most_common())
+            raise DataError(
+                f"{src}: the folder holds {found}; data.format {fmt} reads only "
+                f"{'/'.join('.' + e for e in exts)} files: move the others out, or point data.source at one file"
+            )
+        if not ours:
+            raise DataError(f"{src}: the folder holds no {'/'.join('.' + e for e in exts)} files (data.format {fmt})")
+    for f in files:
+        if f.size == 0:
+            raise DataError(f"{_shown(src, f.path)}: empty file (0 bytes), not a {fmt} file")
+    return is_dir
+
+
+def _kind(name: str, exts: tuple) -> str:
+    name = name.lower()
+    ext = next((e for e in exts if name.endswith("." + e)), None) or (name.rsplit(".", 1)[1] if "." in name else None)
+    return f".{ext}" if ext else "(no extension)"
+
+
+def _shown(src: str, path: str) -> str:
+    """A listed file as the user would write it (pyarrow drops the URI scheme)."""
+    scheme = src.split("://", 1)[0] + "://" if is_uri(src) else ""
+    return path if not scheme or path.startswith(scheme) else scheme + path
+
+
+@contextmanager
+def data_errors(src: str, fmt: str):
+    """A failed Ray Data read or transform -> one DataError line naming the file and the cause.
+
+    Ray Data reports the failure itself as well, on the console with two tracebacks and its
+    retry advice; those records go to its log file only (`ray-data.log` in the session's logs),
+    as do its INFO records unless Ray logs at INFO (--verbose).
+    """
+    from ray.data._internal.logging import SessionFileHandler
+
+    shown = logging.getLogger("ray").getEffectiveLevel()
+
+    def not_errors(record: logging.LogRecord) -> bool:
+        return shown <= record.levelno < logging.ERROR
+
+    console = [h for h in logging.getLogger("ray.data").handlers if not isinstance(h, SessionFileHandler)]
+    for h in console:
+        h.addFilter(not_errors)
+    try:
+        yield
+    except DataError:
+        raise
+    except Exception as e:  # RayTaskError, ArrowInvalid, ValueError...: the message is what matters
+        raise DataError(_describe_failure(src, fmt, e)) from None
+    finally:
+        for h in console:
+            h.removeFilter(not_errors)
+
+
+_CSV_FAILED = re.compile(r"Failed to read CSV file: (.+?)\. Please check")
+_EXCEPTION_LINE = re.compile(r"^(?:\w+\.)*(\w*(?:Error|Exception)): (.+)$", re.M)
+_RAY_NOISE = ("Failed to ", "To change retry attempts", "Please check the CSV file")
+
+
+def _describe_failure(src: str, fmt: str, e: BaseException) -> str:
+    chain = [e]
+    while len(chain) < 20 and (nxt := getattr(chain[-1], "cause", None) or chain[-1].__cause__) is not None:
+        chain.append(nxt)  # a RayTaskError keeps the task's exception as .cause
+    cause = chain[-1]
+    text = str(cause)
+    m = _CSV_FAILED.search(text)
+    if m:  # Ray Data's message drops pyarrow's; parse that one file again here to recover it
+        path = m.group(1)
+        return f"{_shown(src, path)}: cannot read as CSV: {_csv_problem(src, path) or 'unknown parse error'}"
+    lines = [l.strip() for l in text.splitlines() if l.strip() and not l.strip().startswith(_RAY_NOISE)]
+    reason = lines[0] if lines else type(cause).__name__
+    if isinstance(cause, ray.exceptions.UserCodeException):
+        # Our own transform refused a value. Ray Data wraps that error in "UDF failed to process
+        # a data block." and only the remote traceback in the message still holds it.
+        found = [m.group(2) for m in _EXCEPTION_LINE.finditer(str(e)) if m.group(1) != "UserCodeException"]
+        return f"{src}: {found[0] if found else reason}"
+    return f"{src}: cannot read as {fmt}: {reason}"
+
+
+def _csv_problem(src: str, path: str) -> Optional[str]:
+    """pyarrow's own parse error for one CSV file, e.g. "Row #8: Expected 3 columns, got 4: 1,2,3,4"."""
+    import pyarrow.csv as pacsv
+    import pyarrow.fs as pafs
+
+    try:
+        fs = pafs.FileSystem.from_uri(src)[0] if is_uri(src) else pafs.LocalFileSystem()
+        with fs.open_input_stream(path, compression="detect") as f:
+            # one thread, so that pyarrow numbers the rows
+            for _ in pacsv.open_csv(f, read_options=pacsv.ReadOptions(use_threads=False)):
+                pass
+    except Exception as e:
+        return str(e).removeprefix("CSV parse error: ")
+    return None
 
 
 def check_columns(spec: JobSpec, src: str, schema: pa.Schema) -> Columns:
@@ -94,6 +229,10 @@ def check_columns(spec: JobSpec, src: str, schema: pa.Schema) -> Columns:
     task = d.task
     if task is None:
         task = "regression" if pa.types.is_floating(label_type) else "classification"
+        # Only now is the task known: refuse metrics of the other task before anything trains.
+        problems = task_problems(spec, task, f"the label column {d.label!r} has type {label_type}, so the task is {task} (data.task can set it)")
+        if problems:
+            raise DataError(f"{src}: " + "; ".join(problems))
     if task == "regression" and not (pa.types.is_integer(label_type) or pa.types.is_floating(label_type)):
         raise DataError(f"{src}: column {d.label!r} (data.label) has type {label_type}; regression needs a numeric label")
 
@@ -108,19 +247,29 @@ def check_columns(spec: JobSpec, src: str, schema: pa.Schema) -> Columns:
         return Columns(task=task, numeric=[], categorical=[], image=d.image.column)
 
     features = d.features if d.features is not None else [c for c in schema.names if c != d.label]
-    numeric, categorical = [], []
+    numeric, categorical, auto = [], [], []
     for col in features:
         t = need(col, "data.features")
         if col in d.categorical:
             categorical.append(col)
         elif pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
             numeric.append(col)
+        elif _is_text(t):  # as documented (data.categorical): string columns are one-hot encoded
+            categorical.append(col)
+            auto.append(col)
         else:
+            where = "data.features" if d.features is not None else "every column but the label, as data.features is omitted"
             raise DataError(
-                f"{src}: column {col!r} (data.features) has type {t}; numeric features must be numbers "
-                f"(list the column under data.categorical to one-hot encode it)"
+                f"{src}: column {col!r} ({where}) has type {t}; a feature must hold numbers, booleans or strings "
+                f"(strings are one-hot encoded): convert it, or leave it out of data.features"
             )
-    return Columns(task=task, numeric=numeric, categorical=categorical, image=None)
+    return Columns(task=task, numeric=numeric, categorical=categorical, image=None, auto_categorical=auto)
+
+
+def _is_text(t: pa.DataType) -> bool:
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
 
 
 # ------------------------------------------------------------------------- split, fit, transform
@@ -166,8 +315,12 @@ def fit_preprocessor(spec: JobSpec, cols: Columns, train: ray.data.Dataset) -> P
         target = train.select_columns([d.label])
     else:
         target = train.select_columns(cols.numeric + cols.categorical + [d.label])
+    measured = cols.numeric + ([d.label] if cols.task == "regression" else [])
+    target = target.map_batches(_mark_infinite, fn_kwargs={"columns": measured}, batch_format="pandas", num_cpus=DATA_TASK_CPUS)
 
     aggs = [Count()]
+    for c in measured:
+        aggs += [Sum(f"__inf:{c}", alias_name=f"inf:{c}"), Count(c, ignore_nulls=True, alias_name=f"n:{c}")]
     for c in cols.numeric:
         aggs += [Mean(c, ignore_nulls=True, alias_name=f"mean:{c}"), Std(c, ddof=0, ignore_nulls=True, alias_name=f"std:{c}")]
     for c in cols.categorical:
@@ -180,15 +333,29 @@ def fit_preprocessor(spec: JobSpec, cols: Columns, train: ray.data.Dataset) -> P
     pre.train_rows = int(stats["count()"] or 0)
     if pre.train_rows == 0:
         raise DataError(f"{d.source}: the training split is empty (too few rows for data.split)")
+    src = resolve_source(spec)
+    for c in measured:
+        inf, n = int(stats[f"inf:{c}"] or 0), int(stats[f"n:{c}"] or 0)
+        if inf:  # a scaler (or a loss) fitted on +/-inf is meaningless; missing values are imputed instead
+            raise DataError(
+                f"{src}: column {c!r} holds {inf} infinite values (+inf/-inf) among its {n} values in the training "
+                f"split ({inf / n:.0%}); replace or drop them (empty or NaN values are imputed with the training mean)"
+            )
+        if n == 0:
+            raise DataError(f"{src}: column {c!r} has no values in the training split (all {pre.train_rows} are missing)")
     for c in cols.numeric:
         mean, std = stats[f"mean:{c}"], stats[f"std:{c}"]
-        if mean is None:
-            raise DataError(f"{d.source}: column {c!r} has no values in the training split")
         pre.numeric.append(c)
         pre.means.append(float(mean))
         pre.stds.append(float(std) if std and std > 0 else 1.0)
     for c in cols.categorical:
-        pre.categorical[c] = sorted((_py(v) for v in stats[f"uniq:{c}"]), key=lambda v: (str(type(v)), v))
+        pre.categorical[c] = sorted((_py(v) for v in stats[f"uniq:{c}"] if v is not None), key=lambda v: (str(type(v)), v))
+        if c in cols.auto_categorical and len(pre.categorical[c]) > MAX_AUTO_CATEGORIES:
+            raise DataError(
+                f"{src}: column {c!r} holds strings with {len(pre.categorical[c])} distinct values in the training split, "
+                f"too many to one-hot encode by default (at most {MAX_AUTO_CATEGORIES}): leave it out of data.features, "
+                f"or list it under data.categorical to encode it anyway"
+            )
     if cols.task == "classification":
         pre.classes = sorted((_py(v) for v in stats["uniq:__label"]), key=lambda v: (str(type(v)), v))
         if len(pre.classes) < 2:
@@ -203,12 +370,22 @@ def _py(v):
     return v.item() if isinstance(v, np.generic) else v
 
 
+def _mark_infinite(df: pd.DataFrame, *, columns: list[str]) -> pd.DataFrame:
+    """A 0/1 column per measured column, for counting +/-inf (Mean and Std would just return inf or NaN)."""
+    return df.assign(**{f"__inf:{c}": np.isinf(df[c].to_numpy(dtype=np.float64, na_value=np.nan)).astype(np.int64) for c in columns})
+
+
 def _transform(df: pd.DataFrame, *, pre: dict) -> dict:
     return Preprocessor.from_dict(pre).transform(df)
 
 
 def prepare_data(spec: JobSpec) -> PreparedData:
     """Read, check, split and fit; the returned datasets are lazy and stream when consumed."""
+    with data_errors(resolve_source(spec), spec.data.format):  # any Ray Data failure in here: one clear line
+        return _prepare_data(spec)
+
+
+def _prepare_data(spec: JobSpec) -> PreparedData:
     src, ds = read_dataset(spec)
     cols = check_columns(spec, src, ds.schema().base_schema if hasattr(ds.schema(), "base_schema") else ds.schema())
     d = spec.data

@@ -99,6 +99,9 @@ class Preprocessor:
         parts = []
         if self.numeric:
             num = df[self.numeric].astype(np.float64).to_numpy()
+            if np.isinf(num).any():  # missing values are imputed below, but nothing can stand in for +/-inf
+                bad = [c for c, b in zip(self.numeric, np.isinf(num).any(axis=0)) if b]
+                raise ValueError(f"column{'s' * (len(bad) > 1)} {', '.join(map(repr, bad))}: +inf/-inf values cannot be standardised; replace or drop them")
             means = np.asarray(self.means)
             num = np.where(np.isnan(num), means, num)  # impute with the training mean
             parts.append((num - means) / np.asarray(self.stds))

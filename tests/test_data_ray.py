@@ -96,14 +96,14 @@ def test_regression_label(ray_session, data_dir):
         ({"source": "missing.parquet", "prepare": None}, ["missing.parquet", "data file not found"]),
         ({"label": "diagnosis"}, ["'diagnosis'", "data.label", "not found"]),
         ({"features": ["mean_radius", "mean_colour"]}, ["'mean_colour'", "data.features", "not found"]),
-        ({"features": ["mean_radius", "label2"]}, ["'label2'", "numeric features must be numbers"]),
+        ({"features": ["mean_radius", "when"]}, ["'when'", "numbers, booleans or strings"]),
         ({"task": "regression"}, ["'label'", "regression needs a numeric label"]),
     ],
-    ids=["missing file", "missing label", "missing feature", "string feature", "string regression label"],
+    ids=["missing file", "missing label", "missing feature", "timestamp feature", "string regression label"],
 )
 def test_bad_data_gets_a_clear_error_naming_file_and_column(ray_session, data_dir, tmp_path, data, words):
     df = pd.read_parquet(data_dir / "breast_cancer.parquet")
-    df["label2"] = df["label"]
+    df["when"] = pd.Timestamp("2024-01-01")
     path = tmp_path / "bc.parquet"
     df.to_parquet(path)
     data = {"source": str(path), "prepare": None, **data}
@@ -125,3 +125,31 @@ def test_image_column_must_hold_arrays(ray_session, data_dir, tmp_path):
     spec = _spec(tmp_path, "digits-cnn.yaml", source=str(path), prepare=None, image={"column": "mean_radius", "shape": [1, 1, 1]})
     with pytest.raises(DataError, match="'mean_radius' .*must be a list of numbers"):
         prepare_data(spec)
+
+
+def test_infinite_values_outside_the_training_split_are_refused(ray_session, data_dir, tmp_path):
+    from orchestrator.preprocess import assign_splits
+
+    df = pd.read_parquet(data_dir / "breast_cancer.parquet")[["mean_radius", "mean_texture", "label"]]
+    spec = _spec(tmp_path, "breast-cancer-mlp.yaml", source=str(tmp_path / "inf.parquet"), prepare=None, features=["mean_radius", "mean_texture"])
+    with_inf = df.assign(mean_radius=np.inf)
+    s = spec.data.split
+    outside = assign_splits(with_inf, spec.data.seed, (s.train, s.validation, s.test)) != 0  # a row's split follows its values
+    df.loc[outside, "mean_radius"] = np.inf
+    df.to_parquet(tmp_path / "inf.parquet")
+    with pytest.raises(DataError) as info:
+        prepare_data(spec)
+    assert str(info.value) == f"{tmp_path / 'inf.parquet'}: column 'mean_radius': +inf/-inf values cannot be standardised; replace or drop them"
+
+
+def test_pq_file_and_folder_are_read_as_parquet(ray_session, data_dir, tmp_path):
+    """The spec infers Parquet from `.pq`; Ray Data's own extension filter alone would skip it."""
+    df = pd.read_parquet(data_dir / "breast_cancer.parquet")
+    (tmp_path / "parts").mkdir()
+    df.iloc[:300].to_parquet(tmp_path / "parts" / "a.pq")
+    df.iloc[300:].to_parquet(tmp_path / "parts" / "b.parquet")
+    (tmp_path / "parts" / "_SUCCESS").write_text("")
+    df.iloc[:100].to_parquet(tmp_path / "export.bin")  # a file named in data.source is read whatever its name
+    for src, rows in ((tmp_path / "parts" / "a.pq", 300), (tmp_path / "parts", len(df)), (tmp_path / "export.bin", 100)):
+        prepared = prepare_data(_spec(tmp_path, "breast-cancer-mlp.yaml", source=str(src), prepare=None, format="parquet"))
+        assert sum(prepared.raw[n].count() for n in SPLITS) == rows
