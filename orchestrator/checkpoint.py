@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,12 @@ STATE_FILE = "state.pt"
 MODEL_FILE = "model.json"
 PREPROCESSING_FILE = "preprocessing.json"
 METRICS_FILE = "metrics.json"
+
+
+class CheckpointError(OrchestratorError):
+    """A checkpoint that cannot be loaded (missing, truncated, corrupt or tampered file): names the file."""
+
+    exit_code = 2
 
 
 def write_checkpoint(directory: str | os.PathLike, *, state: dict[str, Any], model_meta: dict[str, Any], preprocessing: dict[str, Any], metrics: dict[str, Any]) -> None:
@@ -51,20 +58,58 @@ class LoadedModel:
     path: str
 
 
+def _read_json_file(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: cannot read: {e}") from None
+    except ValueError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e}); the checkpoint is truncated or corrupt") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}; the checkpoint is corrupt")
+    return data
+
+
+def describe_error(e: Exception, limit: int = 200) -> str:
+    """`Type: first sentence` of an exception, on one line (torch's errors run to paragraphs with ANSI codes)."""
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(e)).split()).split(". ")[0]
+    text = text if len(text) <= limit else text[: limit - 3] + "..."
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
 def load_model(directory: str | os.PathLike) -> LoadedModel:
-    """Rebuild the network and its preprocessing from a checkpoint directory, ready for inference."""
+    """Rebuild the network and its preprocessing from a checkpoint directory, ready for inference.
+
+    Any file that is missing, truncated, corrupt or does not fit the others raises CheckpointError
+    naming that file and the cause (a torn write, a tampered state.pt that holds code, weights of
+    another shape).
+    """
     d = Path(directory)
     missing = [f for f in (STATE_FILE, MODEL_FILE, PREPROCESSING_FILE) if not (d / f).is_file()]
     if missing:
-        raise OrchestratorError(f"{d}: not an orchestrator checkpoint (missing {', '.join(missing)})")
-    meta = json.loads((d / MODEL_FILE).read_text())
-    pre = Preprocessor.load(d / PREPROCESSING_FILE)
-    model = build_model(meta["model"], meta["input_shape"], meta["num_outputs"], meta.get("dropout", 0.0))
+        raise CheckpointError(f"{d}: not an orchestrator checkpoint (missing {', '.join(missing)})")
+    meta = _read_json_file(d / MODEL_FILE)
+    try:
+        model = build_model(meta["model"], meta["input_shape"], meta["num_outputs"], meta.get("dropout", 0.0))
+    except Exception as e:  # a missing key or a value build_model cannot use
+        raise CheckpointError(f"{d / MODEL_FILE}: cannot rebuild the network ({describe_error(e)})") from None
+    try:
+        pre = Preprocessor.from_dict(_read_json_file(d / PREPROCESSING_FILE))
+    except CheckpointError:
+        raise
+    except Exception as e:
+        raise CheckpointError(f"{d / PREPROCESSING_FILE}: not a fitted preprocessing ({describe_error(e)})") from None
+    if (d / STATE_FILE).stat().st_size == 0:
+        raise CheckpointError(f"{d / STATE_FILE}: empty file; the checkpoint was not written completely")
     try:
         state = read_state(d)
+    except Exception as e:  # truncated zip, or a pickle that weights_only refuses (code)
+        raise CheckpointError(f"{d / STATE_FILE}: cannot load weights ({describe_error(e)}); the file is truncated, corrupt "
+                              "or holds more than tensors and plain values") from None
+    try:
+        model.load_state_dict(state["model"])
     except Exception as e:
-        raise OrchestratorError(f"{d / STATE_FILE}: cannot load weights: {e}") from None
-    model.load_state_dict(state["model"])
+        raise CheckpointError(f"{d / STATE_FILE}: the weights do not fit the network of {MODEL_FILE} ({describe_error(e)})") from None
     model.eval()
-    metrics = json.loads((d / METRICS_FILE).read_text()) if (d / METRICS_FILE).is_file() else {}
+    metrics = _read_json_file(d / METRICS_FILE) if (d / METRICS_FILE).is_file() else {}
     return LoadedModel(model=model, preprocessor=pre, meta=meta, metrics=metrics, path=str(d))

@@ -33,6 +33,7 @@ from typing import Any, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 
+from orchestrator.checkpoint import CheckpointError, describe_error
 from orchestrator.errors import OrchestratorError
 from orchestrator.serve_app import DEFAULT_MAX_RECORDS, ModelRunner, make_api, token_digest
 from orchestrator.spec import Autoscaling, ServeSpec
@@ -316,6 +317,40 @@ def _check_checkpoint(path: str | os.PathLike) -> str:
     return str(d)
 
 
+def _validate_checkpoint(path: str) -> None:
+    """Load a local checkpoint here as every replica will, so that a truncated or corrupt file is
+    named before anything is deployed (a failing replica only says "Failed to update the deployments")."""
+    if "://" in path:
+        return  # a URI: the replicas copy and check it themselves
+    try:
+        ModelRunner(path)
+    except OrchestratorError:
+        raise
+    except Exception as e:  # e.g. a preprocessing.json whose fields have the wrong types
+        raise CheckpointError(f"{path}: cannot serve this checkpoint ({describe_error(e)})") from None
+
+
+def _replica_error(name: str) -> Optional[str]:
+    """The last line of a failed replica's traceback (the exception and its message), if Serve has one."""
+    try:
+        app = serve.status().applications.get(name)
+        message = app.deployments[DEPLOYMENT].message if app and DEPLOYMENT in app.deployments else ""
+    except Exception:
+        return None
+    lines = [x.strip() for x in (message or "").splitlines() if x.strip()]
+    return lines[-1] if lines else None
+
+
+def _remove_failed(name: str) -> None:
+    """Never leave a failed application behind (nor Serve, when it ran nothing else)."""
+    try:
+        serve.delete(name)
+        if not serve.status().applications:
+            serve.shutdown()
+    except Exception:  # already gone
+        pass
+
+
 def display_url(host: str, port: int, route_prefix: str = "/") -> str:
     shown = "127.0.0.1" if host in ("0.0.0.0", "", "::") else (f"[{host}]" if ":" in host else host)
     return f"http://{shown}:{port}{route_prefix.rstrip('/')}"
@@ -326,13 +361,16 @@ def deploy(checkpoint_dir: str | os.PathLike, serve_spec: Optional[ServeSpec] = 
     """Serve `checkpoint_dir` with `serve_spec`'s settings and return the application's URL.
 
     Starts embedded Ray (or joins `address`/RAY_ADDRESS) and Serve on spec.host:spec.port if they
-    are not running. Deploying again under the same `name` rolls the replicas over to the new
-    checkpoint/version with no request lost. The bearer token (serve.auth_token_env) is read here and
-    only its SHA-256 digest goes to the replicas. `torch_threads` sets torch.set_num_threads in each
+    are not running; a local checkpoint is loaded here first, so that a damaged file is named before
+    anything is deployed (CheckpointError). Deploying again under the same `name` rolls the replicas
+    over to the new checkpoint/version with no request lost. The bearer token (serve.auth_token_env)
+    is read here, kept out of the environment of the Ray processes, and only its SHA-256 digest goes
+    to the replicas. A deployment that fails is removed (unless it was a rollover). `torch_threads` sets torch.set_num_threads in each
     replica (default: Ray's, one thread per reserved CPU).
     """
     spec = serve_spec or ServeSpec()
     ckpt = _check_checkpoint(checkpoint_dir)
+    _validate_checkpoint(ckpt)
     args = serve_args(ckpt, spec, version=version)
     if torch_threads:
         args["torch_threads"] = torch_threads
@@ -345,16 +383,21 @@ def deploy(checkpoint_dir: str | os.PathLike, serve_spec: Optional[ServeSpec] = 
 
     from orchestrator.runtime import init_ray
 
-    init_ray(address)
+    # Ray's processes inherit this process's environment when an embedded node starts: the token stays out
+    init_ray(address, secret_env=[spec.auth_token_env] if spec.auth_token_env else ())
     running = _serve_http()
     if running is None:
         _check_port(spec.host, spec.port)
         serve.start(http_options={"host": spec.host, "port": spec.port})
         running = _serve_http() or (spec.host, spec.port)
+    rollover = name in serve.status().applications
     try:
         serve.run(app_builder(args), name=name, route_prefix=spec.route_prefix)
-    except (RuntimeError, ValueError) as e:
-        raise OrchestratorError(f"deploying {ckpt} failed: {e}") from None
+    except Exception as e:  # noqa: BLE001 - Serve raises several types; the replica's own error says more
+        reason = _replica_error(name) or f"{type(e).__name__}: {e}"
+        if not rollover:  # a failed rollover keeps the old replicas serving
+            _remove_failed(name)
+        raise OrchestratorError(f"deploying {ckpt} failed: {reason}") from None
     return display_url(running[0], running[1], spec.route_prefix)
 
 

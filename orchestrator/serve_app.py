@@ -21,6 +21,7 @@ import hmac
 import json
 import logging
 import math
+import re
 import time
 from pathlib import Path
 from typing import Annotated, Any, Awaitable, Callable, Optional, Union
@@ -44,6 +45,15 @@ DEFAULT_MAX_RECORDS = 1024
 OPEN_PATHS = frozenset({"/healthz"})  # reachable without a token (liveness probes)
 ROUTES = ("/predict", "/healthz", "/metadata", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
 MAX_LISTED_ERRORS = 5
+# Bodies nest 4 levels at most ({"records": [{"image": [...]}]}); up to this depth a wrong shape is
+# a 422 naming the field, beyond it the body is refused unparsed (json.loads recurses per level)
+MAX_JSON_DEPTH = 32
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+JSON_TYPES = ("application/json",)  # and any application/*+json; no Content-Type at all is taken as JSON
+# a JSON string, or an unterminated one up to the end: every match succeeds where it starts, so a
+# scan is linear time (a failing match would be retried at every later quote: quadratic)
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*\\?(?:"|\Z)', re.S)
+_OPEN, _CLOSE = np.frombuffer(b"[{", np.uint8), np.frombuffer(b"]}", np.uint8)
 
 
 class ClientError(Exception):
@@ -159,6 +169,33 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def json_depth(body: bytes) -> int:
+    """How deeply the brackets of a JSON text nest (outside strings), without parsing it.
+
+    json.loads recurses once per level and raises RecursionError past ~1000 levels; the request
+    schema is flat, so a body can be refused on its depth before it is parsed.
+    """
+    a = np.frombuffer(_JSON_STRING.sub(b"", body), np.uint8)
+    step = np.isin(a, _OPEN).astype(np.int32) - np.isin(a, _CLOSE)
+    return int(step.cumsum().max(initial=0))
+
+
+def is_json_type(content_type: Optional[str]) -> bool:
+    media = (content_type or "").partition(";")[0].strip().lower()
+    return not media or media in JSON_TYPES or (media.startswith("application/") and media.endswith("+json"))
+
+
+class Records(list):
+    """Validated records that remember how the body held them, so that errors can name record i."""
+
+    def __init__(self, items: list, prefix: tuple = (), single: bool = False):
+        super().__init__(items)
+        self.prefix, self.single = prefix, single
+
+    def path(self, i: int, *more) -> str:
+        return field_path(tuple(more) if self.single else (*self.prefix, i, *more))
+
+
 # ----------------------------------------------------------------------------------- the model
 
 
@@ -182,7 +219,41 @@ class ModelRunner:
         self._records = TypeAdapter(list[self.Record])
         self.classification = self.pre.task == "classification"
         self._class_keys = [str(c) for c in (self.pre.classes or [])]
+        self._bounds = self._input_bounds()
         self.test_metrics = self._read_test_metrics(Path(checkpoint_dir))
+
+    def _input_bounds(self) -> dict[str, tuple[float, float]]:
+        """Per numeric input, the values whose standardised form (x - mean) / std is finite in float32
+        (the model's input type): anything beyond would reach the network as inf and come out NaN."""
+        pre = self.pre
+        if pre.image_column:  # the pixels are cast to float32 before they are standardised
+            m, s = float(pre.image_mean), float(pre.image_std)
+            return {pre.image_column: (max(-FLOAT32_MAX, m - FLOAT32_MAX * s), min(FLOAT32_MAX, m + FLOAT32_MAX * s))}
+        return {col: (m - FLOAT32_MAX * s, m + FLOAT32_MAX * s) for col, m, s in zip(pre.numeric, pre.means, pre.stds)}
+
+    def _check_values(self, records: Records) -> None:
+        """422 for numbers out of the model's range and for text that is not valid Unicode."""
+        errors = []
+        for i, rec in enumerate(records):
+            for col, v in rec.items():
+                if isinstance(v, str):
+                    try:
+                        v.encode("utf-8")
+                    except UnicodeEncodeError:  # a lone surrogate escape such as "\ud800"
+                        errors.append({"field": records.path(i, col), "type": "string_unicode",
+                                       "message": "not valid Unicode text (a lone surrogate escape)"})
+                    continue
+                lo, hi = self._bounds.get(col, (None, None))
+                if lo is None or v is None:
+                    continue
+                low, high = (min(v), max(v)) if isinstance(v, list) else (v, v)
+                if low < lo or high > hi:
+                    shown = low if low < lo else high
+                    errors.append({"field": records.path(i, col), "type": "float_range",
+                                   "message": f"{shown:.6g} is out of range: the model takes values within [{lo:.6g}, {hi:.6g}] "
+                                              "(where (x - training mean) / std fits in float32)"})
+        if errors:
+            raise _field_errors(errors)
 
     @staticmethod
     def _read_test_metrics(d: Path) -> dict:
@@ -197,12 +268,18 @@ class ModelRunner:
         """Body -> validated records (plain dicts keyed by column), or ClientError naming the field."""
         if not body.strip():
             raise ClientError(400, 'empty request body: send one record, a list of records or {"records": [...]} as JSON')
+        depth = json_depth(body)
+        if depth > MAX_JSON_DEPTH:
+            raise ClientError(400, f"JSON nested {depth} levels deep (the limit is {MAX_JSON_DEPTH}); send one record, "
+                              'a list of records or {"records": [...]}')
         try:
             data = json.loads(body)
         except UnicodeDecodeError:
             raise ClientError(400, "request body is not UTF-8 text") from None
         except json.JSONDecodeError as e:
             raise ClientError(400, f"malformed JSON: {e.msg} (line {e.lineno}, column {e.colno})") from None
+        except (ValueError, RecursionError) as e:  # e.g. an integer of more than 4300 digits
+            raise ClientError(400, f"malformed JSON: {e}") from None
         prefix: tuple = ()
         single = False
         if isinstance(data, dict) and "records" in data and "records" not in self.columns:
@@ -232,10 +309,10 @@ class ModelRunner:
             for e in err.errors(include_url=False):
                 loc = tuple(e["loc"][1:]) if single else prefix + tuple(e["loc"])
                 errors.append({"field": field_path(loc), "message": _describe(e), "type": e["type"]})
-            shown = "; ".join(f"{x['field']}: {x['message']}" for x in errors[:MAX_LISTED_ERRORS])
-            more = len(errors) - MAX_LISTED_ERRORS
-            raise ClientError(422, shown + (f"; and {more} more" if more > 0 else ""), errors) from None
-        return records
+            raise _field_errors(errors) from None
+        out = Records(records, prefix, single)
+        self._check_values(out)
+        return out
 
     # ---- inference
     def predict(self, records: list[dict]) -> list[dict]:
@@ -247,12 +324,23 @@ class ModelRunner:
             probs = torch.softmax(out, dim=1).cpu().numpy() if self.classification else None
             out = out.cpu().numpy()
         labels = self.pre.decode(out)
+        # in-range inputs can still overflow inside the network: such a record gets a 422, never a NaN
+        finite = np.isfinite(out.reshape(len(out), -1)).all(axis=1)
         if probs is None:
-            return [{"prediction": float(v)} for v in labels]
-        keys = self._class_keys
-        return [{"prediction": lab, "probabilities": dict(zip(keys, map(float, p)))} for lab, p in zip(labels, probs)]
+            finite &= np.isfinite(np.asarray(labels, dtype=np.float64))
+            outputs = [{"prediction": float(v)} for v in labels]
+        else:
+            finite &= np.isfinite(probs).all(axis=1)
+            keys = self._class_keys
+            outputs = [{"prediction": lab, "probabilities": dict(zip(keys, map(float, p)))} for lab, p in zip(labels, probs)]
+        return [o if ok else {"error": NOT_FINITE} for o, ok in zip(outputs, finite)]
 
-    def response(self, outputs: list[dict]) -> dict:
+    def response(self, outputs: list[dict], records: Optional[Records] = None) -> dict:
+        bad = [i for i, o in enumerate(outputs) if "error" in o]
+        if bad:
+            where = records.path if records is not None else (lambda i: f"[{i}]")
+            raise _field_errors([{"field": where(i), "message": f"{outputs[i]['error']} (input values too extreme for the model)",
+                                  "type": "output_not_finite"} for i in bad])
         body: dict[str, Any] = {"predictions": [o["prediction"] for o in outputs]}
         if self.classification:
             body["probabilities"] = [o["probabilities"] for o in outputs]
@@ -268,7 +356,7 @@ class ModelRunner:
             "classes": self.pre.classes,
             "model": {**self.model_spec, "input_shape": self.meta.get("input_shape"), "num_outputs": self.meta.get("num_outputs"),
                       "parameters": count_parameters(self.model)},
-            "metrics": {"checkpoint": self.loaded.metrics, "test": self.test_metrics},
+            "metrics": _finite({"checkpoint": self.loaded.metrics, "test": self.test_metrics}),  # a diverged run's loss is NaN
             "input_schema": self.Record.model_json_schema(),
             "example": example_record(self.pre),
             "limits": {"max_records": self.max_records, "max_body_bytes": self.max_body_bytes},
@@ -277,7 +365,34 @@ class ModelRunner:
         }
 
 
+NOT_FINITE = "model output not finite for this input"
+
+
+def _finite(obj: Any) -> Any:
+    """NaN and infinities -> None, which JSON can carry."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _field_errors(errors: list[dict]) -> ClientError:
+    shown = "; ".join(f"{x['field']}: {x['message']}" for x in errors[:MAX_LISTED_ERRORS])
+    more = len(errors) - MAX_LISTED_ERRORS
+    return ClientError(422, shown + (f"; and {more} more" if more > 0 else ""), errors)
+
+
 # ------------------------------------------------------------------------------ ASGI plumbing
+
+
+class SafeJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped: text echoed from a request (a lone surrogate) always encodes."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, allow_nan=False, separators=(",", ":")).encode()
 
 
 def relative_path(scope: dict) -> str:
@@ -377,12 +492,12 @@ def make_api(runner: ModelRunner, infer: Infer, *, token_sha256: Optional[str] =
 
     @api.exception_handler(ClientError)
     async def _client_error(request: Request, exc: ClientError):
-        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+        return SafeJSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     @api.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
         errors = [{"field": field_path(tuple(e["loc"])), "message": e["msg"], "type": e["type"]} for e in exc.errors()]
-        return JSONResponse({"detail": "; ".join(f"{e['field']}: {e['message']}" for e in errors), "errors": errors}, status_code=422)
+        return SafeJSONResponse({"detail": "; ".join(f"{e['field']}: {e['message']}" for e in errors), "errors": errors}, status_code=422)
 
     @api.exception_handler(Exception)
     async def _server_error(request: Request, exc: Exception):
@@ -407,12 +522,16 @@ def make_api(runner: ModelRunner, infer: Infer, *, token_sha256: Optional[str] =
         openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": body_schema, "example": example}}}},
         responses={200: prediction_doc, 400: {"description": "malformed JSON", **error_doc},
                    413: {"description": "body or record count over the limit", **error_doc},
+                   415: {"description": "Content-Type is not JSON", **error_doc},
                    422: {"description": "a record does not match the input schema; `errors` names each field", **error_doc},
                    503: {"description": "overloaded (queue full): retry later"}},
     )
     async def predict(request: Request):
+        ctype = request.headers.get("content-type")
+        if not is_json_type(ctype):
+            raise ClientError(415, f"Content-Type {ctype!r} is not JSON: send 'Content-Type: application/json'")
         records = runner.parse(await read_body(request, runner.max_body_bytes))
-        return JSONResponse(runner.response(await infer(records)))
+        return SafeJSONResponse(runner.response(await infer(records), records))
 
     @api.get("/healthz", summary="Liveness (no token needed)")
     async def healthz():

@@ -7,6 +7,7 @@ import os
 import shlex
 import warnings
 
+import numpy as np
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -323,3 +324,173 @@ def test_serve_ingress_env_haproxy_opt_in_private_paths(monkeypatch):
     monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "1")
     monkeypatch.setattr(runtime, "haproxy_binary", lambda: None)  # no binary (e.g. macOS): Python proxy
     assert runtime.serve_ingress_env() == {}
+
+
+# ------------------------------------------------------------------------------ hostile input
+
+
+@pytest.mark.parametrize("value", ["1e40", "1e100", "1e308", "-1e308", "1e400", "-1e400", "NaN", "Infinity", "-Infinity"])
+def test_numbers_beyond_the_models_range_get_422_naming_the_field(client, records, value):
+    """(x - mean) / std must be finite in float32: 1e40 used to come out of the network as NaN (500)."""
+    rec = json.dumps({**records[0], "mean_radius": 12345.5}).replace("12345.5", value)
+    resp = client.post("/predict", content=rec.encode())
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["errors"][0]["field"] == "mean_radius"
+    body = json.dumps({"records": [records[0], {**records[1], "mean_smoothness": 12345.5}]}).replace("12345.5", value)
+    resp = client.post("/predict", content=body.encode())
+    assert resp.status_code == 422 and resp.json()["detail"].startswith("records[1].mean_smoothness:"), resp.text
+
+
+def test_largest_in_range_value_is_answered(client, records, runner):
+    lo, hi = runner._bounds["mean_radius"]
+    for v in (hi, lo, 1e39):
+        assert client.post("/predict", json={**records[0], "mean_radius": v}).status_code == 200
+    assert client.post("/predict", json={**records[0], "mean_radius": hi * 1.01}).status_code == 422
+
+
+def test_image_values_are_bounded_before_the_float32_cast():
+    pre = Preprocessor(task="classification", label="y", image_column="image", image_shape=[1, 2, 2], image_mean=0.5,
+                       image_std=0.25, classes=[0, 1])
+    lo, hi = ModelRunner._input_bounds(type("R", (), {"pre": pre})())["image"]
+    assert hi <= float(np.finfo(np.float32).max) and lo >= -float(np.finfo(np.float32).max)
+
+
+@pytest.mark.parametrize("body", [b"[" * 1000 + b"]" * 1000, b"{" * 5000, b'{"a":' * 2000 + b"1" + b"}" * 2000,
+                                  b'{"records": ' + b"[" * 30000 + b"]" * 30000 + b"}"])
+def test_deeply_nested_bodies_get_400_before_parsing(client, body):
+    resp = client.post("/predict", content=body)
+    assert resp.status_code == 400 and "nested" in resp.json()["detail"], resp.text
+
+
+def test_brackets_inside_strings_do_not_count_and_the_depth_scan_is_linear():
+    import time
+
+    from orchestrator.serve_app import json_depth
+
+    assert json_depth(b'{"records": [{"site": "[[[[{{\\"[[["}]}') == 3
+    assert json_depth(b'[[["unterminated') == 3 and json_depth(b"") == 0
+    t = time.perf_counter()
+    for hostile in (b'"' + b'\\"' * 300000, b'"\\' * 300000, b'"a' * 300000):  # quadratic for a naive regex
+        json_depth(hostile)
+    assert time.perf_counter() - t < 2
+
+
+@pytest.mark.parametrize(
+    "body, headers, status",
+    [
+        (b"1" + b"0" * 5000, {}, 400),  # int() refuses more than 4300 digits
+        (b'{"mean_radius": 1' + b"0" * 5000 + b"}", {}, 400),
+        (b'"\\ud800"', {}, 422),
+        (b"\xc3\x28", {}, 400),  # invalid UTF-8
+        (b"{}", {"content-type": "text/plain"}, 415),
+        (b"{}", {"content-type": "application/x-www-form-urlencoded"}, 415),  # curl -d without -H
+        (b"null", {}, 422),
+        (b"[[]]", {}, 422),
+        (b'{"records": [[1, 2]]}', {}, 422),
+    ],
+)
+def test_hostile_bodies_get_4xx(client, body, headers, status):
+    resp = client.post("/predict", content=body, headers=headers)
+    assert resp.status_code == status, resp.text
+    assert resp.json()["detail"]
+
+
+def test_json_content_types_are_accepted(client, records):
+    for ctype in ("application/json", "application/json; charset=utf-8", "application/vnd.api+json"):
+        assert client.post("/predict", content=json.dumps(records[0]).encode(), headers={"content-type": ctype}).status_code == 200
+
+
+def test_lone_surrogate_in_a_category_gets_422(client, records):
+    """pandas cannot store it (500 before); the error body escapes it so it always encodes."""
+    resp = client.post("/predict", content=json.dumps({**records[0], "site": "\ud800"}).encode())
+    assert resp.status_code == 422 and resp.json()["errors"][0]["field"] == "site", resp.text
+    resp = client.post("/predict", content=json.dumps({**records[0], "\ud800x": 1}).encode())
+    assert resp.status_code == 422, resp.text
+
+
+def test_non_finite_model_output_gets_422_never_nan_in_json(checkpoint, records):
+    """Defence in depth: an in-range input can still overflow inside the network."""
+    import torch
+
+    runner = ModelRunner(checkpoint[0])
+    with torch.no_grad():
+        first = next(p for p in runner.model.parameters() if p.dim() == 2)
+        first.mul_(1e30)  # activations of ordinary inputs now overflow float32
+
+    async def infer(recs):
+        return runner.predict(recs)
+
+    c = TestClient(make_api(runner, infer))
+    far = {**records[0], "mean_area": runner._bounds["mean_area"][1] / 2}
+    resp = c.post("/predict", json={"records": [records[0], far]})
+    assert resp.status_code == 422, resp.text
+    assert any(e["type"] == "output_not_finite" and e["field"].startswith("records[") for e in resp.json()["errors"])
+    assert "not finite" in resp.json()["detail"]
+
+
+# ------------------------------------------------------------------------------ corrupt checkpoints
+
+
+def _tampered_state(path):
+    import pickle
+
+    class Code:  # unpickling it would run code: weights_only=True refuses it
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path.write_bytes(pickle.dumps({"model": Code()}, protocol=2))
+
+
+CORRUPTIONS = {
+    "truncated state.pt": ("state.pt", lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])),
+    "empty state.pt": ("state.pt", lambda p: p.write_bytes(b"")),
+    "tampered state.pt": ("state.pt", _tampered_state),
+    "weights of another network": ("state.pt", None),
+    "truncated model.json": ("model.json", lambda p: p.write_text(p.read_text()[:40])),
+    "model.json without the model": ("model.json", lambda p: p.write_text(json.dumps({"input_shape": [33]}))),
+    "broken preprocessing.json": ("preprocessing.json", lambda p: p.write_text("{\"task\": ")),
+    "preprocessing.json of the wrong shape": ("preprocessing.json", lambda p: p.write_text(json.dumps({"colour": 1}))),
+    "list in metrics.json": ("metrics.json", lambda p: p.write_text("[]")),
+}
+
+
+def corrupt_copy(src, dest, case: str):
+    import shutil
+
+    import torch
+
+    shutil.copytree(src, dest)
+    name, damage = CORRUPTIONS[case]
+    if damage is None:  # well-formed weights that do not fit model.json's network
+        torch.save({"model": {"0.weight": torch.zeros(2, 2)}}, dest / name)
+    else:
+        damage(dest / name)
+    return dest, name
+
+
+@pytest.mark.parametrize("case", list(CORRUPTIONS))
+def test_corrupt_checkpoint_is_refused_naming_the_file(checkpoint, tmp_path, case):
+    from orchestrator.checkpoint import CheckpointError
+    from orchestrator.serve import _validate_checkpoint
+
+    d, name = corrupt_copy(checkpoint[0], tmp_path / "ckpt", case)
+    with pytest.raises(CheckpointError) as err:
+        _validate_checkpoint(str(d))
+    assert str(d / name) in str(err.value) and err.value.exit_code == 2
+    assert "Traceback" not in str(err.value)
+
+
+def test_metadata_of_a_diverged_run_answers_with_null_metrics(checkpoint, tmp_path):
+    import shutil
+
+    d = tmp_path / "ckpt"
+    shutil.copytree(checkpoint[0], d)
+    (d / "metrics.json").write_text('{"epoch": 3, "train_loss": NaN, "val_loss": Infinity}')  # as json.dumps writes them
+    runner = ModelRunner(d)
+
+    async def infer(recs):
+        return runner.predict(recs)
+
+    resp = TestClient(make_api(runner, infer)).get("/metadata")
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["metrics"]["checkpoint"] == {"epoch": 3, "train_loss": None, "val_loss": None}
