@@ -6,8 +6,9 @@ import atexit
 import logging
 import os
 import shutil
+import sys
 import tempfile
-from typing import Optional
+from typing import Optional, Sequence
 
 from orchestrator.planning import ClusterResources
 
@@ -15,13 +16,23 @@ HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 TRAIN_POLL_INTERVAL_S = "0.25"
 PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 SERVE_HAPROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
+SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+RAY_TOKEN_ENV, RAY_TOKEN_PATH_ENV = "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"
 # How Serve's HTTP ingress was set up by the last embedded start: {"haproxy": bool, ...}; empty
 # when Ray was joined (the cluster's own environment decides there).
 serve_ingress: dict = {}
 
 
-def init_ray(address: Optional[str] = None, *, verbose: bool = False, num_cpus: Optional[int] = None, code_dirs: Optional[list[str]] = None) -> None:
+def init_ray(address: Optional[str] = None, *, verbose: bool = False, num_cpus: Optional[int] = None, code_dirs: Optional[list[str]] = None,
+             secret_env: Sequence[str] = ()) -> None:
     """Start embedded Ray (dashboard on 127.0.0.1, token auth on) or join `address`/RAY_ADDRESS.
+
+    The variables named in `secret_env` (serve.auth_token_env) are left out of the environment that
+    the node's processes inherit, and so out of every Ray process (tasks can read each other's).
+
+    An embedded node listens on 127.0.0.1 (docs/reliability.md lists what Ray binds wider), holds
+    the Ray token in a private file rather than RAY_AUTH_TOKEN, and is stopped by a watchdog if
+    this process dies without shutting it down (watchdog.py).
 
     The dashboard stays on: Ray Train's placement-group cleanup and Tune's early stopping need the
     State API it serves (see shared notes on Ray 2.60).
@@ -65,17 +76,44 @@ def init_ray(address: Optional[str] = None, *, verbose: bool = False, num_cpus: 
         # Ray's processes inherit the environment the node starts with: the GCS port, and the
         # settings that make Serve's HTTP ingress HAProxy (see serve_ingress_env)
         started_env = {"RAY_GCS_SERVER_PORT": str(port), **serve_ingress_env()}
-        previous = {k: os.environ.get(k) for k in started_env}
+        watched = sys.platform.startswith("linux")
+        if watched:
+            # the node must not outlive this process, even if it is SIGKILLed (see watchdog.py)
+            from orchestrator import watchdog
+
+            started_env[watchdog.MARKER_ENV] = watchdog.start()[0]
+        # On Linux Ray replaces the node address 127.0.0.1 by the machine's (services.
+        # resolve_ip_for_localhost), and every listener that binds loopback for a loopback node
+        # address (agents, metrics exporters, gRPC servers) then binds all interfaces. Ray's switch
+        # for single-machine nodes (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, the default on macOS and
+        # Windows) keeps 127.0.0.1; the driver read it at import, hence the constant too.
+        from ray._private import ray_constants
+
+        started_env[SINGLE_MACHINE_ENV] = "0"
+        hidden = [*secret_env]
+        if os.environ.get(RAY_TOKEN_ENV):
+            # every process of the node could read the Ray token in its environment
+            # (/proc/<pid>/environ); a file only this user can read holds it instead
+            started_env[RAY_TOKEN_PATH_ENV] = _private_token_file(os.environ[RAY_TOKEN_ENV], watchdog if watched else None)
+            hidden.append(RAY_TOKEN_ENV)
+        previous = {k: os.environ.get(k) for k in [*started_env, *hidden]}
         os.environ.update(started_env)
+        for k in hidden:
+            os.environ.pop(k, None)
+        single_machine = ray_constants.ENABLE_RAY_CLUSTER
+        ray_constants.ENABLE_RAY_CLUSTER = False
         try:
             # address="local": never join another cluster found on this machine by accident
             ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=True, dashboard_host="127.0.0.1", num_cpus=num_cpus, **kwargs)
         finally:
+            ray_constants.ENABLE_RAY_CLUSTER = single_machine
             for k, v in previous.items():
                 if v is None:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
+        if watched:
+            watchdog.watch_session(ray._private.worker._global_node.get_session_dir_path())
         node_env = {**os.environ, **started_env}
         serve_ingress.clear()
         serve_ingress["haproxy"] = node_env.get(SERVE_HAPROXY_ENV) == "1"
@@ -83,6 +121,19 @@ def init_ray(address: Optional[str] = None, *, verbose: bool = False, num_cpus: 
             serve_ingress["stats_port"] = node_env.get("RAY_SERVE_HAPROXY_STATS_PORT", "8404")
             serve_ingress["metrics_port"] = node_env.get("RAY_SERVE_HAPROXY_METRICS_PORT", "9101")
     quiet_ray_data(verbose)
+
+
+def _private_token_file(token: str, watchdog=None) -> str:
+    """The Ray token in a file of mode 0600 in a folder of mode 0700, removed when this process
+    exits (by the watchdog if it is killed)."""
+    folder = tempfile.mkdtemp(prefix="ray-token-")
+    atexit.register(shutil.rmtree, folder, True)
+    if watchdog is not None:
+        watchdog.remove_after(folder)
+    path = os.path.join(folder, "auth_token")
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+        f.write(token)
+    return path
 
 
 def haproxy_binary() -> Optional[str]:

@@ -1,0 +1,178 @@
+"""Neither the serve bearer token nor the Ray token ends up where others can read it: run
+directories, Ray's session logs, command output, rendered manifests, job metadata, and the
+environment or command line of any Ray process (every task can read /proc/<pid>/environ of the
+processes of its node)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+import yaml
+
+from tests.conftest import ROOT, spec_dict
+from tests.jobs_support import AMBIENT, cli_command, orch
+from tests.serve_support import free_port
+
+SERVE_TOKEN_ENV = "ORCHESTRATOR_SECRETS_TEST_SERVE_TOKEN"
+
+
+def token_spec(folder: Path, data_dir: Path, **sections) -> Path:
+    d = spec_dict("breast-cancer-mlp.yaml", **{"model": {"hidden": [16]}, "train": {"epochs": 2}, "scaling": {"workers": 1}, **sections})
+    d["data"]["source"] = str(data_dir / "breast_cancer.parquet")
+    d["data"].pop("prepare", None)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump(d))
+    return path
+
+
+def files_holding(tokens: dict[str, str], *roots: Path) -> list[str]:
+    found = []
+    for root in roots:
+        for path in [root] if root.is_file() else root.rglob("*"):
+            if not path.is_file() or path.is_symlink():
+                continue
+            try:
+                data = path.read_bytes()
+            except OSError:
+                continue
+            found += [f"{name} in {path}" for name, tok in tokens.items() if tok.encode() in data]
+    return found
+
+
+def processes_holding(tokens: dict[str, str], pids) -> list[str]:
+    """Raw /proc/<pid>/environ and cmdline: what any process of the same user can read."""
+    found = []
+    for pid in pids:
+        try:
+            program = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0][:60].decode(errors="replace")
+        except OSError:
+            continue
+        for part in ("environ", "cmdline"):
+            try:
+                data = Path(f"/proc/{pid}/{part}").read_bytes()
+            except OSError:
+                continue
+            found += [f"{name} in /proc/{pid}/{part} ({program})" for name, tok in tokens.items() if tok.encode() in data]
+    return found
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in AMBIENT}
+    env.update(COLUMNS="200", **extra)
+    return env
+
+
+def option(args: list[str], name: str) -> str:
+    return next(a.split("=", 1)[1] for a in args if a.startswith(name + "="))
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_run_with_serve_leaks_neither_token(data_dir, tmp_path):
+    """`orchestrator run` (train, evaluate, promote, serve with auth) on embedded Ray, given the Ray
+    token in RAY_AUTH_TOKEN and the serve token in serve.auth_token_env."""
+    tokens = {"serve token": "serve-" + secrets.token_hex(24), "Ray token": secrets.token_hex(32)}
+    port = free_port()
+    spec = token_spec(tmp_path / "spec", data_dir, promote="accuracy >= 0.5", serve={"port": port, "auth_token_env": SERVE_TOKEN_ENV})
+    env = clean_env(**{SERVE_TOKEN_ENV: tokens["serve token"], "RAY_AUTH_TOKEN": tokens["Ray token"]})
+    exe = Path(sys.executable).parent / "orchestrator"
+    proc = subprocess.Popen([str(exe), "run", str(spec), "-o", str(tmp_path / "runs")], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 300
+        while not any("Ctrl-C stops the server" in x for x in lines):
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)[-3000:]
+            time.sleep(0.3)
+        url = f"http://127.0.0.1:{port}"
+        meta = httpx.get(f"{url}/metadata", headers={"Authorization": f"Bearer {tokens['serve token']}"}, timeout=30)
+        assert meta.status_code == 200, meta.text
+        assert httpx.get(f"{url}/metadata", timeout=30).status_code == 401
+
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        leaks = processes_holding(tokens, [p.pid for p in tree])
+        gcs = next(p.cmdline() for p in tree if "gcs_server" in p.name())
+        session = Path(option(gcs, "--log_dir")).parent
+        # the dashboard moves off --port when another Ray on the machine holds it: ask its log
+        api = "http://" + re.findall(r"Dashboard head http address: (\S+)", (session / "logs" / "dashboard.log").read_text())[-1]
+        ray_auth = {"Authorization": f"Bearer {tokens['Ray token']}"}
+        for path in ("/api/jobs/", "/api/serve/applications/", "/api/v0/actors?detail=1&limit=1000", "/api/v0/tasks?detail=1&limit=1000"):
+            resp = httpx.get(api + path, headers=ray_auth, timeout=30)
+            assert resp.status_code == 200, (path, resp.status_code)
+            leaks += [f"{name} in {path}" for name, tok in tokens.items() if tok in resp.text]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(120) == 0, "".join(lines)[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(10)
+    out = tmp_path / "output.txt"
+    out.write_text("".join(lines))
+    assert session.is_dir()
+    leaks += files_holding(tokens, tmp_path / "runs", tmp_path / "spec", out, session)
+    assert not leaks, "\n".join(leaks)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_submitted_job_leaks_neither_token(data_dir, tmp_path):
+    """A job submitted to `orchestrator cluster local up`: the cluster's token and a serve token in the
+    submitter's environment stay out of the job's metadata, its logs, its run directory and the
+    cluster's processes."""
+    from ray.job_submission import JobSubmissionClient
+
+    from orchestrator.cluster_local import ClusterState, cluster_processes
+
+    home = tmp_path / "home"
+    r = orch("cluster", "local", "up", "--name", "secrets-test", "--num-cpus", "2", "--port", "0", "--dashboard-port", "0", "--json",
+             home=home, timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    state = ClusterState(**json.loads(r.stdout))
+    try:
+        tokens = {"serve token": "serve-" + secrets.token_hex(24), "Ray token": state.token()}
+        spec = token_spec(tmp_path / "job", data_dir, train={"epochs": 1})
+        r = orch("submit", str(spec), "--address", state.dashboard_url, "--follow", "--storage", str(tmp_path / "runs"),
+                 home=home, cwd=tmp_path, env={SERVE_TOKEN_ENV: tokens["serve token"]}, timeout=300)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        job_id = r.stdout.splitlines()[0]
+        leaks = [f"{name} in the output of submit" for name, tok in tokens.items() if tok in r.stdout + r.stderr]
+        client = JobSubmissionClient(state.dashboard_url, headers={"Authorization": f"Bearer {state.token()}"})
+        info = client.get_job_info(job_id)
+        record = json.dumps({"info": {k: getattr(info, k) for k in ("entrypoint", "metadata", "runtime_env", "message")},
+                             "logs": client.get_job_logs(job_id)}, default=str)
+        leaks += [f"{name} in the job's metadata or logs" for name, tok in tokens.items() if tok in record]
+        leaks += processes_holding(tokens, cluster_processes(state))
+        leaks += files_holding(tokens, tmp_path / "runs", Path(state.temp_dir))
+        assert not leaks, "\n".join(leaks)
+    finally:
+        r = orch("cluster", "local", "down", "--name", "secrets-test", home=home, timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_rendered_manifests_hold_no_token(data_dir, tmp_path):
+    """KubeRay manifests name the Secret that holds the serve token, never its value."""
+    token = "serve-" + secrets.token_hex(24)
+    spec = token_spec(tmp_path, data_dir, serve={"port": 8000, "auth_token_env": SERVE_TOKEN_ENV})
+    env = clean_env(**{SERVE_TOKEN_ENV: token, "RAY_AUTH_TOKEN": secrets.token_hex(32)})
+    for kind in ("raycluster", "rayjob", "rayservice"):
+        extra = ["--checkpoint", "/storage/runs/x/best_checkpoint"] if kind == "rayservice" else []
+        r = subprocess.run([*cli_command(), "k8s", "render", str(spec), "--kind", kind, *extra], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert "kind:" in r.stdout
+        assert token not in r.stdout + r.stderr and env["RAY_AUTH_TOKEN"] not in r.stdout + r.stderr, kind
