@@ -7,6 +7,11 @@
     test_metrics.json   held-out test metrics of the best checkpoint
     summary.json        outcome, wall time, failures
     train/              Ray Train's own storage (every kept checkpoint)
+    tune/, trials/      a search's Tune state and trial folders; trials.json, winner.json
+
+Paths recorded inside are relative to the run directory, so it can be moved or copied and a
+search resumed there (`orchestrator resume COPY` never writes to the original; see
+tune.prepare_restore). run.json keeps the spec's folder, where relative data paths start.
 """
 
 from __future__ import annotations
@@ -18,7 +23,14 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from orchestrator.errors import OrchestratorError
 from orchestrator.spec import JobSpec
+
+
+class RunDirError(OrchestratorError):
+    """A run directory that is incomplete or damaged: names the file and what to do."""
+
+    exit_code = 2
 
 
 def new_run_dir(spec: JobSpec, spec_path: Path, root: Path | None = None) -> Path:
@@ -35,6 +47,14 @@ def new_run_dir(spec: JobSpec, spec_path: Path, root: Path | None = None) -> Pat
     # relative data paths resolve against the spec's folder, which `resume` needs to know
     write_json(run / "run.json", {"spec_path": str(Path(spec_path).resolve()), "base_dir": str(spec.base_dir), "created": stamp})
     return run.resolve()
+
+
+def in_run(run: Path, path: str | Path) -> str:
+    """A path as the run directory records it: relative to the run, so the folder can be moved or copied."""
+    try:
+        return Path(path).resolve().relative_to(Path(run).resolve()).as_posix()
+    except ValueError:  # outside the run directory
+        return str(path)
 
 
 def write_json(path: Path, data: Any) -> None:

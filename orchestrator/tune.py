@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from orchestrator.data import PreparedData
 from orchestrator.errors import OrchestratorError, ResourceError
+from orchestrator.rundir import RunDirError
 from orchestrator.planning import DATA_RESERVE_CPUS, ClusterResources, WorkerPlan, plan_workers
 from orchestrator.spec import JobSpec, METRIC_MODES, Param, TuneSpec, apply_overrides, parse_spec
 
@@ -188,6 +190,17 @@ class TrialRecord:
 
 FINAL_STATUSES = ("TERMINATED", "PRUNED", "EARLY_STOPPED", "ERROR")
 
+
+def load_records(path: Path) -> dict[str, TrialRecord]:
+    """trials.json of a run directory (none yet: no records)."""
+    if not path.exists():
+        return {}
+    try:
+        return {r["trial_id"]: TrialRecord(**r) for r in json.loads(path.read_text())}
+    except (ValueError, TypeError, KeyError) as e:
+        raise RunDirError(f"{path}: damaged trial records ({type(e).__name__}: {e}); "
+                          "the search cannot be resumed, run its spec again") from None
+
 # Who wants to hear about trial changes (the CLI's live table). Module-level rather than held by
 # the callback, because Tune pickles its callbacks with the experiment and restores them on resume.
 LISTENERS: list[Callable[["TrialTracker"], None]] = []
@@ -202,17 +215,16 @@ class TrialTracker(tune.Callback):
         self._load()
 
     def _load(self) -> None:
-        self.records = {}
-        if self.path.exists():  # resuming: keep what earlier sessions recorded
-            for r in json.loads(self.path.read_text()):
-                self.records[r["trial_id"]] = TrialRecord(**r)
+        self.records = load_records(self.path)  # resuming: keep what earlier sessions recorded
 
-    def __getstate__(self) -> dict:
-        return {"space": self.space, "path": self.path, "max_epochs": self.max_epochs}
+    def __reduce__(self):
+        # Tune pickles its callbacks into tune/tuner.pkl and unpickles them on restore. A pickled
+        # tracker stands for "this session's tracker": one that kept its path would record a
+        # resumed copy of a run directory into the original one.
+        return (_active_tracker, ())
 
-    def __setstate__(self, state: dict) -> None:
-        self.space, self.path, self.max_epochs = state["space"], state["path"], state["max_epochs"]
-        self._load()
+    def __setstate__(self, state: dict) -> None:  # pickled by an earlier version, which kept the path
+        self.__dict__ = _active_tracker().__dict__
 
     def _rec(self, trial) -> TrialRecord:
         rec = self.records.get(trial.trial_id)
@@ -255,6 +267,15 @@ class TrialTracker(tune.Callback):
         rec.status = "ERROR"
         rec.error = _error_summary(trial)
         self._save()
+
+
+_ACTIVE: list[TrialTracker] = []  # the tracker of the search running in this process (run_search)
+
+
+def _active_tracker() -> TrialTracker:
+    if not _ACTIVE:
+        raise OrchestratorError("a search's trial tracker can only be restored while that search runs (orchestrator resume)")
+    return _ACTIVE[-1]
 
 
 def _flat(config: dict) -> dict:
@@ -300,7 +321,10 @@ def build_tuner(spec: JobSpec, prepared: PreparedData, plan: WorkerPlan, concurr
         trial_resources(plan),
     )
     if restore:
-        return tune.Tuner.restore(str(run_dir / TUNE_DIR), trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False)
+        try:
+            return tune.Tuner.restore(str(run_dir / TUNE_DIR), trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False)
+        except (OSError, EOFError, ValueError, TypeError, AttributeError, ImportError, pickle.UnpicklingError) as e:
+            raise RunDirError(f"{run_dir / TUNE_DIR / 'tuner.pkl'}: cannot be restored ({type(e).__name__}: {e}); run the search's spec again") from None
 
     has_grid = any(p.kind == "grid" for p in t.space.values())
     # A grid already enumerates its points; elsewhere the spec's own settings go first, so the
@@ -343,6 +367,166 @@ def build_tuner(spec: JobSpec, prepared: PreparedData, plan: WorkerPlan, concurr
     )
 
 
+# ---------------------------------------------------------------------------- resuming a run
+
+
+def _checkpoint_problem(d: Path) -> Optional[str]:
+    """Why a trial checkpoint folder cannot be resumed from (None if it can)."""
+    from orchestrator.checkpoint import STATE_FILE, read_state
+
+    if not d.is_dir():
+        return "missing"
+    try:
+        read_state(d)
+    except Exception as e:  # truncated by a kill, or altered: unpickling fails in many ways
+        return f"{d / STATE_FILE} cannot be loaded ({type(e).__name__}: {' '.join(str(e).split())[:120]})"
+    return None
+
+
+def _rebase_storage(obj: Any, storage_fs_path: str) -> bool:
+    """Point every Ray StorageContext inside `obj` at `storage_fs_path`; True if one was found."""
+    from ray.train._internal.storage import StorageContext
+
+    stack, seen, found = [obj], set(), False
+    while stack:
+        o = stack.pop()
+        if id(o) in seen or isinstance(o, (str, bytes, int, float, bool, type(None))):
+            continue
+        seen.add(id(o))
+        if isinstance(o, StorageContext):
+            o.storage_fs_path, found = storage_fs_path, True
+        elif isinstance(o, dict):
+            stack += o.values()
+        elif isinstance(o, (list, tuple, set, frozenset)):
+            stack += o
+        elif hasattr(o, "__dict__") and not isinstance(o, type):
+            stack += vars(o).values()
+    return found
+
+
+def _forget_live(searcher_state: dict, trial_ids: set[str]) -> bool:
+    """Tell the saved search algorithm that these trials ended: it still counts them as running
+    (towards max_concurrent, so it would never start another trial) when Tune saved it before they did."""
+    changed = False
+    for d in [searcher_state, *(v for v in searcher_state.values() if isinstance(v, dict))]:
+        for key in ("_live_trials", "live_trials"):  # BasicVariantGenerator, ConcurrencyLimiter
+            live = d.get(key)
+            if isinstance(live, set) and live & trial_ids:
+                gone = live & trial_ids
+                d[key] = live - gone
+                if isinstance(d.get("num_unfinished_live_trials"), int):
+                    d["num_unfinished_live_trials"] = max(0, d["num_unfinished_live_trials"] - len(gone))
+                changed = True
+    return changed
+
+
+def _repair_train_snapshot(snapshot: Path, warnings: list[str]) -> None:
+    """Drop missing, torn or altered checkpoints from a trial's Ray Train run (which resumes from
+    its latest checkpoint, and refuses to start when a listed one is missing)."""
+    try:
+        state = json.loads(snapshot.read_text())
+        results, indices = state["checkpoint_results"], state["checkpoint_report_indices"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise RunDirError(f"{snapshot}: damaged ({type(e).__name__}: {e}); delete that trial's folder "
+                          f"({snapshot.parent.name}) to run it again from scratch") from None
+    keep = []
+    for r, i in zip(results, indices):
+        problem = _checkpoint_problem(snapshot.parent / r["checkpoint_dir_name"])
+        if problem is None:
+            keep.append((r, i))
+        elif problem != "missing":
+            warnings.append(f"{snapshot.parent.name}: skipping checkpoint {problem}")
+    if len(keep) == len(results):
+        return
+    state["checkpoint_results"], state["checkpoint_report_indices"] = [r for r, _ in keep], [i for _, i in keep]
+    names = {r["checkpoint_dir_name"] for r, _ in keep}
+    latest = state.get("latest_checkpoint_result")
+    if latest is not None and latest["checkpoint_dir_name"] not in names:
+        state["latest_checkpoint_result"] = max((r for r, _ in keep), key=lambda r: r["checkpoint_dir_name"], default=None)
+    tmp = snapshot.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state))
+    tmp.replace(snapshot)
+
+
+def prepare_restore(run_dir: Path) -> list[str]:
+    """Make the search state under run_dir/tune fit to restore, wherever the run directory is now.
+
+    Returns warnings for the user. Tune already moves trials and their checkpoints to the folder
+    it restores from, but (Ray 2.60):
+    - the search algorithm's saved state keeps the original folder, where it would create the
+      trials not started yet;
+    - after a SIGKILL the experiment state can be older than the trials: a trial that finished
+      after Tune's last save would run again, and a checkpoint deleted after it would make Tune
+      log a FileNotFoundError traceback the next time it prunes that trial's checkpoints;
+    - a torn or altered checkpoint would fail the trial that resumes from it.
+    """
+    import ray.cloudpickle as cloudpickle
+    from ray._common.utils import binary_to_hex, hex_to_binary
+
+    records = load_records(run_dir / "trials.json")
+    tune_dir = run_dir / TUNE_DIR
+    if not (tune_dir / "tuner.pkl").is_file():
+        raise RunDirError(f"{tune_dir / 'tuner.pkl'}: missing; the search cannot be resumed, run its spec again")
+    states = sorted(tune_dir.glob("experiment_state-*.json"))  # Tune restores the greatest name
+    if not states:
+        raise RunDirError(f"{tune_dir}: no experiment_state-*.json; the search cannot be resumed, run its spec again")
+    path = states[-1]
+    try:
+        state = json.loads(path.read_text())
+        trial_data = state["trial_data"]
+        trials = [(json.loads(t), json.loads(m)) for t, m in trial_data]
+    except (ValueError, KeyError, TypeError) as e:
+        hint = f"delete it to resume from {states[-2].name}" if len(states) > 1 else "the search cannot be resumed, run its spec again"
+        raise RunDirError(f"{path}: damaged search state ({type(e).__name__}: {e}); {hint}") from None
+
+    warnings, finished = [], set()
+    for t, meta in trials:
+        rec = records.get(t["trial_id"])
+        if rec is not None and rec.status in FINAL_STATUSES and t["status"] not in ("TERMINATED", "ERROR"):
+            t["status"] = "ERROR" if rec.status == "ERROR" else "TERMINATED"  # finished after Tune's last save
+            finished.add(t["trial_id"])
+        blob = meta.get("checkpoint_manager")
+        if not (isinstance(blob, dict) and "value" in blob):
+            continue
+        try:
+            manager = cloudpickle.loads(hex_to_binary(blob["value"]))
+        except Exception as e:
+            raise RunDirError(f"{path}: damaged search state (the checkpoints of trial {t['trial_id']}: {type(e).__name__}); "
+                              "the search cannot be resumed, run its spec again") from None
+        trial_dir = tune_dir / t["relative_logdir"]
+        kept = []
+        for r in manager._checkpoint_results:
+            problem = _checkpoint_problem(trial_dir / Path(r.checkpoint.path).name)
+            if problem is None:
+                kept.append(r)
+            elif problem != "missing":  # a missing one was deleted by Tune itself after its last save
+                warnings.append(f"trial {t['trial_id']}: skipping checkpoint {problem}")
+        latest = manager._latest_checkpoint_result  # always one of the results: Tune never deletes it
+        if latest is not None and not any(r is latest for r in kept):
+            # resume from the newest good checkpoint, or from scratch when there is none
+            latest = max(kept, key=lambda r: Path(r.checkpoint.path).name, default=None)
+        manager._checkpoint_results, manager._latest_checkpoint_result = kept, latest
+        meta["checkpoint_manager"] = {**blob, "value": binary_to_hex(cloudpickle.dumps(manager))}
+    for snapshot in sorted((run_dir / TRIALS_DIR).glob("trial-*/checkpoint_manager_snapshot.json")):
+        _repair_train_snapshot(snapshot, warnings)
+    state["trial_data"] = [[json.dumps(t, indent=2), json.dumps(m, indent=2)] for t, m in trials]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(path)
+
+    # The search algorithm's state (basic-variant-state-*, search_gen_state-*): a cloudpickle.
+    for f in [*tune_dir.glob("basic-variant-state-*.json"), *tune_dir.glob("search_gen_state-*.json")]:
+        try:
+            searcher_state = cloudpickle.loads(f.read_bytes())
+        except Exception as e:
+            raise RunDirError(f"{f}: damaged search algorithm state ({type(e).__name__}); the search cannot be resumed, run its spec again") from None
+        if _rebase_storage(searcher_state, str(run_dir)) | _forget_live(searcher_state, finished):
+            tmp = f.with_suffix(".tmp")
+            tmp.write_bytes(cloudpickle.dumps(searcher_state))
+            tmp.replace(f)
+    return warnings
+
+
 @dataclass
 class SearchOutcome:
     records: list[TrialRecord]
@@ -352,38 +536,46 @@ class SearchOutcome:
     wall_time_s: float
 
 
-def winner_checkpoint(run_dir: Path, trial_id: str, metric: str, results=None) -> str:
+def winner_checkpoint(run_dir: Path, trial_id: str, metric: str) -> str:
     """The winner's best checkpoint: from its Train run, or from Tune for an in-process trial."""
     from ray.train import Result
 
     train_run = run_dir / TRIALS_DIR / f"trial-{trial_id}"
     if (train_run / "checkpoint_manager_snapshot.json").exists():
         result = Result.from_path(str(train_run))
-    else:
-        found = [r for r in (results or []) if (r.metrics or {}).get("trial_id") == trial_id]
-        if not found:
+        best = result.get_best_checkpoint(metric, METRIC_MODES[metric]) or result.checkpoint
+        if best is None:
             raise OrchestratorError(f"trial {trial_id} left no checkpoint")
-        result = found[0]
-    best = result.get_best_checkpoint(metric, METRIC_MODES[metric]) or result.checkpoint
-    if best is None:
+        return best.path
+    # An in-process trial: Tune's record of its checkpoints can be older than its folder (a kill
+    # between a checkpoint and Tune's next save of the experiment), so read the folder itself.
+    scored = []
+    for d in sorted((run_dir / TUNE_DIR).glob(f"*_{trial_id}_*/checkpoint_*")):
+        try:
+            value = json.loads((d / "metrics.json").read_text()).get(metric)
+        except (OSError, ValueError):
+            continue
+        if isinstance(value, (int, float)) and math.isfinite(value) and _checkpoint_problem(d) is None:
+            scored.append((value if METRIC_MODES[metric] == "min" else -value, d))
+    if not scored:
         raise OrchestratorError(f"trial {trial_id} left no checkpoint")
-    return best.path
+    return str(min(scored, key=lambda x: x[0])[1])
 
 
 def run_search(spec: JobSpec, run_dir: Path, prepared: PreparedData, cluster: ClusterResources, *, restore: bool = False, on_change: Optional[Callable[[TrialTracker], None]] = None, scheduler_override: Optional[str] = None) -> SearchOutcome:
     t0 = time.perf_counter()
     concurrent, plan = plan_search(spec, cluster)
     tracker = TrialTracker(spec.tune.space, run_dir / "trials.json", spec.train.epochs)
-    tuner = build_tuner(spec, prepared, plan, concurrent, run_dir, tracker, restore=restore, scheduler_override=scheduler_override)
+    _ACTIVE.append(tracker)
     if on_change:
         LISTENERS.append(on_change)
     try:
-        results = tuner.fit()
+        tuner = build_tuner(spec, prepared, plan, concurrent, run_dir, tracker, restore=restore, scheduler_override=scheduler_override)
+        tuner.fit()
     finally:
+        _ACTIVE.remove(tracker)
         if on_change:
             LISTENERS.remove(on_change)
-    if restore:  # the restored experiment used its own (unpickled) tracker; read what it saved
-        tracker._load()
     metric = spec.tune_metric
     records = list(tracker.records.values())
     finished = [r for r in records if r.status in FINAL_STATUSES]
@@ -396,5 +588,5 @@ def run_search(spec: JobSpec, run_dir: Path, prepared: PreparedData, cluster: Cl
     if scored:
         key = (lambda r: r.best(metric)) if METRIC_MODES[metric] == "min" else (lambda r: -r.best(metric))
         winner = sorted(scored, key=key)[0]
-    ckpt = winner_checkpoint(run_dir, winner.trial_id, metric, results) if winner and not interrupted else None
+    ckpt = winner_checkpoint(run_dir, winner.trial_id, metric) if winner and not interrupted else None
     return SearchOutcome(records=records, winner=winner, winner_checkpoint=ckpt, interrupted=interrupted, wall_time_s=time.perf_counter() - t0)
