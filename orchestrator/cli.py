@@ -27,6 +27,8 @@ from orchestrator.clitools import console, err_console, friendly  # noqa: E402
 @friendly
 def validate(specs: list[Path] = typer.Argument(..., help="Job spec YAML files.", show_default=False)) -> None:
     """Check job specs; print every problem with its field path. Exit 2 if any spec is invalid."""
+    from rich.text import Text
+
     from orchestrator.errors import SpecError
     from orchestrator.spec import load_spec
 
@@ -36,11 +38,11 @@ def validate(specs: list[Path] = typer.Argument(..., help="Job spec YAML files."
             spec = load_spec(path)
         except SpecError as e:
             bad += 1
-            err_console.print(f"[red]✗[/] {e.source}: invalid job spec", highlight=False)
+            err_console.print(Text.assemble(("✗", "red"), f" {e.source}: invalid job spec"), highlight=False)
             for p in e.problems:
-                err_console.print(f"    {p}", highlight=False, markup=False)
+                err_console.print(f"    {p}", highlight=False, soft_wrap=True)  # one line per problem, however long
             continue
-        console.print(f"[green]✓[/] {path}: {spec.name} ({spec.model.arch}, {spec.scaling.workers} workers)", highlight=False)
+        console.print(Text.assemble(("✓", "green"), f" {path}: {spec.name} ({spec.model.arch}, {spec.scaling.workers} workers)"), highlight=False)
     if bad:
         raise typer.Exit(2)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.text import Text
 
 from orchestrator.clitools import console, err_console, friendly
 from orchestrator.errors import OrchestratorError
@@ -289,19 +290,19 @@ def local_up(
         cfg = cl.LocalClusterConfig.model_validate({**cfg.model_dump(), **overrides})
     except ValidationError as err:
         raise OrchestratorError("invalid option: " + "; ".join(format_validation_error(err))) from None
-    with err_console.status(f"starting local Ray cluster {cfg.name!r}"):
+    with err_console.status(Text(f"starting local Ray cluster {cfg.name!r}")):  # a str status is read as markup
         st = cl.up(cfg)
     if as_json:
         _out(json.dumps(st.__dict__, indent=2) + "\n")
         return
     console.print(
-        f"local Ray cluster [bold]{st.name}[/] is up: {st.num_cpus} CPUs, Ray {st.ray_version}, token authentication on\n"
+        Text.assemble("local Ray cluster ", (st.name, "bold"), f" is up: {st.num_cpus} CPUs, Ray {st.ray_version}, token authentication on\n"),
         f"  dashboard:  {st.dashboard_url}\n"
         f"  Jobs API:   {st.dashboard_url}    orchestrator submit SPEC --address {st.dashboard_url}\n"
         f"  GCS:        {st.gcs_address}    orchestrator run SPEC --address {st.gcs_address} (with RAY_AUTH_MODE=token, RAY_AUTH_TOKEN_PATH={st.token_file})\n"
         f"  token:      {st.token_file}\n"
         f"  stop it:    orchestrator cluster local down --name {st.name}",
-        highlight=False, soft_wrap=True, markup=True,
+        highlight=False, soft_wrap=True, sep="",
     )
 
 
@@ -340,12 +341,12 @@ def local_status(
     elif info["up"]:
         jobs = ", ".join(f"{v} {k.lower()}" for k, v in info["jobs"].items() if v) or "none"
         console.print(
-            f"local Ray cluster [bold]{info['name']}[/]: [green]up[/] ({info['processes']} processes, {info['nodes']} node(s), {info['cpus']:g} CPUs)\n"
+            Text.assemble("local Ray cluster ", (info["name"], "bold"), ": ", ("up", "green"), f" ({info['processes']} processes, {info['nodes']} node(s), {info['cpus']:g} CPUs)\n"),
             f"  dashboard / Jobs API: {info['dashboard_url']}\n  GCS: {info['gcs_address']}\n  token: {info['token_file']}\n  jobs: {jobs}",
-            highlight=False, soft_wrap=True,
+            highlight=False, soft_wrap=True, sep="",
         )
     else:
-        console.print(f"local Ray cluster [bold]{info['name']}[/]: [red]down[/] ({info['reason']})", highlight=False, soft_wrap=True)
+        console.print(Text.assemble("local Ray cluster ", (info["name"], "bold"), ": ", ("down", "red"), f" ({info['reason']})"), highlight=False, soft_wrap=True)
     if not info["up"]:
         raise typer.Exit(1)
 

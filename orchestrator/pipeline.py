@@ -13,9 +13,12 @@ from pathlib import Path
 from typing import Optional
 
 from rich.console import Console
+from rich.text import Text
+
+from orchestrator.clitools import make_console
 
 from orchestrator.errors import OrchestratorError
-from orchestrator.rundir import new_run_dir, write_json, write_metrics
+from orchestrator.rundir import RunDirError, in_run, new_run_dir, write_json, write_metrics
 from orchestrator.spec import JobSpec, load_spec
 
 
@@ -37,7 +40,8 @@ def _start(spec: JobSpec, address: Optional[str], verbose: bool, console: Consol
     from orchestrator.runtime import cluster_resources, init_ray
 
     with console.status("starting Ray"):
-        init_ray(address, verbose=verbose, code_dirs=[str(spec.base_dir)])
+        token_env = spec.serve.auth_token_env if spec.serve else None  # served later: keep it out of Ray's processes
+        init_ray(address, verbose=verbose, code_dirs=[str(spec.base_dir)], secret_env=[token_env] if token_env else ())
     return cluster_resources()
 
 
@@ -76,14 +80,14 @@ def _finish(spec: JobSpec, run: Path, best_checkpoint: str, test_metrics: dict, 
     decision = decide(spec.promote, test_metrics)
     write_json(run / "test_metrics.json", test_metrics)
     write_json(run / "promotion.json", decision.to_dict())
-    summary = {"name": spec.name, "status": "succeeded", "best_checkpoint": best_checkpoint, "metric": spec.tune_metric,
+    summary = {"name": spec.name, "status": "succeeded", "best_checkpoint": in_run(run, best_checkpoint), "metric": spec.tune_metric,
                "test": test_metrics, "promoted": decision.promoted, "promotion": decision.reason, **extra}
     write_json(run / "summary.json", summary)
     write_report(run, title=f"{spec.name}: {run.name}", trials=trials, metric=spec.tune_metric, winner=winner,
-                 summary={"run": str(run), "winner": winner, **{k: v for k, v in test_metrics.items()}, "promotion": decision.reason})
+                 summary={"run": run.name, "winner": winner, **{k: v for k, v in test_metrics.items()}, "promotion": decision.reason})
     console.print(metrics_table("winner on the held-out test split", test_metrics))
     style = "green" if decision.promoted else "red"
-    console.print(f"[{style}]{'PROMOTED' if decision.promoted else 'NOT PROMOTED'}[/]: {decision.reason}", highlight=False)
+    console.print(Text.assemble(("PROMOTED" if decision.promoted else "NOT PROMOTED", style), f": {decision.reason}"), highlight=False)
     console.print(f"best checkpoint: {best_checkpoint}\nreport: {run / 'report.html'}", highlight=False, soft_wrap=True)
     return RunResult(run, best_checkpoint, test_metrics, decision.to_dict(), summary=summary)
 
@@ -92,12 +96,12 @@ def train_job(spec: JobSpec, spec_path: Path, *, output: Optional[Path] = None, 
     """Train once (the spec's own settings, even if it has a tune section)."""
     from orchestrator.planning import plan_workers
 
-    console = console or Console()
+    console = console or make_console()
     resources = _start(spec, address, verbose, console)
     plan = plan_workers(spec.scaling, resources)  # refuses an infeasible spec before any work
     run = new_run_dir(spec, spec_path, output)
-    console.print(f"run [bold]{run}[/]\ncluster: {resources.cpus:g} CPUs, {resources.gpus:g} GPUs -> {plan.workers} workers x {plan.cpus_per_worker:g} CPU"
-                  + (f" + {plan.gpus_per_worker:g} GPU" if plan.gpus_per_worker else ""), highlight=False, soft_wrap=True)
+    console.print(Text.assemble("run ", (str(run), "bold")), f"\ncluster: {resources.cpus:g} CPUs, {resources.gpus:g} GPUs -> {plan.workers} workers x {plan.cpus_per_worker:g} CPU"
+                  + (f" + {plan.gpus_per_worker:g} GPU" if plan.gpus_per_worker else ""), sep="", highlight=False, soft_wrap=True)
     prepared = _prepare(spec, console)
     best, test, trials, extra = _train_once(spec, run, prepared, plan, console)
     return _finish(spec, run, best, test, trials, "train", extra, console)
@@ -109,36 +113,46 @@ def run_job(spec: JobSpec, spec_path: Path, *, output: Optional[Path] = None, ad
         return train_job(spec, spec_path, output=output, address=address, verbose=verbose, console=console)
     from orchestrator.tune import expected_trials, in_process_trials, plan_search
 
-    console = console or Console()
+    console = console or make_console()
     resources = _start(spec, address, verbose, console)
     concurrent, plan = plan_search(spec, resources)
     run = new_run_dir(spec, spec_path, output)
     each = (f"each training in its own trial process on {plan.cpus_per_worker:g} CPU (one worker: no Ray Train worker group to start)" if in_process_trials(plan)
             else f"each {plan.workers} workers x {plan.cpus_per_worker:g} CPU")
-    console.print(f"run [bold]{run}[/]\nsearch: {expected_trials(spec.tune)} trials ({spec.tune.search}, scheduler {spec.tune.scheduler.type}), "
-                  f"{concurrent} at a time, {each}", highlight=False, soft_wrap=True)
+    console.print(Text.assemble("run ", (str(run), "bold")), f"\nsearch: {expected_trials(spec.tune)} trials ({spec.tune.search}, scheduler {spec.tune.scheduler.type}), "
+                  f"{concurrent} at a time, {each}", sep="", highlight=False, soft_wrap=True)
     prepared = _prepare(spec, console)
     return _search(spec, run, prepared, resources, console, restore=False)
 
 
 def resume_job(run_dir: Path, *, address: Optional[str] = None, verbose: bool = False, console: Optional[Console] = None) -> RunResult:
     """Continue an interrupted search; finished trials are kept, not run again."""
-    console = console or Console()
+    console = console or make_console()
     run_dir = Path(run_dir).resolve()
     meta_path = run_dir / "run.json"
-    if not meta_path.is_file() or not (run_dir / "spec.yaml").is_file():
-        raise OrchestratorError(f"{run_dir}: not a run directory (no run.json/spec.yaml)")
-    meta = json.loads(meta_path.read_text())
-    spec = load_spec(run_dir / "spec.yaml")
-    spec._base_dir = Path(meta["base_dir"])
+    if not run_dir.is_dir() or not any((run_dir / f).exists() for f in ("run.json", "spec.yaml", "tune")):
+        raise RunDirError(f"{run_dir}: not a run directory (no run.json, spec.yaml or tune/)")
+    for f in (meta_path, run_dir / "spec.yaml"):
+        if not f.is_file():
+            raise RunDirError(f"{f}: missing from the run directory; it cannot be resumed, run its spec again")
+    try:
+        base_dir = Path(json.loads(meta_path.read_text())["base_dir"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise RunDirError(f"{meta_path}: damaged ({type(e).__name__}: {e}); it should hold the spec's folder as base_dir") from None
+    spec = load_spec(run_dir / "spec.yaml")  # a damaged copy: SpecError, naming the file and the problem
+    spec._base_dir = base_dir
     if spec.tune is None:
         raise OrchestratorError(f"{run_dir}: this run has no search to resume (its spec has no tune section)")
     if not (run_dir / "tune").is_dir():
         raise OrchestratorError(f"{run_dir}: the search never started; run the spec again instead")
     if (run_dir / "summary.json").is_file():
         raise OrchestratorError(f"{run_dir}: this search already finished (see summary.json)")
+    from orchestrator.tune import prepare_restore
+
+    for warning in prepare_restore(run_dir):  # before Ray starts: a damaged run dir fails fast
+        console.print(Text(f"warning: {warning}", style="yellow"), highlight=False, soft_wrap=True)
     resources = _start(spec, address, verbose, console)
-    console.print(f"resuming [bold]{run_dir}[/]", highlight=False)
+    console.print(Text.assemble("resuming ", (str(run_dir), "bold")), highlight=False)
     prepared = _prepare(spec, console)
     return _search(spec, run_dir, prepared, resources, console, restore=True)
 
@@ -156,9 +170,9 @@ def _search(spec: JobSpec, run: Path, prepared, resources, console: Console, *, 
                         for t, r in zip(trials, outcome.records)], stem="trial_summary")
     failed = [r for r in outcome.records if r.status == "ERROR"]
     for r in failed:
-        console.print(f"[yellow]trial {r.trial_id} failed: {r.error}[/]", highlight=False, soft_wrap=True)
+        console.print(Text(f"trial {r.trial_id} failed: {r.error}", style="yellow"), highlight=False, soft_wrap=True)
     if outcome.interrupted:
-        console.print(f"[yellow]search interrupted[/]; continue it with: orchestrator resume {run}", highlight=False, soft_wrap=True)
+        console.print(Text.assemble(("search interrupted", "yellow"), f"; continue it with: orchestrator resume {run}"), highlight=False, soft_wrap=True)
         return RunResult(run, None, {}, {"promoted": False, "reason": "interrupted"}, interrupted=True)
     if outcome.winner is None:
         reasons = "; ".join(f"{r.trial_id}: {r.error}" for r in failed) or "no trial reported a metric"
@@ -177,7 +191,7 @@ def _search(spec: JobSpec, run: Path, prepared, resources, console: Console, *, 
                   f"{epochs_run} of {budget} epochs run ({100 * epochs_run / max(budget, 1):.0f}%)", highlight=False, soft_wrap=True)
     console.print(f"winner: trial {w.trial_id}  best {spec.tune_metric}={w.best(spec.tune_metric):.4f}  "
                   + ", ".join(f"{k}={v}" for k, v in w.config.items()), highlight=False, soft_wrap=True)
-    write_json(run / "winner.json", {"trial_id": w.trial_id, "config": w.config, f"best_{spec.tune_metric}": w.best(spec.tune_metric), "checkpoint": outcome.winner_checkpoint})
+    write_json(run / "winner.json", {"trial_id": w.trial_id, "config": w.config, f"best_{spec.tune_metric}": w.best(spec.tune_metric), "checkpoint": in_run(run, outcome.winner_checkpoint)})
     extra = {"trials": len(outcome.records), "failed_trials": len(failed),
              "pruned_by_scheduler": pruned, "epochs_run": epochs_run, "epochs_without_pruning": budget,
              "early_stopped": sum(r.status == "EARLY_STOPPED" for r in outcome.records),

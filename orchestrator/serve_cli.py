@@ -19,12 +19,13 @@ from typing import Any, Callable, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from orchestrator.clitools import friendly
+from orchestrator.clitools import friendly, make_console
 from orchestrator.errors import OrchestratorError
 
-console = Console()
-err_console = Console(stderr=True)
+console = make_console()
+err_console = make_console(stderr=True)
 
 
 class NotPromotedError(OrchestratorError):
@@ -194,7 +195,7 @@ def _print_ready(console: Console, url: str, target: ServeTarget, name: str) -> 
     row = test_row(target.job, pre.feature_columns)
     record = row if row is not None else example_record(pre)
     spec = target.serve
-    console.print(f"[bold green]serving[/] {name} (model version {version}) at [bold]{url}[/]", highlight=False, soft_wrap=True)
+    console.print(Text.assemble(("serving", "bold green"), f" {name} (model version {version}) at ", (url, "bold")), highlight=False, soft_wrap=True)
     console.print(f"  checkpoint: {target.checkpoint}", highlight=False, soft_wrap=True)
     console.print(f"  POST {url}/predict   GET {url}/metadata   GET {url}/healthz   docs: {url}/docs", highlight=False, soft_wrap=True)
     console.print(f"  batching: up to {spec.max_batch_size} records per forward pass, {spec.batch_wait_timeout_s * 1000:g} ms wait; "
@@ -212,10 +213,10 @@ def _print_ready(console: Console, url: str, target: ServeTarget, name: str) -> 
         console.print("  HTTP ingress: Serve's Python proxy (RAY_SERVE_ENABLE_HA_PROXY=1 selects HAProxy: about 2-3x the "
                       "throughput, but its stats and metrics listeners bind all interfaces; see docs/serving.md)", highlight=False, soft_wrap=True)
     if spec.host not in ("127.0.0.1", "localhost", "::1"):
-        console.print(f"[yellow]  listening on {spec.host}: reachable from the network[/]", highlight=False)
+        console.print(f"  listening on {spec.host}: reachable from the network", style="yellow", highlight=False)
     console.print(f"try it ({'a row of the held-out test split' if row is not None else 'training means'}):", highlight=False)
-    console.print(curl_example(url, record, spec.auth_token_env), markup=False, highlight=False, soft_wrap=True)
-    console.print("[dim]Ctrl-C stops the server[/]")
+    console.print(curl_example(url, record, spec.auth_token_env), highlight=False, soft_wrap=True)
+    console.print("Ctrl-C stops the server", style="dim")
 
 
 def _wait_for_interrupt(name: str, console: Console) -> None:
@@ -244,7 +245,7 @@ def _wait_for_interrupt(name: str, console: Console) -> None:
                 if not serve.status().applications:
                     serve.shutdown()
             except Exception as e:  # already gone: nothing left to stop
-                err_console.print(f"[yellow]while stopping: {e}[/]", highlight=False)
+                err_console.print(Text(f"while stopping: {e}", style="yellow"), highlight=False)
         console.print("server stopped")
 
 
@@ -266,7 +267,7 @@ def serve_target(target: ServeTarget, *, name: str, console: Console, address: O
                  block: bool = True) -> str:
     from orchestrator.serve import deploy
 
-    with console.status(f"deploying {target.checkpoint} on Ray Serve"):
+    with console.status(Text(f"deploying {target.checkpoint} on Ray Serve")):  # a str status is read as markup
         url = deploy(target.checkpoint, target.serve, name=name, version=version, address=address)
     _print_ready(console, url, target, name)
     if block:
@@ -277,7 +278,7 @@ def serve_target(target: ServeTarget, *, name: str, console: Console, address: O
 def serve_after_run(result, spec, console: Console, force: bool) -> None:
     """End of `orchestrator run` with a serve section: serve the promoted winner until Ctrl-C."""
     if getattr(result, "interrupted", False) or not result.best_checkpoint:
-        console.print("[yellow]nothing to serve: the run did not finish with a best checkpoint[/]")
+        console.print("nothing to serve: the run did not finish with a best checkpoint", style="yellow")
         return
     if not result.promoted and not force:
         raise NotPromotedError(
@@ -437,12 +438,13 @@ def serve_command(
     """Serve a trained model over HTTP with Ray Serve until Ctrl-C (POST /predict, GET /metadata, /healthz, /docs)."""
     resolved = resolve_target(target, spec_path=spec_path, host=host, port=port, force=force)
     if resolved.decision is not None and not resolved.decision.get("promoted"):
-        err_console.print(f"[yellow]serving a model that was not promoted (--force): {resolved.decision.get('reason')}[/]", highlight=False)
+        err_console.print(Text(f"serving a model that was not promoted (--force): {resolved.decision.get('reason')}", style="yellow"), highlight=False)
     _quiet_serve_logs(verbose)
     if verbose:
         from orchestrator.runtime import init_ray
 
-        init_ray(address, verbose=True)
+        token_env = resolved.serve.auth_token_env
+        init_ray(address, verbose=True, secret_env=[token_env] if token_env else ())
     serve_target(resolved, name=name, console=console, address=address, version=version)
 
 
@@ -461,7 +463,7 @@ def predict_command(
         token = os.environ.get(token_env)
         if not token:
             raise OrchestratorError(f"--token-env {token_env}: that environment variable is not set")
-    rows = predict_file(url, file, token=token, chunk=chunk, warn=lambda m: err_console.print(f"[yellow]{m}[/]", highlight=False))
+    rows = predict_file(url, file, token=token, chunk=chunk, warn=lambda m: err_console.print(Text(m, style="yellow"), highlight=False))
     if as_json:
         for r in rows:
             typer.echo(json.dumps(r))

@@ -233,6 +233,9 @@ def train_loop_per_worker(config: dict, session=None) -> Optional[dict]:
 
     for epoch in range(start_epoch, t["epochs"]):
         t0 = time.perf_counter()
+        # Dropout's generator is seeded per epoch and rank (like the shuffle below), so an epoch re-run
+        # after a restart from a checkpoint draws what the unkilled run drew.
+        torch.manual_seed((t["seed"] * 1000 + epoch) * 1000 + rank)
         lr = t["lr"] * lr_factor(t, epoch)
         for g in optimizer.param_groups:
             g["lr"] = lr
@@ -303,14 +306,17 @@ def train_loop_per_worker(config: dict, session=None) -> Optional[dict]:
 class ProgressCallback(UserCallback):
     """Runs on the Train controller: forwards each epoch's metrics and worker failures to the driver."""
 
-    def __init__(self, queue: Queue):
-        self.queue = queue
+    def __init__(self, queue: Queue, max_failures: int = 0):
+        self.queue, self.max_failures, self.failures = queue, max_failures, 0
 
     def after_report(self, run_context, metrics, checkpoint):
         self.queue.put({"kind": "epoch", "metrics": metrics[0], "checkpoint": checkpoint.path if checkpoint else None})
 
     def after_exception(self, run_context, worker_exceptions):
-        self.queue.put({"kind": "failure", "errors": {int(k): f"{type(v).__name__}: {v}"[:500] for k, v in worker_exceptions.items()}})
+        # Train's failure policy counts worker-group failures the same way: restart while <= max_failures
+        self.failures += 1
+        self.queue.put({"kind": "failure", "errors": {int(k): f"{type(v).__name__}: {v}"[:500] for k, v in worker_exceptions.items()},
+                        "failure": self.failures, "max_failures": self.max_failures, "restarting": self.failures <= self.max_failures})
 
 
 def build_loop_config(spec: JobSpec, prepared: PreparedData, plan: WorkerPlan) -> dict:
@@ -432,10 +438,17 @@ def run_training(spec: JobSpec, run_dir: Path, plan: WorkerPlan, *, prepared: Op
             failures.append(event)
         on_event(event)
 
-    trainer = build_trainer(spec, prepared, plan, storage_path=str(run_dir.resolve()), name="train", callbacks=[ProgressCallback(queue)], loop_overrides=loop_overrides)
+    max_failures = spec.train.max_failures
+    trainer = build_trainer(spec, prepared, plan, storage_path=str(run_dir.resolve()), name="train", callbacks=[ProgressCallback(queue, max_failures)], loop_overrides=loop_overrides)
     try:
         result = fit_with_progress(trainer, queue, relay)
     except ray.train.TrainingFailedError as e:
+        if len(failures) > max_failures:  # every attempt ended in a worker failure
+            allowed = f"{max_failures} restart" + ("" if max_failures == 1 else "s")
+            raise OrchestratorError(
+                f"training failed after {len(failures)} attempts, each ended by a worker failure "
+                f"(train.max_failures allows {allowed}); the last: {_root_cause(e)}"
+            ) from None
         raise OrchestratorError(f"training failed: {_root_cause(e)}") from None
     finally:
         ray.kill(queue.actor)

@@ -7,6 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 SHOWN = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_rmse", "val_mae")
 
@@ -21,8 +22,9 @@ class EpochProgress:
     def __init__(self, console: Console, epochs: int, label: str = "training"):
         self.console = console
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("{task.fields[info]}"), console=console, transient=True,
+            # TextColumn reads its text as markup unless told not to
+            TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}", markup=False), console=console, transient=True,
         )
         self.task = self.progress.add_task(label, total=epochs, info="starting workers")
 
@@ -38,19 +40,29 @@ class EpochProgress:
             m = event["metrics"]
             resumed = m.get("restored_from_epoch", -1)
             note = f"  (resumed after epoch {resumed})" if resumed >= 0 and m["epoch"] == resumed + 1 else ""
-            self.progress.console.print(f"epoch {m['epoch']:>3}  {fmt_metrics(m)}  [dim]{m.get('epoch_time_s', 0):.1f}s[/]{note}", highlight=False)
+            line = Text.assemble(f"epoch {m['epoch']:>3}  {fmt_metrics(m)}  ", (f"{m.get('epoch_time_s', 0):.1f}s", "dim"), note)
+            self.progress.console.print(line, highlight=False)
             self.progress.update(self.task, completed=m["epoch"], info=fmt_metrics(m, ("val_loss", "val_accuracy", "val_rmse")))
             if m.get("early_stopped"):
-                self.progress.console.print(f"[yellow]early stopping after epoch {m['epoch']}[/]")
+                self.progress.console.print(f"early stopping after epoch {m['epoch']}", style="yellow")
         elif event["kind"] == "failure":
             for rank, err in event["errors"].items():
-                self.progress.console.print(f"[yellow]worker {rank} failed: {err}; restarting from the latest checkpoint[/]", highlight=False)
+                # Text, not a str: the error (gloo's messages contain `[/...]`) is never read as markup.
+                # Its first line only: Ray's follow with the actor's repr (the whole text is in summary.json).
+                first = next((line for line in str(err).splitlines() if line.strip()), "")
+                self.progress.console.print(Text(f"worker {rank} failed: {first}", style="yellow"), highlight=False)
+            n, limit = event.get("failure", 1), event.get("max_failures")
+            if event.get("restarting", True):
+                then = "restarting from the latest checkpoint" + (f" (restart {n} of {limit} allowed by train.max_failures)" if limit is not None else "")
+            else:
+                then = f"no restarts left: train.max_failures is {limit}"
+            self.progress.console.print(then, style="yellow", highlight=False)
 
 
 def metrics_table(title: str, metrics: dict[str, Any]) -> Table:
-    t = Table(title=title, show_header=False, title_justify="left")
+    t = Table(title=Text(title), show_header=False, title_justify="left")
     for k, v in metrics.items():
-        t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+        t.add_row(Text(str(k)), Text(f"{v:.4f}" if isinstance(v, float) else str(v)))
     return t
 
 
@@ -81,7 +93,6 @@ class TrialTable:
     def _render(self):
         from rich.console import Group
         from rich.progress_bar import ProgressBar
-        from rich.text import Text
 
         records = list(self.tracker.records.values()) if self.tracker else []
         from orchestrator.tune import FINAL_STATUSES
@@ -94,6 +105,7 @@ class TrialTable:
         for r in records:
             best = r.best(self.metric)
             cfg = ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}" for k, v in r.config.items())
-            t.add_row(r.trial_id, f"[{colors.get(r.status, 'white')}]{r.status}[/]", str(len(r.epochs)),
-                      "" if best is None else f"{best:.4f}", cfg + (f"  [red]{r.error[:80]}[/]" if r.error else ""))
+            # cells are Text so that trial errors and config values are never read as markup
+            t.add_row(Text(r.trial_id), Text(r.status, style=colors.get(r.status, "white")), str(len(r.epochs)),
+                      "" if best is None else f"{best:.4f}", Text.assemble(cfg, (f"  {r.error[:80]}", "red") if r.error else ""))
         return Group(t, ProgressBar(total=max(self.total, 1), completed=done, width=60), Text(""))
