@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
@@ -16,6 +15,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, run_cli, spec_dict
+from tests.waiting import wait_for
 
 
 def _spec(data_dir) -> dict:
@@ -37,16 +37,6 @@ def _tree_hash(root: Path) -> str:
         if p.is_file():
             h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes())
     return h.hexdigest()
-
-
-def _wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _finished(out: Path, n: int):
@@ -76,7 +66,7 @@ def test_sigkilled_search_resumes_from_a_copy_of_its_run_dir(data_dir, tmp_path)
     proc = subprocess.Popen([str(exe), "run", str(spec_path), "-o", str(out)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        run_dir, done_before = _wait_for(lambda: _finished(out, 2), 300, "two finished trials")
+        run_dir, done_before = wait_for(lambda: _finished(out, 2), 300, "two finished trials")
         descendants = psutil.Process(proc.pid).children(recursive=True)
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=60)

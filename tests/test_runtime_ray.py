@@ -17,6 +17,7 @@ import yaml
 
 from tests.conftest import ROOT, spec_dict
 from tests.serve_support import free_port, make_checkpoint
+from tests.waiting import wait_for
 
 SLEEPER = "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); f = open(sys.argv[1], 'w') if len(sys.argv) > 1 else None; time.sleep(300)"
 FAKE_NODE = """
@@ -79,16 +80,6 @@ def small_spec(folder: Path, data_dir: Path, epochs: int) -> Path:
     path = folder / "spec.yaml"
     path.write_text(yaml.safe_dump({k: v for k, v in d.items() if v is not None}))
     return path
-
-
-def wait_for(condition, timeout: float, what: str, interval: float = 0.25):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value or time.monotonic() > deadline:
-            assert value, f"timed out after {timeout:g} s waiting for {what}"
-            return value
-        time.sleep(interval)
 
 
 def alive(procs: list[psutil.Process]) -> list[psutil.Process]:

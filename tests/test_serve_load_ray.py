@@ -21,6 +21,7 @@ import pytest
 
 from orchestrator.spec import ServeSpec
 from tests.serve_support import feature_records, free_port, make_checkpoint
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -110,16 +111,6 @@ def _running_replicas(app: str) -> int:
     if status is None or "Predictor" not in status.deployments:
         return 0
     return status.deployments["Predictor"].replica_states.get("RUNNING", 0)
-
-
-def wait_for(condition, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 def test_one_of_two_replicas_killed_under_load(ray_session, model, record_property):

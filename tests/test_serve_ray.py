@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -15,6 +14,7 @@ from typer.testing import CliRunner
 from orchestrator import serve_cli
 from orchestrator.spec import ServeSpec
 from tests.serve_support import feature_records, free_port, make_checkpoint, offline_predictions
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.ray
 
@@ -22,16 +22,6 @@ TOKEN_ENV = "ORCHESTRATOR_TEST_SERVE_TOKEN"
 TOKEN = "serve-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 APP = "serve-test"
-
-
-def wait_for(condition, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")

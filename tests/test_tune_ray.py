@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from orchestrator.pipeline import run_job
 from orchestrator.promote import decide
 from orchestrator.spec import parse_spec
 from tests.conftest import ROOT, run_cli, spec_dict
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.ray
 
@@ -103,16 +103,6 @@ def test_promotion_gate_decisions():
     assert decide(None, {"test_accuracy": 0.1}).promoted
 
 
-def _wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.mark.parametrize("workers", [2, 1])
 def test_resume_after_interrupt_skips_finished_trials(data_dir, tmp_path, workers):
     d = _search_spec(data_dir, workers, space={"train.lr": {"grid": [0.001, 0.002, 0.003]}}, max_concurrent=1)
@@ -134,7 +124,7 @@ def test_resume_after_interrupt_skips_finished_trials(data_dir, tmp_path, worker
             done = [r["trial_id"] for r in recs if r["status"] == "TERMINATED"]
             return (runs[0].parent, done) if done else None
 
-        run_dir, done_before = _wait_for(finished_trial, 300, "a finished trial")
+        run_dir, done_before = wait_for(finished_trial, 300, "a finished trial")
         proc.send_signal(signal.SIGINT)
         output, _ = proc.communicate(timeout=180)
     finally:
