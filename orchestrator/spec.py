@@ -39,6 +39,25 @@ class _Model(BaseModel):
 
 MAX_IMAGE_VALUES = 1 << 26  # 64 Mi numbers per image (256 MiB as float32), e.g. 4 x 4096 x 4096
 
+# ------------------------------------------------------------------------------------ metrics
+
+# Every metric a run reports, spelled here once. Each split reports them under its prefix:
+# train_ (per epoch), val_ (per epoch, ranks checkpoints and trials) and test_ (once, at the end).
+METRICS: dict[str, tuple[str, Optional[str]]] = {  # name -> (better when, the only task it fits; None: both)
+    "loss": ("min", None),
+    "accuracy": ("max", "classification"),
+    "rmse": ("min", "regression"),
+    "mae": ("min", "regression"),
+}
+METRIC_NAMES = tuple(METRICS)
+TRAIN_PREFIX, VAL_PREFIX, TEST_PREFIX = "train_", "val_", "test_"
+TRAIN_METRICS = tuple(TRAIN_PREFIX + n for n in METRIC_NAMES)
+VAL_METRICS = tuple(VAL_PREFIX + n for n in METRIC_NAMES)
+TEST_METRICS = tuple(TEST_PREFIX + n for n in METRIC_NAMES)
+ValMetric = Literal[VAL_METRICS]  # type: ignore[valid-type]  # Literal["val_loss", "val_accuracy", ...]
+# Whether a lower ("min") or higher ("max") value is better, for the metrics a spec can name.
+METRIC_MODES = {VAL_PREFIX + n: mode for n, (mode, _) in METRICS.items()}
+
 
 # --------------------------------------------------------------------------------------- data
 
@@ -46,9 +65,9 @@ MAX_IMAGE_VALUES = 1 << 26  # 64 Mi numbers per image (256 MiB as float32), e.g.
 class Split(_Model):
     """Fractions of rows that go to each split. They must add up to 1."""
 
-    train: float = Field(0.7, gt=0, lt=1, description="Fraction of rows used for training.")
-    validation: float = Field(0.15, gt=0, lt=1, description="Fraction used for validation (per-epoch metrics, checkpoint score).")
-    test: float = Field(0.15, gt=0, lt=1, description="Held-out fraction, evaluated once at the end.")
+    train: float = Field(0.7, gt=0, lt=1, description="Fraction (0 to 1) of rows used for training.")
+    validation: float = Field(0.15, gt=0, lt=1, description="Fraction (0 to 1) of rows used for validation (per-epoch metrics, checkpoint score).")
+    test: float = Field(0.15, gt=0, lt=1, description="Fraction (0 to 1) of rows held out and evaluated once at the end.")
 
     @model_validator(mode="after")
     def _sums_to_one(self) -> "Split":
@@ -63,7 +82,7 @@ class ImageSpec(_Model):
 
     column: str = Field(description="Column that holds each image as a list of numbers.")
     shape: list[Annotated[int, Field(gt=0, le=65_536)]] = Field(
-        description="Shape of one image as [channels, height, width]; the column holds prod(shape) values."
+        description="Shape of one image as [channels, height, width] in values; the column holds prod(shape) numbers per row."
     )
 
     @field_validator("shape")
@@ -91,7 +110,7 @@ class DataSpec(_Model):
     )
     label: str = Field(description="Column to predict.")
     task: Optional[Literal["classification", "regression"]] = Field(
-        None, description="Inferred from the label column's type when omitted (float -> regression)."
+        None, description="classification or regression; inferred from the label column's type when omitted (float -> regression)."
     )
     features: Optional[list[str]] = Field(
         None, description="Numeric and categorical feature columns (tabular data). Omit to use every other column.",
@@ -103,7 +122,7 @@ class DataSpec(_Model):
         json_schema_extra={"uniqueItems": True},
     )
     image: Optional[ImageSpec] = Field(None, description="Image input instead of tabular features.")
-    split: Split = Field(default_factory=Split)
+    split: Split = Field(default_factory=Split, description="Fractions of rows for train, validation and test; they add up to 1.")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of the deterministic train/validation/test split (0 to 2**32 - 1).")
     cache: Literal["auto", "memory", "stream"] = Field(
         "auto",
@@ -161,22 +180,22 @@ class DataSpec(_Model):
 
 
 class MLPSpec(_Model):
-    arch: Literal["mlp"] = "mlp"
-    hidden: list[Annotated[int, Field(gt=0, le=65_536)]] = Field([128, 64], max_length=64, description="Width of each hidden layer.")
-    activation: Literal["relu", "gelu", "tanh"] = "relu"
-    batch_norm: bool = False
+    arch: Literal["mlp"] = Field("mlp", description="Architecture tag: mlp, a fully connected network on the flattened input.")
+    hidden: list[Annotated[int, Field(gt=0, le=65_536)]] = Field([128, 64], max_length=64, description="Width of each hidden layer, in units (neurons).")
+    activation: Literal["relu", "gelu", "tanh"] = Field("relu", description="Activation after each hidden layer.")
+    batch_norm: bool = Field(False, description="Batch normalisation after each hidden layer's linear map, before its activation.")
 
 
 class CNNSpec(_Model):
-    arch: Literal["cnn"] = "cnn"
+    arch: Literal["cnn"] = Field("cnn", description="Architecture tag: cnn, a convolutional network on image data (data.image).")
     channels: list[Annotated[int, Field(gt=0, le=8192)]] = Field(
         [32, 64], max_length=32, description="Output channels of each 3x3 conv block (conv, batch norm, ReLU, 2x2 max-pool when the map allows)."
     )
-    hidden: int = Field(128, gt=0, le=65_536, description="Width of the dense layer before the output layer.")
+    hidden: int = Field(128, gt=0, le=65_536, description="Width of the dense layer before the output layer, in units (neurons).")
 
 
 class CustomModelSpec(_Model):
-    arch: Literal["custom"] = "custom"
+    arch: Literal["custom"] = Field("custom", description="Architecture tag: custom, a model built by your `factory`.")
     factory: str = Field(
         pattern=IMPORT_PATH_RE,
         description="`module:function` returning an nn.Module. Called as "
@@ -192,29 +211,41 @@ ModelSpec = Annotated[Union[MLPSpec, CNNSpec, CustomModelSpec], Field(discrimina
 
 
 class EarlyStopping(_Model):
-    patience: int = Field(gt=0, le=10_000, description="Epochs without improvement of the checkpoint metric before stopping.")
-    min_delta: float = Field(0.0, ge=0, le=1e6, description="Smallest change that counts as an improvement.")
+    patience: int = Field(gt=0, le=10_000, description="Epochs in a row without improvement of checkpoint.metric before training stops.")
+    min_delta: float = Field(0.0, ge=0, le=1e6, description="Smallest change of checkpoint.metric, in that metric's units, that counts as an improvement.")
 
 
 class TrainSpec(_Model):
-    epochs: int = Field(10, gt=0, le=10_000)
-    batch_size: int = Field(64, gt=0, le=1_000_000, description="Per-worker batch size.")
-    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
-    lr: float = Field(1e-3, gt=0, le=10, description="Peak learning rate.")
-    momentum: float = Field(0.9, ge=0, lt=1, description="Momentum (sgd only).")
-    schedule: Literal["constant", "cosine", "step", "onecycle"] = "constant"
-    step_size: int = Field(10, gt=0, le=10_000, description="Epochs between lr decays (schedule: step).")
-    gamma: float = Field(0.1, gt=0, le=1, description="Decay factor (schedule: step).")
-    warmup_epochs: int = Field(0, ge=0, le=10_000, description="Linear warm-up epochs (constant and cosine schedules).")
-    weight_decay: float = Field(0.0, ge=0, le=1)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Classification only.")
-    grad_clip: Optional[float] = Field(None, gt=0, le=1e6, description="Max global gradient norm; none to disable.")
-    early_stopping: Optional[EarlyStopping] = None
-    mixed_precision: Literal["auto", "off", "bf16", "fp16"] = Field(
-        "auto", description="GPU only. auto: bf16 where the GPU supports it, else fp16; always off on CPU."
+    epochs: int = Field(10, gt=0, le=10_000, description="Epochs (full passes over the train split) each training run or trial runs at most.")
+    batch_size: int = Field(64, gt=0, le=1_000_000, description="Rows per batch on each worker; a step sees workers x batch_size rows.")
+    optimizer: Literal["adamw", "adam", "sgd"] = Field(
+        "adamw", description="torch optimizer: adamw (decoupled weight decay), adam or sgd (with `momentum`); all use lr and weight_decay."
     )
-    max_failures: int = Field(3, ge=0, le=1000, description="Worker-group restarts allowed; each resumes from the latest checkpoint.")
+    lr: float = Field(1e-3, gt=0, le=10, description="Peak learning rate; the schedule multiplies it by a factor each epoch.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="Momentum factor, 0 to below 1 (optimizer: sgd only).")
+    schedule: Literal["constant", "cosine", "step", "onecycle"] = Field(
+        "constant",
+        description="lr per epoch: constant; cosine: towards 0 over the epochs after warm-up; step: x gamma every "
+        "step_size epochs; onecycle: 0.1 x lr up to lr at 30% of the epochs, then down towards lr / 25.",
+    )
+    step_size: int = Field(10, gt=0, le=10_000, description="Epochs between lr decays (schedule: step).")
+    gamma: float = Field(0.1, gt=0, le=1, description="Factor (0 to 1) the lr is multiplied by every step_size epochs (schedule: step).")
+    warmup_epochs: int = Field(
+        0, ge=0, le=10_000,
+        description="Epochs of linear warm-up at the start, epoch e at lr x (e + 1) / (warmup_epochs + 1); "
+        "they replace the schedule's first epochs (cosine starts after them); 0: none.",
+    )
+    weight_decay: float = Field(0.0, ge=0, le=1, description="Weight-decay coefficient, 0 to 1 (adamw: decoupled, adam and sgd: L2 on the gradient); 0: none.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout probability, 0 to below 1, after each mlp hidden layer and the cnn dense layer (a custom factory gets `dropout`).")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Fraction, 0 to below 1, of the target probability spread over all classes (classification only).")
+    grad_clip: Optional[float] = Field(None, gt=0, le=1e6, description="Max global L2 norm of the gradients, clipped before each step; omit to disable.")
+    early_stopping: Optional[EarlyStopping] = Field(
+        None, description="Stop a run when checkpoint.metric stops improving; omit to train all epochs."
+    )
+    mixed_precision: Literal["auto", "off", "bf16", "fp16"] = Field(
+        "auto", description="Autocast dtype on GPU: auto (bf16 where the GPU supports it, else fp16), bf16, fp16 or off; always off on CPU."
+    )
+    max_failures: int = Field(3, ge=0, le=1000, description="Worker-group restarts allowed per run (a count); each resumes from the latest checkpoint.")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed for weight initialisation and shuffling (0 to 2**32 - 1).")
 
     @model_validator(mode="after")
@@ -225,12 +256,12 @@ class TrainSpec(_Model):
 
 
 class ScalingSpec(_Model):
-    workers: int = Field(2, gt=0, le=4096, description="Data-parallel (DDP) workers.")
+    workers: int = Field(2, gt=0, le=4096, description="Data-parallel (DDP) worker processes per training run.")
     cpus_per_worker: Union[float, Literal["auto"]] = Field(
         "auto",
-        description="CPUs reserved per worker. auto: share the cluster's CPUs, leaving room for Ray Data.",
+        description="CPUs (fractions allowed) reserved per worker. auto: share the cluster's CPUs, leaving room for Ray Data.",
     )
-    gpus_per_worker: float = Field(0, ge=0, le=64, description="GPUs per worker; > 0 trains on GPU.")
+    gpus_per_worker: float = Field(0, ge=0, le=64, description="GPUs (fractions share a GPU) reserved per worker; > 0 trains on GPU.")
 
     @field_validator("cpus_per_worker")
     @classmethod
@@ -244,17 +275,9 @@ class ScalingSpec(_Model):
         return self.gpus_per_worker > 0
 
 
-METRIC_MODES = {
-    "val_loss": "min",
-    "val_accuracy": "max",
-    "val_rmse": "min",
-    "val_mae": "min",
-}
-
-
 class CheckpointSpec(_Model):
-    keep: int = Field(2, gt=0, le=1000, description="Checkpoints kept (best by `metric`; the latest is always kept too).")
-    metric: Literal["val_loss", "val_accuracy", "val_rmse", "val_mae"] = Field(
+    keep: int = Field(2, gt=0, le=1000, description="Checkpoints kept per run (best by `metric`; the latest is always kept too).")
+    metric: ValMetric = Field(
         "val_loss", description="Validation metric that ranks checkpoints and picks the best one."
     )
 
@@ -275,9 +298,13 @@ DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice", "grid")
 class Param(_Model):
     """One search dimension: exactly one of the distribution keys."""
 
-    loguniform: Optional[Annotated[tuple[StrictFloat, StrictFloat], Field(strict=False)]] = Field(None, description="[low, high], both > 0; sampled on a log scale.")
-    uniform: Optional[Annotated[tuple[StrictFloat, StrictFloat], Field(strict=False)]] = Field(None, description="[low, high].")
-    randint: Optional[Annotated[tuple[StrictInt, StrictInt], Field(strict=False)]] = Field(None, description="[low, high], both inclusive.")
+    loguniform: Optional[Annotated[tuple[StrictFloat, StrictFloat], Field(strict=False)]] = Field(
+        None, description="[low, high], both > 0, in the field's units; sampled uniformly on a log scale."
+    )
+    uniform: Optional[Annotated[tuple[StrictFloat, StrictFloat], Field(strict=False)]] = Field(
+        None, description="[low, high], in the field's units; sampled uniformly."
+    )
+    randint: Optional[Annotated[tuple[StrictInt, StrictInt], Field(strict=False)]] = Field(None, description="[low, high] integers, both inclusive.")
     choice: Optional[list[Any]] = Field(None, min_length=1, description="Values to sample from.")
     grid: Optional[list[Any]] = Field(None, min_length=1, description="Values that are all tried (search: random only).")
 
@@ -310,14 +337,14 @@ class Param(_Model):
 
 
 class AshaSpec(_Model):
-    type: Literal["asha"] = "asha"
+    type: Literal["asha"] = Field("asha", description="Scheduler tag: asha, which stops poorly scoring trials early.")
     grace_period: int = Field(1, gt=0, le=10_000, description="Epochs every trial runs before it can be stopped.")
-    reduction_factor: float = Field(2, gt=1, le=100, description="Only 1/reduction_factor of trials go on at each rung.")
-    max_epochs: Optional[int] = Field(None, gt=0, le=10_000, description="Longest a trial runs; defaults to train.epochs.")
+    reduction_factor: float = Field(2, gt=1, le=100, description="Ratio (> 1) between rungs: only 1/reduction_factor of the trials go on at each rung.")
+    max_epochs: Optional[int] = Field(None, gt=0, le=10_000, description="Epochs the longest trial runs (ASHA's max_t); defaults to train.epochs.")
 
 
 class NoScheduler(_Model):
-    type: Literal["none"] = "none"
+    type: Literal["none"] = Field("none", description="Scheduler tag: none, every trial runs all its epochs.")
 
 
 class TuneSpec(_Model):
@@ -326,16 +353,18 @@ class TuneSpec(_Model):
         "train.label_smoothing, train.early_stopping.patience, model.hidden, ...) -> distribution.",
         min_length=1,
     )
-    metric: Optional[Literal["val_loss", "val_accuracy", "val_rmse", "val_mae"]] = Field(
+    metric: Optional[ValMetric] = Field(
         None, description="Validation metric to optimise; defaults to checkpoint.metric."
     )
-    num_samples: int = Field(8, gt=0, le=10_000, description="Trials to run (each grid point counts once per sample).")
+    num_samples: int = Field(8, gt=0, le=10_000, description="Trials to run, a count (each grid point runs once per sample).")
     search: Literal["optuna", "random"] = Field("optuna", description="optuna: TPE; random: random and grid search.")
-    scheduler: Annotated[Union[AshaSpec, NoScheduler], Field(discriminator="type")] = Field(default_factory=AshaSpec)
-    max_concurrent: Union[Annotated[int, Field(ge=1, le=10_000)], Literal["auto"]] = Field(
-        "auto", description="Trials at once; auto derives it from the cluster's CPUs/GPUs and scaling.workers."
+    scheduler: Annotated[Union[AshaSpec, NoScheduler], Field(discriminator="type")] = Field(
+        default_factory=AshaSpec, description="Trial scheduler: asha (default) stops poor trials early; none runs every trial to the end."
     )
-    time_budget_s: Optional[float] = Field(None, gt=0, le=31_536_000, description="Wall-clock budget; no new trials start after it.")
+    max_concurrent: Union[Annotated[int, Field(ge=1, le=10_000)], Literal["auto"]] = Field(
+        "auto", description="Trials running at once, a count; auto derives it from the cluster's CPUs/GPUs and scaling.workers."
+    )
+    time_budget_s: Optional[float] = Field(None, gt=0, le=31_536_000, description="Wall-clock budget of the search in seconds; no new trials start after it.")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of the search algorithm (0 to 2**32 - 1).")
     include_spec_config: bool = Field(True, description="Evaluate the spec's own settings as the first trial.")
 
@@ -357,13 +386,18 @@ class TuneSpec(_Model):
         return self
 
 
-PROMOTE_RE = re.compile(r"^\s*(test_)?(accuracy|loss|rmse|mae)\s*(>=|<=|>|<)\s*([-+]?\d*\.?\d+(e[-+]?\d+)?)\s*$")
+PROMOTE_RE = re.compile(
+    rf"^\s*({TEST_PREFIX})?({'|'.join(METRIC_NAMES)})\s*(>=|<=|>|<)\s*([-+]?\d*\.?\d+(e[-+]?\d+)?)\s*$"
+)
 
 
 def parse_promote(rule: str) -> tuple[str, str, float]:
     m = PROMOTE_RE.match(rule)
     if not m:
-        raise ValueError("expected '<metric> <op> <number>' with metric accuracy, loss, rmse or mae and op >=, >, <= or <, e.g. 'accuracy >= 0.95'")
+        raise ValueError(
+            f"expected '<metric> <op> <number>' with metric {', '.join(METRIC_NAMES[:-1])} or {METRIC_NAMES[-1]} "
+            "and op >=, >, <= or <, e.g. 'accuracy >= 0.95'"
+        )
     name, op, value = m.group(2), m.group(3), float(m.group(4))
     # A gate no model can pass (or every model passes) is a typo, found now rather than after training.
     if not math.isfinite(value):
@@ -374,16 +408,16 @@ def parse_promote(rule: str) -> tuple[str, str, float]:
         raise ValueError(f"{name} is never negative; the threshold {value:g} is below 0")
     if (op == ">" and name == "accuracy" and value == 1) or (op == "<" and value == 0):
         raise ValueError(f"'{name} {op} {value:g}' can never pass")
-    return f"test_{name}", op, value
+    return TEST_PREFIX + name, op, value
 
 
 # -------------------------------------------------------------------------------------- serve
 
 
 class Autoscaling(_Model):
-    min_replicas: int = Field(1, ge=0, le=4096)
-    max_replicas: int = Field(1, gt=0, le=4096)
-    target_ongoing_requests: float = Field(8, gt=0, le=100_000, description="Per-replica load the autoscaler aims for.")
+    min_replicas: int = Field(1, ge=0, le=4096, description="Fewest replicas the autoscaler keeps (0 scales to zero when idle).")
+    max_replicas: int = Field(1, gt=0, le=4096, description="Most replicas the autoscaler starts.")
+    target_ongoing_requests: float = Field(8, gt=0, le=100_000, description="Requests in flight per replica that the autoscaler aims for.")
 
     @model_validator(mode="after")
     def _ordered(self) -> "Autoscaling":
@@ -396,16 +430,19 @@ class ServeSpec(_Model):
     """How the promoted model is served over HTTP by Ray Serve."""
 
     host: str = Field("127.0.0.1", pattern=r"^[A-Za-z0-9.:-]{1,253}$", description="Bind address. Loopback by default; 0.0.0.0 exposes the server to the network.")
-    port: int = Field(8000, gt=0, lt=65536)
-    route_prefix: str = Field("/", pattern=r"^/[\w\-/]*$")
+    port: int = Field(8000, gt=0, lt=65536, description="TCP port of the HTTP server (1 to 65535).")
+    route_prefix: str = Field("/", pattern=r"^/[\w\-/]*$", description="URL path prefix the model's endpoints are served under, e.g. /digits.")
     max_batch_size: int = Field(32, gt=0, le=4096, description="Dynamic batching: most requests per forward pass.")
-    batch_wait_timeout_s: float = Field(0.005, ge=0, le=10, description="Dynamic batching: longest wait to fill a batch.")
-    autoscaling: Autoscaling = Field(default_factory=Autoscaling)
+    batch_wait_timeout_s: float = Field(0.005, ge=0, le=10, description="Dynamic batching: longest wait to fill a batch, in seconds.")
+    autoscaling: Autoscaling = Field(default_factory=Autoscaling, description="Replica count bounds and the load per replica the autoscaler aims for.")
     max_ongoing_requests: int = Field(64, gt=0, le=100_000, description="Requests one replica works on at once.")
-    max_queued_requests: int = Field(256, ge=-1, le=1_000_000, description="Requests queued beyond that before answering 503; -1 is unbounded.")
-    cpus_per_replica: float = Field(0.5, gt=0, le=1024)
-    gpus_per_replica: float = Field(0, ge=0, le=64)
-    max_body_bytes: int = Field(1 << 20, gt=0, le=1 << 30, description="Larger request bodies get HTTP 413.")
+    max_queued_requests: int = Field(
+        256, ge=-1, le=1_000_000,
+        description="Requests left waiting, beyond max_ongoing_requests per replica, before the proxy answers HTTP 503; -1 is unbounded.",
+    )
+    cpus_per_replica: float = Field(0.5, gt=0, le=1024, description="CPUs (fractions allowed) reserved by each replica.")
+    gpus_per_replica: float = Field(0, ge=0, le=64, description="GPUs (fractions share a GPU) reserved by each replica; > 0 serves on GPU.")
+    max_body_bytes: int = Field(1 << 20, gt=0, le=1 << 30, description="Largest request body in bytes; larger ones get HTTP 413.")
     auth_token_env: Optional[str] = Field(
         None,
         pattern=r"^[A-Z_][A-Z0-9_]*$",
@@ -419,12 +456,12 @@ class ServeSpec(_Model):
 
 class JobSpec(_Model):
     name: str = Field(pattern=NAME_RE, description="Job name: lower-case letters, digits and '-', at most 52 characters.")
-    data: DataSpec
-    model: ModelSpec = Field(default_factory=MLPSpec)
-    train: TrainSpec = Field(default_factory=TrainSpec)
-    scaling: ScalingSpec = Field(default_factory=ScalingSpec)
-    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
-    output: OutputSpec = Field(default_factory=OutputSpec)
+    data: DataSpec = Field(description="The dataset: where it is, its label and features, how it splits.")
+    model: ModelSpec = Field(default_factory=MLPSpec, description="The architecture, by `arch`: mlp (default), cnn or custom.")
+    train: TrainSpec = Field(default_factory=TrainSpec, description="How each run trains: epochs, optimizer, learning-rate schedule, regularisation.")
+    scaling: ScalingSpec = Field(default_factory=ScalingSpec, description="Workers per run and the CPUs/GPUs each reserves.")
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Which checkpoints are kept and the metric that picks the best.")
+    output: OutputSpec = Field(default_factory=OutputSpec, description="Where run directories are written.")
     tune: Optional[TuneSpec] = Field(None, description="Hyperparameter and regularisation search; omit to train once.")
     promote: Optional[str] = Field(
         None, description="Promotion gate on the held-out test split, e.g. 'accuracy >= 0.95' or 'rmse < 40'."
@@ -460,16 +497,17 @@ PREPARED_TASKS = {
     "sklearn:diabetes": "regression",
 }
 # What only makes sense for one task (the loss fits both), as _metric_uses names it.
-TASK_ONLY = {"classification": {"accuracy", "label_smoothing"}, "regression": {"rmse", "mae"}}
+TASK_ONLY = {task: {n for n, (_, only) in METRICS.items() if only == task} for task in ("classification", "regression")}
+TASK_ONLY["classification"].add("label_smoothing")
 
 
 def _metric_uses(spec: JobSpec) -> list[tuple[str, str]]:
     """(field path, metric name without val_/test_) for every metric the spec names."""
-    uses = [("checkpoint.metric", spec.checkpoint.metric[4:])]
+    uses = [("checkpoint.metric", spec.checkpoint.metric.removeprefix(VAL_PREFIX))]
     if spec.tune is not None and spec.tune.metric:
-        uses.append(("tune.metric", spec.tune.metric[4:]))
+        uses.append(("tune.metric", spec.tune.metric.removeprefix(VAL_PREFIX)))
     if spec.promote:
-        uses.append(("promote", parse_promote(spec.promote)[0][5:]))
+        uses.append(("promote", parse_promote(spec.promote)[0].removeprefix(TEST_PREFIX)))
     if spec.train.label_smoothing:
         uses.append(("train.label_smoothing", "label_smoothing"))
     return uses
