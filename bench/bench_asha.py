@@ -27,11 +27,12 @@ from rich.console import Console
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.data import prepare_data  # noqa: E402
+from orchestrator.data.ingest import prepare_data  # noqa: E402
 from orchestrator.runtime import cluster_resources, init_ray  # noqa: E402
 from orchestrator.spec import load_spec  # noqa: E402
-from orchestrator.train import evaluate_checkpoint  # noqa: E402
-from orchestrator.tune import STARTS_FILE, TRIALS_DIR, plan_search, run_search  # noqa: E402
+from orchestrator.train.driver import evaluate_checkpoint  # noqa: E402
+from orchestrator.tune.plan import STARTS_FILE, TRIALS_DIR, plan_search  # noqa: E402
+from orchestrator.tune.search import run_search  # noqa: E402
 
 DEFAULT_SPEC = ROOT / "bench" / "specs" / "asha-tabular.yaml"
 

@@ -6,7 +6,7 @@ One run, one machine, one model (an MLP on the breast-cancer features, hidden 40
 its forward pass is memory-bound, so one pass over 64 rows costs a fraction of 64 one-row passes),
 loopback only:
   ceiling   the model's own forward throughput in-process (batch 1 and batch 64), no HTTP
-  serve     orchestrator.serve.deploy() on Ray started as the CLI starts it (orchestrator.runtime.init_ray):
+  serve     orchestrator.serve.deployment.deploy() on Ray started as the CLI starts it (orchestrator.runtime.init_ray):
             Serve's HTTP ingress (HAProxy, RAY_SERVE_ENABLE_HA_PROXY=1, unless the environment sets
             it to 0: Serve's default Python proxy), one replica, @serve.batch
   baseline  the same FastAPI app (same validation and preprocessing code) under uvicorn, one
@@ -47,7 +47,7 @@ def baseline_server(checkpoint: str, port: int, threads: int, pool: int) -> None
     import torch
     import uvicorn
 
-    from orchestrator.serve_app import ModelRunner, make_api
+    from orchestrator.serve.app import ModelRunner, make_api
 
     torch.set_num_threads(threads)
     runner = ModelRunner(checkpoint)
@@ -135,7 +135,7 @@ def ceiling(checkpoint: Path, threads: int, seconds: float = 2.0) -> dict:
     """The model alone: forward passes per second at batch 1 and 64 (and with preprocessing)."""
     import torch
 
-    from orchestrator.serve_app import ModelRunner
+    from orchestrator.serve.app import ModelRunner
 
     torch.set_num_threads(threads)
     runner = ModelRunner(checkpoint)
@@ -200,8 +200,8 @@ def main() -> None:
     import ray
     import torch
 
-    from orchestrator.serve import deploy
-    from orchestrator.serve_cli import _quiet_serve_logs
+    from orchestrator.cli.serve import _quiet_serve_logs
+    from orchestrator.serve.deployment import deploy
     from orchestrator.spec import ServeSpec
     from tests.serve_support import feature_records, free_port, make_checkpoint, offline_predictions
 
@@ -209,7 +209,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     print(f"training an MLP {a.hidden} on breast-cancer features ...", flush=True)
     ckpt, test = make_checkpoint(work / "ckpt", hidden=a.hidden, epochs=3, job="bench")
-    from orchestrator.checkpoint import load_model
+    from orchestrator.train.checkpoint import load_model
 
     columns = load_model(ckpt).preprocessor.feature_columns
     records = feature_records(test, columns)

@@ -17,12 +17,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.data import prepare_data  # noqa: E402
-from orchestrator.planning import plan_workers  # noqa: E402
+from orchestrator.data.ingest import prepare_data  # noqa: E402
 from orchestrator.runtime import cluster_resources, init_ray  # noqa: E402
 from orchestrator.spec import load_spec  # noqa: E402
-from orchestrator.train import build_trainer  # noqa: E402
-from orchestrator.tune import plan_search  # noqa: E402
+from orchestrator.train.driver import build_trainer  # noqa: E402
+from orchestrator.train.plan import plan_workers  # noqa: E402
+from orchestrator.tune.plan import plan_search  # noqa: E402
 
 
 def cpu_by_process() -> dict[int, tuple[str, float]]:

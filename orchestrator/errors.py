@@ -1,6 +1,16 @@
-"""Errors the CLI turns into a clear message and an exit code, never a traceback."""
+"""Every user-facing error and its exit code: the CLI turns each into one clear message and the code,
+never a traceback.
+
+Exit codes: 0 success; 1 a failure (OrchestratorError, K8sError, DivergedError); 2 bad input (SpecError,
+DataError, ResourceError, RunDirError, CheckpointError); 3 a winner that failed the promotion gate
+(NOT_PROMOTED_EXIT, NotPromotedError); 130 interrupted (Ctrl-C, or an interrupted search).
+"""
 
 from __future__ import annotations
+
+
+NOT_PROMOTED_EXIT = 3
+INTERRUPTED_EXIT = 130
 
 
 class OrchestratorError(Exception):
@@ -30,3 +40,39 @@ class ResourceError(OrchestratorError):
     """The spec asks for more CPUs/GPUs than the cluster has."""
 
     exit_code = 2
+
+
+class RunDirError(OrchestratorError):
+    """A run directory that is incomplete or damaged: names the file and what to do."""
+
+    exit_code = 2
+
+
+class CheckpointError(OrchestratorError):
+    """A checkpoint that cannot be loaded (missing, truncated, corrupt or tampered file): names the file."""
+
+    exit_code = 2
+
+
+class DivergedError(OrchestratorError):
+    pass
+
+
+class NotPromotedError(OrchestratorError):
+    """Serving refused: the model failed the promotion gate (exit 3, like `orchestrator run`)."""
+
+    exit_code = NOT_PROMOTED_EXIT
+
+
+class K8sError(OrchestratorError):
+    """A Kubernetes API call failed; the message is one line."""
+
+    exit_code = 1
+
+
+class NotFound(K8sError):
+    pass
+
+
+class AlreadyExists(K8sError):
+    pass

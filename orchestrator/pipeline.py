@@ -15,10 +15,10 @@ from typing import Optional
 from rich.console import Console
 from rich.text import Text
 
-from orchestrator.clitools import make_console
+from orchestrator.ui import make_console
 
-from orchestrator.errors import OrchestratorError
-from orchestrator.rundir import RunDirError, in_run, new_run_dir, write_json, write_metrics
+from orchestrator.errors import OrchestratorError, RunDirError
+from orchestrator.rundir import in_run, new_run_dir, write_json, write_metrics
 from orchestrator.spec import JobSpec, load_spec
 
 
@@ -46,7 +46,7 @@ def _start(spec: JobSpec, address: Optional[str], verbose: bool, console: Consol
 
 
 def _prepare(spec: JobSpec, console: Console):
-    from orchestrator.data import prepare_data
+    from orchestrator.data.ingest import prepare_data
 
     with console.status("reading data, splitting, fitting preprocessing on the training split"):
         prepared = prepare_data(spec)
@@ -59,7 +59,7 @@ def _prepare(spec: JobSpec, console: Console):
 
 
 def _train_once(spec: JobSpec, run: Path, prepared, plan, console: Console) -> tuple[str, dict, list, dict]:
-    from orchestrator.train import run_training
+    from orchestrator.train.driver import run_training
     from orchestrator.ui import EpochProgress
 
     with EpochProgress(console, spec.train.epochs) as progress:
@@ -94,7 +94,7 @@ def _finish(spec: JobSpec, run: Path, best_checkpoint: str, test_metrics: dict, 
 
 def train_job(spec: JobSpec, spec_path: Path, *, output: Optional[Path] = None, address: Optional[str] = None, verbose: bool = False, console: Optional[Console] = None) -> RunResult:
     """Train once (the spec's own settings, even if it has a tune section)."""
-    from orchestrator.planning import plan_workers
+    from orchestrator.train.plan import plan_workers
 
     console = console or make_console()
     resources = _start(spec, address, verbose, console)
@@ -111,7 +111,7 @@ def run_job(spec: JobSpec, spec_path: Path, *, output: Optional[Path] = None, ad
     """Validate, plan, search (or train once without a tune section), evaluate, apply the promotion gate."""
     if spec.tune is None:
         return train_job(spec, spec_path, output=output, address=address, verbose=verbose, console=console)
-    from orchestrator.tune import expected_trials, in_process_trials, plan_search
+    from orchestrator.tune.plan import expected_trials, in_process_trials, plan_search
 
     console = console or make_console()
     resources = _start(spec, address, verbose, console)
@@ -147,7 +147,7 @@ def resume_job(run_dir: Path, *, address: Optional[str] = None, verbose: bool = 
         raise OrchestratorError(f"{run_dir}: the search never started; run the spec again instead")
     if (run_dir / "summary.json").is_file():
         raise OrchestratorError(f"{run_dir}: this search already finished (see summary.json)")
-    from orchestrator.tune import prepare_restore
+    from orchestrator.tune.search import prepare_restore
 
     for warning in prepare_restore(run_dir):  # before Ray starts: a damaged run dir fails fast
         console.print(Text(f"warning: {warning}", style="yellow"), highlight=False, soft_wrap=True)
@@ -158,8 +158,9 @@ def resume_job(run_dir: Path, *, address: Optional[str] = None, verbose: bool = 
 
 
 def _search(spec: JobSpec, run: Path, prepared, resources, console: Console, *, restore: bool) -> RunResult:
-    from orchestrator.train import evaluate_checkpoint
-    from orchestrator.tune import expected_trials, run_search
+    from orchestrator.train.driver import evaluate_checkpoint
+    from orchestrator.tune.plan import expected_trials
+    from orchestrator.tune.search import run_search
     from orchestrator.ui import TrialTable
 
     with TrialTable(console, spec.tune_metric, expected_trials(spec.tune)) as table:

@@ -23,14 +23,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import RunDirError  # noqa: F401  (raised by callers; importable from here too)
 from orchestrator.spec import JobSpec
-
-
-class RunDirError(OrchestratorError):
-    """A run directory that is incomplete or damaged: names the file and what to do."""
-
-    exit_code = 2
 
 
 def new_run_dir(spec: JobSpec, spec_path: Path, root: Path | None = None) -> Path:

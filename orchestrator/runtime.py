@@ -10,7 +10,7 @@ import sys
 import tempfile
 from typing import Optional, Sequence
 
-from orchestrator.planning import ClusterResources
+from orchestrator.train.plan import ClusterResources
 
 HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 TRAIN_POLL_INTERVAL_S = "0.25"

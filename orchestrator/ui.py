@@ -1,4 +1,4 @@
-"""Terminal progress for long work: epochs of a training run."""
+"""Terminal output: the consoles (`make_console`) and progress for long work (epochs, trials)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
+
+
+def make_console(**kwargs) -> Console:
+    """Every console of the CLI. What it prints comes from outside too (worker errors, paths, user
+    data; gloo's errors contain `[/...]`), so no string is ever read as rich markup or `:emoji:`
+    codes: styles go in through `style=` or `rich.text.Text`."""
+    return Console(markup=False, emoji=False, **kwargs)
+
 
 SHOWN = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_rmse", "val_mae")
 
@@ -95,7 +103,7 @@ class TrialTable:
         from rich.progress_bar import ProgressBar
 
         records = list(self.tracker.records.values()) if self.tracker else []
-        from orchestrator.tune import FINAL_STATUSES
+        from orchestrator.tune.plan import FINAL_STATUSES
 
         done = sum(r.status in FINAL_STATUSES for r in records)
         t = Table(title=f"trials ({done}/{self.total} done)", title_justify="left")

@@ -73,7 +73,7 @@ def _tell(what: str, path: str) -> None:
 
 def node_processes(marker: str, session_dirs: list[str] = ()) -> list[int]:
     """Pids of the node started with `marker` and of everything below them, this process left out."""
-    from orchestrator.cluster_local import _descendants, list_processes
+    from orchestrator.submit.local_cluster import _descendants, list_processes
 
     procs = list_processes()
     tag = f"{MARKER_ENV}={marker}\0"
@@ -102,7 +102,7 @@ def _has_open_file_in(pid: int, folders: list[str]) -> bool:
 
 def stop_node(marker: str, session_dirs: list[str] = (), grace_s: float = GRACE_S) -> int:
     """SIGTERM every process of the node, SIGKILL what is left after `grace_s`; returns how many."""
-    from orchestrator.cluster_local import _signal, _wait_gone
+    from orchestrator.submit.local_cluster import _signal, _wait_gone
 
     pids = node_processes(marker, session_dirs)
     _signal(pids, signal.SIGTERM)

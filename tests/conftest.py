@@ -27,7 +27,7 @@ def ray_session():
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
     """Bundled datasets written once per session by the same prepare step the jobs use."""
-    from orchestrator.datasets import write_bundled
+    from orchestrator.data.bundled import write_bundled
 
     d = tmp_path_factory.mktemp("data")
     write_bundled("sklearn:digits", d / "digits.parquet")

@@ -17,12 +17,8 @@ AMBIENT = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_
 
 
 def cli_command() -> list[str]:
-    """`orchestrator`; through `python -m orchestrator.jobs_cli` while cli.py does not register these commands yet."""
-    from orchestrator.cli import app
-
-    if any(c.name == "submit" for c in app.registered_commands):
-        return [str(Path(sys.executable).parent / "orchestrator")]
-    return [sys.executable, "-m", "orchestrator.jobs_cli"]
+    """`orchestrator`, the console script of this environment."""
+    return [str(Path(sys.executable).parent / "orchestrator")]
 
 
 def orch(*args: str, home: Path, cwd: Path | None = None, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -36,11 +32,12 @@ def invoker():
     import typer
     from typer.testing import CliRunner
 
-    from orchestrator.jobs_cli import register
+    from orchestrator.cli import cluster, jobs
 
     app, cluster_app = typer.Typer(), typer.Typer()
     app.add_typer(cluster_app, name="cluster")
-    register(app, cluster_app)
+    jobs.register(app)
+    cluster.register(cluster_app)
     runner = CliRunner()
     return lambda *args: runner.invoke(app, list(args))
 

@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from orchestrator.checkpoint import load_model, write_checkpoint
-from orchestrator.datasets import bundled_frame
-from orchestrator.models import build_model, forward
-from orchestrator.preprocess import Preprocessor, assign_splits
+from orchestrator.data.bundled import bundled_frame
+from orchestrator.data.preprocess import Preprocessor, assign_splits
+from orchestrator.models.build import build_model, forward
+from orchestrator.train.checkpoint import load_model, write_checkpoint
 
 SITES = ["north", "south", "west"]
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import cluster_local as cl
 from orchestrator.errors import OrchestratorError
+from orchestrator.submit import local_cluster as cl
 from tests.conftest import ROOT
 from tests.jobs_support import invoker
 

@@ -7,9 +7,9 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from orchestrator.data import _describe_failure, _mark_infinite, check_columns, check_source_files
+from orchestrator.data.ingest import _describe_failure, _mark_infinite, check_columns, check_source_files
+from orchestrator.data.preprocess import Preprocessor
 from orchestrator.errors import DataError
-from orchestrator.preprocess import Preprocessor
 from orchestrator.spec import parse_spec
 from tests.conftest import spec_dict
 

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from orchestrator.data import prepare_data
+from orchestrator.data.ingest import prepare_data
+from orchestrator.data.preprocess import SPLITS
 from orchestrator.errors import DataError
-from orchestrator.preprocess import SPLITS
 from orchestrator.spec import parse_spec
 from tests.conftest import spec_dict
 
@@ -128,7 +128,7 @@ def test_image_column_must_hold_arrays(ray_session, data_dir, tmp_path):
 
 
 def test_infinite_values_outside_the_training_split_are_refused(ray_session, data_dir, tmp_path):
-    from orchestrator.preprocess import assign_splits
+    from orchestrator.data.preprocess import assign_splits
 
     df = pd.read_parquet(data_dir / "breast_cancer.parquet")[["mean_radius", "mean_texture", "label"]]
     spec = _spec(tmp_path, "breast-cancer-mlp.yaml", source=str(tmp_path / "inf.parquet"), prepare=None, features=["mean_radius", "mean_texture"])

@@ -11,8 +11,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from orchestrator.cli.cluster import cluster_k8s_app
+from orchestrator.cli.k8s import k8s_app, submit_k8s
 from orchestrator.k8s import client as kc
-from orchestrator.k8s.cli import cluster_k8s_app, k8s_app, submit_k8s
 from orchestrator.k8s.render import RenderOptions, render, render_rayjob, to_yaml
 from orchestrator.spec import load_spec
 from tests.k8s_support import FakeKubeAPI, validation_errors

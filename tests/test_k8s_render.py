@@ -256,8 +256,8 @@ def test_worker_pods_are_sized_from_the_scaling_section(scaling, cpus, gpus, mem
 
 
 def test_worker_pods_leave_room_for_ray_data_as_the_planner_requires():
-    """orchestrator.planning refuses a plan unless workers x cpus_per_worker + 1 CPU fits."""
-    from orchestrator.planning import ClusterResources, plan_workers
+    """orchestrator.train.plan refuses a plan unless workers x cpus_per_worker + 1 CPU fits."""
+    from orchestrator.train.plan import ClusterResources, plan_workers
 
     for scaling in (ScalingSpec(workers=2), ScalingSpec(workers=1, cpus_per_worker=2), ScalingSpec(workers=8, cpus_per_worker=1.5)):
         size = r.worker_pod_size(scaling)
@@ -353,7 +353,7 @@ def test_rayservice_serves_the_checkpoint_with_the_spec_serve_settings():
     service = render("rayservice", spec, RenderOptions(checkpoint="runs/r1/best_checkpoint", storage_pvc="s")).main
     cfg = yaml.safe_load(service["spec"]["serveConfigV2"])
     (app,) = cfg["applications"]
-    assert app["import_path"] == "orchestrator.serve:app_builder"
+    assert app["import_path"] == "orchestrator.serve.deployment:app_builder"
     assert app["args"]["checkpoint_path"] == "/mnt/storage/runs/r1/best_checkpoint"
     assert app["args"]["max_batch_size"] == spec.serve.max_batch_size == 64
     assert app["args"]["auth_token_env"] == "SERVE_TOKEN"

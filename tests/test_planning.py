@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.errors import ResourceError
-from orchestrator.planning import DATA_RESERVE_CPUS, ClusterResources, plan_workers
 from orchestrator.spec import ScalingSpec
+from orchestrator.train.plan import DATA_RESERVE_CPUS, ClusterResources, plan_workers
 
 
 def test_auto_leaves_room_for_data_on_two_cpus():

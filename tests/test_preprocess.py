@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from orchestrator.preprocess import UNKNOWN_LABEL, Preprocessor, assign_splits
+from orchestrator.data.preprocess import UNKNOWN_LABEL, Preprocessor, assign_splits
 
 
 def frame(n=2000, seed=0):

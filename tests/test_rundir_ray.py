@@ -152,8 +152,8 @@ def test_damaged_run_dir_is_refused_naming_the_file(tmp_path, data_dir, damage, 
 
 def test_torn_checkpoint_of_a_train_run_is_dropped_from_its_snapshot(tmp_path):
     """A multi-worker trial's Ray Train run resumes from its snapshot's latest checkpoint: a torn one is skipped."""
-    from orchestrator.checkpoint import write_checkpoint
-    from orchestrator.tune import _repair_train_snapshot
+    from orchestrator.train.checkpoint import write_checkpoint
+    from orchestrator.tune.search import _repair_train_snapshot
 
     run = tmp_path / "trial-abc_00000"
     names = ["checkpoint_2026-01-01_00-00-01.000000", "checkpoint_2026-01-01_00-00-02.000000"]

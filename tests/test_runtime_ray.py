@@ -191,7 +191,7 @@ def role(pid: int) -> str:
 def test_embedded_node_with_serve_listens_on_loopback_but_for_the_documented_grpc_ports(ray_session, tmp_path):
     from ray import serve
 
-    from orchestrator.serve import deploy
+    from orchestrator.serve.deployment import deploy
     from orchestrator.spec import ServeSpec
 
     ckpt, _ = make_checkpoint(tmp_path / "ckpt")

@@ -136,7 +136,7 @@ def test_submitted_job_leaks_neither_token(data_dir, tmp_path):
     cluster's processes."""
     from ray.job_submission import JobSubmissionClient
 
-    from orchestrator.cluster_local import ClusterState, cluster_processes
+    from orchestrator.submit.local_cluster import ClusterState, cluster_processes
 
     home = tmp_path / "home"
     r = orch("cluster", "local", "up", "--name", "secrets-test", "--num-cpus", "2", "--port", "0", "--dashboard-port", "0", "--json",

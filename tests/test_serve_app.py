@@ -16,10 +16,11 @@ with warnings.catch_warnings():  # starlette's TestClient warns that it prefers 
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
-from orchestrator import serve_cli
+from orchestrator.cli import serve as serve_cli
+from orchestrator.data.preprocess import Preprocessor
 from orchestrator.errors import OrchestratorError
-from orchestrator.preprocess import Preprocessor
-from orchestrator.serve_app import ModelRunner, make_api, record_model, token_digest
+from orchestrator.serve import client as serve_client
+from orchestrator.serve.app import ModelRunner, make_api, record_model, token_digest
 from tests.serve_support import feature_records, free_port, make_checkpoint, make_run_dir, offline_predictions
 
 TOKEN = "test-token-123"
@@ -178,7 +179,8 @@ def test_image_and_integer_category_schemas():
 
 
 def test_app_builder_args(checkpoint):
-    from orchestrator.serve import ServeArgs, app_builder, serve_args
+    from orchestrator.serve.deployment import ServeArgs, app_builder
+    from orchestrator.serve.plan import serve_args
     from orchestrator.spec import ServeSpec
 
     with pytest.raises(ValueError, match="max_batch_size"):
@@ -194,7 +196,8 @@ def test_app_builder_args(checkpoint):
 def test_app_builder_accepts_the_rayservice_args(checkpoint):
     """The KubeRay manifest renders its args for this builder: they must be accepted as they are."""
     from orchestrator.k8s.render import SERVE_DEPLOYMENT, serve_config
-    from orchestrator.serve import DEPLOYMENT, app_builder
+    from orchestrator.serve.deployment import app_builder
+    from orchestrator.serve.plan import DEPLOYMENT
     from orchestrator.spec import parse_spec
 
     spec = parse_spec({"name": "bc", "data": {"source": "x.parquet", "label": "label"}, "serve": {"auth_token_env": "SERVE_TOKEN"}})
@@ -208,22 +211,22 @@ def test_app_builder_accepts_the_rayservice_args(checkpoint):
 
 def test_resolve_target(tmp_path, checkpoint):
     ok = make_run_dir(tmp_path / "a", checkpoint[0], serve={"port": 9123, "max_batch_size": 8})
-    t = serve_cli.resolve_target(ok)
+    t = serve_client.resolve_target(ok)
     assert t.checkpoint == ok / "best_checkpoint" and t.serve.port == 9123 and t.serve.max_batch_size == 8
-    assert serve_cli.resolve_target(ok / "best_checkpoint", port=9200, host="0.0.0.0").serve.port == 9200
+    assert serve_client.resolve_target(ok / "best_checkpoint", port=9200, host="0.0.0.0").serve.port == 9200
     bad = make_run_dir(tmp_path / "b", checkpoint[0], promoted=False)
     with pytest.raises(OrchestratorError, match="not promoted.*--force"):
-        serve_cli.resolve_target(bad)
+        serve_client.resolve_target(bad)
     with pytest.raises(OrchestratorError, match="not promoted"):
-        serve_cli.resolve_target(bad / "best_checkpoint")
-    assert serve_cli.resolve_target(bad, force=True).serve.port == 8000
-    assert serve_cli.resolve_target(checkpoint[0]).run_dir is None
+        serve_client.resolve_target(bad / "best_checkpoint")
+    assert serve_client.resolve_target(bad, force=True).serve.port == 8000
+    assert serve_client.resolve_target(checkpoint[0]).run_dir is None
     with pytest.raises(OrchestratorError, match="no such"):
-        serve_cli.resolve_target(tmp_path / "missing")
+        serve_client.resolve_target(tmp_path / "missing")
     with pytest.raises(OrchestratorError, match="neither"):
-        serve_cli.resolve_target(tmp_path)
+        serve_client.resolve_target(tmp_path)
     with pytest.raises(OrchestratorError, match="--port"):
-        serve_cli.resolve_target(ok, port=70000)
+        serve_client.resolve_target(ok, port=70000)
 
 
 def test_serve_after_run_refuses_unpromoted(tmp_path, checkpoint):
@@ -240,7 +243,7 @@ def test_serve_after_run_refuses_unpromoted(tmp_path, checkpoint):
 
 def test_curl_example_is_valid_shell(records):
     rec = {**records[0], "site": "it's"}
-    cmd = serve_cli.curl_example("http://127.0.0.1:8000", rec, "SERVE_TOKEN")
+    cmd = serve_client.curl_example("http://127.0.0.1:8000", rec, "SERVE_TOKEN")
     argv = shlex.split(cmd)
     assert argv[:3] == ["curl", "-s", "http://127.0.0.1:8000/predict"]
     assert json.loads(argv[argv.index("-d") + 1]) == rec
@@ -248,7 +251,7 @@ def test_curl_example_is_valid_shell(records):
 
 
 def test_test_row_comes_from_the_test_split(tmp_path):
-    from orchestrator.preprocess import assign_splits
+    from orchestrator.data.preprocess import assign_splits
     from orchestrator.spec import parse_spec
     from tests.serve_support import breast_cancer_frame
 
@@ -256,7 +259,7 @@ def test_test_row_comes_from_the_test_split(tmp_path):
     df.to_parquet(tmp_path / "bc.parquet", index=False)
     spec = parse_spec({"name": "bc", "data": {"source": "bc.parquet", "label": "label", "categorical": ["site"]}}, base_dir=tmp_path)
     cols = [c for c in df.columns if c != "label"]
-    row = serve_cli.test_row(spec, cols)
+    row = serve_client.test_row(spec, cols)
     assert row is not None and list(row) == cols
     codes = assign_splits(df, 0, (0.7, 0.15, 0.15))
     assert row["mean_radius"] == df[codes == 2].iloc[0]["mean_radius"]
@@ -274,7 +277,7 @@ def test_read_records(tmp_path, checkpoint, suffix):
         rows.to_json(path, orient="records", lines=True)
     else:
         rows.to_parquet(path)
-    df = serve_cli.read_records(path)
+    df = serve_client.read_records(path)
     assert len(df) == 3 and list(df["mean_radius"]) == list(rows["mean_radius"])
 
 
@@ -365,7 +368,7 @@ def test_deeply_nested_bodies_get_400_before_parsing(client, body):
 def test_brackets_inside_strings_do_not_count_and_the_depth_scan_is_linear():
     import time
 
-    from orchestrator.serve_app import json_depth
+    from orchestrator.serve.app import json_depth
 
     assert json_depth(b'{"records": [{"site": "[[[[{{\\"[[["}]}') == 3
     assert json_depth(b'[[["unterminated') == 3 and json_depth(b"") == 0
@@ -470,8 +473,8 @@ def corrupt_copy(src, dest, case: str):
 
 @pytest.mark.parametrize("case", list(CORRUPTIONS))
 def test_corrupt_checkpoint_is_refused_naming_the_file(checkpoint, tmp_path, case):
-    from orchestrator.checkpoint import CheckpointError
-    from orchestrator.serve import _validate_checkpoint
+    from orchestrator.errors import CheckpointError
+    from orchestrator.serve.deployment import _validate_checkpoint
 
     d, name = corrupt_copy(checkpoint[0], tmp_path / "ckpt", case)
     with pytest.raises(CheckpointError) as err:

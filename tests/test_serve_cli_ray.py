@@ -21,8 +21,8 @@ from tests.serve_support import feature_records, free_port, make_checkpoint, mak
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-# cli.py wires the commands in with serve_cli.register(app); a fresh app keeps this test independent of it
-CLI = "import sys, typer; from orchestrator import serve_cli; app = typer.Typer(); serve_cli.register(app); app()"
+# cli/main.py wires the commands in with serve.register(app); a fresh app keeps this test independent of it
+CLI = "import sys, typer; from orchestrator.cli import serve; app = typer.Typer(); serve.register(app); app()"
 
 
 @contextmanager

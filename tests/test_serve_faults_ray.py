@@ -44,8 +44,8 @@ def test_a_failed_deployment_is_named_and_removed(ray_session, checkpoint, tmp_p
     the replica's own error is reported and no failed application is left running."""
     from ray import serve
 
-    from orchestrator import serve as serving
     from orchestrator.errors import OrchestratorError
+    from orchestrator.serve import deployment as serving
     from orchestrator.spec import ServeSpec
 
     d, _ = corrupt_copy(checkpoint, tmp_path / "ckpt", "truncated state.pt")

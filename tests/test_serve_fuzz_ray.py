@@ -14,14 +14,14 @@ from tests.serve_support import feature_records, free_port, make_checkpoint
 
 pytestmark = pytest.mark.ray
 
-MAX_RECORDS = 1024  # the deployment's default limit (serve_app.DEFAULT_MAX_RECORDS)
+MAX_RECORDS = 1024  # the deployment's default limit (serve/app.py DEFAULT_MAX_RECORDS)
 
 
 @pytest.fixture(scope="module")
 def server(ray_session, tmp_path_factory):
     from ray import serve
 
-    from orchestrator.serve import deploy
+    from orchestrator.serve.deployment import deploy
 
     ckpt, test = make_checkpoint(tmp_path_factory.mktemp("fuzz") / "ckpt")
     url = deploy(ckpt, ServeSpec(port=free_port(), cpus_per_replica=0.25), name="serve-fuzz")

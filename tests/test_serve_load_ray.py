@@ -79,7 +79,7 @@ def _errors(outcomes: Counter) -> int:
 def test_ten_thousand_requests_at_concurrency_64_without_an_error(ray_session, model, record_property):
     from ray import serve
 
-    from orchestrator.serve import deploy
+    from orchestrator.serve.deployment import deploy
 
     ckpt, test = model
     url = deploy(ckpt, ServeSpec(port=free_port(), cpus_per_replica=0.25), name="serve-load")
@@ -118,7 +118,7 @@ def test_one_of_two_replicas_killed_under_load(ray_session, model, record_proper
     brings the deployment back to two replicas."""
     from ray import serve
 
-    from orchestrator.serve import deploy
+    from orchestrator.serve.deployment import deploy
     from orchestrator.spec import Autoscaling
 
     ckpt, test = model

@@ -11,7 +11,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from orchestrator import serve_cli
+from orchestrator.cli import serve as serve_cli
 from orchestrator.spec import ServeSpec
 from tests.serve_support import feature_records, free_port, make_checkpoint, offline_predictions
 from tests.waiting import wait_for
@@ -41,7 +41,7 @@ def spec():
 def server(ray_session, models, spec):
     from ray import serve
 
-    from orchestrator.serve import deploy
+    from orchestrator.serve.deployment import deploy
 
     os.environ[TOKEN_ENV] = TOKEN
     url = deploy(models["a"], spec, name=APP, version="v1")
@@ -102,7 +102,7 @@ def test_auth(server, records):
 
 
 def test_prometheus_metrics_exposed(server, records):
-    from orchestrator.serve import metrics_url
+    from orchestrator.serve.deployment import metrics_url
 
     httpx.post(f"{server}/predict", json={"records": records[:5]}, headers=AUTH)
     httpx.post(f"{server}/predict", json=records[0])  # 401
@@ -121,7 +121,7 @@ def test_prometheus_metrics_exposed(server, records):
 
 def test_backpressure_answers_503(ray_session, server, models, spec):
     """One request in flight and one queued per proxy: the rest are refused at once with 503."""
-    from orchestrator.serve import deploy
+    from orchestrator.serve.deployment import deploy
 
     tight = spec.model_copy(update={"route_prefix": "/tight", "auth_token_env": None, "max_ongoing_requests": 1,
                                     "max_queued_requests": 1, "max_batch_size": 64, "batch_wait_timeout_s": 1.5})
@@ -151,7 +151,7 @@ def test_predict_command_against_the_server(server, models, tmp_path, monkeypatc
 
 def test_redeploy_under_steady_traffic_loses_no_request(server, models, spec, records):
     """Rolling over to another checkpoint while requests flow: every request answered 200."""
-    from orchestrator.serve import deploy
+    from orchestrator.serve.deployment import deploy
 
     results: list[tuple] = []
     stop = threading.Event()

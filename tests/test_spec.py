@@ -366,7 +366,7 @@ def test_metrics_that_contradict_each_other_when_the_data_decides_the_task():
 def test_metric_of_the_other_task_is_refused_where_the_data_decides_it():
     import pyarrow as pa
 
-    from orchestrator.data import check_columns
+    from orchestrator.data.ingest import check_columns
     from orchestrator.errors import DataError
 
     d = _with("data.prepare", None)

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator import submit as sb
 from orchestrator.errors import DataError, OrchestratorError
+from orchestrator.submit import client as sbc
+from orchestrator.submit import plan as sb
 from tests.conftest import JOBS, spec_dict
 from tests.jobs_support import free_port, invoker, orch, small_digits_spec
 
@@ -77,25 +78,25 @@ def test_address_from_environment_or_refused(monkeypatch):
 
 
 def test_token_sources_in_order(monkeypatch, tmp_path):
-    assert sb.find_token(LOCAL) == sb.Token(None, "none")
+    assert sbc.find_token(LOCAL) == sbc.Token(None, "none")
     ray_default = tmp_path / "user" / ".ray" / "auth_token"
     ray_default.parent.mkdir(parents=True)
     ray_default.write_text("from-home\n")
-    assert sb.find_token(LOCAL).value == "from-home"
+    assert sbc.find_token(LOCAL).value == "from-home"
     path = tmp_path / "tok"
     path.write_text("from-path\n")
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(path))
-    assert sb.find_token(LOCAL) == sb.Token("from-path", str(path))
+    assert sbc.find_token(LOCAL) == sbc.Token("from-path", str(path))
     monkeypatch.setenv("RAY_AUTH_TOKEN", "from-env")
-    assert sb.find_token(LOCAL) == sb.Token("from-env", "$RAY_AUTH_TOKEN")
+    assert sbc.find_token(LOCAL) == sbc.Token("from-env", "$RAY_AUTH_TOKEN")
     monkeypatch.setenv("MY_TOKEN", "from-option")
-    assert sb.find_token(LOCAL, "MY_TOKEN") == sb.Token("from-option", "$MY_TOKEN")
+    assert sbc.find_token(LOCAL, "MY_TOKEN") == sbc.Token("from-option", "$MY_TOKEN")
     with pytest.raises(OrchestratorError, match="--token-env NOPE: the environment variable NOPE is not set"):
-        sb.find_token(LOCAL, "NOPE")
+        sbc.find_token(LOCAL, "NOPE")
 
 
 def test_local_cluster_token_comes_before_the_users_default(tmp_path):
-    from orchestrator import cluster_local as cl
+    from orchestrator.submit import local_cluster as cl
 
     ray_default = tmp_path / "user" / ".ray" / "auth_token"
     ray_default.parent.mkdir(parents=True)
@@ -103,18 +104,18 @@ def test_local_cluster_token_comes_before_the_users_default(tmp_path):
     token_file = cl.ensure_token(cl.state_dir("mine"))
     cl.ClusterState(name="mine", state_dir=str(cl.state_dir("mine")), temp_dir="/tmp/x", marker="m", dashboard_url="http://127.0.0.1:8399",
                     gcs_address="", token_file=str(token_file), num_cpus=1, storage=None, ports={"dashboard": 8399}).save()
-    assert sb.find_token("http://127.0.0.1:8399") == sb.Token(token_file.read_text().strip(), str(token_file))
-    assert sb.find_token("http://127.0.0.1:8400").value == "someone-elses"
+    assert sbc.find_token("http://127.0.0.1:8399") == sbc.Token(token_file.read_text().strip(), str(token_file))
+    assert sbc.find_token("http://127.0.0.1:8400").value == "someone-elses"
 
 
 def test_plain_http_to_another_machine_needs_a_token_or_insecure():
     with pytest.raises(OrchestratorError, match="refusing to send a job to http://10.1.2.3:8265 without a token over plain http"):
-        sb.check_transport(REMOTE, sb.Token(None, "none"), insecure=False)
-    assert "--insecure" in sb.check_transport(REMOTE, sb.Token(None, "none"), insecure=True)[0]
-    assert "unencrypted" in sb.check_transport(REMOTE, sb.Token("t", "x"), insecure=False)[0]
-    assert sb.check_transport(LOCAL, sb.Token(None, "none"), insecure=False) == []
-    assert sb.check_transport("http://[::1]:8265", sb.Token(None, "none"), insecure=False) == []
-    assert sb.check_transport("https://ray.example.com", sb.Token(None, "none"), insecure=False) == []
+        sbc.check_transport(REMOTE, sbc.Token(None, "none"), insecure=False)
+    assert "--insecure" in sbc.check_transport(REMOTE, sbc.Token(None, "none"), insecure=True)[0]
+    assert "unencrypted" in sbc.check_transport(REMOTE, sbc.Token("t", "x"), insecure=False)[0]
+    assert sbc.check_transport(LOCAL, sbc.Token(None, "none"), insecure=False) == []
+    assert sbc.check_transport("http://[::1]:8265", sbc.Token(None, "none"), insecure=False) == []
+    assert sbc.check_transport("https://ray.example.com", sbc.Token(None, "none"), insecure=False) == []
 
 
 # ------------------------------------------------------------------------------ what travels
@@ -215,11 +216,11 @@ def test_entrypoint_quotes_paths(tmp_path):
 
 
 def test_exit_codes_and_run_dir_from_logs():
-    view = lambda status, code=None: sb.JobView("id", status, "", "", None, None, {}, code)  # noqa: E731
-    assert [sb.exit_code(view(s, c)) for s, c in [("SUCCEEDED", 0), ("FAILED", 3), ("FAILED", 2), ("FAILED", None), ("STOPPED", None)]] == [0, 3, 2, 1, 1]
+    view = lambda status, code=None: sbc.JobView("id", status, "", "", None, None, {}, code)  # noqa: E731
+    assert [sbc.exit_code(view(s, c)) for s, c in [("SUCCEEDED", 0), ("FAILED", 3), ("FAILED", 2), ("FAILED", None), ("STOPPED", None)]] == [0, 3, 2, 1, 1]
     logs = "Running entrypoint...\nrun /data/runs/x-20260101-000000\ncluster: 2 CPUs\n"
-    assert sb.run_dir_from_logs(logs) == "/data/runs/x-20260101-000000"
-    assert sb.run_dir_from_logs("nothing yet") is None
+    assert sbc.run_dir_from_logs(logs) == "/data/runs/x-20260101-000000"
+    assert sbc.run_dir_from_logs("nothing yet") is None
 
 
 # ------------------------------------------------------------------------------------- CLI

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cluster_local import ClusterState, cluster_processes, list_processes
+from orchestrator.submit.local_cluster import ClusterState, cluster_processes, list_processes
 from tests.jobs_support import orch, small_digits_spec
 
 pytestmark = pytest.mark.ray

@@ -12,14 +12,14 @@ import cloudpickle
 import pytest
 import yaml
 
-import orchestrator.planning
-from orchestrator.checkpoint import load_model
-from orchestrator.data import prepare_data
+import orchestrator.train.plan
+from orchestrator.data.ingest import prepare_data
 from orchestrator.errors import ResourceError
-from orchestrator.planning import plan_workers
 from orchestrator.runtime import cluster_resources
 from orchestrator.spec import parse_spec
-from orchestrator.train import build_trainer, run_training
+from orchestrator.train.checkpoint import load_model
+from orchestrator.train.driver import build_trainer, run_training
+from orchestrator.train.plan import plan_workers
 from tests.conftest import JOBS, ROOT, run_cli, spec_dict
 
 pytestmark = pytest.mark.ray

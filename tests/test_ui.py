@@ -7,10 +7,10 @@ import io
 import pytest
 import typer
 
-from orchestrator import clitools
-from orchestrator.clitools import friendly, make_console
+from orchestrator.cli import common as clitools
+from orchestrator.cli.common import friendly, make_console
 from orchestrator.errors import OrchestratorError
-from orchestrator.tune import TrialRecord
+from orchestrator.tune.plan import TrialRecord
 from orchestrator.ui import EpochProgress, TrialTable, metrics_table
 
 # What gloo says when a peer dies, plus tags rich would apply or choke on, and an emoji code.
@@ -92,7 +92,7 @@ def test_metrics_table_prints_keys_and_values_verbatim():
 
 
 def test_every_cli_console_ignores_markup():
-    from orchestrator import serve_cli
+    from orchestrator.cli import serve as serve_cli
 
     for c in (clitools.console, clitools.err_console, serve_cli.console, serve_cli.err_console):
         with c.capture() as cap:

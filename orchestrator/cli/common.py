@@ -1,4 +1,5 @@
-"""Shared by every CLI module: user errors become one clear line and an exit code, never a traceback."""
+"""Shared by every CLI module: the consoles, and `friendly`: user errors become one clear line and an
+exit code, never a traceback."""
 
 from __future__ import annotations
 
@@ -6,17 +7,10 @@ import functools
 from typing import Callable
 
 import typer
-from rich.console import Console
 from rich.text import Text
 
 from orchestrator.errors import OrchestratorError
-
-
-def make_console(**kwargs) -> Console:
-    """Every console of the CLI. What it prints comes from outside too (worker errors, paths, user
-    data; gloo's errors contain `[/...]`), so no string is ever read as rich markup or `:emoji:`
-    codes: styles go in through `style=` or `rich.text.Text`."""
-    return Console(markup=False, emoji=False, **kwargs)
+from orchestrator.ui import make_console  # noqa: F401  (the CLI's consoles are made there, for pipeline too)
 
 
 console = make_console()

@@ -1,5 +1,5 @@
-"""CLI for Ray clusters and jobs: `orchestrator submit`, `orchestrator jobs list|status|logs|stop`
-and `orchestrator cluster local up|down|status`. Wired into the main app by `register`."""
+"""`orchestrator submit` (to a Ray cluster's Jobs API, or with --k8s as a KubeRay RayJob) and
+`orchestrator jobs list|status|logs|stop`. Wired into the main app by `register`."""
 
 from __future__ import annotations
 
@@ -10,22 +10,20 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.text import Text
 
-from orchestrator.clitools import console, err_console, friendly
+from orchestrator.cli.common import err_console, friendly
+from orchestrator.cli.k8s import _opt_context, _opt_gpu_image, _opt_image, _opt_kubeconfig, _opt_namespace, _opt_storage_pvc
 from orchestrator.errors import OrchestratorError
 
 jobs_app = typer.Typer(help="Jobs on a Ray cluster, through its Jobs API: list, status, logs, stop.", no_args_is_help=True)
-local_app = typer.Typer(help="A local Ray cluster (`ray start --head` on 127.0.0.1, token authentication on).", no_args_is_help=True)
 
 
-def register(app: typer.Typer, cluster_app: typer.Typer) -> None:
-    """Add `submit`, `jobs` and `cluster local` to the main app (once)."""
+def register(app: typer.Typer) -> None:
+    """Add `submit` and `jobs` to the main app (once)."""
     if any(c.name == "submit" for c in app.registered_commands):
         return
     app.command("submit")(submit)
     app.add_typer(jobs_app, name="jobs")
-    cluster_app.add_typer(local_app, name="local")
 
 
 # ----------------------------------------------------------------------------------- options
@@ -52,7 +50,7 @@ def _info(line: str) -> None:
 
 
 def _client(address: Optional[str], token_env: Optional[str], insecure: bool):
-    from orchestrator.submit import JobsClient
+    from orchestrator.submit.client import JobsClient
 
     return JobsClient(address, token_env=token_env, insecure=insecure, warn=lambda m: _info(f"warning: {m}"))
 
@@ -64,7 +62,7 @@ def _out(text: str) -> None:
 
 def _finish(client, view) -> None:
     """The final lines after following a job, and its exit code."""
-    from orchestrator.submit import exit_code, run_dir_from_logs
+    from orchestrator.submit.client import exit_code, run_dir_from_logs
 
     run_dir = run_dir_from_logs(client.logs(view.submission_id)) if view.output_dir else None
     _info(f"job {view.submission_id}: {view.status}" + (f" (exit code {view.driver_exit_code})" if view.status == "FAILED" and view.driver_exit_code else ""))
@@ -90,12 +88,6 @@ def _follow(client, job_id: str) -> None:
 # ------------------------------------------------------------------------------------ submit
 
 
-def _k8s_opt(name: str):
-    from orchestrator.k8s import cli as k8s_cli
-
-    return getattr(k8s_cli, name)()
-
-
 @friendly
 def submit(
     spec_path: Path = typer.Argument(..., metavar="SPEC", help="Job spec YAML."),
@@ -109,12 +101,12 @@ def submit(
                                           "if absolute, else the local cluster's storage or, for a cluster on this machine, output.dir here."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be sent and contact nothing."),
     k8s: bool = typer.Option(False, "--k8s", help="Run it as a KubeRay RayJob on Kubernetes instead (docs/kubernetes.md)."),
-    namespace: Optional[str] = _k8s_opt("_opt_namespace"),
-    kubeconfig: Optional[str] = _k8s_opt("_opt_kubeconfig"),
-    context: Optional[str] = _k8s_opt("_opt_context"),
-    storage_pvc: Optional[str] = _k8s_opt("_opt_storage_pvc"),
-    image: Optional[str] = _k8s_opt("_opt_image"),
-    gpu_image: Optional[str] = _k8s_opt("_opt_gpu_image"),
+    namespace: Optional[str] = _opt_namespace(),
+    kubeconfig: Optional[str] = _opt_kubeconfig(),
+    context: Optional[str] = _opt_context(),
+    storage_pvc: Optional[str] = _opt_storage_pvc(),
+    image: Optional[str] = _opt_image(),
+    gpu_image: Optional[str] = _opt_gpu_image(),
 ) -> None:
     """Submit SPEC to a Ray cluster through its Jobs API; prints the submission id.
 
@@ -123,7 +115,7 @@ def submit(
     if k8s:
         if address or token_env or insecure or storage:
             raise OrchestratorError("--address, --token-env, --insecure and --storage apply to Ray Jobs API submission, not to --k8s")
-        from orchestrator.k8s.cli import submit_k8s
+        from orchestrator.cli.k8s import submit_k8s
 
         code = submit_k8s(str(spec_path), namespace=namespace, kubeconfig=kubeconfig, context=context, dry_run=dry_run,
                           follow=True if follow is None else follow, storage_pvc=storage_pvc, image=image, gpu_image=gpu_image)
@@ -132,7 +124,7 @@ def submit(
         return
     if kubeconfig or context:
         raise OrchestratorError("--kubeconfig and --context apply to --k8s only")
-    from orchestrator.submit import plan_submission, resolve_address
+    from orchestrator.submit.plan import plan_submission, resolve_address
 
     target = resolve_address(address)
     plan = plan_submission(spec_path, address=target, storage=storage)  # an invalid spec fails before any request
@@ -193,7 +185,7 @@ def jobs_status(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Status of one job (and its run directory once `orchestrator run` has created it)."""
-    from orchestrator.submit import run_dir_from_logs
+    from orchestrator.submit.client import run_dir_from_logs
 
     client = _client(address, token_env, insecure)
     view = client.job(job_id)
@@ -253,111 +245,3 @@ def jobs_stop(
     _out(f"{job_id}: {view.status}\n")
     if view.status not in ("STOPPED", "SUCCEEDED", "FAILED"):
         raise OrchestratorError(f"job {job_id} is still {view.status} 60 s after the stop request")
-
-
-# ------------------------------------------------------------------------------ cluster local
-
-
-def _cluster_name(name: Optional[str], config: Optional[Path]) -> str:
-    from orchestrator.cluster_local import load_config
-
-    return name or load_config(config).name
-
-
-_CONFIG_HELP = "Cluster config YAML (see cluster/local.yaml); flags override it."
-
-
-@local_app.command("up")
-@friendly
-def local_up(
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help=_CONFIG_HELP, show_default=False),
-    name: Optional[str] = typer.Option(None, "--name", help="Cluster name (default: the config's, else 'local').", show_default=False),
-    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="Logical CPUs of the head node.", show_default=False),
-    port: Optional[int] = typer.Option(None, "--port", help="GCS port (0: a free one).", show_default=False),
-    dashboard_port: Optional[int] = typer.Option(None, "--dashboard-port", help="Dashboard / Jobs API port on 127.0.0.1 (0: a free one).", show_default=False),
-    storage: Optional[str] = typer.Option(None, "--storage", help="Absolute folder for the run directories of jobs submitted here.", show_default=False),
-    as_json: bool = typer.Option(False, "--json", help="Print the cluster's state as JSON."),
-) -> None:
-    """Start a Ray head on this machine with token authentication on; print its addresses."""
-    from pydantic import ValidationError
-
-    from orchestrator import cluster_local as cl
-    from orchestrator.spec import format_validation_error
-
-    cfg = cl.load_config(config)
-    overrides = {k: v for k, v in dict(name=name, num_cpus=num_cpus, port=port, dashboard_port=dashboard_port, storage=storage).items() if v is not None}
-    try:
-        cfg = cl.LocalClusterConfig.model_validate({**cfg.model_dump(), **overrides})
-    except ValidationError as err:
-        raise OrchestratorError("invalid option: " + "; ".join(format_validation_error(err))) from None
-    with err_console.status(Text(f"starting local Ray cluster {cfg.name!r}")):  # a str status is read as markup
-        st = cl.up(cfg)
-    if as_json:
-        _out(json.dumps(st.__dict__, indent=2) + "\n")
-        return
-    console.print(
-        Text.assemble("local Ray cluster ", (st.name, "bold"), f" is up: {st.num_cpus} CPUs, Ray {st.ray_version}, token authentication on\n"),
-        f"  dashboard:  {st.dashboard_url}\n"
-        f"  Jobs API:   {st.dashboard_url}    orchestrator submit SPEC --address {st.dashboard_url}\n"
-        f"  GCS:        {st.gcs_address}    orchestrator run SPEC --address {st.gcs_address} (with RAY_AUTH_MODE=token, RAY_AUTH_TOKEN_PATH={st.token_file})\n"
-        f"  token:      {st.token_file}\n"
-        f"  stop it:    orchestrator cluster local down --name {st.name}",
-        highlight=False, soft_wrap=True, sep="",
-    )
-
-
-@local_app.command("down")
-@friendly
-def local_down(
-    name: Optional[str] = typer.Option(None, "--name", help="Cluster name (default: the config's, else 'local').", show_default=False),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help=_CONFIG_HELP, show_default=False),
-    grace_period: float = typer.Option(10.0, "--grace-period", help="Seconds the raylet and its workers get to exit before SIGKILL."),
-    keep_logs: bool = typer.Option(False, "--keep-logs", help="Keep Ray's temp dir (session logs)."),
-) -> None:
-    """Stop this cluster's processes only (never other Ray instances on the machine)."""
-    from orchestrator import cluster_local as cl
-
-    cluster = _cluster_name(name, config)
-    res = cl.down(cluster, grace_s=grace_period, keep_logs=keep_logs)
-    if res.found:
-        console.print(f"local Ray cluster {cluster!r} stopped ({res.found} processes" + (f", {res.killed} with SIGKILL)" if res.killed else ")"), highlight=False)
-    else:
-        console.print(f"local Ray cluster {cluster!r} was not running; state removed", highlight=False)
-
-
-@local_app.command("status")
-@friendly
-def local_status(
-    name: Optional[str] = typer.Option(None, "--name", help="Cluster name (default: the config's, else 'local').", show_default=False),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help=_CONFIG_HELP, show_default=False),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-) -> None:
-    """Is the cluster up? Its addresses, nodes, CPUs and jobs. Exit 1 when it is down."""
-    from orchestrator import cluster_local as cl
-
-    info = cl.status(_cluster_name(name, config))
-    if as_json:
-        _out(json.dumps(info, indent=2) + "\n")
-    elif info["up"]:
-        jobs = ", ".join(f"{v} {k.lower()}" for k, v in info["jobs"].items() if v) or "none"
-        console.print(
-            Text.assemble("local Ray cluster ", (info["name"], "bold"), ": ", ("up", "green"), f" ({info['processes']} processes, {info['nodes']} node(s), {info['cpus']:g} CPUs)\n"),
-            f"  dashboard / Jobs API: {info['dashboard_url']}\n  GCS: {info['gcs_address']}\n  token: {info['token_file']}\n  jobs: {jobs}",
-            highlight=False, soft_wrap=True, sep="",
-        )
-    else:
-        console.print(Text.assemble("local Ray cluster ", (info["name"], "bold"), ": ", ("down", "red"), f" ({info['reason']})"), highlight=False, soft_wrap=True)
-    if not info["up"]:
-        raise typer.Exit(1)
-
-
-def main() -> None:
-    """The whole `orchestrator` CLI with these commands, for `python -m orchestrator.jobs_cli`."""
-    from orchestrator.cli import app, cluster_app
-
-    register(app, cluster_app)
-    app()
-
-
-if __name__ == "__main__":
-    main()

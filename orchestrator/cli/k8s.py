@@ -1,10 +1,7 @@
-"""CLI pieces for Kubernetes: `orchestrator k8s render`, `orchestrator cluster k8s up|down|status|scale`
-and `submit_k8s` behind `orchestrator submit SPEC --k8s`.
+"""`orchestrator k8s render`, `submit_k8s` behind `orchestrator submit SPEC --k8s`, and the
+Kubernetes options shared with `orchestrator cluster k8s` (cli/cluster.py).
 
-Every command that would change a cluster has `--dry-run`, which prints the exact objects (or
-patch) as multi-document YAML and contacts nothing (`scale --dry-run` reads the RayCluster to find
-its worker group, and changes nothing). User errors are one message on stderr and a non-zero exit
-code, never a traceback.
+User errors are one message on stderr and a non-zero exit code, never a traceback.
 """
 
 from __future__ import annotations
@@ -19,13 +16,12 @@ from typing import Optional
 
 import typer
 
-from orchestrator.clitools import friendly
+from orchestrator.cli.common import friendly
 from orchestrator.errors import OrchestratorError
 
 ENV_IMAGE = "ORCHESTRATOR_K8S_IMAGE"
 ENV_GPU_IMAGE = "ORCHESTRATOR_K8S_GPU_IMAGE"
 ENV_STORAGE_PVC = "ORCHESTRATOR_K8S_STORAGE_PVC"
-DEFAULT_CLUSTER_NAME = "orchestrator"
 
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
@@ -44,23 +40,11 @@ k8s_app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-cluster_k8s_app = typer.Typer(
-    name="k8s",
-    help="Create, inspect, scale and delete a KubeRay RayCluster (kubeconfig or in-cluster credentials).",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
 
 
 @k8s_app.callback()
 def _k8s_group() -> None:
     """Kubernetes manifests (KubeRay RayCluster, RayJob, RayService) rendered from a job spec."""
-
-
-@cluster_k8s_app.callback()
-def _cluster_group() -> None:
-    """Create, inspect, scale and delete a KubeRay RayCluster."""
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -121,14 +105,6 @@ def ownership_note(objects: list[dict]) -> str:
     return (
         f"# After creating {main['kind']}/{main['metadata']['name']}, its uid is added to the ownerReferences of "
         f"{names}, so deleting it deletes them.\n"
-    )
-
-
-def _targets_yaml(targets: list[tuple[str, str, str, str]]) -> str:
-    from orchestrator.k8s.render import to_yaml
-
-    return to_yaml(
-        [{"apiVersion": api, "kind": kind, "metadata": {"name": name, "namespace": ns}} for api, kind, name, ns in targets]
     )
 
 
@@ -268,214 +244,6 @@ def _rayjob_line(name: str, status: dict) -> str:
     return line
 
 
-# ------------------------------------------------------------------------------- cluster up
-
-
-@cluster_k8s_app.command()
-@friendly
-def up(
-    spec_path: Optional[Path] = typer.Argument(
-        None, metavar="SPEC", help="Size the cluster for this job spec's scaling section (default: 2 CPU workers)."
-    ),
-    name: Optional[str] = typer.Option(None, "--name", help=f"RayCluster name (default: the spec's name, else {DEFAULT_CLUSTER_NAME!r})."),
-    namespace: str = _opt_namespace(),
-    kubeconfig: Optional[str] = _opt_kubeconfig(),
-    context: Optional[str] = _opt_context(),
-    storage_pvc: Optional[str] = _opt_storage_pvc(),
-    image: Optional[str] = _opt_image(),
-    gpu_image: Optional[str] = _opt_gpu_image(),
-    dry_run: bool = _opt_dry_run(),
-) -> None:
-    """Create an autoscaling RayCluster (and its NetworkPolicy)."""
-    from orchestrator.k8s.render import concurrent_trials, render_raycluster
-    from orchestrator.spec import ScalingSpec, load_spec
-
-    if spec_path is not None:
-        spec = load_spec(spec_path)
-        base, scaling, trials = spec.name, spec.scaling, concurrent_trials(spec)
-    else:
-        base, scaling, trials = DEFAULT_CLUSTER_NAME, ScalingSpec(), 1
-    opts = render_options(namespace=namespace, storage_pvc=storage_pvc, image=image, gpu_image=gpu_image, name=name)
-    rendered = render_raycluster(base, scaling, opts, trials=trials)
-    _warn(rendered.warnings)
-    cluster = rendered.main
-    cname = cluster["metadata"]["name"]
-    if dry_run:
-        _out(rendered.yaml() + ownership_note(rendered.objects))
-        return
-
-    from orchestrator.k8s import client as kc
-
-    conn = kc.connect(kubeconfig, context)
-    try:
-        existing = kc.get(conn, "RayCluster", namespace, cname)
-    except kc.NotFound:
-        existing = None
-    if existing is not None:
-        state = (existing.get("status") or {}).get("state") or "pending"
-        raise kc.K8sError(
-            f"RayCluster {cname} already exists in namespace {namespace} (state: {state}); "
-            f"see `orchestrator cluster k8s status {cname}`, or `scale` / `down` it"
-        )
-    kc.apply_new(conn, rendered.objects)
-    group = cluster["spec"]["workerGroupSpecs"][0]
-    res = group["template"]["spec"]["containers"][0]["resources"]["limits"]
-    typer.echo(
-        f"created RayCluster {cname} in namespace {namespace}: group {group['groupName']} "
-        f"{group['minReplicas']}-{group['maxReplicas']} pods x {', '.join(f'{v} {k}' for k, v in res.items())}"
-    )
-    for line in _hints(cname, namespace):
-        typer.echo(line)
-
-
-def _hints(cname: str, namespace: str) -> list[str]:
-    return [
-        f"  status:    orchestrator cluster k8s status {cname} -n {namespace}",
-        f"  dashboard: kubectl -n {namespace} port-forward svc/{cname}-head-svc 8265:8265",
-        f"  token:     kubectl -n {namespace} get secret {cname} -o jsonpath='{{.data.auth_token}}' | base64 -d",
-    ]
-
-
-# ----------------------------------------------------------------------------- cluster down
-
-
-@cluster_k8s_app.command()
-@friendly
-def down(
-    name: str = typer.Argument(DEFAULT_CLUSTER_NAME, help="RayCluster name."),
-    namespace: str = _opt_namespace(),
-    kubeconfig: Optional[str] = _opt_kubeconfig(),
-    context: Optional[str] = _opt_context(),
-    dry_run: bool = _opt_dry_run("Print the objects that would be deleted, as YAML, and contact nothing."),
-) -> None:
-    """Delete a RayCluster and its NetworkPolicy."""
-    from orchestrator.k8s.render import RAY_API_VERSION
-
-    _check_namespace(namespace)
-    targets = [
-        (RAY_API_VERSION, "RayCluster", name, namespace),
-        ("networking.k8s.io/v1", "NetworkPolicy", f"{name}-ray-ingress", namespace),
-    ]
-    if dry_run:
-        _out("# would delete:\n" + _targets_yaml(targets))
-        return
-
-    from orchestrator.k8s import client as kc
-
-    conn = kc.connect(kubeconfig, context)
-    deleted = [f"{kind} {obj_name}" for _, kind, obj_name, ns in targets if kc.delete(conn, kind, ns, obj_name)]
-    if not deleted:
-        typer.echo(f"nothing to delete: no RayCluster {name} in namespace {namespace}")
-        return
-    typer.echo(f"deleted {', '.join(deleted)} in namespace {namespace}")
-
-
-# --------------------------------------------------------------------------- cluster status
-
-
-@cluster_k8s_app.command()
-@friendly
-def status(
-    name: Optional[str] = typer.Argument(None, help="RayCluster name (default: list the namespace's RayClusters)."),
-    namespace: str = _opt_namespace(),
-    kubeconfig: Optional[str] = _opt_kubeconfig(),
-    context: Optional[str] = _opt_context(),
-    dry_run: bool = _opt_dry_run("Print the API request that would be made and contact nothing."),
-) -> None:
-    """Show a RayCluster's state, workers and resources, or list the RayClusters of a namespace."""
-    from orchestrator.k8s import client as kc
-
-    _check_namespace(namespace)
-    path = f"/apis/{kc.RAY_GROUP}/{kc.RAY_API_VERSION}/namespaces/{namespace}/rayclusters" + (f"/{name}" if name else "")
-    if dry_run:
-        typer.echo(f"GET {path}")
-        return
-    conn = kc.connect(kubeconfig, context)
-    if name is None:
-        items = kc.list_objects(conn, "RayCluster", namespace)
-        if not items:
-            typer.echo(f"no RayClusters in namespace {namespace}")
-            return
-        rows = [("NAME", "STATE", "WORKERS (ready/desired)", "CPU", "GPU", "MEMORY")]
-        for obj in items:
-            st = obj.get("status") or {}
-            rows.append(
-                (
-                    obj["metadata"]["name"],
-                    st.get("state") or "pending",
-                    f"{st.get('readyWorkerReplicas', 0)}/{st.get('desiredWorkerReplicas', 0)}",
-                    str(st.get("desiredCPU", "0")),
-                    str(st.get("desiredGPU", "0")),
-                    str(st.get("desiredMemory", "0")),
-                )
-            )
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        for r in rows:
-            typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-        return
-    try:
-        obj = kc.get(conn, "RayCluster", namespace, name)
-    except kc.NotFound:
-        raise kc.K8sError(f"no RayCluster {name} in namespace {namespace}") from None
-    for line in cluster_summary(obj) + _hints(name, namespace)[1:]:
-        typer.echo(line)
-
-
-def cluster_summary(obj: dict) -> list[str]:
-    meta, spec, st = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
-    state = st.get("state") or "pending"
-    if st.get("reason"):
-        state += f" ({' '.join(str(st['reason']).split())})"
-    head = st.get("head") or {}
-    lines = [
-        f"RayCluster {meta['name']} (namespace {meta.get('namespace', '?')}): {state}",
-        f"  head: pod {head.get('podName') or '-'} ({head.get('podIP') or '-'}), "
-        f"service {head.get('serviceName') or meta['name'] + '-head-svc'} ({head.get('serviceIP') or '-'})",
-        f"  workers: {st.get('readyWorkerReplicas', 0)} ready, {st.get('availableWorkerReplicas', 0)} available, "
-        f"{st.get('desiredWorkerReplicas', 0)} desired",
-        f"  resources: {st.get('desiredCPU', '0')} CPU, {st.get('desiredGPU', '0')} GPU, {st.get('desiredMemory', '0')} memory",
-    ]
-    for g in spec.get("workerGroupSpecs") or []:
-        lines.append(
-            f"  group {g.get('groupName')}: replicas {g.get('replicas', 0)} (min {g.get('minReplicas', 0)}, max {g.get('maxReplicas', '-')})"
-        )
-    auth = (spec.get("authOptions") or {}).get("mode", "disabled")
-    lines.append(f"  autoscaling: {'on' if spec.get('enableInTreeAutoscaling') else 'off'}; Ray auth: {auth}")
-    return lines
-
-
-# ---------------------------------------------------------------------------- cluster scale
-
-
-@cluster_k8s_app.command()
-@friendly
-def scale(
-    name: str = typer.Argument(DEFAULT_CLUSTER_NAME, help="RayCluster name."),
-    workers: int = typer.Option(..., "--workers", "-w", min=0, help="Worker pods wanted in the group."),
-    group: Optional[str] = typer.Option(None, "--group", help="Worker group (default: the only one)."),
-    min_workers: Optional[int] = typer.Option(None, "--min", min=0, help="New minReplicas (default: lowered to --workers if needed)."),
-    max_workers: Optional[int] = typer.Option(None, "--max", min=0, help="New maxReplicas (default: raised to --workers if needed)."),
-    namespace: str = _opt_namespace(),
-    kubeconfig: Optional[str] = _opt_kubeconfig(),
-    context: Optional[str] = _opt_context(),
-    dry_run: bool = _opt_dry_run("Read the RayCluster, print the JSON patch that would be sent, change nothing."),
-) -> None:
-    """Set a worker group's replicas (with autoscaling on, the autoscaler keeps adjusting between its min and max)."""
-    from orchestrator.k8s import client as kc
-    from orchestrator.k8s.render import scale_patch, to_yaml
-
-    _check_namespace(namespace)
-    conn = kc.connect(kubeconfig, context)
-    try:
-        obj = kc.get(conn, "RayCluster", namespace, name)
-    except kc.NotFound:
-        raise kc.K8sError(f"no RayCluster {name} in namespace {namespace}") from None
-    ops = scale_patch(obj, workers, group=group, min_replicas=min_workers, max_replicas=max_workers)
-    if dry_run:
-        _out(f"# JSON patch (application/json-patch+json) for RayCluster {name} in namespace {namespace}:\n" + to_yaml([ops]))
-        return
-    kc.patch(conn, "RayCluster", namespace, name, ops, json_patch=True)
-    group_name, lo, hi = ops[0]["value"], ops[1]["value"], ops[2]["value"]
-    typer.echo(f"scaled RayCluster {name} group {group_name} to {workers} workers (min {lo}, max {hi})")
-    if obj.get("spec", {}).get("enableInTreeAutoscaling") and lo < workers:
-        typer.echo(f"  note: autoscaling is on; idle workers above --min {lo} are removed again")
+def register(app: typer.Typer) -> None:
+    """Add `k8s` (render) to the main app."""
+    app.add_typer(k8s_app, name="k8s")

@@ -1,4 +1,4 @@
-"""`orchestrator` command line. Options live in the job spec; flags are for where and how to run."""
+"""`orchestrator validate|schema|train|run|resume`. Options live in the job spec; flags are for where and how to run."""
 
 from __future__ import annotations
 
@@ -9,21 +9,13 @@ from typing import Optional
 
 import typer
 
-
-app = typer.Typer(
-    name="orchestrator",
-    help="Distributed training, hyperparameter search and serving on Ray, from one job spec.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-from orchestrator.clitools import console, err_console, friendly  # noqa: E402
+from orchestrator.cli.common import console, err_console, friendly
+from orchestrator.errors import NOT_PROMOTED_EXIT
 
 
 # ------------------------------------------------------------------------------------ validate
 
 
-@app.command()
 @friendly
 def validate(specs: list[Path] = typer.Argument(..., help="Job spec YAML files.", show_default=False)) -> None:
     """Check job specs; print every problem with its field path. Exit 2 if any spec is invalid."""
@@ -47,7 +39,6 @@ def validate(specs: list[Path] = typer.Argument(..., help="Job spec YAML files."
         raise typer.Exit(2)
 
 
-@app.command()
 def schema() -> None:
     """Print the JSON Schema of job specs (for editors and CI)."""
     from orchestrator.spec import json_schema
@@ -62,7 +53,6 @@ ADDRESS = typer.Option(None, "--address", help="Ray cluster to join (default: RA
 OUTPUT = typer.Option(None, "--output", "-o", help="Parent folder of the run directory (default: the spec's output.dir).")
 VERBOSE = typer.Option(False, "--verbose", "-v", help="Show Ray's own logs.")
 SPEC = typer.Argument(..., metavar="SPEC", help="Job spec YAML.")
-NOT_PROMOTED_EXIT = 3
 
 
 def _exit_for(result) -> None:
@@ -73,7 +63,6 @@ def _exit_for(result) -> None:
         raise typer.Exit(NOT_PROMOTED_EXIT)
 
 
-@app.command()
 @friendly
 def train(spec_path: Path = SPEC, output: Optional[Path] = OUTPUT, address: Optional[str] = ADDRESS, verbose: bool = VERBOSE) -> None:
     """Train once (no search) on Ray and write a run directory."""
@@ -83,7 +72,6 @@ def train(spec_path: Path = SPEC, output: Optional[Path] = OUTPUT, address: Opti
     train_job(load_spec(spec_path), spec_path, output=output, address=address, verbose=verbose, console=console)
 
 
-@app.command()
 @friendly
 def run(
     spec_path: Path = SPEC,
@@ -101,14 +89,13 @@ def run(
     spec = load_spec(spec_path)
     result = run_job(spec, spec_path, output=output, address=address, verbose=verbose, console=console)
     if spec.serve is not None and not no_serve and not result.interrupted:
-        from orchestrator.serve_cli import serve_after_run
+        from orchestrator.cli.serve import serve_after_run
 
         serve_after_run(result, spec, console, force)
         return
     _exit_for(result)
 
 
-@app.command()
 @friendly
 def resume(
     run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="Run directory of an interrupted search."),
@@ -121,28 +108,7 @@ def resume(
     _exit_for(resume_job(run_dir, address=address, verbose=verbose, console=console))
 
 
-# ------------------------------------------------------------------------------ sub-commands
-
-cluster_app = typer.Typer(help="Create, inspect and remove Ray clusters.", no_args_is_help=True)
-app.add_typer(cluster_app, name="cluster")
-
-
-def _register_subcommands() -> None:
-    from orchestrator import jobs_cli, serve_cli
-    from orchestrator.k8s.cli import cluster_k8s_app, k8s_app
-
-    app.add_typer(k8s_app, name="k8s")  # orchestrator k8s render
-    cluster_app.add_typer(cluster_k8s_app, name="k8s")  # orchestrator cluster k8s up|down|status|scale
-    jobs_cli.register(app, cluster_app)  # orchestrator submit, jobs ..., cluster local up|down|status
-    serve_cli.register(app)  # orchestrator serve, predict
-
-
-_register_subcommands()
-
-
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    main()
+def register(app: typer.Typer) -> None:
+    """Add validate, schema, train, run and resume to the main app."""
+    for command in (validate, schema, train, run, resume):
+        app.command()(command)

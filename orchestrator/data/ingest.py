@@ -2,7 +2,7 @@
 
 Every Ray Data operation asks for a fraction of a CPU (DATA_TASK_CPUS) so it can still be
 scheduled while the training workers hold their share: on a 2-core machine Train and Data
-would otherwise deadlock (see planning.py, which leaves room for these tasks).
+would otherwise deadlock (see train/plan.py, which leaves room for these tasks).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import pyarrow as pa
 import ray
 from ray.data.aggregate import Count, Mean, Std, Sum, Unique
 
+from orchestrator.data.preprocess import SPLIT_COLUMN, SPLITS, Preprocessor, assign_splits
 from orchestrator.errors import DataError
-from orchestrator.preprocess import SPLIT_COLUMN, SPLITS, Preprocessor, assign_splits
 from orchestrator.spec import JobSpec, is_uri, resolve_source, task_problems
 
 DATA_TASK_CPUS = 0.25
@@ -58,7 +58,7 @@ def ensure_prepared(spec: JobSpec) -> str:
     """Resolve the source; run the spec's built-in prepare step if the file is not there yet."""
     src = resolve_source(spec)
     if spec.data.prepare and not is_uri(src) and not os.path.exists(src):
-        from orchestrator.datasets import write_bundled
+        from orchestrator.data.bundled import write_bundled
 
         write_bundled(spec.data.prepare, src)
     return src

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import AlreadyExists, K8sError, NotFound, OrchestratorError  # noqa: F401  (kc.NotFound, kc.K8sError)
 
 CONNECT_TIMEOUT_S = 3.0
 READ_TIMEOUT_S = 8.0
@@ -33,20 +33,6 @@ CORE_KINDS = ("ConfigMap", "NetworkPolicy")
 
 # RayJob .status.jobDeploymentStatus values after which nothing more happens.
 RAYJOB_FINAL = {"Complete", "Failed", "ValidationFailed"}
-
-
-class K8sError(OrchestratorError):
-    """A Kubernetes API call failed; the message is one line."""
-
-    exit_code = 1
-
-
-class NotFound(K8sError):
-    pass
-
-
-class AlreadyExists(K8sError):
-    pass
 
 
 def _one_line(text: Any, limit: int = 300) -> str:

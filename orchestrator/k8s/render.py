@@ -8,7 +8,7 @@ Sizing (documented in docs/kubernetes.md):
 - One worker pod per training worker: `scaling.workers` pods, times `tune.max_concurrent` when the
   spec searches with a fixed number of concurrent trials.
 - CPUs per worker pod: `ceil(cpus_per_worker) + 1` (the extra CPU runs Ray Data's read and
-  preprocessing tasks, see orchestrator.planning.DATA_RESERVE_CPUS); `cpus_per_worker: auto`
+  preprocessing tasks, see orchestrator.train.plan.DATA_RESERVE_CPUS); `cpus_per_worker: auto`
   gives AUTO_CPUS_PER_POD (2) CPUs per pod.
 - GPUs per worker pod: `ceil(gpus_per_worker)`; such pods use the GPU image, request
   `nvidia.com/gpu` and tolerate the `nvidia.com/gpu` taint.
@@ -36,6 +36,7 @@ import yaml
 
 from orchestrator import __version__
 from orchestrator.errors import OrchestratorError
+from orchestrator.serve import plan as serve_plan
 from orchestrator.spec import JobSpec, ScalingSpec, ServeSpec, is_uri, parse_spec
 
 # ------------------------------------------------------------------------------- constants
@@ -60,10 +61,8 @@ SPEC_FILE = "job.yaml"
 STORAGE_MOUNT = "/mnt/storage"
 ENTRYPOINT = f"orchestrator run {SPEC_MOUNT}/{SPEC_FILE}"
 
-SERVE_IMPORT_PATH = "orchestrator.serve:app_builder"
-# Name of the Serve deployment that orchestrator.serve:app_builder builds; serveConfigV2 sets its
-# replicas, queueing and actor resources by this name.
-SERVE_DEPLOYMENT = "Predictor"
+SERVE_IMPORT_PATH = serve_plan.IMPORT_PATH
+SERVE_DEPLOYMENT = serve_plan.DEPLOYMENT  # serveConfigV2 sets its replicas, queueing and actor resources by this name
 SERVE_TOKEN_SECRET_KEY = "token"
 
 GCS_PORT = 6379
@@ -588,14 +587,7 @@ def render_rayjob(spec: JobSpec, opts: RenderOptions = RenderOptions(), *, suffi
 def serve_config(spec: JobSpec, checkpoint_path: str) -> dict:
     """Ray Serve's config (ServeDeploySchema) for the promoted model, from spec.serve."""
     serve = spec.serve or ServeSpec()
-    args: dict[str, Any] = {
-        "checkpoint_path": checkpoint_path,
-        "max_batch_size": serve.max_batch_size,
-        "batch_wait_timeout_s": serve.batch_wait_timeout_s,
-        "max_body_bytes": serve.max_body_bytes,
-    }
-    if serve.auth_token_env:
-        args["auth_token_env"] = serve.auth_token_env
+    args = serve_plan.replica_args(checkpoint_path, serve)
     actor_options: dict[str, Any] = {"num_cpus": serve.cpus_per_replica}
     if serve.gpus_per_replica:
         actor_options["num_gpus"] = serve.gpus_per_replica

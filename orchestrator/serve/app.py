@@ -1,6 +1,6 @@
 """The HTTP surface of a served model: request schema, validation, inference, FastAPI app.
 
-Nothing here imports Ray. `orchestrator.serve` wraps it in a Ray Serve deployment with dynamic
+Nothing here imports Ray. `orchestrator.serve.deployment` wraps it in a Ray Serve deployment with dynamic
 batching; the benchmark runs the very same app under plain uvicorn with a per-request forward
 pass, so the two differ only in how requests reach the model.
 
@@ -35,9 +35,9 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
-from orchestrator.checkpoint import STATE_FILE, load_model
-from orchestrator.models import count_parameters, forward
-from orchestrator.preprocess import Preprocessor
+from orchestrator.data.preprocess import Preprocessor
+from orchestrator.models.build import count_parameters, forward
+from orchestrator.train.checkpoint import STATE_FILE, load_model
 
 logger = logging.getLogger("orchestrator.serve")
 

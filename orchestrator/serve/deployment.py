@@ -1,6 +1,6 @@
 """Serving a checkpoint with Ray Serve: a FastAPI ingress with dynamic batching.
 
-`app_builder(args)` is the import path `orchestrator.serve:app_builder` that a RayService (or
+`app_builder(args)` is the import path `orchestrator.serve.deployment:app_builder` that a RayService (or
 `serve run`/`serve deploy`) points at; `args` are plain JSON (see `ServeArgs`). `deploy()` does the
 same from Python or the CLI: start or join Ray, start Serve on the spec's host and port (loopback by
 default), run the application and return its URL. Deploying again under the same name with another
@@ -33,12 +33,12 @@ from typing import Any, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 
-from orchestrator.checkpoint import CheckpointError, describe_error
-from orchestrator.errors import OrchestratorError
-from orchestrator.serve_app import DEFAULT_MAX_RECORDS, ModelRunner, make_api, token_digest
+from orchestrator.errors import CheckpointError, OrchestratorError
+from orchestrator.serve.app import DEFAULT_MAX_RECORDS, ModelRunner, make_api, token_digest
+from orchestrator.serve.plan import DEPLOYMENT, serve_args
 from orchestrator.spec import Autoscaling, ServeSpec
+from orchestrator.train.checkpoint import describe_error
 
-DEPLOYMENT = "Predictor"  # the RayService manifest sets replicas, queueing and resources by this name
 DEFAULT_APP = "orchestrator"
 LATENCY_BUCKETS_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
 MAX_BATCHES_IN_FLIGHT = 64  # batches handed to _run_batch at once; the forward loop merges them
@@ -235,12 +235,12 @@ class Predictor:
 
 
 def app_builder(args: dict):
-    """`orchestrator.serve:app_builder`: JSON args (`ServeArgs`) -> the Serve application."""
+    """`orchestrator.serve.deployment:app_builder`: JSON args (`ServeArgs`) -> the Serve application."""
     try:
         a = ServeArgs.model_validate(args)
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(map(str, x['loc'])) or '(args)'}: {x['msg']}" for x in e.errors(include_url=False))
-        raise ValueError(f"orchestrator.serve:app_builder: invalid args: {problems}") from None
+        raise ValueError(f"orchestrator.serve.deployment:app_builder: invalid args: {problems}") from None
     opts: dict[str, Any] = {}
     if a.max_ongoing_requests is not None:
         opts["max_ongoing_requests"] = a.max_ongoing_requests
@@ -255,26 +255,6 @@ def app_builder(args: dict):
         opts["ray_actor_options"] = actor
     dep = Predictor.options(**opts) if opts else Predictor
     return dep.bind(a.replica_settings())
-
-
-def serve_args(checkpoint_path: str, spec: ServeSpec, *, version: Optional[str] = None) -> dict:
-    """app_builder args for a checkpoint served with `spec`'s settings."""
-    args: dict[str, Any] = {
-        "checkpoint_path": checkpoint_path,
-        "max_batch_size": spec.max_batch_size,
-        "batch_wait_timeout_s": spec.batch_wait_timeout_s,
-        "max_body_bytes": spec.max_body_bytes,
-        "max_ongoing_requests": spec.max_ongoing_requests,
-        "max_queued_requests": spec.max_queued_requests,
-        "autoscaling_config": spec.autoscaling.model_dump(),
-        "num_cpus": spec.cpus_per_replica,
-        "num_gpus": spec.gpus_per_replica,
-    }
-    if version:
-        args["version"] = version
-    if spec.auth_token_env:
-        args["auth_token_env"] = spec.auth_token_env
-    return args
 
 
 # ------------------------------------------------------------------------------------- driving
@@ -305,7 +285,7 @@ def _check_port(host: str, port: int) -> None:
 
 
 def _check_checkpoint(path: str | os.PathLike) -> str:
-    from orchestrator.checkpoint import MODEL_FILE, PREPROCESSING_FILE, STATE_FILE
+    from orchestrator.train.checkpoint import MODEL_FILE, PREPROCESSING_FILE, STATE_FILE
 
     p = str(path)
     if "://" in p and not p.startswith("file://"):

@@ -20,20 +20,14 @@ from typing import Any
 
 import torch
 
-from orchestrator.errors import OrchestratorError
-from orchestrator.models import build_model
-from orchestrator.preprocess import Preprocessor
+from orchestrator.data.preprocess import Preprocessor
+from orchestrator.errors import CheckpointError
+from orchestrator.models.build import build_model
 
 STATE_FILE = "state.pt"
 MODEL_FILE = "model.json"
 PREPROCESSING_FILE = "preprocessing.json"
 METRICS_FILE = "metrics.json"
-
-
-class CheckpointError(OrchestratorError):
-    """A checkpoint that cannot be loaded (missing, truncated, corrupt or tampered file): names the file."""
-
-    exit_code = 2
 
 
 def write_checkpoint(directory: str | os.PathLike, *, state: dict[str, Any], model_meta: dict[str, Any], preprocessing: dict[str, Any], metrics: dict[str, Any]) -> None:

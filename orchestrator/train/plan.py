@@ -1,4 +1,5 @@
-"""Resource planning: spec + cluster resources -> what each worker reserves. Pure, no Ray import.
+"""Training plan: spec + cluster resources -> what each worker reserves, and the plain-data config the
+per-worker loop gets (`build_loop_config`). Pure, no Ray import.
 
 On a small machine Ray Train workers must not take every CPU: Ray Data's read and transform
 tasks (DATA_TASK_CPUS each) would never be scheduled and the run would hang. So `auto` shares
@@ -10,9 +11,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from orchestrator.errors import ResourceError
-from orchestrator.spec import ScalingSpec
+from orchestrator.spec import JobSpec, ScalingSpec
+
+if TYPE_CHECKING:  # ingest imports Ray; the plan only reads PreparedData's fields
+    from orchestrator.data.ingest import PreparedData
 
 DATA_RESERVE_CPUS = 1.0  # some Ray Data operators (file listing) always ask for a whole CPU
 MIN_WORKER_CPUS = 0.1
@@ -83,3 +88,20 @@ def plan_workers(scaling: ScalingSpec, cluster: ClusterResources, *, concurrent_
         if cluster.node_gpus and gpus > max(cluster.node_gpus) + 1e-9:
             raise ResourceError(f"scaling.gpus_per_worker={gpus:g} is more than the largest node has ({max(cluster.node_gpus):g})")
     return WorkerPlan(workers=n, cpus_per_worker=cpus, gpus_per_worker=gpus, torch_threads=max(1, int(cpus)))
+
+
+def build_loop_config(spec: JobSpec, prepared: PreparedData, plan: WorkerPlan) -> dict:
+    pre = prepared.preprocessor
+    return {
+        "job_name": spec.name,
+        "task": pre.task,
+        "model": spec.model.model_dump(mode="json"),
+        "train": spec.train.model_dump(mode="json"),
+        "input_shape": pre.input_shape,
+        "num_outputs": pre.num_outputs,
+        "preprocessing": pre.to_dict(),
+        "target_std": pre.target_std if pre.task == "regression" else 1.0,
+        "checkpoint_metric": spec.checkpoint.metric,
+        "checkpoint_mode": spec.checkpoint.mode,
+        "torch_threads": plan.torch_threads,
+    }

@@ -1,11 +1,11 @@
-"""Hyperparameter and regularisation search with Ray Tune.
+"""Hyperparameter and regularisation search with Ray Tune (the pure planning is in plan.py).
 
 Ray 2.60 (Train V2): `Tuner(TorchTrainer)` no longer works, so each Tune trial is a function
 trainable that runs its own `TorchTrainer` and relays metrics with `TuneReportCallback`. The
 data is read, split and preprocessed once on the driver and shared by every trial.
 
 A trial with one CPU worker has nothing to distribute, so it trains in its own Tune trial process
-and reports metrics and checkpoints straight to Tune (train.TuneTrialSession): that saves it a
+and reports metrics and checkpoints straight to Tune (train/driver.py TuneTrialSession): that saves it a
 Train controller, a worker process, a placement group and the dataset actors, which is most of
 what a trial costs before its first epoch.
 """
@@ -17,31 +17,35 @@ import math
 import os
 import pickle
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
-
 
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from orchestrator.data import PreparedData
-from orchestrator.errors import OrchestratorError, ResourceError
-from orchestrator.rundir import RunDirError
-from orchestrator.planning import DATA_RESERVE_CPUS, ClusterResources, WorkerPlan, plan_workers
-from orchestrator.spec import JobSpec, METRIC_MODES, Param, TuneSpec, apply_overrides, parse_spec
-
-TRIAL_DRIVER_CPUS = 0.01  # the trial function only drives its TorchTrainer
-MIN_AUTO_CONCURRENT = 2
-TUNE_DIR = "tune"
-TRIALS_DIR = "trials"
-STARTS_FILE = "trial_starts.jsonl"
+from orchestrator.data.ingest import PreparedData
+from orchestrator.errors import OrchestratorError, RunDirError
+from orchestrator.spec import METRIC_MODES, JobSpec, Param
+from orchestrator.train.plan import ClusterResources, WorkerPlan
+from orchestrator.tune.plan import (
+    FINAL_STATUSES,
+    STARTS_FILE,
+    TRIALS_DIR,
+    TUNE_DIR,
+    TrialRecord,
+    _is_scalar,
+    decode_config,
+    expected_trials,
+    in_process_trials,
+    load_records,
+    plan_search,
+    spec_point,
+    trial_resources,
+    trial_spec,
+)
 
 # ------------------------------------------------------------------------------ search space
-
-
-def _is_scalar(v: Any) -> bool:
-    return v is None or isinstance(v, (bool, int, float, str))
 
 
 def to_tune_space(space: dict[str, Param]) -> dict[str, Any]:
@@ -62,100 +66,10 @@ def to_tune_space(space: dict[str, Param]) -> dict[str, Any]:
     return out
 
 
-def decode_config(config: dict[str, Any], space: dict[str, Param]) -> dict[str, Any]:
-    """A Tune config -> the spec values it stands for (undoing the index encoding of list choices)."""
-    out = {}
-    for key, value in config.items():
-        p = space.get(key)
-        if p is not None and p.kind in ("choice", "grid") and not all(map(_is_scalar, p.values)):
-            value = p.values[int(value)]
-        out[key] = value
-    return out
-
-
-def spec_point(spec: JobSpec) -> dict[str, Any]:
-    """The spec's own values for every search dimension, encoded as Tune sees them."""
-    base = spec.model_dump(mode="json")
-    point = {}
-    for key, p in spec.tune.space.items():
-        node: Any = base
-        for part in key.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        if node is None:
-            return {}  # e.g. early stopping off in the spec: no single point stands for it
-        if p.kind in ("choice", "grid"):
-            if node not in p.values:
-                return {}
-            node = node if all(map(_is_scalar, p.values)) else p.values.index(node)
-        elif p.kind in ("loguniform", "uniform", "randint") and not (p.values[0] <= node <= p.values[1]):
-            return {}
-        point[key] = node
-    return point
-
-
-def trial_spec(base: dict, overrides: dict[str, Any], tune_metric: str, base_dir: str) -> JobSpec:
-    d = apply_overrides(base, overrides)
-    d.pop("tune", None)
-    d.pop("promote", None)
-    d.pop("serve", None)
-    d["checkpoint"] = {**d.get("checkpoint", {}), "metric": tune_metric}  # rank a trial's checkpoints by the search metric
-    return parse_spec(d, base_dir=Path(base_dir))
-
-
-# ---------------------------------------------------------------------------------- planning
-
-
-def expected_trials(t: TuneSpec) -> int:
-    return t.num_samples * max(1, math.prod(len(p.values) for p in t.space.values() if p.kind == "grid"))
-
-
-def plan_search(spec: JobSpec, cluster: ClusterResources) -> tuple[int, WorkerPlan]:
-    """How many trials run at once and what each of their workers reserves."""
-    t: TuneSpec = spec.tune
-    n_trials = expected_trials(t)
-    workers = spec.scaling.workers
-    def plan(k: int) -> WorkerPlan:
-        return plan_workers(spec.scaling, ClusterResources(
-            cpus=cluster.cpus - TRIAL_DRIVER_CPUS * k, gpus=cluster.gpus,
-            node_cpus=cluster.node_cpus, node_gpus=cluster.node_gpus,
-        ), concurrent_runs=k)
-
-    if t.max_concurrent != "auto":
-        k = max(1, min(int(t.max_concurrent), n_trials))
-        return k, plan(k)
-    # One whole CPU per worker where the cluster has them. But at least two trials at once: a
-    # trial spends much of its life starting its worker group, and a second trial's start-up
-    # overlaps the first one's compute (measured: 8-trial digits search 287 s -> 205 s on 2 CPUs).
-    k = max(MIN_AUTO_CONCURRENT, math.floor((cluster.cpus - DATA_RESERVE_CPUS) / workers))
-    if spec.scaling.gpus_per_worker:
-        k = min(k, max(1, math.floor(cluster.gpus / (workers * spec.scaling.gpus_per_worker))))
-    k = max(1, min(k, n_trials))
-    while True:
-        try:
-            return k, plan(k)
-        except ResourceError:
-            if k == 1:
-                raise
-            k -= 1
-
-
-# ------------------------------------------------------------------------------- the trial
-
-
-def in_process_trials(plan: WorkerPlan) -> bool:
-    """One CPU worker per trial: the trial trains in its own process (see the module docstring)."""
-    return plan.workers == 1 and not plan.gpus_per_worker
-
-
-def trial_resources(plan: WorkerPlan) -> dict[str, float]:
-    # An in-process trial is its own (only) worker; otherwise the trial function only drives its
-    # TorchTrainer, whose workers reserve their own resources.
-    return plan.resources_per_worker() if in_process_trials(plan) else {"CPU": TRIAL_DRIVER_CPUS}
-
-
 def run_trial(config: dict, *, base: dict, base_dir: str, space: dict, tune_metric: str, prepared: PreparedData, plan: WorkerPlan, trials_dir: str) -> None:
     """One Tune trial = one Ray Train run of the spec with this trial's values."""
-    from orchestrator.train import TuneTrialSession, build_loop_config, build_trainer, check_diverged, loop_datasets, train_loop_per_worker
+    from orchestrator.train.driver import TuneTrialSession, build_trainer, check_diverged, loop_datasets, train_loop_per_worker
+    from orchestrator.train.plan import build_loop_config
 
     trial_id = tune.get_context().get_trial_id()
     overrides = decode_config(config, {k: Param.model_validate(v) for k, v in space.items()})
@@ -172,34 +86,6 @@ def run_trial(config: dict, *, base: dict, base_dir: str, space: dict, tune_metr
 
 # ------------------------------------------------------------------------------ the search
 
-
-@dataclass
-class TrialRecord:
-    trial_id: str
-    config: dict
-    status: str = "PENDING"
-    epochs: list[dict] = field(default_factory=list)
-    error: Optional[str] = None
-
-    def best(self, metric: str) -> Optional[float]:
-        vals = [e[metric] for e in self.epochs if isinstance(e.get(metric), (int, float)) and math.isfinite(e[metric])]
-        if not vals:
-            return None
-        return min(vals) if METRIC_MODES[metric] == "min" else max(vals)
-
-
-FINAL_STATUSES = ("TERMINATED", "PRUNED", "EARLY_STOPPED", "ERROR")
-
-
-def load_records(path: Path) -> dict[str, TrialRecord]:
-    """trials.json of a run directory (none yet: no records)."""
-    if not path.exists():
-        return {}
-    try:
-        return {r["trial_id"]: TrialRecord(**r) for r in json.loads(path.read_text())}
-    except (ValueError, TypeError, KeyError) as e:
-        raise RunDirError(f"{path}: damaged trial records ({type(e).__name__}: {e}); "
-                          "the search cannot be resumed, run its spec again") from None
 
 # Who wants to hear about trial changes (the CLI's live table). Module-level rather than held by
 # the callback, because Tune pickles its callbacks with the experiment and restores them on resume.
@@ -372,7 +258,7 @@ def build_tuner(spec: JobSpec, prepared: PreparedData, plan: WorkerPlan, concurr
 
 def _checkpoint_problem(d: Path) -> Optional[str]:
     """Why a trial checkpoint folder cannot be resumed from (None if it can)."""
-    from orchestrator.checkpoint import STATE_FILE, read_state
+    from orchestrator.train.checkpoint import STATE_FILE, read_state
 
     if not d.is_dir():
         return "missing"

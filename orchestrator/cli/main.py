@@ -1,0 +1,31 @@
+"""`orchestrator` command line: the one place that assembles the sub-apps (nothing imports this module)."""
+
+from __future__ import annotations
+
+import typer
+
+from orchestrator.cli import cluster, jobs, k8s, run, serve
+
+app = typer.Typer(
+    name="orchestrator",
+    help="Distributed training, hyperparameter search and serving on Ray, from one job spec.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+cluster_app = typer.Typer(help="Create, inspect and remove Ray clusters.", no_args_is_help=True)
+
+run.register(app)  # orchestrator validate, schema, train, run, resume
+app.add_typer(cluster_app, name="cluster")
+k8s.register(app)  # orchestrator k8s render
+cluster.register(cluster_app)  # orchestrator cluster k8s up|down|status|scale, cluster local up|down|status
+jobs.register(app)  # orchestrator submit, jobs list|status|logs|stop
+serve.register(app)  # orchestrator serve, predict
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""`orchestrator serve` and `orchestrator predict`, and serving at the end of `orchestrator run`.
+
+cli/main.py calls `register(app)`; the heavy imports (Ray, torch, FastAPI) happen only when a command runs.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from orchestrator.cli.common import console, err_console, friendly
+from orchestrator.errors import NotPromotedError, OrchestratorError
+from orchestrator.serve.client import DEFAULT_CHUNK, ServeTarget, curl_example, predict_file, resolve_target, test_row
+
+
+def _print_ready(console: Console, url: str, target: ServeTarget, name: str) -> None:
+    import httpx
+
+    from orchestrator.data.preprocess import Preprocessor
+    from orchestrator.serve.app import example_record
+    from orchestrator.serve.deployment import metrics_url
+
+    version = "?"
+    try:
+        version = httpx.get(f"{url}/healthz", timeout=10).json().get("model_version", "?")
+    except Exception:
+        pass
+    pre = Preprocessor.load(target.checkpoint / "preprocessing.json")
+    row = test_row(target.job, pre.feature_columns)
+    record = row if row is not None else example_record(pre)
+    spec = target.serve
+    console.print(Text.assemble(("serving", "bold green"), f" {name} (model version {version}) at ", (url, "bold")), highlight=False, soft_wrap=True)
+    console.print(f"  checkpoint: {target.checkpoint}", highlight=False, soft_wrap=True)
+    console.print(f"  POST {url}/predict   GET {url}/metadata   GET {url}/healthz   docs: {url}/docs", highlight=False, soft_wrap=True)
+    console.print(f"  batching: up to {spec.max_batch_size} records per forward pass, {spec.batch_wait_timeout_s * 1000:g} ms wait; "
+                  f"replicas {spec.autoscaling.min_replicas}-{spec.autoscaling.max_replicas}; "
+                  f"auth: {'bearer token from $' + spec.auth_token_env if spec.auth_token_env else 'off'}", highlight=False, soft_wrap=True)
+    m = metrics_url()
+    if m:
+        console.print(f"  Prometheus metrics (ray_orchestrator_serve_*): {m}", highlight=False, soft_wrap=True)
+    from orchestrator.runtime import serve_ingress
+
+    if serve_ingress.get("haproxy"):
+        console.print(f"  HTTP ingress: HAProxy (stats :{serve_ingress['stats_port']}/stats, Prometheus :{serve_ingress['metrics_port']}/metrics, "
+                      "on all interfaces)", highlight=False, soft_wrap=True)
+    elif serve_ingress:
+        console.print("  HTTP ingress: Serve's Python proxy (RAY_SERVE_ENABLE_HA_PROXY=1 selects HAProxy: about 2-3x the "
+                      "throughput, but its stats and metrics listeners bind all interfaces; see docs/serving.md)", highlight=False, soft_wrap=True)
+    if spec.host not in ("127.0.0.1", "localhost", "::1"):
+        console.print(f"  listening on {spec.host}: reachable from the network", style="yellow", highlight=False)
+    console.print(f"try it ({'a row of the held-out test split' if row is not None else 'training means'}):", highlight=False)
+    console.print(curl_example(url, record, spec.auth_token_env), highlight=False, soft_wrap=True)
+    console.print("Ctrl-C stops the server", style="dim")
+
+
+def _wait_for_interrupt(name: str, console: Console) -> None:
+    """Block until Ctrl-C or SIGTERM, then remove the app (and stop Serve when nothing else runs)."""
+    from ray import serve
+
+    stop = threading.Event()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        # SIGINT too, explicitly: a process started in the background by a non-interactive shell
+        # inherits SIGINT ignored, and Python then never raises KeyboardInterrupt, so the banner's
+        # "Ctrl-C stops the server" would be false there.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        with console.status("stopping the server"):
+            try:
+                serve.delete(name)
+                if not serve.status().applications:
+                    serve.shutdown()
+            except Exception as e:  # already gone: nothing left to stop
+                err_console.print(Text(f"while stopping: {e}", style="yellow"), highlight=False)
+        console.print("server stopped")
+
+
+def _warnings_only(record) -> bool:
+    return record.levelno >= 30  # logging.WARNING
+
+
+def _quiet_serve_logs(verbose: bool) -> None:
+    """Serve's driver-side INFO lines ("Started Serve", "Connecting to existing Serve app") are noise
+    here; Serve resets its logger's level and handlers when it starts, but not the logger's filters."""
+    import logging
+
+    logger = logging.getLogger("ray.serve")
+    if not verbose and _warnings_only not in logger.filters:
+        logger.addFilter(_warnings_only)
+
+
+def serve_target(target: ServeTarget, *, name: str, console: Console, address: Optional[str] = None, version: Optional[str] = None,
+                 block: bool = True) -> str:
+    from orchestrator.serve.deployment import deploy
+
+    with console.status(Text(f"deploying {target.checkpoint} on Ray Serve")):  # a str status is read as markup
+        url = deploy(target.checkpoint, target.serve, name=name, version=version, address=address)
+    _print_ready(console, url, target, name)
+    if block:
+        _wait_for_interrupt(name, console)
+    return url
+
+
+def serve_after_run(result, spec, console: Console, force: bool) -> None:
+    """End of `orchestrator run` with a serve section: serve the promoted winner until Ctrl-C."""
+    if getattr(result, "interrupted", False) or not result.best_checkpoint:
+        console.print("nothing to serve: the run did not finish with a best checkpoint", style="yellow")
+        return
+    if not result.promoted and not force:
+        raise NotPromotedError(
+            f"not serving: the winner was not promoted ({result.decision.get('reason', 'no reason recorded')}); "
+            f"serve it anyway with: orchestrator serve {result.run_dir} --force"
+        )
+    _quiet_serve_logs(False)
+    target = ServeTarget(checkpoint=Path(result.best_checkpoint), serve=spec.serve, run_dir=Path(result.run_dir),
+                         decision=result.decision, job=spec)
+    serve_target(target, name=spec.name, console=console)
+
+
+def _predictions_table(rows: list[dict]) -> Table:
+    table = Table(title=f"{len(rows)} predictions (model version {rows[0].get('model_version')})" if rows else "no predictions")
+    table.add_column("row", justify="right")
+    table.add_column("prediction")
+    has_probs = any("probabilities" in r for r in rows)
+    if has_probs:
+        table.add_column("probability", justify="right")
+    for r in rows:
+        cells = [str(r["row"]), str(r["prediction"])]
+        if has_probs:
+            cells.append(f"{max(r['probabilities'].values()):.3f}" if r.get("probabilities") else "")
+        table.add_row(*cells)
+    return table
+
+
+# ---------------------------------------------------------------------------------- commands
+
+
+def serve_command(
+    target: Path = typer.Argument(..., metavar="RUN_DIR|CHECKPOINT", help="Run directory (serves its best_checkpoint) or checkpoint directory."),
+    host: Optional[str] = typer.Option(None, "--host", help="Bind address (default: the spec's serve.host, 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, "--port", help="HTTP port (default: the spec's serve.port, 8000)."),
+    spec_path: Optional[Path] = typer.Option(None, "--spec", help="Job spec whose serve section to use (default: the run's own spec)."),
+    force: bool = typer.Option(False, "--force", help="Serve a model that did not pass the promotion gate."),
+    name: str = typer.Option("orchestrator", "--name", help="Serve application name (deploying again under it rolls over)."),
+    version: Optional[str] = typer.Option(None, "--version", help="Model version to report (default: digest of the weights)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Ray's own logs."),
+) -> None:
+    """Serve a trained model over HTTP with Ray Serve until Ctrl-C (POST /predict, GET /metadata, /healthz, /docs)."""
+    resolved = resolve_target(target, spec_path=spec_path, host=host, port=port, force=force)
+    if resolved.decision is not None and not resolved.decision.get("promoted"):
+        err_console.print(Text(f"serving a model that was not promoted (--force): {resolved.decision.get('reason')}", style="yellow"), highlight=False)
+    _quiet_serve_logs(verbose)
+    if verbose:
+        from orchestrator.runtime import init_ray
+
+        token_env = resolved.serve.auth_token_env
+        init_ray(address, verbose=True, secret_env=[token_env] if token_env else ())
+    serve_target(resolved, name=name, console=console, address=address, version=version)
+
+
+def predict_command(
+    url: str = typer.Argument(..., metavar="URL", help="Server URL (http://127.0.0.1:8000, with the route prefix if any)."),
+    file: Path = typer.Argument(..., metavar="FILE", help="Records to predict: .csv, .json, .jsonl or .parquet."),
+    token_env: Optional[str] = typer.Option(None, "--token-env", help="Environment variable holding the bearer token."),
+    chunk: int = typer.Option(DEFAULT_CHUNK, "--chunk", min=1, help="Records per request."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON lines instead of a table."),
+) -> None:
+    """Send the records of a file to a model server and print the predictions."""
+    import os
+
+    token = None
+    if token_env:
+        token = os.environ.get(token_env)
+        if not token:
+            raise OrchestratorError(f"--token-env {token_env}: that environment variable is not set")
+    rows = predict_file(url, file, token=token, chunk=chunk, warn=lambda m: err_console.print(Text(m, style="yellow"), highlight=False))
+    if as_json:
+        for r in rows:
+            typer.echo(json.dumps(r))
+    else:
+        console.print(_predictions_table(rows))
+
+
+def register(app: typer.Typer) -> None:
+    """Add `serve` and `predict` to the orchestrator CLI."""
+    app.command("serve")(friendly(serve_command))
+    app.command("predict")(friendly(predict_command))

@@ -1,0 +1,271 @@
+"""The per-worker training loop (torch only; its Ray runtime comes in as `session`, see driver.py).
+
+`run_loop` reads as its steps: set up the model and optimizer and restore from the session's
+checkpoint (`WorkerLoop.__init__`, `restore`), then per epoch `train_epoch`, `validate` (with
+`early_stop`) and `save_and_report`.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from orchestrator.data.preprocess import UNKNOWN_LABEL
+from orchestrator.models.build import build_model, forward
+from orchestrator.train.checkpoint import read_state, write_checkpoint
+
+# ------------------------------------------------------------------------------ loop building blocks
+
+
+def make_optimizer(params, t: dict) -> torch.optim.Optimizer:
+    if t["optimizer"] == "sgd":
+        return torch.optim.SGD(params, lr=t["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"])
+    if t["optimizer"] == "adam":
+        return torch.optim.Adam(params, lr=t["lr"], weight_decay=t["weight_decay"])
+    return torch.optim.AdamW(params, lr=t["lr"], weight_decay=t["weight_decay"])
+
+
+def lr_factor(t: dict, epoch: int) -> float:
+    """Learning-rate multiplier for an epoch (0-based), applied per epoch."""
+    epochs, warm = t["epochs"], t["warmup_epochs"]
+    if warm and epoch < warm:
+        return (epoch + 1) / (warm + 1)
+    if t["schedule"] == "cosine":
+        span = max(1, epochs - warm)
+        return 0.5 * (1 + math.cos(math.pi * (epoch - warm) / span))
+    if t["schedule"] == "step":
+        return t["gamma"] ** (epoch // t["step_size"])
+    if t["schedule"] == "onecycle":  # triangle up to the peak at 30%, then down to 1/25
+        peak = max(1, int(0.3 * epochs))
+        if epoch < peak:
+            return 0.1 + 0.9 * epoch / peak
+        return max(0.04, 1 - 0.96 * (epoch - peak) / max(1, epochs - peak))
+    return 1.0
+
+
+def make_loss(task: str, label_smoothing: float) -> nn.Module:
+    if task == "classification":
+        return nn.CrossEntropyLoss(ignore_index=UNKNOWN_LABEL, label_smoothing=label_smoothing, reduction="sum")
+    return nn.MSELoss(reduction="sum")
+
+
+def autocast_dtype(mode: str, device: torch.device) -> Optional[torch.dtype]:
+    """Mixed precision applies on GPU only; auto picks bf16 where the GPU supports it."""
+    if device.type != "cuda" or mode == "off":
+        return None
+    if mode == "bf16" or (mode == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+class Sums:
+    """Per-epoch sums, all-reduced across workers so every rank sees global metrics."""
+
+    # loss sum, rows the loss counts (known labels), rows, correct predictions, |err| sum, err^2 sum
+    LOSS, N_LOSS, ROWS, CORRECT, ABS, SQ = range(6)
+
+    def __init__(self, device: torch.device):
+        self.t = torch.zeros(6, dtype=torch.float64, device=device)
+
+    def add(self, task: str, loss: torch.Tensor, out: torch.Tensor, y: torch.Tensor) -> None:
+        with torch.no_grad():
+            v = torch.zeros(6, dtype=torch.float64, device=self.t.device)
+            v[self.LOSS] = loss.double()
+            v[self.ROWS] = y.numel()
+            if task == "classification":
+                v[self.N_LOSS] = (y != UNKNOWN_LABEL).sum()  # the loss ignores unseen labels...
+                v[self.CORRECT] = (out.argmax(dim=1) == y).sum()  # ...accuracy counts them wrong
+            else:
+                err = out.reshape(-1).double() - y.double()
+                v[self.N_LOSS] = y.numel()
+                v[self.ABS], v[self.SQ] = err.abs().sum(), (err * err).sum()
+            self.t += v
+
+    def all_reduce(self) -> None:
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(self.t)
+
+    def metrics(self, task: str, prefix: str, target_std: float = 1.0) -> dict[str, float]:
+        s = self.t.tolist()
+        out = {f"{prefix}loss": s[self.LOSS] / max(s[self.N_LOSS], 1)}
+        if task == "classification":
+            out[f"{prefix}accuracy"] = s[self.CORRECT] / max(s[self.ROWS], 1)
+        else:  # errors back in the label's own units
+            out[f"{prefix}rmse"] = math.sqrt(s[self.SQ] / max(s[self.ROWS], 1)) * target_std
+            out[f"{prefix}mae"] = s[self.ABS] / max(s[self.ROWS], 1) * target_std
+        return out
+
+
+def evaluate(model: nn.Module, batches, task: str, model_spec: dict, device: torch.device, loss_fn: nn.Module, target_std: float, prefix: str) -> dict[str, float]:
+    sums = Sums(device)
+    model.eval()
+    with torch.no_grad():
+        for b in batches:
+            x, y = b["x"].to(device), b["y"].to(device)
+            out = forward(model, x, model_spec).float()
+            loss = loss_fn(out, y) if task == "classification" else loss_fn(out.reshape(-1), y)
+            sums.add(task, loss, out, y)
+    return sums.metrics(task, prefix, target_std)
+
+
+def _y_dtype(task: str) -> torch.dtype:
+    return torch.int64 if task == "classification" else torch.float32
+
+
+# ----------------------------------------------------------------------------------- worker loop
+
+
+@dataclass
+class Restored:
+    """Where a worker starts: epoch 0, or after the epoch of the checkpoint it resumes from."""
+
+    start_epoch: int = 0
+    best: Optional[float] = None
+    since_best: int = 0
+    restored_from: Optional[int] = None
+
+
+def restore(session, model: nn.Module, optimizer: torch.optim.Optimizer) -> Restored:
+    """Load the session's checkpoint into model and optimizer, if there is one."""
+    ckpt = session.get_checkpoint()
+    if ckpt is None:
+        return Restored()
+    # a restarted worker group, a resumed trial, or a re-run of the same run name: resume
+    with ckpt.as_directory() as d:
+        state = read_state(d)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return Restored(start_epoch=state["epoch"] + 1, best=state.get("best"), since_best=state.get("since_best", 0), restored_from=state["epoch"])
+
+
+class WorkerLoop:
+    """One worker's run of the training loop: its model, optimizer, data and early-stopping state."""
+
+    def __init__(self, config: dict, session):
+        self.config, self.session = config, session
+        t = self.t = config["train"]
+        self.task, self.model_spec = config["task"], config["model"]
+        self.rank = session.rank
+        torch.set_num_threads(config["torch_threads"])
+        torch.manual_seed(t["seed"])
+        self.device = session.device()
+
+        model = build_model(self.model_spec, config["input_shape"], config["num_outputs"], t["dropout"])
+        self.optimizer = make_optimizer(model.parameters(), t)
+        r = restore(session, model, self.optimizer)
+        self.start_epoch, self.best, self.since_best, self.restored_from = r.start_epoch, r.best, r.since_best, r.restored_from
+
+        self.model = session.prepare_model(model)
+        self.raw_model = self.model.module if hasattr(self.model, "module") else self.model
+        self.loss_fn = make_loss(self.task, t["label_smoothing"])
+        self.eval_loss_fn = make_loss(self.task, 0.0)  # validation loss is comparable across label-smoothing settings
+        self.amp_dtype = autocast_dtype(t["mixed_precision"], self.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.metric, self.mode = config["checkpoint_metric"], config["checkpoint_mode"]
+        self.patience = (t.get("early_stopping") or {}).get("patience")
+        self.min_delta = (t.get("early_stopping") or {}).get("min_delta", 0.0)
+        self.target_std = config["target_std"]
+
+        self.train_shard = session.dataset("train")
+        self.val_data = session.dataset("validation")
+        self.dtypes = {"x": torch.float32, "y": _y_dtype(self.task)}
+
+    def run(self) -> Optional[dict]:
+        for epoch in range(self.start_epoch, self.t["epochs"]):
+            t0 = time.perf_counter()
+            metrics = self.train_epoch(epoch)
+            if not math.isfinite(metrics["train_loss"]):
+                # Every rank sees the same all-reduced loss, so all stop together. Retrying would diverge
+                # again, so this ends the run (no exception, no restart) and tells the driver why
+                # through the return value (a report without validation metrics would confuse Tune).
+                return {"diverged_epoch": epoch + 1, "loss": metrics["train_loss"]}
+            stop = self.validate(metrics)
+            metrics.update(
+                epoch_time_s=time.perf_counter() - t0,
+                restored_from_epoch=-1 if self.restored_from is None else self.restored_from + 1,
+                early_stopped=stop,
+                world_size=self.session.world_size,
+            )
+            self.save_and_report(epoch, metrics)
+            if stop:
+                break
+        return None
+
+    def train_epoch(self, epoch: int) -> dict:
+        """One pass over this worker's shard; returns the epoch's all-reduced train metrics."""
+        t, device, model, optimizer, scaler = self.t, self.device, self.model, self.optimizer, self.scaler
+        task, amp_dtype = self.task, self.amp_dtype
+        # Dropout's generator is seeded per epoch and rank (like the shuffle below), so an epoch re-run
+        # after a restart from a checkpoint draws what the unkilled run drew.
+        torch.manual_seed((t["seed"] * 1000 + epoch) * 1000 + self.rank)
+        lr = t["lr"] * lr_factor(t, epoch)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        model.train()
+        sums = Sums(device)
+        for b in self.train_shard.iter_torch_batches(
+            batch_size=t["batch_size"], dtypes=self.dtypes, device=device,
+            local_shuffle_buffer_size=max(4 * t["batch_size"], 256), local_shuffle_seed=t["seed"] * 1000 + epoch,
+        ):
+            x, y = b["x"], b["y"]
+            with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                out = forward(model, x, self.model_spec)
+                loss = self.loss_fn(out.float(), y) if task == "classification" else self.loss_fn(out.float().reshape(-1), y)
+            known = (y != UNKNOWN_LABEL).sum().clamp(min=1) if task == "classification" else torch.tensor(y.numel(), device=device)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss / known).backward()
+            if t["grad_clip"]:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), t["grad_clip"])
+            scaler.step(optimizer)
+            scaler.update()
+            sums.add(task, loss.detach(), out.detach().float(), y)
+        sums.all_reduce()
+        return {"epoch": epoch + 1, "lr": lr, **sums.metrics(task, "train_", self.target_std)}
+
+    def validate(self, metrics: dict) -> bool:
+        """Rank 0 scores the whole validation set on the unwrapped model (no collectives needed) into
+        `metrics`; returns whether early stopping ends the run (the same answer on every rank)."""
+        stop = torch.zeros(1, device=self.device)
+        if self.rank == 0:
+            batches = self.val_data.iter_torch_batches(batch_size=512, dtypes=self.dtypes, device=self.device)
+            metrics.update(evaluate(self.raw_model, batches, self.task, self.model_spec, self.device, self.eval_loss_fn, self.target_std, "val_"))
+            if self.early_stop(metrics[self.metric]):
+                stop[0] = 1
+        if dist.is_available() and dist.is_initialized():
+            dist.broadcast(stop, src=0)
+        return bool(stop.item())
+
+    def early_stop(self, score: float) -> bool:
+        """Track the best checkpoint metric; True once it has not improved for `patience` epochs."""
+        improved = self.best is None or (score < self.best - self.min_delta if self.mode == "min" else score > self.best + self.min_delta)
+        self.best, self.since_best = (score, 0) if improved else (self.best, self.since_best + 1)
+        return bool(self.patience and self.since_best >= self.patience)
+
+    def save_and_report(self, epoch: int, metrics: dict) -> None:
+        """Rank 0 writes the checkpoint; every rank reports the epoch's metrics."""
+        config, t = self.config, self.t
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint_dir = None
+            if self.rank == 0:
+                write_checkpoint(
+                    tmp,
+                    state={"model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": epoch, "best": self.best, "since_best": self.since_best},
+                    model_meta={"model": self.model_spec, "input_shape": config["input_shape"], "num_outputs": config["num_outputs"], "dropout": t["dropout"], "task": self.task, "job": config["job_name"]},
+                    preprocessing=config["preprocessing"],
+                    metrics=metrics,
+                )
+                checkpoint_dir = tmp
+            self.session.report(metrics, checkpoint_dir)
+
+
+def run_loop(config: dict, session) -> Optional[dict]:
+    """The whole loop on one worker. Returns None, or {"diverged_epoch", "loss"} when the loss became non-finite."""
+    return WorkerLoop(config, session).run()

@@ -1,0 +1,634 @@
+"""Unit tests, without a Ray instance, for the pure pieces that the Ray tests only run end to end:
+learning-rate schedule, metric sums, optimizer choice, mixed precision, loop config, search
+concurrency, search-space encoding and decoding, trial status, and the spec's field descriptions.
+
+Nothing here starts Ray: `ray.init` is replaced by a function that fails the test. Only the tests of
+tune.search (Tune's domains and its callback) import Ray at all, and they import it themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from orchestrator.data.preprocess import UNKNOWN_LABEL, Preprocessor
+from orchestrator.errors import ResourceError, RunDirError
+from orchestrator.spec import (
+    METRIC_MODES,
+    METRIC_NAMES,
+    METRICS,
+    TASK_ONLY,
+    TEST_METRICS,
+    TRAIN_METRICS,
+    VAL_METRICS,
+    CheckpointSpec,
+    JobSpec,
+    Param,
+    TrainSpec,
+    TuneSpec,
+    parse_promote,
+    parse_spec,
+)
+from orchestrator.train.loop import Sums, WorkerLoop, autocast_dtype, evaluate, lr_factor, make_loss, make_optimizer, run_loop
+from orchestrator.train.plan import ClusterResources, build_loop_config, plan_workers
+from orchestrator.tune.plan import (
+    FINAL_STATUSES,
+    TRIAL_DRIVER_CPUS,
+    TrialRecord,
+    decode_config,
+    expected_trials,
+    load_records,
+    plan_search,
+    spec_point,
+)
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def _no_ray(monkeypatch):
+    """Fail any test that would start (or join) Ray, and check none is running afterwards."""
+    ray = sys.modules.get("ray")
+    if ray is not None:
+        def refuse(*args, **kwargs):
+            raise AssertionError("a unit test tried to start Ray")
+
+        monkeypatch.setattr(ray, "init", refuse)
+    yield
+    ray = sys.modules.get("ray")  # also when this test imported it
+    if ray is not None:
+        assert not ray.is_initialized()
+
+
+def _spec(**sections) -> JobSpec:
+    d = {"name": "unit", "data": {"source": "rows.parquet", "label": "y"}}
+    d.update(sections)
+    return parse_spec(d)
+
+
+def _t(**train) -> dict:
+    """The `train` section as the worker loop gets it (plain JSON data)."""
+    return TrainSpec(**train).model_dump(mode="json")
+
+
+# ------------------------------------------------------------------------- learning-rate schedule
+
+
+def _factors(epochs: int, **train) -> list[float]:
+    t = _t(epochs=epochs, **train)
+    return [lr_factor(t, e) for e in range(epochs)]
+
+
+def test_constant_schedule_keeps_the_peak_lr():
+    assert _factors(5) == [1.0] * 5
+
+
+def test_warmup_rises_linearly_then_holds_the_peak():
+    assert _factors(5, warmup_epochs=3) == pytest.approx([1 / 4, 2 / 4, 3 / 4, 1.0, 1.0])
+
+
+def test_cosine_decays_from_the_peak_over_all_epochs():
+    f = _factors(10, schedule="cosine")
+    assert f[0] == 1.0
+    assert f[5] == pytest.approx(0.5)
+    assert f[9] == pytest.approx(0.5 * (1 + math.cos(math.pi * 9 / 10)))  # last epoch: close to 0, not 0
+    assert all(a > b for a, b in zip(f, f[1:]))
+
+
+def test_cosine_after_warmup_starts_its_decay_at_the_end_of_warmup():
+    f = _factors(10, schedule="cosine", warmup_epochs=2)
+    assert f[:2] == pytest.approx([1 / 3, 2 / 3])
+    assert f[2] == 1.0
+    assert f[6] == pytest.approx(0.5)  # half way through the 8 epochs after warm-up
+    assert f[9] == pytest.approx(0.5 * (1 + math.cos(math.pi * 7 / 8)))
+
+
+def test_step_schedule_multiplies_by_gamma_every_step_size_epochs():
+    assert _factors(7, schedule="step", step_size=3, gamma=0.1) == pytest.approx([1, 1, 1, 0.1, 0.1, 0.1, 0.01])
+
+
+def test_step_schedule_counts_epochs_from_zero_even_with_warmup():
+    # warm-up replaces the first epochs; the decay steps stay where they are without it
+    assert _factors(5, schedule="step", step_size=2, gamma=0.5, warmup_epochs=1) == pytest.approx([0.5, 1, 0.5, 0.5, 0.25])
+
+
+def test_onecycle_rises_to_the_peak_at_30_percent_then_falls_towards_a_25th():
+    f = _factors(10, schedule="onecycle")
+    assert f[:4] == pytest.approx([0.1, 0.4, 0.7, 1.0])  # peak at int(0.3 * 10) = 3
+    assert f[9] == pytest.approx(1 - 0.96 * 6 / 7)
+    assert all(a > b for a, b in zip(f[3:], f[4:]))
+    assert min(_factors(1000, schedule="onecycle")) == pytest.approx(1 - 0.96 * 699 / 700)
+    assert min(_factors(1000, schedule="onecycle")) >= 0.04
+
+
+def test_onecycle_of_one_epoch_trains_at_a_tenth_of_the_peak():
+    assert _factors(1, schedule="onecycle") == [0.1]
+
+
+# ------------------------------------------------------------------------------------ metric sums
+
+
+def _cls_batch():
+    out = torch.tensor([[2.0, 0.0], [0.0, 3.0], [1.0, 0.0], [0.0, 1.0]])
+    y = torch.tensor([0, 1, 1, UNKNOWN_LABEL])  # right, right, wrong, unknown label (counted wrong)
+    return torch.tensor(6.0), out, y
+
+
+def test_classification_sums_average_the_loss_over_known_labels_and_accuracy_over_rows():
+    s = Sums(CPU)
+    s.add("classification", *_cls_batch())
+    assert s.t.tolist() == [6.0, 3.0, 4.0, 2.0, 0.0, 0.0]  # loss, rows the loss counts, rows, correct, |err|, err^2
+    assert s.metrics("classification", "val_") == {"val_loss": 2.0, "val_accuracy": 0.5}
+
+
+def test_sums_accumulate_over_batches():
+    s = Sums(CPU)
+    s.add("classification", *_cls_batch())
+    s.add("classification", torch.tensor(1.0), torch.tensor([[0.0, 1.0]]), torch.tensor([1]))
+    assert s.metrics("classification", "train_") == {"train_loss": 7 / 4, "train_accuracy": 3 / 5}
+
+
+def test_regression_errors_are_reported_in_the_labels_units():
+    s = Sums(CPU)
+    out, y = torch.tensor([[1.0], [2.0], [4.0]]), torch.tensor([0.0, 2.0, 1.0])  # errors 1, 0, 3
+    s.add("regression", torch.tensor(10.0), out, y)
+    m = s.metrics("regression", "test_", target_std=2.0)
+    assert m == pytest.approx({"test_loss": 10 / 3, "test_rmse": math.sqrt(10 / 3) * 2, "test_mae": 4 / 3 * 2})
+
+
+def test_worker_sums_add_up_to_row_weighted_global_metrics():
+    """all_reduce adds the workers' sums, so a metric is the mean over all rows, not a mean of worker means."""
+    a, b = Sums(CPU), Sums(CPU)
+    a.add("regression", torch.tensor(4.0), torch.tensor([[2.0]]), torch.tensor([0.0]))  # 1 row, error 2
+    b.add("regression", torch.tensor(0.0), torch.zeros(3, 1), torch.zeros(3))  # 3 rows, no error
+    a.all_reduce()  # no process group: nothing to reduce
+    assert a.t.tolist() == [4.0, 1.0, 1.0, 0.0, 2.0, 4.0]
+    reduced = Sums(CPU)
+    reduced.t = a.t + b.t  # what dist.all_reduce(SUM) leaves on every rank
+    assert reduced.metrics("regression", "val_") == pytest.approx({"val_loss": 1.0, "val_rmse": 1.0, "val_mae": 0.5})
+
+
+def test_empty_sums_do_not_divide_by_zero():
+    assert Sums(CPU).metrics("classification", "val_") == {"val_loss": 0.0, "val_accuracy": 0.0}
+
+
+def test_the_loop_reports_the_metric_names_the_spec_defines():
+    c, r = Sums(CPU), Sums(CPU)
+    assert set(c.metrics("classification", "val_")) | set(r.metrics("regression", "val_")) == set(VAL_METRICS)
+    assert set(c.metrics("classification", "train_")) | set(r.metrics("regression", "train_")) == set(TRAIN_METRICS)
+    assert set(c.metrics("classification", "test_")) | set(r.metrics("regression", "test_")) == set(TEST_METRICS)
+    assert {n for n in METRIC_NAMES if METRICS[n][1] == "regression"} == {k[4:] for k in r.metrics("regression", "val_")} - {"loss"}
+
+
+def test_losses_are_sums_and_skip_unknown_labels():
+    ce = make_loss("classification", 0.0)
+    assert ce(torch.zeros(2, 2), torch.tensor([0, UNKNOWN_LABEL])).item() == pytest.approx(math.log(2))
+    mse = make_loss("regression", 0.0)
+    assert mse(torch.tensor([1.0, 3.0]), torch.tensor([0.0, 0.0])).item() == 10.0
+
+
+def test_evaluate_scores_a_model_over_batches():
+    model = nn.Linear(2, 1)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, -1.0]]))
+        model.bias.fill_(0.5)
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]])  # predictions 1.5, -0.5, 0.5
+    y = torch.tensor([1.0, 0.0, 0.5])  # errors 0.5, -0.5, 0
+    batches = [{"x": x[:2], "y": y[:2]}, {"x": x[2:], "y": y[2:]}]
+    m = evaluate(model, batches, "regression", {"arch": "custom"}, CPU, make_loss("regression", 0.0), 10.0, "val_")
+    assert m == pytest.approx({"val_loss": 0.5 / 3, "val_rmse": math.sqrt(0.5 / 3) * 10, "val_mae": 1 / 3 * 10})
+    assert not model.training
+
+
+# ------------------------------------------------------------------------------- optimizer choice
+
+
+def _param() -> list[nn.Parameter]:
+    return [nn.Parameter(torch.zeros(3))]
+
+
+def test_sgd_gets_lr_momentum_and_weight_decay():
+    opt = make_optimizer(_param(), _t(optimizer="sgd", lr=0.05, momentum=0.8, weight_decay=0.01))
+    assert type(opt) is torch.optim.SGD
+    g = opt.param_groups[0]
+    assert (g["lr"], g["momentum"], g["weight_decay"]) == (0.05, 0.8, 0.01)
+
+
+def test_adam_gets_lr_and_weight_decay():
+    opt = make_optimizer(_param(), _t(optimizer="adam", lr=0.002, weight_decay=0.1, momentum=0.5))
+    assert type(opt) is torch.optim.Adam
+    g = opt.param_groups[0]
+    assert (g["lr"], g["weight_decay"]) == (0.002, 0.1)
+    assert "momentum" not in g
+
+
+def test_adamw_is_the_default_and_takes_the_specs_weight_decay():
+    opt = make_optimizer(_param(), _t())
+    assert type(opt) is torch.optim.AdamW
+    assert (opt.param_groups[0]["lr"], opt.param_groups[0]["weight_decay"]) == (1e-3, 0.0)  # not torch's 0.01
+
+
+def test_sgd_step_applies_lr_and_weight_decay():
+    p = [nn.Parameter(torch.ones(1))]
+    opt = make_optimizer(p, _t(optimizer="sgd", lr=0.1, momentum=0.0, weight_decay=0.5))
+    p[0].grad = torch.full((1,), 2.0)
+    opt.step()
+    assert p[0].item() == pytest.approx(1 - 0.1 * (2.0 + 0.5 * 1))
+
+
+# ---------------------------------------------------------------------------------- mixed precision
+
+
+@pytest.mark.parametrize("mode", ["auto", "bf16", "fp16", "off"])
+def test_mixed_precision_is_always_off_on_cpu(mode):
+    assert autocast_dtype(mode, CPU) is None
+
+
+@pytest.mark.parametrize(
+    "mode,bf16_supported,expected",
+    [
+        ("auto", True, torch.bfloat16),
+        ("auto", False, torch.float16),
+        ("bf16", False, torch.bfloat16),  # asked for explicitly: no capability check
+        ("fp16", True, torch.float16),
+        ("off", True, None),
+    ],
+)
+def test_mixed_precision_on_gpu(monkeypatch, mode, bf16_supported, expected):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_supported)
+    assert autocast_dtype(mode, torch.device("cuda")) is expected
+
+
+# ------------------------------------------------------------------------------------- loop config
+
+
+LOOP_KEYS = {
+    "job_name", "task", "model", "train", "input_shape", "num_outputs", "preprocessing",
+    "target_std", "checkpoint_metric", "checkpoint_mode", "torch_threads",
+}
+
+
+def test_loop_config_for_regression():
+    spec = _spec(train={"epochs": 4, "lr": 0.01, "early_stopping": {"patience": 2}}, checkpoint={"metric": "val_rmse"})
+    pre = Preprocessor(task="regression", label="y", numeric=["a", "b"], means=[0.0, 1.0], stds=[1.0, 2.0], target_mean=3.0, target_std=2.5)
+    plan = plan_workers(spec.scaling, ClusterResources(cpus=8, gpus=0))  # 2 workers x 3 CPUs, 1 CPU left for Ray Data
+    config = build_loop_config(spec, SimpleNamespace(preprocessor=pre), plan)
+    assert set(config) == LOOP_KEYS
+    assert config["job_name"] == "unit" and config["task"] == "regression"
+    assert config["model"] == {"arch": "mlp", "hidden": [128, 64], "activation": "relu", "batch_norm": False}
+    assert config["train"]["epochs"] == 4 and config["train"]["lr"] == 0.01
+    assert config["train"]["early_stopping"] == {"patience": 2, "min_delta": 0.0}
+    assert (config["input_shape"], config["num_outputs"]) == ([2], 1)
+    assert config["preprocessing"] == pre.to_dict()
+    assert config["target_std"] == 2.5
+    assert (config["checkpoint_metric"], config["checkpoint_mode"]) == ("val_rmse", "min")
+    assert config["torch_threads"] == 3
+    assert json.loads(json.dumps(config)) == config  # plain data: it crosses the Ray boundary as is
+
+
+def test_loop_config_for_classification_keeps_metrics_unscaled():
+    spec = _spec(model={"arch": "mlp", "hidden": [8]}, checkpoint={"metric": "val_accuracy"}, scaling={"workers": 1})
+    pre = Preprocessor(task="classification", label="y", numeric=["a"], means=[0.0], stds=[1.0],
+                       categorical={"city": ["x", "y", "z"]}, classes=["no", "yes"], target_std=7.0)
+    plan = plan_workers(spec.scaling, ClusterResources(cpus=1.5, gpus=0))
+    config = build_loop_config(spec, SimpleNamespace(preprocessor=pre), plan)
+    assert (config["input_shape"], config["num_outputs"]) == ([4], 2)  # 1 numeric + 3 one-hot columns; 2 classes
+    assert config["target_std"] == 1.0  # only regression errors are scaled back to the label's units
+    assert (config["checkpoint_metric"], config["checkpoint_mode"]) == ("val_accuracy", "max")
+    assert plan.cpus_per_worker == 0.5 and config["torch_threads"] == 1
+
+
+# ------------------------------------------------------------------------- the loop, on a fake session
+
+
+class _Rows:
+    """Stands for a dataset shard: the loop only calls iter_torch_batches."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        self.x, self.y = x, y
+
+    def iter_torch_batches(self, *, batch_size, dtypes, device, **shuffle):
+        for i in range(0, len(self.y), batch_size):
+            yield {"x": self.x[i : i + batch_size].to(dtypes["x"]), "y": self.y[i : i + batch_size].to(dtypes["y"])}
+
+
+class _Session:
+    rank, world_size = 0, 1
+
+    def __init__(self, rows: _Rows):
+        self.rows, self.reports = rows, []
+
+    def device(self):
+        return CPU
+
+    def prepare_model(self, model):
+        return model
+
+    def dataset(self, name):
+        return self.rows
+
+    def get_checkpoint(self):
+        return None
+
+    def report(self, metrics, checkpoint_dir):
+        files = sorted(p.name for p in Path(checkpoint_dir).iterdir()) if checkpoint_dir else []
+        self.reports.append((dict(metrics), files))
+
+
+def _loop_config(scale: float = 1.0, **train) -> dict:
+    spec = _spec(train={"epochs": 4, "batch_size": 16, "optimizer": "sgd", "momentum": 0.0, **train},
+                 model={"arch": "mlp", "hidden": [4]}, scaling={"workers": 1}, checkpoint={"metric": "val_mae"})
+    pre = Preprocessor(task="regression", label="y", numeric=["a", "b"], means=[0.0, 0.0], stds=[1.0, 1.0], target_std=3.0)
+    config = build_loop_config(spec, SimpleNamespace(preprocessor=pre), plan_workers(spec.scaling, ClusterResources(cpus=2, gpus=0)))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 2, generator=g) * scale
+    return config, _Rows(x, x[:, 0] - x[:, 1])
+
+
+def test_the_loop_runs_on_the_config_built_from_a_spec():
+    config, rows = _loop_config(lr=0.05, schedule="step", step_size=2, gamma=0.5)
+    session = _Session(rows)
+    assert run_loop(config, session) is None
+    metrics = [m for m, _ in session.reports]
+    assert [m["epoch"] for m in metrics] == [1, 2, 3, 4]
+    assert [m["lr"] for m in metrics] == pytest.approx([0.05, 0.05, 0.025, 0.025])
+    assert {"train_loss", "train_rmse", "train_mae", "val_loss", "val_rmse", "val_mae"} <= set(metrics[0])
+    assert metrics[-1]["val_loss"] < metrics[0]["val_loss"]
+    assert all(m["restored_from_epoch"] == -1 and m["early_stopped"] is False and m["world_size"] == 1 for m in metrics)
+    assert session.reports[0][1] == ["metrics.json", "model.json", "preprocessing.json", "state.pt"]
+
+
+def test_a_diverging_loop_stops_and_says_when():
+    config, rows = _loop_config(scale=1e3, lr=10.0)
+    session = _Session(rows)
+    result = run_loop(config, session)
+    assert result["diverged_epoch"] == 1 and not math.isfinite(result["loss"])
+    assert session.reports == []  # no report without validation metrics
+
+
+def _stopper(mode: str, patience=2, min_delta=0.0) -> WorkerLoop:
+    loop = WorkerLoop.__new__(WorkerLoop)  # early_stop only reads this state
+    loop.best, loop.since_best, loop.mode, loop.patience, loop.min_delta = None, 0, mode, patience, min_delta
+    return loop
+
+
+def test_early_stopping_counts_epochs_without_improvement():
+    loop = _stopper("min", patience=2, min_delta=0.1)
+    assert [loop.early_stop(v) for v in (1.0, 0.95, 0.8, 0.85, 0.75)] == [False, False, False, False, True]
+    assert (loop.best, loop.since_best) == (0.8, 2)  # 0.95 and 0.75 improve by less than min_delta
+    loop = _stopper("max", patience=1)
+    assert [loop.early_stop(v) for v in (0.5, 0.6, 0.6)] == [False, False, True]
+    assert [_stopper("min", patience=None).early_stop(v) for v in (1, 2, 3)] == [False, False, False]  # no early stopping
+
+
+# ------------------------------------------------------------------------ search concurrency plan
+
+
+def _search_spec(scaling=None, **tune) -> JobSpec:
+    t = {"space": {"train.lr": {"loguniform": [1e-4, 1e-1]}}, "num_samples": 8, **tune}
+    return _spec(tune=t, scaling=scaling or {"workers": 1})
+
+
+def test_expected_trials_multiply_samples_by_grid_points():
+    spec = _spec(tune={"space": {"train.lr": {"grid": [0.1, 0.01, 0.001]}, "model.hidden": {"grid": [[8], [16]]},
+                                 "train.dropout": {"uniform": [0.0, 0.5]}},
+                       "num_samples": 2, "search": "random"})
+    assert expected_trials(spec.tune) == 2 * 3 * 2
+    assert expected_trials(_search_spec(num_samples=5).tune) == 5
+
+
+def test_auto_concurrency_runs_at_least_two_trials_on_a_small_machine():
+    k, plan = plan_search(_search_spec(), ClusterResources(cpus=2, gpus=0))
+    assert k == 2  # (2 - 1 CPU for Ray Data) / 1 worker = 1, raised to the minimum of 2
+    assert plan.workers == 1 and plan.cpus_per_worker == 0.49  # (2 - 2 x 0.01 trial drivers - 1) / 2, rounded down
+    assert TRIAL_DRIVER_CPUS == 0.01
+
+
+def test_auto_concurrency_gives_each_worker_a_whole_cpu_on_a_big_machine():
+    k, plan = plan_search(_search_spec(scaling={"workers": 2}), ClusterResources(cpus=8, gpus=0))
+    assert k == 3  # floor((8 - 1) / 2)
+    assert plan.cpus_per_worker == 1.0 and plan.torch_threads == 1
+
+
+def test_auto_concurrency_never_exceeds_the_trials():
+    k, _ = plan_search(_search_spec(num_samples=3), ClusterResources(cpus=64, gpus=0))
+    assert k == 3
+
+
+def test_auto_concurrency_is_bounded_by_gpus():
+    k, plan = plan_search(_search_spec(scaling={"workers": 1, "gpus_per_worker": 1}), ClusterResources(cpus=16, gpus=2))
+    assert k == 2 and plan.gpus_per_worker == 1.0
+
+
+def test_fixed_concurrency_is_capped_by_the_trials():
+    assert plan_search(_search_spec(max_concurrent=4, num_samples=3), ClusterResources(cpus=64, gpus=0))[0] == 3
+    assert plan_search(_search_spec(max_concurrent=1), ClusterResources(cpus=64, gpus=0))[0] == 1
+
+
+def test_auto_concurrency_backs_off_until_the_trials_fit():
+    spec = _search_spec(scaling={"workers": 2, "cpus_per_worker": 1})
+    k, plan = plan_search(spec, ClusterResources(cpus=4, gpus=0))
+    assert k == 1 and plan.total_cpus == 2.0  # two trials would need 2 x 2 + 1 CPUs
+    with pytest.raises(ResourceError):
+        plan_search(spec, ClusterResources(cpus=2.5, gpus=0))
+
+
+def test_fixed_concurrency_that_does_not_fit_is_refused():
+    with pytest.raises(ResourceError, match="concurrent trials"):
+        plan_search(_search_spec(max_concurrent=10, num_samples=10), ClusterResources(cpus=2, gpus=0))  # 0.09 CPU each
+
+
+# ------------------------------------------------------------------------ search-space encoding
+
+
+SPACE = {
+    "train.lr": {"loguniform": [1e-4, 1e-1]},
+    "train.dropout": {"uniform": [0.0, 0.5]},
+    "train.early_stopping.patience": {"randint": [2, 5]},
+    "train.optimizer": {"choice": ["adam", "sgd"]},
+    "model.hidden": {"choice": [[32], [64, 32]]},
+}
+
+
+def _space() -> dict[str, Param]:
+    return TuneSpec(space=SPACE).space
+
+
+def test_spec_space_becomes_tune_domains():
+    from ray.tune.search.sample import Categorical, Float, Integer
+
+    from orchestrator.tune.search import to_tune_space
+
+    out = to_tune_space(_space())
+    lr, dropout, patience = out["train.lr"], out["train.dropout"], out["train.early_stopping.patience"]
+    assert isinstance(lr, Float) and (lr.lower, lr.upper) == (1e-4, 1e-1) and isinstance(lr.get_sampler(), Float._LogUniform)
+    assert isinstance(dropout, Float) and (dropout.lower, dropout.upper) == (0.0, 0.5) and isinstance(dropout.get_sampler(), Float._Uniform)
+    assert isinstance(patience, Integer) and (patience.lower, patience.upper) == (2, 6)  # spec high inclusive, Tune's exclusive
+    assert isinstance(out["train.optimizer"], Categorical) and out["train.optimizer"].categories == ["adam", "sgd"]
+    assert out["model.hidden"].categories == [0, 1]  # list values are searched by index
+
+
+def test_grids_become_grid_search_and_list_grids_are_indexed():
+    from orchestrator.tune.search import to_tune_space
+
+    space = TuneSpec(space={"train.lr": {"grid": [0.1, 0.01]}, "model.hidden": {"grid": [[8], [16, 8], [4]]}}, search="random").space
+    assert to_tune_space(space) == {"train.lr": {"grid_search": [0.1, 0.01]}, "model.hidden": {"grid_search": [0, 1, 2]}}
+
+
+def test_tune_config_decodes_to_spec_values():
+    config = {"train.lr": 0.003, "train.dropout": 0.2, "train.early_stopping.patience": 4, "train.optimizer": "sgd", "model.hidden": 1}
+    assert decode_config(config, _space()) == {**config, "model.hidden": [64, 32]}
+    assert decode_config({"other": 1}, _space()) == {"other": 1}  # keys outside the space pass through
+
+
+def test_spec_point_encodes_the_specs_own_values_and_decodes_back():
+    spec = _spec(train={"lr": 0.01, "dropout": 0.1, "optimizer": "sgd", "early_stopping": {"patience": 3}},
+                 model={"arch": "mlp", "hidden": [64, 32]}, tune={"space": SPACE})
+    point = spec_point(spec)
+    assert point == {"train.lr": 0.01, "train.dropout": 0.1, "train.early_stopping.patience": 3, "train.optimizer": "sgd", "model.hidden": 1}
+    assert decode_config(point, spec.tune.space)["model.hidden"] == [64, 32]
+
+
+@pytest.mark.parametrize(
+    "sections",
+    [
+        {"train": {"lr": 0.5, "early_stopping": {"patience": 3}}},  # lr outside [1e-4, 1e-1]
+        {"train": {"lr": 0.01}},  # early stopping off: no value of patience stands for it
+        {"train": {"lr": 0.01, "early_stopping": {"patience": 3}}, "model": {"arch": "mlp", "hidden": [7]}},  # not a choice
+    ],
+)
+def test_no_spec_point_when_the_spec_is_outside_the_space(sections):
+    assert spec_point(_spec(tune={"space": SPACE}, **sections)) == {}
+
+
+# ------------------------------------------------------------------------ trial status
+
+
+def _trial(trial_id="t1", config=None, **kw):
+    return SimpleNamespace(**{"trial_id": trial_id, "config": config or {"train.lr": 0.01}, "error_file": None, "error_msg": None, **kw})
+
+
+def _epochs(tracker, trial, n, **last):
+    for e in range(1, n + 1):
+        extra = last if e == n else {}
+        tracker.on_trial_result(0, [], trial, {"epoch": e, "val_loss": 1.0 / e, "early_stopped": False, **extra})
+
+
+def _tracker(path, max_epochs: int):
+    from orchestrator.tune.search import TrialTracker  # a tune.Callback: imports Ray (without starting it)
+
+    return TrialTracker(_space(), path, max_epochs=max_epochs)
+
+
+@pytest.fixture
+def tracker(tmp_path):
+    return _tracker(tmp_path / "trials.json", 4)
+
+
+def test_a_trial_that_ran_every_epoch_is_terminated(tracker):
+    trial = _trial()
+    tracker.on_trial_start(0, [], trial)
+    assert tracker.records["t1"].status == "RUNNING"
+    _epochs(tracker, trial, 4)
+    tracker.on_trial_complete(0, [], trial)
+    assert tracker.records["t1"].status == "TERMINATED"
+
+
+def test_a_trial_the_scheduler_stopped_early_is_pruned(tracker):
+    trial = _trial()
+    _epochs(tracker, trial, 2)
+    tracker.on_trial_complete(0, [], trial)
+    assert tracker.records["t1"].status == "PRUNED"
+
+
+def test_a_trial_that_stopped_itself_is_early_stopped(tracker):
+    trial = _trial()
+    _epochs(tracker, trial, 2, early_stopped=True)
+    tracker.on_trial_complete(0, [], trial)
+    assert tracker.records["t1"].status == "EARLY_STOPPED"
+
+
+def test_a_failed_trial_is_an_error_with_the_root_cause(tracker, tmp_path):
+    err = tmp_path / "error.txt"
+    err.write_text('Traceback (most recent call last):\n  File "loop.py", line 3, in run\n    raise ValueError("boom")\n'
+                   "ValueError: boom\n\nThe above exception was the direct cause of:\nray.exceptions.RayTaskError(ValueError): wrapped\n")
+    trial = _trial(error_file=str(err))
+    tracker.on_trial_error(0, [], trial)
+    assert (tracker.records["t1"].status, tracker.records["t1"].error) == ("ERROR", "ray.exceptions.RayTaskError(ValueError): wrapped")
+    trial2 = _trial("t2")
+    trial2.error_msg = "something odd\nno details"
+    tracker.on_trial_error(0, [], trial2)
+    assert tracker.records["t2"].error == "no details"
+    assert {"TERMINATED", "PRUNED", "EARLY_STOPPED", "ERROR"} == set(FINAL_STATUSES)
+
+
+def test_tracker_keeps_metric_columns_replaces_re_reported_epochs_and_decodes_configs(tracker, tmp_path):
+    trial = _trial(config={"train.lr": 0.01, "model.hidden": 1})
+    tracker.on_trial_result(0, [], trial, {"epoch": 1, "val_loss": 0.9, "train_loss": 1.2, "lr": 0.01, "pid": 123,
+                                           "time_total_s": 3.0, "timestamp": 1700000000})
+    tracker.on_trial_result(0, [], trial, {"epoch": 1, "val_loss": 0.8})  # epoch 1 again, after a restart
+    rec = tracker.records["t1"]
+    assert rec.config == {"train.lr": 0.01, "model.hidden": [64, 32]}
+    assert rec.epochs == [{"epoch": 1, "val_loss": 0.8, "time_total_s": None, "timestamp": None}]
+    saved = load_records(tmp_path / "trials.json")
+    assert saved["t1"].config == rec.config and saved["t1"].epochs == rec.epochs
+
+
+def test_tracker_resumes_the_records_it_saved(tmp_path):
+    first = _tracker(tmp_path / "trials.json", 2)
+    trial = _trial()
+    _epochs(first, trial, 2)
+    first.on_trial_complete(0, [], trial)
+    again = _tracker(tmp_path / "trials.json", 2)
+    assert again.records["t1"].status == "TERMINATED" and len(again.records["t1"].epochs) == 2
+
+
+def test_damaged_trial_records_are_a_run_dir_error(tmp_path):
+    (tmp_path / "trials.json").write_text("[{")
+    with pytest.raises(RunDirError, match="damaged trial records"):
+        load_records(tmp_path / "trials.json")
+    assert load_records(tmp_path / "missing.json") == {}
+
+
+def test_trial_record_best_follows_the_metrics_direction():
+    rec = TrialRecord("t", {}, epochs=[{"val_loss": 0.5, "val_accuracy": 0.7}, {"val_loss": float("nan"), "val_accuracy": 0.9},
+                                       {"val_loss": 0.4, "val_accuracy": 0.8}])
+    assert (rec.best("val_loss"), rec.best("val_accuracy")) == (0.4, 0.9)
+    assert TrialRecord("t", {}).best("val_loss") is None
+
+
+# ------------------------------------------------------------------------------------ the spec
+
+
+def _properties(schema: dict):
+    for name, node in [("JobSpec", schema), *schema["$defs"].items()]:
+        for field_name, prop in node.get("properties", {}).items():
+            yield f"{name}.{field_name}", prop
+
+
+def test_every_spec_field_has_a_one_line_description():
+    props = dict(_properties(JobSpec.model_json_schema()))
+    assert len(props) > 90
+    missing = sorted(k for k, p in props.items() if not (p.get("description") or "").strip())
+    assert missing == []
+    multi_line = sorted(k for k, p in props.items() if "\n" in p["description"])
+    assert multi_line == []
+
+
+def test_metric_names_come_from_one_definition():
+    assert METRIC_NAMES == ("loss", "accuracy", "rmse", "mae")
+    assert VAL_METRICS == ("val_loss", "val_accuracy", "val_rmse", "val_mae")
+    assert TEST_METRICS == tuple("test_" + n for n in METRIC_NAMES)
+    assert METRIC_MODES == {"val_loss": "min", "val_accuracy": "max", "val_rmse": "min", "val_mae": "min"}
+    assert TASK_ONLY == {"classification": {"accuracy", "label_smoothing"}, "regression": {"rmse", "mae"}}
+    schema = JobSpec.model_json_schema()["$defs"]
+    assert schema["CheckpointSpec"]["properties"]["metric"]["enum"] == list(VAL_METRICS)
+    assert CheckpointSpec(metric="val_mae").mode == "min"
+    assert [parse_promote(f"{n} < 1")[0] for n in ("loss", "test_rmse", "mae")] == ["test_loss", "test_rmse", "test_mae"]
