@@ -8,17 +8,28 @@ few epochs in plain torch, saved with `write_checkpoint` exactly as a training r
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import subprocess
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Optional
+
+import httpx
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 from orchestrator.data.bundled import bundled_frame
 from orchestrator.data.preprocess import Preprocessor, assign_splits
 from orchestrator.models.build import build_model, forward
 from orchestrator.train.checkpoint import load_model, write_checkpoint
+from tests.conftest import ROOT
 
 SITES = ["north", "south", "west"]
 
@@ -104,3 +115,39 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def serving_until_ctrl_c(cmd: list[str], port: int, timeout: float, *, env: Optional[dict] = None, cwd: Optional[Path] = None):
+    """Run a serving command until it prints its ready banner; yield (process, output lines), then press
+    Ctrl-C and check that it stops cleanly and the port is closed."""
+    # SIGINT ignored, as in a child of a background job of a non-interactive shell (CI runners,
+    # `nohup`): Ctrl-C must still stop the server.
+    proc = subprocess.Popen(cmd, cwd=cwd or ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**(os.environ if env is None else env), "COLUMNS": "300"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not any("Ctrl-C stops the server" in x for x in lines):
+            assert proc.poll() is None, "".join(lines)
+            assert time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.2)
+        out = "".join(lines)
+        assert f"http://127.0.0.1:{port}" in out and "curl -s" in out
+        yield proc, lines
+        proc.send_signal(signal.SIGINT)
+        try:
+            code = proc.wait(120)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("still running 120 s after Ctrl-C:\n" + "".join(lines)) from None
+        assert code == 0, "".join(lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(10)
+    assert "server stopped" in "".join(lines)
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/healthz")

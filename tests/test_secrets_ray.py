@@ -9,11 +9,8 @@ import json
 import os
 import re
 import secrets
-import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -23,7 +20,7 @@ import yaml
 
 from tests.conftest import ROOT, spec_dict
 from tests.jobs_support import AMBIENT, cli_command, orch
-from tests.serve_support import free_port
+from tests.serve_support import free_port, serving_until_ctrl_c
 
 SERVE_TOKEN_ENV = "ORCHESTRATOR_SECRETS_TEST_SERVE_TOKEN"
 
@@ -89,16 +86,7 @@ def test_run_with_serve_leaks_neither_token(data_dir, tmp_path):
     spec = token_spec(tmp_path / "spec", data_dir, promote="accuracy >= 0.5", serve={"port": port, "auth_token_env": SERVE_TOKEN_ENV})
     env = clean_env(**{SERVE_TOKEN_ENV: tokens["serve token"], "RAY_AUTH_TOKEN": tokens["Ray token"]})
     exe = Path(sys.executable).parent / "orchestrator"
-    proc = subprocess.Popen([str(exe), "run", str(spec), "-o", str(tmp_path / "runs")], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
-    reader.start()
-    try:
-        deadline = time.monotonic() + 300
-        while not any("Ctrl-C stops the server" in x for x in lines):
-            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)[-3000:]
-            time.sleep(0.3)
+    with serving_until_ctrl_c([str(exe), "run", str(spec), "-o", str(tmp_path / "runs")], port, 300, env=env, cwd=tmp_path) as (proc, lines):
         url = f"http://127.0.0.1:{port}"
         meta = httpx.get(f"{url}/metadata", headers={"Authorization": f"Bearer {tokens['serve token']}"}, timeout=30)
         assert meta.status_code == 200, meta.text
@@ -115,12 +103,6 @@ def test_run_with_serve_leaks_neither_token(data_dir, tmp_path):
             resp = httpx.get(api + path, headers=ray_auth, timeout=30)
             assert resp.status_code == 200, (path, resp.status_code)
             leaks += [f"{name} in {path}" for name, tok in tokens.items() if tok in resp.text]
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(120) == 0, "".join(lines)[-3000:]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    reader.join(10)
     out = tmp_path / "output.txt"
     out.write_text("".join(lines))
     assert session.is_dir()

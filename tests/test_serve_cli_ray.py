@@ -5,19 +5,14 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import signal
-import subprocess
 import sys
-import threading
-import time
-from contextlib import contextmanager
 
 import httpx
 import pytest
 import yaml
 
-from tests.conftest import ROOT, spec_dict
-from tests.serve_support import feature_records, free_port, make_checkpoint, make_run_dir, offline_predictions
+from tests.conftest import spec_dict
+from tests.serve_support import feature_records, free_port, make_checkpoint, make_run_dir, offline_predictions, serving_until_ctrl_c
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -25,47 +20,11 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 CLI = "import sys, typer; from orchestrator.cli import serve; app = typer.Typer(); serve.register(app); app()"
 
 
-@contextmanager
-def serving_until_ctrl_c(cmd: list[str], port: int, timeout: float):
-    """Run a serving command until it prints its ready banner; yield its output lines, then press
-    Ctrl-C and check that it stops cleanly and the port is closed."""
-    # SIGINT ignored, as in a child of a background job of a non-interactive shell (CI runners,
-    # `nohup`): Ctrl-C must still stop the server.
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "COLUMNS": "300"},
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
-    reader.start()
-    try:
-        deadline = time.monotonic() + timeout
-        while not any("Ctrl-C stops the server" in x for x in lines):
-            assert proc.poll() is None, "".join(lines)
-            assert time.monotonic() < deadline, "".join(lines)
-            time.sleep(0.2)
-        out = "".join(lines)
-        assert f"http://127.0.0.1:{port}" in out and "curl -s" in out
-        yield lines
-        proc.send_signal(signal.SIGINT)
-        try:
-            code = proc.wait(120)
-        except subprocess.TimeoutExpired:
-            raise AssertionError("still running 120 s after Ctrl-C:\n" + "".join(lines)) from None
-        assert code == 0, "".join(lines)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    reader.join(10)
-    assert "server stopped" in "".join(lines)
-    with pytest.raises(httpx.ConnectError):
-        httpx.get(f"http://127.0.0.1:{port}/healthz")
-
-
 def test_serve_run_dir_until_ctrl_c(tmp_path):
     ckpt, test = make_checkpoint(tmp_path / "ckpt")
     port = free_port()
     run = make_run_dir(tmp_path, ckpt, serve={"port": port, "max_batch_size": 8})
-    with serving_until_ctrl_c([sys.executable, "-c", CLI, "serve", str(run)], port, 240) as lines:
+    with serving_until_ctrl_c([sys.executable, "-c", CLI, "serve", str(run)], port, 240) as (_, lines):
         curl = next(x for x in lines if x.startswith("curl -s"))
         assert f"http://127.0.0.1:{port}/predict" in curl
         meta = httpx.get(f"http://127.0.0.1:{port}/metadata").json()
@@ -85,7 +44,7 @@ def test_run_with_serve_section_trains_then_serves_the_winner(tmp_path, data_dir
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(d))
     exe = os.path.join(os.path.dirname(sys.executable), "orchestrator")
-    with serving_until_ctrl_c([exe, "run", str(spec_path), "-o", str(tmp_path / "runs")], port, 420) as lines:
+    with serving_until_ctrl_c([exe, "run", str(spec_path), "-o", str(tmp_path / "runs")], port, 420) as (_, lines):
         out = "".join(lines)
         (run_dir,) = (tmp_path / "runs").iterdir()
         assert "serving breast-cancer-mlp" in out and str(run_dir / "best_checkpoint") in out

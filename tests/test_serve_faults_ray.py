@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
-import threading
 import time
 
 import httpx
 import psutil
 import pytest
 
-from tests.conftest import ROOT, run_cli
-from tests.serve_support import free_port, make_checkpoint, make_run_dir
+from tests.conftest import run_cli
+from tests.serve_support import free_port, make_checkpoint, make_run_dir, serving_until_ctrl_c
 from tests.test_serve_app import corrupt_copy
 
 TOKEN_ENV = "ORCHESTRATOR_FAULTS_TOKEN"
@@ -70,17 +67,8 @@ def test_the_serve_token_is_in_no_ray_process_environment(checkpoint, tmp_path):
     agents, Serve controller, proxy, replica) has an environment without it; auth still works."""
     port = free_port()
     run = make_run_dir(tmp_path, checkpoint, serve={"port": port, "auth_token_env": TOKEN_ENV, "cpus_per_replica": 0.25})
-    proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "orchestrator"), "serve", str(run)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, TOKEN_ENV: TOKEN, "COLUMNS": "300"})
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
-    reader.start()
-    try:
-        deadline = time.monotonic() + 240
-        while not any("Ctrl-C stops the server" in x for x in lines):
-            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
-            time.sleep(0.2)
+    exe = os.path.join(os.path.dirname(sys.executable), "orchestrator")
+    with serving_until_ctrl_c([exe, "serve", str(run)], port, 240, env={**os.environ, TOKEN_ENV: TOKEN}) as (proc, lines):
         url = f"http://127.0.0.1:{port}"
         assert httpx.get(f"{url}/metadata").status_code == 401
         assert httpx.get(f"{url}/metadata", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
@@ -98,13 +86,3 @@ def test_the_serve_token_is_in_no_ray_process_environment(checkpoint, tmp_path):
                 leaks.append(" ".join(p.cmdline())[:120])
         assert not leaks, f"the token is in the environment of {len(leaks)} of {len(children)} Ray processes: {leaks}"
         assert TOKEN not in "".join(lines)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(120)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-    reader.join(10)
-    assert proc.returncode == 0, "".join(lines)
