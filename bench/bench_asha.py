@@ -100,7 +100,7 @@ def main() -> None:
         run_dir.mkdir(parents=True)
         console.print(f"[bold]search with scheduler={scheduler}[/] ({spec.tune.num_samples} trials, {concurrent} at a time)")
         t0 = time.perf_counter()
-        outcome = run_search(spec, run_dir, prepared, resources, scheduler_override=scheduler)
+        outcome = run_search(spec, run_dir, prepared, concurrent, plan, scheduler_override=scheduler)
         wall = time.perf_counter() - t0
         test = evaluate_checkpoint(outcome.winner_checkpoint, prepared.transformed["test"])
         epoch_times = [e["epoch_time_s"] for r in outcome.records for e in r.epochs if e.get("epoch_time_s")]

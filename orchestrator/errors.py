@@ -4,10 +4,14 @@ never a traceback.
 Exit codes: 0 success; 1 a failure (OrchestratorError, K8sError, DivergedError); 2 bad input (SpecError,
 DataError, ResourceError, RunDirError, CheckpointError); 3 a winner that failed the promotion gate
 (NOT_PROMOTED_EXIT, NotPromotedError); 130 interrupted (Ctrl-C, or an interrupted search).
+
+`one_line`, `first_line` and `last_line` turn a long or multi-line reason (a library's exception, a
+command's output) into the one line these messages quote.
 """
 
 from __future__ import annotations
 
+from typing import Optional, Union
 
 NOT_PROMOTED_EXIT = 3
 INTERRUPTED_EXIT = 130
@@ -76,3 +80,38 @@ class NotFound(K8sError):
 
 class AlreadyExists(K8sError):
     pass
+
+
+# --------------------------------------------------------------------- one-line reasons
+
+
+def one_line(text: object, limit: int = 300) -> str:
+    """`text` (or an exception's message) as one short printable line: messages quote user and server
+    text, which may hold newlines or control characters."""
+    s = " ".join("".join(c if c.isprintable() else " " for c in str(text)).split())
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+def _lines(source: Union[BaseException, str]) -> list[str]:
+    return [line.strip() for line in str(source).splitlines() if line.strip()]
+
+
+def first_line(source: Union[BaseException, str], default: Optional[str] = None) -> Optional[str]:
+    """The first non-blank line of a message (the summary a library puts first), stripped; for an
+    exception without one, `default` or the exception's type name."""
+    lines = _lines(source)
+    return lines[0] if lines else _fallback(source, default)
+
+
+def last_line(source: Union[BaseException, str], default: Optional[str] = None) -> Optional[str]:
+    """The last non-blank line of a message, stripped: where a traceback quoted in an error (Ray's
+    task and replica errors, a command's output) names the exception. For an exception without
+    one, `default` or the exception's type name."""
+    lines = _lines(source)
+    return lines[-1] if lines else _fallback(source, default)
+
+
+def _fallback(source: Union[BaseException, str], default: Optional[str]) -> Optional[str]:
+    if default is None and isinstance(source, BaseException):
+        return type(source).__name__
+    return default

@@ -19,7 +19,7 @@ from orchestrator.ui import make_console
 
 from orchestrator.errors import OrchestratorError, RunDirError
 from orchestrator.rundir import in_run, new_run_dir, write_json, write_metrics
-from orchestrator.spec import JobSpec, load_spec
+from orchestrator.spec import VAL_PREFIX, JobSpec, load_spec
 
 
 @dataclass
@@ -67,7 +67,7 @@ def _train_once(spec: JobSpec, run: Path, prepared, plan, console: Console) -> t
     write_metrics(run, outcome.epochs)
     trial = {"trial_id": "train", "config": {}, "status": "TERMINATED", "epochs": outcome.epochs, "error": None}
     extra = {"epochs_run": len(outcome.epochs), "best_epoch": outcome.best_metrics.get("epoch"),
-             "best_validation": {k: v for k, v in outcome.best_metrics.items() if k.startswith("val_")},
+             "best_validation": {k: v for k, v in outcome.best_metrics.items() if k.startswith(VAL_PREFIX)},
              "worker_failures": outcome.failures, "train_wall_time_s": round(outcome.wall_time_s, 1)}
     return outcome.best_checkpoint, outcome.test_metrics, [trial], extra
 
@@ -92,14 +92,15 @@ def _finish(spec: JobSpec, run: Path, best_checkpoint: str, test_metrics: dict, 
     return RunResult(run, best_checkpoint, test_metrics, decision.to_dict(), summary=summary)
 
 
-def train_job(spec: JobSpec, spec_path: Path, *, output: Optional[Path] = None, address: Optional[str] = None, verbose: bool = False, console: Optional[Console] = None) -> RunResult:
+def train_job(spec: JobSpec, spec_path: Path, *, output: Optional[Path] = None, address: Optional[str] = None, verbose: bool = False, console: Optional[Console] = None,
+              run_name: Optional[str] = None) -> RunResult:
     """Train once (the spec's own settings, even if it has a tune section)."""
     from orchestrator.train.plan import plan_workers
 
     console = console or make_console()
     resources = _start(spec, address, verbose, console)
     plan = plan_workers(spec.scaling, resources)  # refuses an infeasible spec before any work
-    run = new_run_dir(spec, spec_path, output)
+    run = new_run_dir(spec, spec_path, output, run_name)
     console.print(Text.assemble("run ", (str(run), "bold")), f"\ncluster: {resources.cpus:g} CPUs, {resources.gpus:g} GPUs -> {plan.workers} workers x {plan.cpus_per_worker:g} CPU"
                   + (f" + {plan.gpus_per_worker:g} GPU" if plan.gpus_per_worker else ""), sep="", highlight=False, soft_wrap=True)
     prepared = _prepare(spec, console)
@@ -107,22 +108,23 @@ def train_job(spec: JobSpec, spec_path: Path, *, output: Optional[Path] = None, 
     return _finish(spec, run, best, test, trials, "train", extra, console)
 
 
-def run_job(spec: JobSpec, spec_path: Path, *, output: Optional[Path] = None, address: Optional[str] = None, verbose: bool = False, console: Optional[Console] = None) -> RunResult:
+def run_job(spec: JobSpec, spec_path: Path, *, output: Optional[Path] = None, address: Optional[str] = None, verbose: bool = False, console: Optional[Console] = None,
+            run_name: Optional[str] = None) -> RunResult:
     """Validate, plan, search (or train once without a tune section), evaluate, apply the promotion gate."""
     if spec.tune is None:
-        return train_job(spec, spec_path, output=output, address=address, verbose=verbose, console=console)
+        return train_job(spec, spec_path, output=output, address=address, verbose=verbose, console=console, run_name=run_name)
     from orchestrator.tune.plan import expected_trials, in_process_trials, plan_search
 
     console = console or make_console()
     resources = _start(spec, address, verbose, console)
     concurrent, plan = plan_search(spec, resources)
-    run = new_run_dir(spec, spec_path, output)
+    run = new_run_dir(spec, spec_path, output, run_name)
     each = (f"each training in its own trial process on {plan.cpus_per_worker:g} CPU (one worker: no Ray Train worker group to start)" if in_process_trials(plan)
             else f"each {plan.workers} workers x {plan.cpus_per_worker:g} CPU")
     console.print(Text.assemble("run ", (str(run), "bold")), f"\nsearch: {expected_trials(spec.tune)} trials ({spec.tune.search}, scheduler {spec.tune.scheduler.type}), "
                   f"{concurrent} at a time, {each}", sep="", highlight=False, soft_wrap=True)
     prepared = _prepare(spec, console)
-    return _search(spec, run, prepared, resources, console, restore=False)
+    return _search(spec, run, prepared, (concurrent, plan), console, restore=False)
 
 
 def resume_job(run_dir: Path, *, address: Optional[str] = None, verbose: bool = False, console: Optional[Console] = None) -> RunResult:
@@ -151,20 +153,24 @@ def resume_job(run_dir: Path, *, address: Optional[str] = None, verbose: bool = 
 
     for warning in prepare_restore(run_dir):  # before Ray starts: a damaged run dir fails fast
         console.print(Text(f"warning: {warning}", style="yellow"), highlight=False, soft_wrap=True)
-    resources = _start(spec, address, verbose, console)
+    from orchestrator.tune.plan import plan_search
+
+    search_plan = plan_search(spec, _start(spec, address, verbose, console))
     console.print(Text.assemble("resuming ", (str(run_dir), "bold")), highlight=False)
     prepared = _prepare(spec, console)
-    return _search(spec, run_dir, prepared, resources, console, restore=True)
+    return _search(spec, run_dir, prepared, search_plan, console, restore=True)
 
 
-def _search(spec: JobSpec, run: Path, prepared, resources, console: Console, *, restore: bool) -> RunResult:
+def _search(spec: JobSpec, run: Path, prepared, search_plan: tuple, console: Console, *, restore: bool) -> RunResult:
+    """The search with the plan_search result (trials at once, each trial's workers) it was planned with."""
     from orchestrator.train.driver import evaluate_checkpoint
     from orchestrator.tune.plan import expected_trials
     from orchestrator.tune.search import run_search
     from orchestrator.ui import TrialTable
 
+    concurrent, plan = search_plan
     with TrialTable(console, spec.tune_metric, expected_trials(spec.tune)) as table:
-        outcome = run_search(spec, run, prepared, resources, restore=restore, on_change=table.update)
+        outcome = run_search(spec, run, prepared, concurrent, plan, restore=restore, on_change=table.update)
     trials = [r.__dict__ for r in outcome.records]
     write_metrics(run, [{"trial_id": t["trial_id"], "status": t["status"], "error": t["error"], **t["config"],
                          f"best_{spec.tune_metric}": r.best(spec.tune_metric), "epochs": len(t["epochs"])}

@@ -27,14 +27,23 @@ from orchestrator.errors import RunDirError  # noqa: F401  (raised by callers; i
 from orchestrator.spec import JobSpec
 
 
-def new_run_dir(spec: JobSpec, spec_path: Path, root: Path | None = None) -> Path:
+def new_run_dir(spec: JobSpec, spec_path: Path, root: Path | None = None, name: str | None = None) -> Path:
+    """A new run directory under `root` (default: output.dir): `name` when given (a submitted job's,
+    chosen by the submitter; it must not exist yet), else <spec name>-<timestamp>."""
     root = Path(root or spec.output.dir)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    run = root / f"{spec.name}-{stamp}"
-    n = 1
-    while run.exists():  # two runs in the same second
-        n += 1
-        run = root / f"{spec.name}-{stamp}-{n}"
+    if name is not None:
+        if name in ("", ".", "..") or Path(name).name != name:
+            raise RunDirError(f"--run-name {name!r}: give a folder name, without '/'")
+        run = root / name
+        if run.exists():
+            raise RunDirError(f"{run}: the run directory already exists; choose another --run-name")
+    else:
+        run = root / f"{spec.name}-{stamp}"
+        n = 1
+        while run.exists():  # two runs in the same second
+            n += 1
+            run = root / f"{spec.name}-{stamp}-{n}"
     run.mkdir(parents=True)
     shutil.copyfile(spec_path, run / "spec.yaml")
     write_json(run / "spec.resolved.json", spec.model_dump(mode="json"))

@@ -212,11 +212,13 @@ def _unassigned_port(low: int = 20000, high: int = 30000) -> int:
     return free_port()
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that nothing listens on at `host` now (the kernel picks it; "0.0.0.0": on no
+    interface). The one free-port helper of the package and its tests."""
     import socket
 
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 

@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from orchestrator.errors import SpecError
+from orchestrator.errors import one_line as _one_line
 
 NAME_RE = r"^[a-z0-9]([a-z0-9-]{0,50}[a-z0-9])?$"
 IMPORT_PATH_RE = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
@@ -43,14 +44,16 @@ MAX_IMAGE_VALUES = 1 << 26  # 64 Mi numbers per image (256 MiB as float32), e.g.
 
 # Every metric a run reports, spelled here once. Each split reports them under its prefix:
 # train_ (per epoch), val_ (per epoch, ranks checkpoints and trials) and test_ (once, at the end).
+LOSS, ACCURACY, RMSE, MAE = "loss", "accuracy", "rmse", "mae"
 METRICS: dict[str, tuple[str, Optional[str]]] = {  # name -> (better when, the only task it fits; None: both)
-    "loss": ("min", None),
-    "accuracy": ("max", "classification"),
-    "rmse": ("min", "regression"),
-    "mae": ("min", "regression"),
+    LOSS: ("min", None),
+    ACCURACY: ("max", "classification"),
+    RMSE: ("min", "regression"),
+    MAE: ("min", "regression"),
 }
 METRIC_NAMES = tuple(METRICS)
 TRAIN_PREFIX, VAL_PREFIX, TEST_PREFIX = "train_", "val_", "test_"
+VAL_LOSS = VAL_PREFIX + LOSS  # the default checkpoint metric
 TRAIN_METRICS = tuple(TRAIN_PREFIX + n for n in METRIC_NAMES)
 VAL_METRICS = tuple(VAL_PREFIX + n for n in METRIC_NAMES)
 TEST_METRICS = tuple(TEST_PREFIX + n for n in METRIC_NAMES)
@@ -62,12 +65,15 @@ METRIC_MODES = {VAL_PREFIX + n: mode for n, (mode, _) in METRICS.items()}
 # --------------------------------------------------------------------------------------- data
 
 
+_SplitFraction = Annotated[float, Field(gt=0, lt=1)]
+
+
 class Split(_Model):
     """Fractions of rows that go to each split. They must add up to 1."""
 
-    train: float = Field(0.7, gt=0, lt=1, description="Fraction (0 to 1) of rows used for training.")
-    validation: float = Field(0.15, gt=0, lt=1, description="Fraction (0 to 1) of rows used for validation (per-epoch metrics, checkpoint score).")
-    test: float = Field(0.15, gt=0, lt=1, description="Fraction (0 to 1) of rows held out and evaluated once at the end.")
+    train: _SplitFraction = Field(0.7, description="Fraction (0 to 1) of rows used for training.")
+    validation: _SplitFraction = Field(0.15, description="Fraction (0 to 1) of rows used for validation (per-epoch metrics, checkpoint score).")
+    test: _SplitFraction = Field(0.15, description="Fraction (0 to 1) of rows held out and evaluated once at the end.")
 
     @model_validator(mode="after")
     def _sums_to_one(self) -> "Split":
@@ -278,7 +284,7 @@ class ScalingSpec(_Model):
 class CheckpointSpec(_Model):
     keep: int = Field(2, gt=0, le=1000, description="Checkpoints kept per run (best by `metric`; the latest is always kept too).")
     metric: ValMetric = Field(
-        "val_loss", description="Validation metric that ranks checkpoints and picks the best one."
+        VAL_LOSS, description="Validation metric that ranks checkpoints and picks the best one."
     )
 
     @property
@@ -331,9 +337,9 @@ class Param(_Model):
         return getattr(self, self.kind)
 
     def sample_values(self) -> list[Any]:
-        """Values that stand for this dimension when checking it against the spec."""
-        v = self.values
-        return list(v) if self.kind in ("choice", "grid", "loguniform", "uniform", "randint") else [v]
+        """Values that stand for this dimension when checking it against the spec: every choice or
+        grid value, or both bounds of a range."""
+        return list(self.values)
 
 
 class AshaSpec(_Model):
@@ -402,11 +408,11 @@ def parse_promote(rule: str) -> tuple[str, str, float]:
     # A gate no model can pass (or every model passes) is a typo, found now rather than after training.
     if not math.isfinite(value):
         raise ValueError(f"threshold {m.group(4)} is not a finite number")
-    if name == "accuracy" and not 0 <= value <= 1:
-        raise ValueError(f"accuracy is a fraction between 0 and 1; the threshold {value:g} is outside it")
-    if name != "accuracy" and value < 0:
+    if name == ACCURACY and not 0 <= value <= 1:
+        raise ValueError(f"{ACCURACY} is a fraction between 0 and 1; the threshold {value:g} is outside it")
+    if name != ACCURACY and value < 0:
         raise ValueError(f"{name} is never negative; the threshold {value:g} is below 0")
-    if (op == ">" and name == "accuracy" and value == 1) or (op == "<" and value == 0):
+    if (op == ">" and name == ACCURACY and value == 1) or (op == "<" and value == 0):
         raise ValueError(f"'{name} {op} {value:g}' can never pass")
     return TEST_PREFIX + name, op, value
 
@@ -766,12 +772,6 @@ def _yaml_problem(e: yaml.YAMLError) -> str:
     return f"(yaml) {where}{' '.join(filter(None, [context, problem])) or e}"
 
 
-def _one_line(problem: str, limit: int = 300) -> str:
-    """One short printable line: messages quote user text, which may hold newlines or control characters."""
-    s = " ".join("".join(c if c.isprintable() else " " for c in problem).split())
-    return s if len(s) <= limit else s[: limit - 3] + "..."
-
-
 def read_spec_yaml(path: str | Path) -> Any:
     """The parsed YAML of a spec file; any unreadable or malformed file is a SpecError."""
     path = Path(path)
@@ -801,10 +801,6 @@ def read_spec_yaml(path: str | Path) -> Any:
 def load_spec(path: str | Path) -> JobSpec:
     path = Path(path)
     return parse_spec(read_spec_yaml(path), source=str(path), base_dir=path.parent)
-
-
-def spec_to_dict(spec: JobSpec) -> dict:
-    return spec.model_dump(mode="json")
 
 
 def json_schema() -> dict:

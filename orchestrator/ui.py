@@ -9,6 +9,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from orchestrator.spec import ACCURACY, LOSS, RMSE, TRAIN_PREFIX, VAL_METRICS, VAL_PREFIX
+
 
 def make_console(**kwargs) -> Console:
     """Every console of the CLI. What it prints comes from outside too (worker errors, paths, user
@@ -17,7 +19,8 @@ def make_console(**kwargs) -> Console:
     return Console(markup=False, emoji=False, **kwargs)
 
 
-SHOWN = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_rmse", "val_mae")
+SHOWN = (TRAIN_PREFIX + LOSS, TRAIN_PREFIX + ACCURACY, *VAL_METRICS)  # in each epoch's log line
+IN_BAR = tuple(VAL_PREFIX + n for n in (LOSS, ACCURACY, RMSE))  # beside the progress bar
 
 
 def fmt_metrics(m: dict[str, Any], keys=SHOWN) -> str:
@@ -50,7 +53,7 @@ class EpochProgress:
             note = f"  (resumed after epoch {resumed})" if resumed >= 0 and m["epoch"] == resumed + 1 else ""
             line = Text.assemble(f"epoch {m['epoch']:>3}  {fmt_metrics(m)}  ", (f"{m.get('epoch_time_s', 0):.1f}s", "dim"), note)
             self.progress.console.print(line, highlight=False)
-            self.progress.update(self.task, completed=m["epoch"], info=fmt_metrics(m, ("val_loss", "val_accuracy", "val_rmse")))
+            self.progress.update(self.task, completed=m["epoch"], info=fmt_metrics(m, IN_BAR))
             if m.get("early_stopped"):
                 self.progress.console.print(f"early stopping after epoch {m['epoch']}", style="yellow")
         elif event["kind"] == "failure":

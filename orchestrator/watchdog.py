@@ -23,10 +23,11 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import stat
 import sys
 import uuid
 from pathlib import Path
+
+import psutil
 
 MARKER_ENV = "ORCHESTRATOR_RAY_NODE"
 GRACE_S = 3.0
@@ -76,28 +77,20 @@ def node_processes(marker: str, session_dirs: list[str] = ()) -> list[int]:
     from orchestrator.submit.local_cluster import _descendants, list_processes
 
     procs = list_processes()
-    tag = f"{MARKER_ENV}={marker}\0"
-    roots = {p.pid for p in procs.values() if not p.zombie and (tag in p.environ + "\0" or _has_open_file_in(p.pid, session_dirs))}
+    roots = {p.pid for p in procs.values() if not p.zombie and (p.environ.get(MARKER_ENV) == marker or _has_open_file_in(p.pid, session_dirs))}
     return [pid for pid in _descendants(roots, procs) if pid != os.getpid()]
 
 
 def _has_open_file_in(pid: int, folders: list[str]) -> bool:
+    """Whether `pid` has a file under one of `folders` open for writing: a `tail -f` of a log is no part of the node."""
     prefixes = tuple(d.rstrip("/") + "/" for d in folders)
     if not prefixes:
         return False
     try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
+        files = psutil.Process(pid).open_files()  # regular files, with the mode they are open in (Linux)
+    except psutil.Error:
         return False
-    for fd in fds:
-        link = f"/proc/{pid}/fd/{fd}"
-        try:
-            # open for writing (the link's mode is the open mode): a `tail -f` of a log is no part of the node
-            if os.lstat(link).st_mode & stat.S_IWUSR and os.readlink(link).startswith(prefixes):
-                return True
-        except OSError:
-            continue
-    return False
+    return any(f.mode != "r" and f.path.startswith(prefixes) for f in files)
 
 
 def stop_node(marker: str, session_dirs: list[str] = (), grace_s: float = GRACE_S) -> int:

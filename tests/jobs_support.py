@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
 
+from orchestrator.runtime import free_port  # noqa: F401  (the one free-port helper, for the tests too)
 from tests.conftest import ROOT, spec_dict
 
 # Variables of the developer's shell that would change which cluster or token a command uses.
@@ -40,12 +40,6 @@ def invoker():
     cluster.register(cluster_app)
     runner = CliRunner()
     return lambda *args: runner.invoke(app, list(args))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def small_digits_spec(folder: Path, name: str = "digits-small.yaml", **sections) -> Path:

@@ -12,18 +12,13 @@ Writes OUT_DIR/result.json: the nodes, the node of every RayTrainWorker, the run
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import tempfile
 from pathlib import Path
 
 import yaml
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
+from orchestrator.runtime import free_port
 
 
 def main(out: Path) -> None:
@@ -46,11 +41,11 @@ def main(out: Path) -> None:
     # with any other Ray on this machine.
     temp = tempfile.mkdtemp(prefix="orch-mn-")
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 2, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": _free_port(),
-        "dashboard_agent_listen_port": _free_port(), "temp_dir": temp,
+        "num_cpus": 2, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": free_port(),
+        "dashboard_agent_listen_port": free_port("0.0.0.0"), "temp_dir": temp,
     })
     try:
-        cluster.add_node(num_cpus=2, dashboard_agent_listen_port=_free_port())
+        cluster.add_node(num_cpus=2, dashboard_agent_listen_port=free_port("0.0.0.0"))
         cluster.wait_for_nodes()
         result = train_job(load_spec(spec_path), spec_path, output=out / "runs", address=cluster.address, console=Console(stderr=True))
         nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])

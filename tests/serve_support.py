@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -28,6 +27,7 @@ import torch
 from orchestrator.data.bundled import bundled_frame
 from orchestrator.data.preprocess import Preprocessor, assign_splits
 from orchestrator.models.build import build_model, forward
+from orchestrator.runtime import free_port  # noqa: F401  (the one free-port helper, for the tests too)
 from orchestrator.train.checkpoint import load_model, write_checkpoint
 from tests.conftest import ROOT
 
@@ -109,12 +109,6 @@ def offline_predictions(checkpoint: Path, rows: pd.DataFrame) -> list:
 
 def feature_records(rows: pd.DataFrame, pre_columns: list[str]) -> list[dict]:
     return [{c: (v.item() if isinstance(v, np.generic) else v) for c, v in r.items()} for r in rows[pre_columns].to_dict("records")]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager

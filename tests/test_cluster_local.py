@@ -83,19 +83,19 @@ def _state(name="c1", temp="/tmp/orch-ray-aaa", marker="m1", port=8300) -> cl.Cl
 
 def test_cluster_processes_are_its_own_and_their_descendants_only():
     st = _state()
-    env = f"PATH=/bin\0{cl.MARKER_ENV}=m1\0"
+    env = {"PATH": "/bin", cl.MARKER_ENV: "m1"}
     procs = {p.pid: p for p in [
         cl.Proc(10, 1, "/x/ray/core/src/ray/gcs/gcs_server --log_dir=/tmp/orch-ray-aaa/session_1/logs", env, False),
-        cl.Proc(11, 1, "/x/raylet/raylet --session_dir=/tmp/orch-ray-aaa/session_1", "", False),  # env unreadable: temp dir
-        cl.Proc(12, 11, "ray::IDLE", "", False),                    # a worker: descendant of the raylet
-        cl.Proc(13, 12, "orchestrator run job.yaml", "", False),     # a job driver below it
+        cl.Proc(11, 1, "/x/raylet/raylet --session_dir=/tmp/orch-ray-aaa/session_1", {}, False),  # env unreadable: temp dir
+        cl.Proc(12, 11, "ray::IDLE", {}, False),                    # a worker: descendant of the raylet
+        cl.Proc(13, 12, "orchestrator run job.yaml", {}, False),     # a job driver below it
         cl.Proc(14, 1, "python -m ray.util.client.server --address=10.0.0.1:6390", env, False),  # marker only
-        cl.Proc(15, 11, "ray::IDLE", "", True),                     # zombie
+        cl.Proc(15, 11, "ray::IDLE", {}, True),                     # zombie
         # another Ray on the same machine: other marker, other temp dir, its own workers
-        cl.Proc(20, 1, "/x/raylet/raylet --session_dir=/tmp/ray/session_9", f"{cl.MARKER_ENV}=m10\0", False),
-        cl.Proc(21, 20, "ray::IDLE", "", False),
-        cl.Proc(22, 1, "/x/raylet/raylet --session_dir=/tmp/orch-ray-aaab/session_2", "", False),  # temp dir prefix only
-        cl.Proc(23, 1, "tail -f /tmp/orch-ray-aaa/session_1/logs/raylet.out", "PATH=/bin\0", False),  # the user's, not Ray's
+        cl.Proc(20, 1, "/x/raylet/raylet --session_dir=/tmp/ray/session_9", {cl.MARKER_ENV: "m10"}, False),
+        cl.Proc(21, 20, "ray::IDLE", {}, False),
+        cl.Proc(22, 1, "/x/raylet/raylet --session_dir=/tmp/orch-ray-aaab/session_2", {}, False),  # temp dir prefix only
+        cl.Proc(23, 1, "tail -f /tmp/orch-ray-aaa/session_1/logs/raylet.out", {"PATH": "/bin"}, False),  # the user's, not Ray's
     ]}
     assert cl.cluster_processes(st, procs) == [10, 11, 12, 13, 14]
 
@@ -150,3 +150,41 @@ def test_remote_example_is_a_valid_launcher_config_with_auth_on_and_no_public_da
     assert [(r["FromPort"], r["ToPort"]) for r in rules] == [(22, 22)]
     assert all(ip["CidrIp"] != "0.0.0.0/0" for r in rules for ip in r["IpRanges"])
     assert any(dest.endswith("auth_token") for dest in cfg["file_mounts"])
+
+
+def test_processes_of_this_machine_with_their_parent_command_line_and_environment(tmp_path):
+    """list_processes reads the real process table (psutil); a marked child is a cluster of its own and stops."""
+    import os
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env={**os.environ, cl.MARKER_ENV: "m-child"})
+    try:
+        procs = cl.list_processes()
+        me, kid = procs[os.getpid()], procs[child.pid]
+        assert me.ppid == os.getppid() and not me.zombie
+        assert kid.ppid == os.getpid() and "time.sleep(60)" in kid.args and kid.environ[cl.MARKER_ENV] == "m-child"
+        st = _state(name="c3", temp=str(tmp_path / "no-such-temp"), marker="m-child", port=8303)
+        assert cl.cluster_processes(st) == [child.pid]
+        assert cl.stop_cluster_processes(st, grace_s=10) == (1, 0)  # SIGTERM was enough
+        assert child.wait(10) == -15
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_the_watchdog_counts_files_open_for_writing_only(tmp_path):
+    import os
+
+    from orchestrator import watchdog
+
+    session = tmp_path / "session_1"
+    (session / "logs").mkdir(parents=True)
+    log = session / "logs" / "agent.log"
+    log.write_text("x")
+    with open(log) as reading:
+        assert not watchdog._has_open_file_in(os.getpid(), [str(session)])  # a `tail -f` of a log
+        with open(log, "a"):
+            assert watchdog._has_open_file_in(os.getpid(), [str(session)])
+            assert not watchdog._has_open_file_in(os.getpid(), [str(tmp_path / "session_2")])
+        reading.read()

@@ -3,7 +3,6 @@ and `submit_k8s`, against no cluster, an unreachable one, and a fake API server 
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from orchestrator.cli.cluster import cluster_k8s_app
 from orchestrator.cli.k8s import k8s_app, submit_k8s
 from orchestrator.k8s import client as kc
 from orchestrator.k8s.render import RenderOptions, render, render_rayjob, to_yaml
+from orchestrator.runtime import free_port
 from orchestrator.spec import load_spec
 from tests.k8s_support import FakeKubeAPI, validation_errors
 
@@ -41,9 +41,7 @@ def _no_ambient_kube(monkeypatch, tmp_path):
 @pytest.fixture
 def closed_port_kubeconfig(tmp_path) -> Path:
     """A kubeconfig whose API server is https://127.0.0.1:<a port nobody listens on>."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     path = tmp_path / "kubeconfig"
     path.write_text(yaml.safe_dump({
         "apiVersion": "v1", "kind": "Config", "current-context": "dead",

@@ -458,10 +458,10 @@ def test_yaml_round_trip_of_multiline_strings():
 
 
 def test_a_search_with_fixed_concurrency_gets_workers_for_every_trial():
-    from types import SimpleNamespace
-
-    assert r.concurrent_trials(SimpleNamespace(tune=None)) == 1
-    assert r.concurrent_trials(SimpleNamespace(tune=SimpleNamespace(max_concurrent="auto"))) == 1
-    assert r.concurrent_trials(SimpleNamespace(tune=SimpleNamespace(max_concurrent=3))) == 3
+    space = {"train.lr": {"loguniform": [1e-4, 1e-1]}}
+    assert r.concurrent_trials(_spec()) == 1
+    assert r.concurrent_trials(_spec(tune={"space": space, "max_concurrent": "auto"})) == 1
+    assert r.concurrent_trials(_spec(tune={"space": space, "max_concurrent": 3})) == 3
+    assert r.concurrent_trials(_spec(tune={"space": space, "max_concurrent": 3, "num_samples": 2})) == 2  # no more than the trials
     cluster = r.render_raycluster("search", ScalingSpec(workers=2), RenderOptions(), trials=3).main
     assert _workers(cluster)[0]["maxReplicas"] == 6

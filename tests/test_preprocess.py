@@ -66,3 +66,14 @@ def test_regression_round_trip_and_json_persistence(tmp_path):
     assert pre.decode(np.array([[1.0], [-1.0]])) == [110.0, 90.0]
     pre.save(tmp_path / "p.json")
     assert Preprocessor.load(tmp_path / "p.json") == pre
+
+
+def test_plain_value_turns_numpy_into_json_values():
+    from orchestrator.data.preprocess import plain_value
+
+    assert type(plain_value(np.int64(3))) is int and type(plain_value(np.float32(0.5))) is float
+    assert plain_value(np.array([[1, 2], [3, 4]])) == [[1, 2], [3, 4]]
+    assert plain_value((np.bool_(True), "x", None)) == [True, "x", None]
+    nan = plain_value(np.float64("nan"))
+    assert nan != nan  # kept: a category lookup simply finds nothing
+    assert plain_value([1.0, float("nan"), np.array([np.nan])], nan_as_none=True) == [1.0, None, [None]]

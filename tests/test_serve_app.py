@@ -497,3 +497,45 @@ def test_metadata_of_a_diverged_run_answers_with_null_metrics(checkpoint, tmp_pa
     resp = TestClient(make_api(runner, infer)).get("/metadata")
     assert resp.status_code == 200, resp.text
     assert resp.json()["metrics"]["checkpoint"] == {"epoch": 3, "train_loss": None, "val_loss": None}
+
+
+def test_predict_client_retries_a_503_after_its_retry_after_then_gives_up():
+    """A real HTTP server on 127.0.0.1 that is busy (503) for a while: the client waits as told
+    (Retry-After seconds, else a growing pause) and returns the last answer once it stops retrying."""
+    import http.server
+    import threading
+    import time
+
+    from orchestrator.serve.client import RETRIES_ON_503, PredictClient
+
+    busy_for, hits = {"n": 2}, []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            hits.append(time.monotonic())
+            busy = len(hits) <= busy_for["n"]
+            body = b"" if busy else b'{"input_schema": {"properties": {}}}'
+            self.send_response(503 if busy else 200)
+            if busy:
+                # the second one unparsable: the client's own pause
+                self.send_header("Retry-After", {1: "0.3", 2: "soon"}.get(len(hits), "0.05"))
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = PredictClient(f"http://127.0.0.1:{server.server_address[1]}", None, timeout=5)
+        assert client.metadata() == {"input_schema": {"properties": {}}}
+        assert len(hits) == 3 and hits[1] - hits[0] >= 0.3 and hits[2] - hits[1] >= 0.4  # 0.2 s x 2 on the second try
+        hits.clear()
+        busy_for["n"] = 100
+        assert client._call("GET", "/metadata").status_code == 503
+        assert len(hits) == RETRIES_ON_503 + 1
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -139,7 +139,7 @@ def test_spec_and_user_code_travel_data_files_and_caches_do_not(tmp_path):
     plan = sb.plan_submission(spec, address=LOCAL, cwd=tmp_path)
     assert sorted(plan.files) == ["job.yaml", "mymodels.py", "pkg/__init__.py", "pkg/sub/layers.py"]
     assert any("generated on the cluster by the prepare step" in n for n in plan.notes)
-    assert plan.entrypoint == f"orchestrator run job.yaml -o {tmp_path / 'runs'}"
+    assert plan.entrypoint == f"orchestrator run job.yaml -o {tmp_path / 'runs'} --run-name {plan.run_name}"
     assert "PYTHONPATH" not in plan.runtime_env("/w")["env_vars"]  # it would conflict with the driver's own
     assert plan.metadata["orchestrator.output_dir"] == str(tmp_path / "runs")
     assert plan.submission_id.startswith("breast-cancer-")
@@ -206,21 +206,49 @@ def test_where_the_run_directory_goes(tmp_path):
     assert rd("/abs", local=Local) == "/abs"
 
 
-def test_entrypoint_quotes_paths(tmp_path):
+def test_entrypoint_quotes_paths_and_names_the_run_directory(tmp_path):
     spec = _spec(tmp_path / "my jobs", name="a b.yaml")
     plan = sb.plan_submission(spec, address=LOCAL, storage=str(tmp_path / "out dir"), cwd=tmp_path)
-    assert plan.entrypoint == f"orchestrator run 'a b.yaml' -o '{tmp_path / 'out dir'}'"
+    assert plan.entrypoint == f"orchestrator run 'a b.yaml' -o '{tmp_path / 'out dir'}' --run-name {plan.run_name}"
+    assert plan.run_name == plan.submission_id and plan.run_name.startswith("breast-cancer-mlp-")
+    assert plan.run_dir == f"{tmp_path / 'out dir'}/{plan.run_name}"
+    assert sb.plan_submission(spec, address=LOCAL, storage="/runs", cwd=tmp_path, submission_id="mine").run_name != "mine"
+
+
+def test_the_run_directory_travels_in_the_jobs_metadata_not_its_output(tmp_path):
+    """What `jobs status` and `submit --follow` report comes from the metadata the submitter wrote,
+    whatever the job prints (console text is no protocol between the two)."""
+    plan = sb.plan_submission(_spec(tmp_path / "specs"), address=REMOTE, storage="/shared/runs", cwd=tmp_path)
+    assert plan.metadata["orchestrator.run_dir"] == plan.run_dir == f"/shared/runs/{plan.run_name}"
+    view = sbc.JobView(plan.submission_id, "SUCCEEDED", plan.entrypoint, "", None, None, dict(plan.metadata), 0)
+    assert view.run_dir == plan.run_dir
+    assert sbc.JobView("raysubmit_1", "RUNNING", "python x.py", "", None, None, {}, None).run_dir == ""
+
+
+def test_the_job_creates_exactly_the_run_directory_it_is_named(tmp_path):
+    """`orchestrator run --run-name NAME` (what a submitted job runs): that folder, never another one."""
+    from orchestrator.errors import RunDirError
+    from orchestrator.rundir import new_run_dir
+    from orchestrator.spec import load_spec
+
+    path = _spec(tmp_path / "specs")
+    spec = load_spec(path)
+    run = new_run_dir(spec, path, tmp_path / "runs", "bc-20260101-000000-abcd")
+    assert run == (tmp_path / "runs" / "bc-20260101-000000-abcd").resolve() and (run / "spec.yaml").is_file()
+    with pytest.raises(RunDirError, match="already exists"):
+        new_run_dir(spec, path, tmp_path / "runs", "bc-20260101-000000-abcd")
+    for bad in ("../elsewhere", "a/b", ".."):
+        with pytest.raises(RunDirError, match="give a folder name"):
+            new_run_dir(spec, path, tmp_path / "runs", bad)
+    assert new_run_dir(spec, path, tmp_path / "runs").name.startswith(f"{spec.name}-")  # no name: <name>-<timestamp>
 
 
 # --------------------------------------------------------------------------------- outcome
 
 
-def test_exit_codes_and_run_dir_from_logs():
+def test_exit_codes():
     view = lambda status, code=None: sbc.JobView("id", status, "", "", None, None, {}, code)  # noqa: E731
     assert [sbc.exit_code(view(s, c)) for s, c in [("SUCCEEDED", 0), ("FAILED", 3), ("FAILED", 2), ("FAILED", None), ("STOPPED", None)]] == [0, 3, 2, 1, 1]
-    logs = "Running entrypoint...\nrun /data/runs/x-20260101-000000\ncluster: 2 CPUs\n"
-    assert sbc.run_dir_from_logs(logs) == "/data/runs/x-20260101-000000"
-    assert sbc.run_dir_from_logs("nothing yet") is None
 
 
 # ------------------------------------------------------------------------------------- CLI
@@ -230,7 +258,9 @@ def test_dry_run_prints_the_request_and_contacts_nothing(invoke, tmp_path):
     spec = small_digits_spec(tmp_path)
     res = invoke("submit", str(spec), "--address", f"http://127.0.0.1:{free_port()}", "--storage", str(tmp_path / "runs"), "--dry-run")
     assert res.exit_code == 0, res.output
-    assert f"entrypoint:    orchestrator run digits-small.yaml -o {tmp_path / 'runs'}" in res.output
+    assert f"entrypoint:    orchestrator run digits-small.yaml -o {tmp_path / 'runs'} --run-name digits-cnn-" in res.output
+    sid = res.output.split("submission id: ")[1].split()[0]
+    assert f"run directory: {tmp_path / 'runs' / sid}/" in res.output
     assert "generated on the cluster by the prepare step" in res.output
 
 

@@ -69,7 +69,7 @@ def test_submit_digits_and_follow_to_succeeded(cluster, tmp_path):
     assert "epoch   2" in r.stdout  # the driver's output, streamed
     assert f"job {job_id}: SUCCEEDED" in r.stderr
     run_dir = Path(r.stderr.split("run directory: ")[1].splitlines()[0])
-    assert run_dir.parent == tmp_path / "runs"
+    assert run_dir == tmp_path / "runs" / job_id  # named by the submitter (`run --run-name`), read from the job's metadata
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert [m["epoch"] for m in metrics] == [1, 2] and all(m["world_size"] == 2 for m in metrics)
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "succeeded"

@@ -8,8 +8,8 @@ tune.search (Tune's domains and its callback) import Ray at all, and they import
 
 from __future__ import annotations
 
-import json
 import math
+import pickle
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -36,8 +36,8 @@ from orchestrator.spec import (
     parse_promote,
     parse_spec,
 )
-from orchestrator.train.loop import Sums, WorkerLoop, autocast_dtype, evaluate, lr_factor, make_loss, make_optimizer, run_loop
-from orchestrator.train.plan import ClusterResources, build_loop_config, plan_workers
+from orchestrator.train.loop import Sums, amp_dtype, evaluate, lr_factor, make_loss, make_optimizer, run_loop
+from orchestrator.train.plan import ClusterResources, EarlyStopper, LoopConfig, autocast_dtype, build_loop_config, plan_workers
 from orchestrator.tune.plan import (
     FINAL_STATUSES,
     TRIAL_DRIVER_CPUS,
@@ -75,9 +75,9 @@ def _spec(**sections) -> JobSpec:
     return parse_spec(d)
 
 
-def _t(**train) -> dict:
-    """The `train` section as the worker loop gets it (plain JSON data)."""
-    return TrainSpec(**train).model_dump(mode="json")
+def _t(**train) -> TrainSpec:
+    """The `train` section as the worker loop gets it (LoopConfig.train)."""
+    return TrainSpec(**train)
 
 
 # ------------------------------------------------------------------------- learning-rate schedule
@@ -250,31 +250,31 @@ def test_sgd_step_applies_lr_and_weight_decay():
 
 @pytest.mark.parametrize("mode", ["auto", "bf16", "fp16", "off"])
 def test_mixed_precision_is_always_off_on_cpu(mode):
-    assert autocast_dtype(mode, CPU) is None
+    assert autocast_dtype(mode, on_gpu=False, bf16_supported=True) is None
+    assert amp_dtype(mode, CPU) is None
 
 
 @pytest.mark.parametrize(
     "mode,bf16_supported,expected",
     [
-        ("auto", True, torch.bfloat16),
-        ("auto", False, torch.float16),
-        ("bf16", False, torch.bfloat16),  # asked for explicitly: no capability check
-        ("fp16", True, torch.float16),
+        ("auto", True, "bfloat16"),
+        ("auto", False, "float16"),
+        ("bf16", False, "bfloat16"),  # asked for explicitly: no capability check
+        ("fp16", True, "float16"),
         ("off", True, None),
     ],
 )
-def test_mixed_precision_on_gpu(monkeypatch, mode, bf16_supported, expected):
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_supported)
-    assert autocast_dtype(mode, torch.device("cuda")) is expected
+def test_mixed_precision_on_gpu(mode, bf16_supported, expected):
+    assert autocast_dtype(mode, on_gpu=True, bf16_supported=bf16_supported) == expected
+
+
+def test_the_loop_autocasts_to_the_chosen_torch_dtype(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert amp_dtype("auto", torch.device("cuda")) is torch.float16
+    assert amp_dtype("bf16", torch.device("cuda")) is torch.bfloat16
 
 
 # ------------------------------------------------------------------------------------- loop config
-
-
-LOOP_KEYS = {
-    "job_name", "task", "model", "train", "input_shape", "num_outputs", "preprocessing",
-    "target_std", "checkpoint_metric", "checkpoint_mode", "torch_threads",
-}
 
 
 def test_loop_config_for_regression():
@@ -282,17 +282,17 @@ def test_loop_config_for_regression():
     pre = Preprocessor(task="regression", label="y", numeric=["a", "b"], means=[0.0, 1.0], stds=[1.0, 2.0], target_mean=3.0, target_std=2.5)
     plan = plan_workers(spec.scaling, ClusterResources(cpus=8, gpus=0))  # 2 workers x 3 CPUs, 1 CPU left for Ray Data
     config = build_loop_config(spec, SimpleNamespace(preprocessor=pre), plan)
-    assert set(config) == LOOP_KEYS
-    assert config["job_name"] == "unit" and config["task"] == "regression"
-    assert config["model"] == {"arch": "mlp", "hidden": [128, 64], "activation": "relu", "batch_norm": False}
-    assert config["train"]["epochs"] == 4 and config["train"]["lr"] == 0.01
-    assert config["train"]["early_stopping"] == {"patience": 2, "min_delta": 0.0}
-    assert (config["input_shape"], config["num_outputs"]) == ([2], 1)
-    assert config["preprocessing"] == pre.to_dict()
-    assert config["target_std"] == 2.5
-    assert (config["checkpoint_metric"], config["checkpoint_mode"]) == ("val_rmse", "min")
-    assert config["torch_threads"] == 3
-    assert json.loads(json.dumps(config)) == config  # plain data: it crosses the Ray boundary as is
+    assert isinstance(config, LoopConfig)
+    assert config.job_name == "unit" and config.task == "regression"
+    assert config.model == {"arch": "mlp", "hidden": [128, 64], "activation": "relu", "batch_norm": False}  # as model.json keeps it
+    assert config.train is spec.train  # the validated section itself: nothing is re-parsed on the worker
+    assert config.train.epochs == 4 and config.train.lr == 0.01 and config.train.early_stopping.patience == 2
+    assert (config.input_shape, config.num_outputs) == ([2], 1)
+    assert config.preprocessing == pre.to_dict()
+    assert config.target_std == 2.5
+    assert (config.checkpoint_metric, config.checkpoint_mode) == ("val_rmse", "min")
+    assert config.torch_threads == 3
+    assert pickle.loads(pickle.dumps(config)) == config  # how it crosses the Ray boundary
 
 
 def test_loop_config_for_classification_keeps_metrics_unscaled():
@@ -301,10 +301,10 @@ def test_loop_config_for_classification_keeps_metrics_unscaled():
                        categorical={"city": ["x", "y", "z"]}, classes=["no", "yes"], target_std=7.0)
     plan = plan_workers(spec.scaling, ClusterResources(cpus=1.5, gpus=0))
     config = build_loop_config(spec, SimpleNamespace(preprocessor=pre), plan)
-    assert (config["input_shape"], config["num_outputs"]) == ([4], 2)  # 1 numeric + 3 one-hot columns; 2 classes
-    assert config["target_std"] == 1.0  # only regression errors are scaled back to the label's units
-    assert (config["checkpoint_metric"], config["checkpoint_mode"]) == ("val_accuracy", "max")
-    assert plan.cpus_per_worker == 0.5 and config["torch_threads"] == 1
+    assert (config.input_shape, config.num_outputs) == ([4], 2)  # 1 numeric + 3 one-hot columns; 2 classes
+    assert config.target_std == 1.0  # only regression errors are scaled back to the label's units
+    assert (config.checkpoint_metric, config.checkpoint_mode) == ("val_accuracy", "max")
+    assert plan.cpus_per_worker == 0.5 and config.torch_threads == 1
 
 
 # ------------------------------------------------------------------------- the loop, on a fake session
@@ -375,19 +375,13 @@ def test_a_diverging_loop_stops_and_says_when():
     assert session.reports == []  # no report without validation metrics
 
 
-def _stopper(mode: str, patience=2, min_delta=0.0) -> WorkerLoop:
-    loop = WorkerLoop.__new__(WorkerLoop)  # early_stop only reads this state
-    loop.best, loop.since_best, loop.mode, loop.patience, loop.min_delta = None, 0, mode, patience, min_delta
-    return loop
-
-
 def test_early_stopping_counts_epochs_without_improvement():
-    loop = _stopper("min", patience=2, min_delta=0.1)
-    assert [loop.early_stop(v) for v in (1.0, 0.95, 0.8, 0.85, 0.75)] == [False, False, False, False, True]
-    assert (loop.best, loop.since_best) == (0.8, 2)  # 0.95 and 0.75 improve by less than min_delta
-    loop = _stopper("max", patience=1)
-    assert [loop.early_stop(v) for v in (0.5, 0.6, 0.6)] == [False, False, True]
-    assert [_stopper("min", patience=None).early_stop(v) for v in (1, 2, 3)] == [False, False, False]  # no early stopping
+    stopper = EarlyStopper("min", patience=2, min_delta=0.1)
+    assert [stopper.update(v) for v in (1.0, 0.95, 0.8, 0.85, 0.75)] == [False, False, False, False, True]
+    assert (stopper.best, stopper.since_best) == (0.8, 2)  # 0.95 and 0.75 improve by less than min_delta
+    stopper = EarlyStopper("max", patience=1)
+    assert [stopper.update(v) for v in (0.5, 0.6, 0.6)] == [False, False, True]
+    assert [EarlyStopper("min").update(v) for v in (1, 2, 3)] == [False, False, False]  # no early stopping
 
 
 # ------------------------------------------------------------------------ search concurrency plan
@@ -634,3 +628,147 @@ def test_metric_names_come_from_one_definition():
     assert schema["CheckpointSpec"]["properties"]["metric"]["enum"] == list(VAL_METRICS)
     assert CheckpointSpec(metric="val_mae").mode == "min"
     assert [parse_promote(f"{n} < 1")[0] for n in ("loss", "test_rmse", "mae")] == ["test_loss", "test_rmse", "test_mae"]
+
+
+# ------------------------------------------------------------ early stopping, as the loop sets it up
+
+
+def test_early_stopping_takes_the_specs_settings_and_a_resumed_count():
+    spec = _spec(train={"early_stopping": {"patience": 3, "min_delta": 0.5}}, checkpoint={"metric": "val_accuracy"})
+    pre = Preprocessor(task="classification", label="y", numeric=["a"], means=[0.0], stds=[1.0], classes=["a", "b"])
+    config = build_loop_config(spec, SimpleNamespace(preprocessor=pre), plan_workers(spec.scaling, ClusterResources(cpus=3, gpus=0)))
+    resumed = EarlyStopper.for_loop(config, best=0.9, since_best=2)  # restored from a checkpoint: one more flat epoch stops
+    assert (resumed.mode, resumed.patience, resumed.min_delta) == ("max", 3, 0.5)
+    assert resumed.update(0.95) is True  # not 0.5 better than 0.9
+    off = EarlyStopper.for_loop(build_loop_config(_spec(), SimpleNamespace(preprocessor=pre), plan_workers(_spec().scaling, ClusterResources(cpus=3, gpus=0))))
+    assert off.patience is None and not any(off.update(1.0) for _ in range(20))
+
+
+# ------------------------------------------------------------- trial outcome and the winner, pure
+
+
+@pytest.mark.parametrize(
+    "epochs,status",
+    [
+        ([{"epoch": 1}, {"epoch": 2}, {"epoch": 3}, {"epoch": 4}], "TERMINATED"),
+        ([{"epoch": 1}, {"epoch": 2}], "PRUNED"),  # ended before max_epochs: the scheduler stopped it
+        ([{"epoch": 1}, {"epoch": 2, "early_stopped": True}], "EARLY_STOPPED"),
+        ([{"epoch": 1}, {"epoch": 2}, {"epoch": 3}, {"epoch": 4, "early_stopped": True}], "EARLY_STOPPED"),
+        ([], "PRUNED"),
+    ],
+)
+def test_a_finished_trial_is_classified_by_its_epochs(epochs, status):
+    from orchestrator.tune.plan import finished_status
+
+    assert finished_status(epochs, max_epochs=4) == status
+    assert status in FINAL_STATUSES
+
+
+def _rec(trial_id, status="TERMINATED", **best):
+    return TrialRecord(trial_id, {}, status=status, epochs=[best] if best else [])
+
+
+def test_the_winner_is_the_best_trial_by_the_metrics_direction():
+    from orchestrator.tune.plan import pick_winner
+
+    records = [_rec("a", val_loss=0.5, val_accuracy=0.8), _rec("b", val_loss=0.3, val_accuracy=0.7),
+               _rec("c", "ERROR", val_loss=0.1, val_accuracy=0.99), _rec("d", "PRUNED", val_loss=0.4, val_accuracy=0.9), _rec("e")]
+    assert pick_winner(records, "val_loss").trial_id == "b"  # failed c is not a candidate
+    assert pick_winner(records, "val_accuracy").trial_id == "d"  # a pruned trial still counts
+    assert pick_winner([_rec("x", val_loss=0.2), _rec("y", val_loss=0.2)], "val_loss").trial_id == "x"  # ties: the earlier
+    assert pick_winner([_rec("e"), _rec("c", "ERROR", val_loss=0.1)], "val_loss") is None
+
+
+# ---------------------------------------------------------------- search-space encoding, pure
+
+
+def test_search_space_encoding_is_pure_and_indexes_list_choices():
+    from orchestrator.tune.plan import encode_space
+
+    assert encode_space(_space()) == {
+        "train.lr": ("loguniform", (1e-4, 1e-1)),
+        "train.dropout": ("uniform", (0.0, 0.5)),
+        "train.early_stopping.patience": ("randint", (2, 6)),  # spec high inclusive, Tune's exclusive
+        "train.optimizer": ("choice", (["adam", "sgd"],)),
+        "model.hidden": ("choice", ([0, 1],)),
+    }
+    grid = TuneSpec(space={"train.lr": {"grid": [0.1, 0.01]}, "model.hidden": {"grid": [[8], [4]]}}, search="random").space
+    assert encode_space(grid) == {"train.lr": ("grid_search", ([0.1, 0.01],)), "model.hidden": ("grid_search", ([0, 1],))}
+
+
+def test_fixed_concurrency_is_the_specs_number_capped_by_the_trials():
+    from orchestrator.tune.plan import fixed_concurrency
+
+    assert fixed_concurrency(_search_spec().tune) is None  # auto: derived from the cluster
+    assert fixed_concurrency(_search_spec(max_concurrent=3).tune) == 3
+    assert fixed_concurrency(_search_spec(max_concurrent=6, num_samples=2).tune) == 2
+
+
+# ------------------------------------------------------------ workers on a cluster built for the spec
+
+
+@pytest.mark.parametrize(
+    "scaling,cpus",
+    [({"workers": 3}, 1.0), ({"workers": 2, "cpus_per_worker": 2.5}, 2.5), ({"workers": 1, "cpus_per_worker": 0.5, "gpus_per_worker": 1}, 0.5)],
+)
+def test_requested_workers_are_what_the_spec_asks_and_fit_once_data_has_its_cpu(scaling, cpus):
+    from orchestrator.train.plan import DATA_RESERVE_CPUS, requested_workers
+
+    spec = _spec(scaling=scaling)
+    want = requested_workers(spec.scaling)
+    assert (want.workers, want.cpus_per_worker, want.gpus_per_worker) == (spec.scaling.workers, cpus, spec.scaling.gpus_per_worker)
+    cluster = ClusterResources(cpus=want.total_cpus + DATA_RESERVE_CPUS, gpus=want.workers * want.gpus_per_worker)
+    got = plan_workers(spec.scaling, cluster)  # the planner accepts that cluster and gives each worker at least as much
+    assert got.workers == want.workers and got.cpus_per_worker >= want.cpus_per_worker
+
+
+def test_sample_values_of_every_distribution_are_its_values():
+    space = TuneSpec(space={"train.lr": {"uniform": [0.1, 0.2]}, "train.epochs": {"randint": [2, 4]}, "train.optimizer": {"choice": ["sgd"]}}).space
+    assert [p.sample_values() for p in space.values()] == [[0.1, 0.2], [2, 4], ["sgd"]]
+
+
+# ------------------------------------------------------------------- one-line reasons, polling
+
+
+def test_one_line_flattens_control_characters_and_shortens():
+    from orchestrator.errors import one_line
+
+    assert one_line("a\n  b\tc\x1b[31m") == "a b c [31m"
+    assert one_line(ValueError("bad\nvalue")) == "bad value"
+    long = one_line("x" * 500, limit=50)
+    assert len(long) == 50 and long.endswith("...")
+
+
+def test_first_and_last_line_of_an_error_or_its_type():
+    from orchestrator.errors import first_line, last_line
+
+    traceback_text = "Traceback (most recent call last):\n  File \"x.py\", line 1\n\nValueError: the real reason\n\n"
+    assert last_line(traceback_text) == "ValueError: the real reason"
+    assert first_line(RuntimeError("\n  summary\ndetails")) == "summary"
+    assert last_line(KeyError()) == first_line(KeyError()) == "KeyError"  # no message: the type
+    assert last_line("", "unknown error") == "unknown error" and last_line("   \n") is None
+
+
+def test_poll_until_returns_the_first_result_that_holds():
+    from orchestrator.polling import poll_until
+
+    answers = iter([None, None, 200, 500])
+    assert poll_until(lambda: next(answers), lambda code: code == 200, timeout=5, interval=0.01) == 200
+    assert next(answers) == 500  # it stopped asking
+
+
+def test_poll_until_gives_the_last_result_after_the_timeout_and_passes_errors_on():
+    import time
+
+    from orchestrator.polling import poll_until
+
+    calls = []
+    t0 = time.monotonic()
+    assert poll_until(lambda: calls.append(1) or len(calls), lambda n: False, timeout=0.3, interval=0.05) == len(calls)
+    assert 0.3 <= time.monotonic() - t0 < 2 and len(calls) >= 3
+
+    def broken():
+        raise OSError("gone")
+
+    with pytest.raises(OSError, match="gone"):
+        poll_until(broken, lambda _: True, timeout=5, interval=0.01)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.text import Text
 
-from orchestrator.cli.common import console, err_console, friendly
+from orchestrator.cli.common import command_group, console, err_console, friendly, option_group
 from orchestrator.cli.k8s import (
     _check_namespace,
     _opt_context,
@@ -35,19 +36,30 @@ from orchestrator.errors import OrchestratorError
 
 DEFAULT_CLUSTER_NAME = "orchestrator"
 
-local_app = typer.Typer(help="A local Ray cluster (`ray start --head` on 127.0.0.1, token authentication on).", no_args_is_help=True)
-cluster_k8s_app = typer.Typer(
-    name="k8s",
-    help="Create, inspect, scale and delete a KubeRay RayCluster (kubeconfig or in-cluster credentials).",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+local_app = command_group("A local Ray cluster (`ray start --head` on 127.0.0.1, token authentication on).")
+cluster_k8s_app = command_group("Create, inspect, scale and delete a KubeRay RayCluster (kubeconfig or in-cluster credentials).", name="k8s")
 
 
 @cluster_k8s_app.callback()
 def _cluster_group() -> None:
     """Create, inspect, scale and delete a KubeRay RayCluster."""
+
+
+@dataclass(frozen=True)
+class KubeAPI:
+    """Which namespace, through which kubeconfig and context: the options of every `cluster k8s` command."""
+
+    namespace: str = _opt_namespace()
+    kubeconfig: Optional[str] = _opt_kubeconfig()
+    context: Optional[str] = _opt_context()
+
+    def connect(self):
+        from orchestrator.k8s import client as kc
+
+        return kc.connect(self.kubeconfig, self.context)
+
+
+kube_options = option_group("kube", KubeAPI)
 
 
 def register(cluster_app: typer.Typer) -> None:
@@ -170,18 +182,18 @@ def _targets_yaml(targets: list[tuple[str, str, str, str]]) -> str:
 
 @cluster_k8s_app.command()
 @friendly
+@kube_options
 def up(
     spec_path: Optional[Path] = typer.Argument(
         None, metavar="SPEC", help="Size the cluster for this job spec's scaling section (default: 2 CPU workers)."
     ),
     name: Optional[str] = typer.Option(None, "--name", help=f"RayCluster name (default: the spec's name, else {DEFAULT_CLUSTER_NAME!r})."),
-    namespace: str = _opt_namespace(),
-    kubeconfig: Optional[str] = _opt_kubeconfig(),
-    context: Optional[str] = _opt_context(),
     storage_pvc: Optional[str] = _opt_storage_pvc(),
     image: Optional[str] = _opt_image(),
     gpu_image: Optional[str] = _opt_gpu_image(),
     dry_run: bool = _opt_dry_run(),
+    *,
+    kube: KubeAPI,
 ) -> None:
     """Create an autoscaling RayCluster (and its NetworkPolicy)."""
     from orchestrator.k8s.render import concurrent_trials, render_raycluster
@@ -192,6 +204,7 @@ def up(
         base, scaling, trials = spec.name, spec.scaling, concurrent_trials(spec)
     else:
         base, scaling, trials = DEFAULT_CLUSTER_NAME, ScalingSpec(), 1
+    namespace = kube.namespace
     opts = render_options(namespace=namespace, storage_pvc=storage_pvc, image=image, gpu_image=gpu_image, name=name)
     rendered = render_raycluster(base, scaling, opts, trials=trials)
     _warn(rendered.warnings)
@@ -203,7 +216,7 @@ def up(
 
     from orchestrator.k8s import client as kc
 
-    conn = kc.connect(kubeconfig, context)
+    conn = kube.connect()
     try:
         existing = kc.get(conn, "RayCluster", namespace, cname)
     except kc.NotFound:
@@ -238,16 +251,17 @@ def _hints(cname: str, namespace: str) -> list[str]:
 
 @cluster_k8s_app.command()
 @friendly
+@kube_options
 def down(
     name: str = typer.Argument(DEFAULT_CLUSTER_NAME, help="RayCluster name."),
-    namespace: str = _opt_namespace(),
-    kubeconfig: Optional[str] = _opt_kubeconfig(),
-    context: Optional[str] = _opt_context(),
     dry_run: bool = _opt_dry_run("Print the objects that would be deleted, as YAML, and contact nothing."),
+    *,
+    kube: KubeAPI,
 ) -> None:
     """Delete a RayCluster and its NetworkPolicy."""
     from orchestrator.k8s.render import RAY_API_VERSION
 
+    namespace = kube.namespace
     _check_namespace(namespace)
     targets = [
         (RAY_API_VERSION, "RayCluster", name, namespace),
@@ -259,7 +273,7 @@ def down(
 
     from orchestrator.k8s import client as kc
 
-    conn = kc.connect(kubeconfig, context)
+    conn = kube.connect()
     deleted = [f"{kind} {obj_name}" for _, kind, obj_name, ns in targets if kc.delete(conn, kind, ns, obj_name)]
     if not deleted:
         typer.echo(f"nothing to delete: no RayCluster {name} in namespace {namespace}")
@@ -272,22 +286,23 @@ def down(
 
 @cluster_k8s_app.command()
 @friendly
+@kube_options
 def status(
     name: Optional[str] = typer.Argument(None, help="RayCluster name (default: list the namespace's RayClusters)."),
-    namespace: str = _opt_namespace(),
-    kubeconfig: Optional[str] = _opt_kubeconfig(),
-    context: Optional[str] = _opt_context(),
     dry_run: bool = _opt_dry_run("Print the API request that would be made and contact nothing."),
+    *,
+    kube: KubeAPI,
 ) -> None:
     """Show a RayCluster's state, workers and resources, or list the RayClusters of a namespace."""
     from orchestrator.k8s import client as kc
 
+    namespace = kube.namespace
     _check_namespace(namespace)
     path = f"/apis/{kc.RAY_GROUP}/{kc.RAY_API_VERSION}/namespaces/{namespace}/rayclusters" + (f"/{name}" if name else "")
     if dry_run:
         typer.echo(f"GET {path}")
         return
-    conn = kc.connect(kubeconfig, context)
+    conn = kube.connect()
     if name is None:
         items = kc.list_objects(conn, "RayCluster", namespace)
         if not items:
@@ -346,23 +361,24 @@ def cluster_summary(obj: dict) -> list[str]:
 
 @cluster_k8s_app.command()
 @friendly
+@kube_options
 def scale(
     name: str = typer.Argument(DEFAULT_CLUSTER_NAME, help="RayCluster name."),
     workers: int = typer.Option(..., "--workers", "-w", min=0, help="Worker pods wanted in the group."),
     group: Optional[str] = typer.Option(None, "--group", help="Worker group (default: the only one)."),
     min_workers: Optional[int] = typer.Option(None, "--min", min=0, help="New minReplicas (default: lowered to --workers if needed)."),
     max_workers: Optional[int] = typer.Option(None, "--max", min=0, help="New maxReplicas (default: raised to --workers if needed)."),
-    namespace: str = _opt_namespace(),
-    kubeconfig: Optional[str] = _opt_kubeconfig(),
-    context: Optional[str] = _opt_context(),
     dry_run: bool = _opt_dry_run("Read the RayCluster, print the JSON patch that would be sent, change nothing."),
+    *,
+    kube: KubeAPI,
 ) -> None:
     """Set a worker group's replicas (with autoscaling on, the autoscaler keeps adjusting between its min and max)."""
     from orchestrator.k8s import client as kc
     from orchestrator.k8s.render import scale_patch, to_yaml
 
+    namespace = kube.namespace
     _check_namespace(namespace)
-    conn = kc.connect(kubeconfig, context)
+    conn = kube.connect()
     try:
         obj = kc.get(conn, "RayCluster", namespace, name)
     except kc.NotFound:

@@ -1,10 +1,13 @@
-"""Shared by every CLI module: the consoles, and `friendly`: user errors become one clear line and an
-exit code, never a traceback."""
+"""Shared by every CLI module: the consoles; `friendly`: user errors become one clear line and an
+exit code, never a traceback; `command_group`: a typer app made the same way everywhere; `option_group`: options that several commands share, declared once."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Callable
+import inspect
+import typing
+from typing import Callable, Optional
 
 import typer
 from rich.text import Text
@@ -15,6 +18,12 @@ from orchestrator.ui import make_console  # noqa: F401  (the CLI's consoles are 
 
 console = make_console()
 err_console = make_console(stderr=True)
+
+
+def command_group(help: str, name: Optional[str] = None) -> typer.Typer:
+    """A typer app for a group of commands: without a command it shows its help; no shell-completion
+    options; no pretty tracebacks (`friendly` reports user errors, anything else is a bug to see whole)."""
+    return typer.Typer(name=name, help=help, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 
 def friendly(fn: Callable) -> Callable:
@@ -32,3 +41,26 @@ def friendly(fn: Callable) -> Callable:
             raise typer.Exit(130)
 
     return wrapper
+
+
+def option_group(name: str, group: type) -> Callable[[Callable], Callable]:
+    """Give a command the options that the dataclass `group` declares (each field's default is a
+    typer.Option), after its own, and pass them to it as one argument `name`, a `group` instance."""
+    fields = dataclasses.fields(group)
+    hints = typing.get_type_hints(group)
+
+    def decorate(fn: Callable) -> Callable:
+        sig = inspect.signature(fn, eval_str=True)
+        own = [p for p in sig.parameters.values() if p.name != name]
+        added = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=hints[f.name]) for f in fields]
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            values = {f.name: kwargs.pop(f.name) for f in fields}
+            return fn(*args, **kwargs, **{name: group(**values)})
+
+        wrapper.__signature__ = sig.replace(parameters=[*own, *added])  # what typer reads the options from
+        return wrapper
+
+    return decorate
+

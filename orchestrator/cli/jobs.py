@@ -6,16 +6,17 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from orchestrator.cli.common import err_console, friendly
+from orchestrator.cli.common import command_group, err_console, friendly, option_group
 from orchestrator.cli.k8s import _opt_context, _opt_gpu_image, _opt_image, _opt_kubeconfig, _opt_namespace, _opt_storage_pvc
 from orchestrator.errors import OrchestratorError
 
-jobs_app = typer.Typer(help="Jobs on a Ray cluster, through its Jobs API: list, status, logs, stop.", no_args_is_help=True)
+jobs_app = command_group("Jobs on a Ray cluster, through its Jobs API: list, status, logs, stop.")
 
 
 def register(app: typer.Typer) -> None:
@@ -29,30 +30,34 @@ def register(app: typer.Typer) -> None:
 # ----------------------------------------------------------------------------------- options
 
 
-def _opt_address():
-    return typer.Option(None, "--address", "-a", show_default=False,
-                        help="Jobs API of the cluster, http(s)://HEAD:8265 (default: RAY_API_SERVER_ADDRESS, an http RAY_ADDRESS, "
-                        "or the one local cluster that is up).")
+@dataclass(frozen=True)
+class JobsAPI:
+    """Which cluster's Jobs API, and how to reach it: the options of `submit` and every `jobs` command."""
+
+    address: Optional[str] = typer.Option(
+        None, "--address", "-a", show_default=False,
+        help="Jobs API of the cluster, http(s)://HEAD:8265 (default: RAY_API_SERVER_ADDRESS, an http RAY_ADDRESS, "
+        "or the one local cluster that is up).")
+    token_env: Optional[str] = typer.Option(
+        None, "--token-env", metavar="VAR", show_default=False,
+        help="Environment variable holding the cluster's token (default: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, "
+        "the local cluster's token file, ~/.ray/auth_token).")
+    insecure: bool = typer.Option(False, "--insecure", help="Allow plain http to a non-loopback address without a token.")
+
+    def client(self, address: Optional[str] = None):
+        """A JobsClient of `address` (default: --address, resolved), after probing it."""
+        from orchestrator.submit.client import JobsClient
+
+        return JobsClient(address or self.address, token_env=self.token_env, insecure=self.insecure, warn=lambda m: _info(f"warning: {m}"))
 
 
-def _opt_token_env():
-    return typer.Option(None, "--token-env", metavar="VAR", show_default=False,
-                        help="Environment variable holding the cluster's token (default: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, "
-                        "the local cluster's token file, ~/.ray/auth_token).")
-
-
-def _opt_insecure():
-    return typer.Option(False, "--insecure", help="Allow plain http to a non-loopback address without a token.")
+jobs_api_options = option_group("api", JobsAPI)
+AS_JSON = typer.Option(False, "--json", help="Print JSON.")
+JOB_ID = typer.Argument(..., metavar="ID", help="Submission id.")
 
 
 def _info(line: str) -> None:
     err_console.print(line, highlight=False, soft_wrap=True, markup=False)
-
-
-def _client(address: Optional[str], token_env: Optional[str], insecure: bool):
-    from orchestrator.submit.client import JobsClient
-
-    return JobsClient(address, token_env=token_env, insecure=insecure, warn=lambda m: _info(f"warning: {m}"))
 
 
 def _out(text: str) -> None:
@@ -62,12 +67,11 @@ def _out(text: str) -> None:
 
 def _finish(client, view) -> None:
     """The final lines after following a job, and its exit code."""
-    from orchestrator.submit.client import exit_code, run_dir_from_logs
+    from orchestrator.submit.client import exit_code
 
-    run_dir = run_dir_from_logs(client.logs(view.submission_id)) if view.output_dir else None
     _info(f"job {view.submission_id}: {view.status}" + (f" (exit code {view.driver_exit_code})" if view.status == "FAILED" and view.driver_exit_code else ""))
-    if run_dir:
-        _info(f"run directory: {run_dir}")
+    if view.run_dir:
+        _info(f"run directory: {view.run_dir}")
     code = exit_code(view)
     if code:
         raise typer.Exit(code)
@@ -89,11 +93,9 @@ def _follow(client, job_id: str) -> None:
 
 
 @friendly
+@jobs_api_options
 def submit(
     spec_path: Path = typer.Argument(..., metavar="SPEC", help="Job spec YAML."),
-    address: Optional[str] = _opt_address(),
-    token_env: Optional[str] = _opt_token_env(),
-    insecure: bool = _opt_insecure(),
     follow: Optional[bool] = typer.Option(None, "--follow/--no-follow", show_default=False,
                                           help="Stream the job's logs until it ends and exit with its outcome (default: off; on with --k8s)."),
     storage: Optional[str] = typer.Option(None, "--storage", show_default=False,
@@ -107,13 +109,15 @@ def submit(
     storage_pvc: Optional[str] = _opt_storage_pvc(),
     image: Optional[str] = _opt_image(),
     gpu_image: Optional[str] = _opt_gpu_image(),
+    *,
+    api: JobsAPI,
 ) -> None:
     """Submit SPEC to a Ray cluster through its Jobs API; prints the submission id.
 
     The job runs `orchestrator run` on the cluster with the spec and the Python code next to it.
     """
     if k8s:
-        if address or token_env or insecure or storage:
+        if api.address or api.token_env or api.insecure or storage:
             raise OrchestratorError("--address, --token-env, --insecure and --storage apply to Ray Jobs API submission, not to --k8s")
         from orchestrator.cli.k8s import submit_k8s
 
@@ -126,17 +130,17 @@ def submit(
         raise OrchestratorError("--kubeconfig and --context apply to --k8s only")
     from orchestrator.submit.plan import plan_submission, resolve_address
 
-    target = resolve_address(address)
+    target = resolve_address(api.address)
     plan = plan_submission(spec_path, address=target, storage=storage)  # an invalid spec fails before any request
     if dry_run:
         _out(plan.describe() + "\n")
         return
-    client = _client(target, token_env, insecure)
+    client = api.client(target)
     for note in plan.notes:
         _info(f"note: {note}")
     job_id = client.submit(plan)
     _out(job_id + "\n")
-    _info(f"submitted to {client.address} (Ray {client.ray_version}); run directory under {plan.output_dir}")
+    _info(f"submitted to {client.address} (Ray {client.ray_version}); run directory {plan.run_dir}")
     if follow:
         _follow(client, job_id)
         return
@@ -153,14 +157,10 @@ def _when(t: Optional[float]) -> str:
 
 @jobs_app.command("list")
 @friendly
-def jobs_list(
-    address: Optional[str] = _opt_address(),
-    token_env: Optional[str] = _opt_token_env(),
-    insecure: bool = _opt_insecure(),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-) -> None:
+@jobs_api_options
+def jobs_list(as_json: bool = AS_JSON, *, api: JobsAPI) -> None:
     """Jobs submitted to the cluster, oldest first."""
-    client = _client(address, token_env, insecure)
+    client = api.client()
     jobs = [j for j in client.list() if j.submission_id]
     if as_json:
         _out(json.dumps([j.__dict__ for j in jobs], indent=2) + "\n")
@@ -177,19 +177,11 @@ def jobs_list(
 
 @jobs_app.command("status")
 @friendly
-def jobs_status(
-    job_id: str = typer.Argument(..., metavar="ID", help="Submission id."),
-    address: Optional[str] = _opt_address(),
-    token_env: Optional[str] = _opt_token_env(),
-    insecure: bool = _opt_insecure(),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-) -> None:
-    """Status of one job (and its run directory once `orchestrator run` has created it)."""
-    from orchestrator.submit.client import run_dir_from_logs
-
-    client = _client(address, token_env, insecure)
-    view = client.job(job_id)
-    run_dir = run_dir_from_logs(client.logs(job_id)) if view.output_dir else None
+@jobs_api_options
+def jobs_status(job_id: str = JOB_ID, as_json: bool = AS_JSON, *, api: JobsAPI) -> None:
+    """Status of one job, and the run directory it was told to create."""
+    view = api.client().job(job_id)
+    run_dir = view.run_dir or None  # none for a job submitted otherwise than by `orchestrator submit`
     if as_json:
         _out(json.dumps({**view.__dict__, "run_dir": run_dir}, indent=2) + "\n")
         return
@@ -208,15 +200,15 @@ def jobs_status(
 
 @jobs_app.command("logs")
 @friendly
+@jobs_api_options
 def jobs_logs(
-    job_id: str = typer.Argument(..., metavar="ID", help="Submission id."),
+    job_id: str = JOB_ID,
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep streaming until the job ends; exit with its outcome."),
-    address: Optional[str] = _opt_address(),
-    token_env: Optional[str] = _opt_token_env(),
-    insecure: bool = _opt_insecure(),
+    *,
+    api: JobsAPI,
 ) -> None:
     """The job's driver output (what `orchestrator run` printed on the cluster)."""
-    client = _client(address, token_env, insecure)
+    client = api.client()
     if follow:
         _follow(client, job_id)
     else:
@@ -225,15 +217,15 @@ def jobs_logs(
 
 @jobs_app.command("stop")
 @friendly
+@jobs_api_options
 def jobs_stop(
-    job_id: str = typer.Argument(..., metavar="ID", help="Submission id."),
+    job_id: str = JOB_ID,
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until the job has stopped."),
-    address: Optional[str] = _opt_address(),
-    token_env: Optional[str] = _opt_token_env(),
-    insecure: bool = _opt_insecure(),
+    *,
+    api: JobsAPI,
 ) -> None:
     """Stop a pending or running job (its driver gets SIGTERM, then SIGKILL)."""
-    client = _client(address, token_env, insecure)
+    client = api.client()
     if not client.stop(job_id):
         view = client.job(job_id)
         _out(f"{job_id}: already finished ({view.status})\n")

@@ -16,7 +16,7 @@ from typing import Optional
 
 import typer
 
-from orchestrator.cli.common import friendly
+from orchestrator.cli.common import command_group, friendly
 from orchestrator.errors import OrchestratorError
 
 ENV_IMAGE = "ORCHESTRATOR_K8S_IMAGE"
@@ -33,13 +33,7 @@ class Kind(str, Enum):
     rayservice = "rayservice"
 
 
-k8s_app = typer.Typer(
-    name="k8s",
-    help="Kubernetes manifests (KubeRay RayCluster, RayJob, RayService) rendered from a job spec.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+k8s_app = command_group("Kubernetes manifests (KubeRay RayCluster, RayJob, RayService) rendered from a job spec.", name="k8s")
 
 
 @k8s_app.callback()

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import typer
-
 from orchestrator.cli import cluster, jobs, k8s, run, serve
+from orchestrator.cli.common import command_group
 
-app = typer.Typer(
-    name="orchestrator",
-    help="Distributed training, hyperparameter search and serving on Ray, from one job spec.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-cluster_app = typer.Typer(help="Create, inspect and remove Ray clusters.", no_args_is_help=True)
+app = command_group("Distributed training, hyperparameter search and serving on Ray, from one job spec.", name="orchestrator")
+cluster_app = command_group("Create, inspect and remove Ray clusters.")
 
 run.register(app)  # orchestrator validate, schema, train, run, resume
 app.add_typer(cluster_app, name="cluster")

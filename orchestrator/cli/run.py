@@ -53,6 +53,9 @@ ADDRESS = typer.Option(None, "--address", help="Ray cluster to join (default: RA
 OUTPUT = typer.Option(None, "--output", "-o", help="Parent folder of the run directory (default: the spec's output.dir).")
 VERBOSE = typer.Option(False, "--verbose", "-v", help="Show Ray's own logs.")
 SPEC = typer.Argument(..., metavar="SPEC", help="Job spec YAML.")
+RUN_NAME = typer.Option(None, "--run-name", show_default=False,
+                        help="Name of the run directory inside the output folder (default: <spec name>-<timestamp>); must not exist yet. "
+                        "`orchestrator submit` sets it, so it knows where the job's run directory is.")
 
 
 def _exit_for(result) -> None:
@@ -64,12 +67,13 @@ def _exit_for(result) -> None:
 
 
 @friendly
-def train(spec_path: Path = SPEC, output: Optional[Path] = OUTPUT, address: Optional[str] = ADDRESS, verbose: bool = VERBOSE) -> None:
+def train(spec_path: Path = SPEC, output: Optional[Path] = OUTPUT, address: Optional[str] = ADDRESS, verbose: bool = VERBOSE,
+          run_name: Optional[str] = RUN_NAME) -> None:
     """Train once (no search) on Ray and write a run directory."""
     from orchestrator.pipeline import train_job
     from orchestrator.spec import load_spec
 
-    train_job(load_spec(spec_path), spec_path, output=output, address=address, verbose=verbose, console=console)
+    train_job(load_spec(spec_path), spec_path, output=output, address=address, verbose=verbose, console=console, run_name=run_name)
 
 
 @friendly
@@ -80,6 +84,7 @@ def run(
     verbose: bool = VERBOSE,
     force: bool = typer.Option(False, "--force", help="Serve the winner even if it failed the promotion gate."),
     no_serve: bool = typer.Option(False, "--no-serve", help="Do not serve, even if the spec has a serve section."),
+    run_name: Optional[str] = RUN_NAME,
 ) -> None:
     """Validate, plan, search (or train once), evaluate the winner on the test split, apply the promotion gate,
     and serve it when the spec has a serve section."""
@@ -87,7 +92,7 @@ def run(
     from orchestrator.spec import load_spec
 
     spec = load_spec(spec_path)
-    result = run_job(spec, spec_path, output=output, address=address, verbose=verbose, console=console)
+    result = run_job(spec, spec_path, output=output, address=address, verbose=verbose, console=console, run_name=run_name)
     if spec.serve is not None and not no_serve and not result.interrupted:
         from orchestrator.cli.serve import serve_after_run
 

@@ -22,7 +22,7 @@ import pyarrow as pa
 import ray
 from ray.data.aggregate import Count, Mean, Std, Sum, Unique
 
-from orchestrator.data.preprocess import SPLIT_COLUMN, SPLITS, Preprocessor, assign_splits
+from orchestrator.data.preprocess import SPLIT_COLUMN, SPLITS, Preprocessor, assign_splits, plain_value
 from orchestrator.errors import DataError
 from orchestrator.spec import JobSpec, is_uri, resolve_source, task_problems
 
@@ -349,7 +349,7 @@ def fit_preprocessor(spec: JobSpec, cols: Columns, train: ray.data.Dataset) -> P
         pre.means.append(float(mean))
         pre.stds.append(float(std) if std and std > 0 else 1.0)
     for c in cols.categorical:
-        pre.categorical[c] = sorted((_py(v) for v in stats[f"uniq:{c}"] if v is not None), key=lambda v: (str(type(v)), v))
+        pre.categorical[c] = sorted((plain_value(v) for v in stats[f"uniq:{c}"] if v is not None), key=lambda v: (str(type(v)), v))
         if c in cols.auto_categorical and len(pre.categorical[c]) > MAX_AUTO_CATEGORIES:
             raise DataError(
                 f"{src}: column {c!r} holds strings with {len(pre.categorical[c])} distinct values in the training split, "
@@ -357,17 +357,13 @@ def fit_preprocessor(spec: JobSpec, cols: Columns, train: ray.data.Dataset) -> P
                 f"or list it under data.categorical to encode it anyway"
             )
     if cols.task == "classification":
-        pre.classes = sorted((_py(v) for v in stats["uniq:__label"]), key=lambda v: (str(type(v)), v))
+        pre.classes = sorted((plain_value(v) for v in stats["uniq:__label"]), key=lambda v: (str(type(v)), v))
         if len(pre.classes) < 2:
             raise DataError(f"{d.source}: column {d.label!r} has fewer than 2 classes in the training split")
     else:
         pre.target_mean = float(stats["mean:__label"])
         pre.target_std = float(stats["std:__label"] or 1.0) or 1.0
     return pre
-
-
-def _py(v):
-    return v.item() if isinstance(v, np.generic) else v
 
 
 def _mark_infinite(df: pd.DataFrame, *, columns: list[str]) -> pd.DataFrame:

@@ -8,6 +8,7 @@ so loading a model never unpickles anything.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -110,7 +111,7 @@ class Preprocessor:
             onehot = np.zeros((n, len(cats)), dtype=np.float64)
             index = {c: i for i, c in enumerate(cats)}
             for r, v in enumerate(values):
-                i = index.get(_py(v))
+                i = index.get(plain_value(v))
                 if i is not None:  # unseen category: all zeros
                     onehot[r, i] = 1.0
             parts.append(onehot)
@@ -119,7 +120,7 @@ class Preprocessor:
     def transform_labels(self, values: pd.Series) -> np.ndarray:
         if self.task == "classification":
             index = {c: i for i, c in enumerate(self.classes or [])}
-            return np.asarray([index.get(_py(v), UNKNOWN_LABEL) for v in values], dtype=np.int64)
+            return np.asarray([index.get(plain_value(v), UNKNOWN_LABEL) for v in values], dtype=np.int64)
         y = values.astype(np.float64).to_numpy()
         return ((y - self.target_mean) / self.target_std).astype(np.float32)
 
@@ -148,6 +149,15 @@ class Preprocessor:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
-def _py(v: Any) -> Any:
-    """numpy scalars -> Python scalars, so categories compare and serialise as JSON values."""
-    return v.item() if isinstance(v, np.generic) else v
+def plain_value(v: Any, *, nan_as_none: bool = False) -> Any:
+    """numpy scalars and arrays -> Python scalars and lists (all the way down), so values compare
+    and serialise as JSON values; with `nan_as_none`, NaN becomes None (JSON has no NaN)."""
+    if isinstance(v, np.ndarray):
+        v = v.tolist()
+    if isinstance(v, (list, tuple)):
+        return [plain_value(x, nan_as_none=nan_as_none) for x in v]
+    if isinstance(v, np.generic):
+        v = v.item()
+    if nan_as_none and isinstance(v, float) and math.isnan(v):
+        return None
+    return v

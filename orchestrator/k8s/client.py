@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from orchestrator.errors import AlreadyExists, K8sError, NotFound, OrchestratorError  # noqa: F401  (kc.NotFound, kc.K8sError)
+from orchestrator.errors import AlreadyExists, K8sError, NotFound, OrchestratorError, one_line  # noqa: F401  (kc.NotFound, kc.K8sError)
 
 CONNECT_TIMEOUT_S = 3.0
 READ_TIMEOUT_S = 8.0
@@ -33,11 +33,6 @@ CORE_KINDS = ("ConfigMap", "NetworkPolicy")
 
 # RayJob .status.jobDeploymentStatus values after which nothing more happens.
 RAYJOB_FINAL = {"Complete", "Failed", "ValidationFailed"}
-
-
-def _one_line(text: Any, limit: int = 300) -> str:
-    s = " ".join(str(text).split())
-    return s if len(s) <= limit else s[: limit - 1] + "…"
 
 
 # ------------------------------------------------------------------------------ connection
@@ -87,7 +82,7 @@ def connect(kubeconfig: Optional[str] = None, context: Optional[str] = None) -> 
                 config_file=kubeconfig, context=context, client_configuration=cfg, persist_config=False
             )
         except Exception as e:  # ConfigException, YAML errors, exec-plugin failures
-            raise K8sError(f"cannot load kubeconfig {where}: {_one_line(e)}") from None
+            raise K8sError(f"cannot load kubeconfig {where}: {one_line(e)}") from None
     else:
         try:
             config.load_incluster_config(client_configuration=cfg)
@@ -118,14 +113,14 @@ def _reason(e: BaseException) -> str:
     # NewConnectionError subclasses ConnectTimeoutError, so it goes first.
     if isinstance(e, urllib3.exceptions.NewConnectionError):
         text = str(e)
-        return _one_line(text.split("Failed to establish a new connection:")[-1].strip() or text)
+        return one_line(text.split("Failed to establish a new connection:")[-1].strip() or text)
     if isinstance(e, urllib3.exceptions.ConnectTimeoutError):
         return "timed out connecting"
     if isinstance(e, urllib3.exceptions.ReadTimeoutError):
         return "timed out waiting for a reply"
     if isinstance(e, urllib3.exceptions.SSLError):
-        return f"TLS error: {_one_line(e)}"
-    return _one_line(f"{type(e).__name__}: {e}")
+        return f"TLS error: {one_line(e)}"
+    return one_line(f"{type(e).__name__}: {e}")
 
 
 def _status_body(e: Any) -> dict:
@@ -135,14 +130,14 @@ def _status_body(e: Any) -> dict:
     try:
         data = json.loads(body) if body else {}
     except ValueError:
-        return {"message": _one_line(body or e.reason or "")}
+        return {"message": one_line(body or e.reason or "")}
     return data if isinstance(data, dict) else {}
 
 
 def _api_error(e: Any, what: str) -> K8sError:
     status = getattr(e, "status", None)
     st = _status_body(e)
-    message = _one_line(st.get("message") or getattr(e, "reason", "") or "")
+    message = one_line(st.get("message") or getattr(e, "reason", "") or "")
     reason = st.get("reason")
     if status == 404:
         if reason == "NotFound" and (st.get("details") or {}).get("name"):

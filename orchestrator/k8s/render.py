@@ -4,12 +4,14 @@ Pure: no Ray, no kubernetes client, no clock, no randomness, no I/O. The same sp
 always give the same objects, so rendered manifests are compared with golden files, and
 `--dry-run` prints exactly what the client sends.
 
-Sizing (documented in docs/kubernetes.md):
-- One worker pod per training worker: `scaling.workers` pods, times `tune.max_concurrent` when the
-  spec searches with a fixed number of concurrent trials.
-- CPUs per worker pod: `ceil(cpus_per_worker) + 1` (the extra CPU runs Ray Data's read and
-  preprocessing tasks, see orchestrator.train.plan.DATA_RESERVE_CPUS); `cpus_per_worker: auto`
-  gives AUTO_CPUS_PER_POD (2) CPUs per pod.
+Sizing (documented in docs/kubernetes.md). The workers and what each reserves come from the
+training plan (orchestrator.train.plan.requested_workers) and the trials at once from the search
+plan (orchestrator.tune.plan.fixed_concurrency); this module only turns them into pods:
+- One worker pod per training worker: `scaling.workers` pods, times `tune.max_concurrent` (at most
+  the trials the search runs) when the spec searches with a fixed number of concurrent trials.
+- CPUs per worker pod: the worker's CPUs rounded up, plus the CPU the planner keeps free for Ray
+  Data's read and preprocessing tasks (DATA_RESERVE_CPUS): `ceil(cpus_per_worker) + 1`;
+  `cpus_per_worker: auto` is one CPU per worker (AUTO_WORKER_CPUS), so 2 CPUs per pod.
 - GPUs per worker pod: `ceil(gpus_per_worker)`; such pods use the GPU image, request
   `nvidia.com/gpu` and tolerate the `nvidia.com/gpu` taint.
 - Memory per pod: 2 GiB per CPU (at least 4 GiB) plus 8 GiB per GPU.
@@ -38,6 +40,8 @@ from orchestrator import __version__
 from orchestrator.errors import OrchestratorError
 from orchestrator.serve import plan as serve_plan
 from orchestrator.spec import JobSpec, ScalingSpec, ServeSpec, is_uri, parse_spec
+from orchestrator.train.plan import DATA_RESERVE_CPUS, requested_workers
+from orchestrator.tune.plan import fixed_concurrency
 
 # ------------------------------------------------------------------------------- constants
 
@@ -78,8 +82,7 @@ RUN_AS_GROUP = 100
 
 HEAD_CPUS = 2
 HEAD_MEMORY_GI = 4
-AUTO_CPUS_PER_POD = 2
-DATA_CPUS_PER_POD = 1
+MIN_SERVE_POD_CPUS = 2
 MEMORY_GI_PER_CPU = 2
 MIN_POD_MEMORY_GI = 4
 MEMORY_GI_PER_GPU = 8
@@ -150,12 +153,10 @@ def _memory_gi(cpus: int, gpus: int) -> int:
 
 
 def worker_pod_size(scaling: ScalingSpec) -> PodSize:
-    """Size of one training worker pod (see the module docstring)."""
-    if scaling.cpus_per_worker == "auto":
-        cpus = AUTO_CPUS_PER_POD
-    else:
-        cpus = math.ceil(float(scaling.cpus_per_worker)) + DATA_CPUS_PER_POD
-    gpus = math.ceil(scaling.gpus_per_worker)
+    """Size of one training worker pod: one worker and room for Ray Data (see the module docstring)."""
+    plan = requested_workers(scaling)
+    cpus = math.ceil(plan.cpus_per_worker) + math.ceil(DATA_RESERVE_CPUS)
+    gpus = math.ceil(plan.gpus_per_worker)
     return PodSize(cpus=cpus, gpus=gpus, memory_gi=_memory_gi(cpus, gpus))
 
 
@@ -306,16 +307,14 @@ class WorkerGroup:
 
 
 def concurrent_trials(spec: JobSpec) -> int:
-    """Trials that run at once: tune.max_concurrent when the spec searches with a fixed number,
-    else 1 (with `auto`, the search derives its concurrency from the cluster, sized here for one)."""
-    tune = getattr(spec, "tune", None)
-    k = getattr(tune, "max_concurrent", 1) if tune is not None else 1
-    return k if isinstance(k, int) and k > 0 else 1
+    """Trials that run at once when the spec fixes it (tune.plan.fixed_concurrency), else 1 (with
+    `auto`, the search derives its concurrency from the cluster, sized here for one)."""
+    return (fixed_concurrency(spec.tune) if spec.tune is not None else None) or 1
 
 
 def _training_group(scaling: ScalingSpec, *, autoscaling: bool, trials: int = 1) -> WorkerGroup:
     size = worker_pod_size(scaling)
-    n = scaling.workers * trials
+    n = requested_workers(scaling).workers * trials
     return WorkerGroup(
         name=GPU_GROUP if size.gpus else CPU_GROUP,
         size=size,
@@ -332,10 +331,10 @@ def _serve_group(serve: ServeSpec) -> WorkerGroup:
     if serve.gpus_per_replica:
         gpus = math.ceil(serve.gpus_per_replica)
         per_pod = max(1, math.floor(gpus / serve.gpus_per_replica + 1e-9))
-        cpus = max(AUTO_CPUS_PER_POD, math.ceil(per_pod * serve.cpus_per_replica - 1e-9))
+        cpus = max(MIN_SERVE_POD_CPUS, math.ceil(per_pod * serve.cpus_per_replica - 1e-9))
     else:
         gpus = 0
-        cpus = max(AUTO_CPUS_PER_POD, math.ceil(serve.cpus_per_replica))
+        cpus = max(MIN_SERVE_POD_CPUS, math.ceil(serve.cpus_per_replica))
         per_pod = max(1, math.floor(cpus / serve.cpus_per_replica + 1e-9))
     size = PodSize(cpus=cpus, gpus=gpus, memory_gi=_memory_gi(cpus, gpus))
     lo = math.ceil(serve.autoscaling.min_replicas / per_pod)

@@ -5,10 +5,8 @@ behind `orchestrator predict`. No Ray here; the commands live in orchestrator/cl
 from __future__ import annotations
 
 import json
-import math
 import re
 import shlex
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -106,25 +104,11 @@ def resolve_target(path: Path, *, spec_path: Optional[Path] = None, host: Option
 # ------------------------------------------------------------------------------ example request
 
 
-def _py(v: Any) -> Any:
-    import numpy as np
-
-    if isinstance(v, np.ndarray):
-        return [_py(x) for x in v.tolist()]
-    if isinstance(v, (list, tuple)):
-        return [_py(x) for x in v]
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and math.isnan(v):
-        return None
-    return v
-
-
 def test_row(job, columns: list[str]) -> Optional[dict]:
     """The first row of the held-out test split among the source's first rows (local files only)."""
     import pandas as pd
 
-    from orchestrator.data.preprocess import assign_splits
+    from orchestrator.data.preprocess import assign_splits, plain_value
     from orchestrator.spec import is_uri, resolve_source
 
     if job is None:
@@ -150,7 +134,7 @@ def test_row(job, columns: list[str]) -> Optional[dict]:
         rows = df[codes == 2]
         if rows.empty:
             return None
-        return {c: _py(v) for c, v in rows.iloc[0][columns].items()}
+        return {c: plain_value(v, nan_as_none=True) for c, v in rows.iloc[0][columns].items()}
     except Exception:  # an example is a convenience: never fail serving over it
         return None
 
@@ -202,6 +186,19 @@ def _detail(resp) -> str:
     return str(body.get("detail", body)) if isinstance(body, dict) else str(body)
 
 
+def _retry_after(otherwise, longest: float):
+    """A tenacity wait: the seconds of the last response's Retry-After header, else `otherwise`; at most `longest`."""
+
+    def wait(state) -> float:
+        try:
+            seconds = float(state.outcome.result().headers.get("retry-after") or 0)
+        except ValueError:  # an HTTP date: not worth parsing for a pause of seconds
+            seconds = 0.0
+        return min(seconds if seconds > 0 else otherwise(state), longest)
+
+    return wait
+
+
 class PredictClient:
     def __init__(self, url: str, token: Optional[str], timeout: float = 60.0):
         import httpx
@@ -212,22 +209,30 @@ class PredictClient:
         self.http = httpx.Client(headers=headers, timeout=timeout)
 
     def _call(self, method: str, path: str, **kw):
+        """One request; a 503 (replicas starting or overloaded) is retried, after the server's
+        Retry-After or a growing pause (0.2 s, 0.4 s, ... at most 5 s), and returned after the last try."""
         import httpx
+        import tenacity
 
         url = f"{self.base}{path}"
-        for attempt in range(RETRIES_ON_503 + 1):
+
+        def once():
             try:
-                resp = self.http.request(method, url, **kw)
+                return self.http.request(method, url, **kw)
             except httpx.ConnectError as e:
                 raise OrchestratorError(f"cannot reach {url}: {e} (is `orchestrator serve` running there?)") from None
             except httpx.TimeoutException:
                 raise OrchestratorError(f"{url}: no answer within {self.http.timeout.read:g} s") from None
             except httpx.HTTPError as e:
                 raise OrchestratorError(f"{url}: {type(e).__name__}: {e}") from None
-            if resp.status_code != 503 or attempt == RETRIES_ON_503:
-                return resp
-            time.sleep(min(float(resp.headers.get("retry-after", 0) or 0) or 0.2 * 2 ** attempt, 5.0))
-        return resp
+
+        return tenacity.Retrying(
+            retry=tenacity.retry_if_result(lambda resp: resp.status_code == 503),
+            stop=tenacity.stop_after_attempt(RETRIES_ON_503 + 1),
+            wait=_retry_after(tenacity.wait_exponential(multiplier=0.2, max=5.0), longest=5.0),
+            retry_error_callback=lambda state: state.outcome.result(),
+            reraise=True,
+        )(once)
 
     def metadata(self) -> Optional[dict]:
         resp = self._call("GET", "/metadata")
@@ -262,7 +267,9 @@ def predict_file(url: str, path: Path, *, token: Optional[str] = None, chunk: in
             warn(f"ignoring columns that are not model inputs: {', '.join(map(str, extra))}")
         df = df[columns]
         chunk = min(chunk, int(meta.get("limits", {}).get("max_records", chunk)))
-    records = [{k: _py(v) for k, v in r.items()} for r in df.to_dict("records")]
+    from orchestrator.data.preprocess import plain_value
+
+    records = [{k: plain_value(v, nan_as_none=True) for k, v in r.items()} for r in df.to_dict("records")]
     out: list[dict] = []
     for start in range(0, len(records), chunk):
         body = client.predict(records[start:start + chunk], start)

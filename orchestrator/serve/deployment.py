@@ -33,7 +33,7 @@ from typing import Any, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 
-from orchestrator.errors import CheckpointError, OrchestratorError
+from orchestrator.errors import CheckpointError, OrchestratorError, last_line
 from orchestrator.serve.app import DEFAULT_MAX_RECORDS, ModelRunner, make_api, token_digest
 from orchestrator.serve.plan import DEPLOYMENT, serve_args
 from orchestrator.spec import Autoscaling, ServeSpec
@@ -317,8 +317,7 @@ def _replica_error(name: str) -> Optional[str]:
         message = app.deployments[DEPLOYMENT].message if app and DEPLOYMENT in app.deployments else ""
     except Exception:
         return None
-    lines = [x.strip() for x in (message or "").splitlines() if x.strip()]
-    return lines[-1] if lines else None
+    return last_line(message or "")
 
 
 def _remove_failed(name: str) -> None:
@@ -379,14 +378,6 @@ def deploy(checkpoint_dir: str | os.PathLike, serve_spec: Optional[ServeSpec] = 
             _remove_failed(name)
         raise OrchestratorError(f"deploying {ckpt} failed: {reason}") from None
     return display_url(running[0], running[1], spec.route_prefix)
-
-
-def undeploy(name: str = DEFAULT_APP, *, shutdown: bool = False) -> None:
-    """Remove the application; with `shutdown`, stop Serve altogether (proxy and controller)."""
-    if shutdown:
-        serve.shutdown()
-    else:
-        serve.delete(name)
 
 
 def metrics_url() -> Optional[str]:

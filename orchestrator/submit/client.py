@@ -13,19 +13,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
-import time
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 from urllib.parse import urlsplit
 
-from orchestrator.errors import OrchestratorError
+import tenacity
+
+from orchestrator.errors import OrchestratorError, first_line
+from orchestrator.polling import poll_until
 from orchestrator.submit.plan import METADATA_PREFIX, SubmissionPlan, is_loopback, materialized, resolve_address
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 PROBE_TIMEOUT = (3.0, 5.0)  # connect, read: a dead address fails well within 10 s
-RUN_LINE = re.compile(r"^run (\S.*?)\s*$", re.M)  # printed by `orchestrator run` when it creates the run directory
+AGENT_WAIT_S = 30  # how long a submission waits for the job agent of a head that just started
 
 
 # ------------------------------------------------------------------------------------ token
@@ -94,16 +96,17 @@ def unreachable_message(address: str, why: str = "") -> str:
 
 def probe(address: str, token: Token) -> str:
     """GET /api/version with short timeouts; returns the cluster's Ray version or raises a clear error."""
-    import requests
+    import httpx
 
     headers = {"Authorization": f"Bearer {token.value}"} if token.value else {}
+    connect, read = PROBE_TIMEOUT
     try:
-        r = requests.get(f"{address}/api/version", headers=headers, timeout=PROBE_TIMEOUT)
-    except requests.exceptions.SSLError as e:
-        raise OrchestratorError(f"TLS handshake with {address} failed: {_first_line(e)}") from None
-    except requests.exceptions.Timeout:
+        r = httpx.get(f"{address}/api/version", headers=headers, timeout=httpx.Timeout(read, connect=connect))
+    except httpx.TimeoutException:
         raise OrchestratorError(unreachable_message(address, f"no answer within {sum(PROBE_TIMEOUT):g} s")) from None
-    except requests.exceptions.RequestException as e:
+    except httpx.HTTPError as e:
+        if (tls := _tls_error(e)) is not None:
+            raise OrchestratorError(f"TLS handshake with {address} failed: {first_line(tls)}") from None
         raise OrchestratorError(unreachable_message(address, _why(e))) from None
     if r.status_code in (401, 403):
         raise OrchestratorError(auth_message(r.status_code, address, token))
@@ -123,9 +126,20 @@ def _why(e: Exception) -> str:
     return type(e).__name__
 
 
-def _first_line(e: BaseException) -> str:
-    lines = [l for l in str(e).strip().splitlines() if l.strip()]
-    return lines[0] if lines else type(e).__name__
+def _tls_error(e: BaseException) -> Optional[ssl.SSLError]:
+    """The TLS failure behind an HTTP client error (httpx reports it as a ConnectError), if that is what it was."""
+    for _ in range(20):  # a chain of causes is short; never follow a cycle
+        if e is None or isinstance(e, ssl.SSLError):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _transport_error(e: BaseException) -> bool:
+    """A failed connection or a timeout. Ray's JobSubmissionClient talks HTTP through `requests`,
+    whose ConnectionError and Timeout are OSErrors that this package matches by name rather than
+    import that second HTTP library."""
+    return any(c.__name__ in ("ConnectionError", "Timeout", "TimeoutError") for c in type(e).__mro__)
 
 
 # ----------------------------------------------------------------------------------- client
@@ -160,6 +174,11 @@ class JobView:
     def output_dir(self) -> str:
         return self.metadata.get(METADATA_PREFIX + "output_dir", "")
 
+    @property
+    def run_dir(self) -> str:
+        """The run directory the job was told to create (`orchestrator run --run-name`), from its metadata."""
+        return self.metadata.get(METADATA_PREFIX + "run_dir", "")
+
 
 def _view(info) -> JobView:
     def secs(ms):
@@ -189,35 +208,34 @@ class JobsClient:
 
     @contextlib.contextmanager
     def _errors(self, job_id: Optional[str] = None) -> Iterator[None]:
-        import requests
         from ray.exceptions import AuthenticationError
 
         try:
             yield
         except AuthenticationError as e:
             raise OrchestratorError(auth_message(401 if "required" in str(e).lower() else 403, self.address, self.token)) from None
-        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError) as e:
+        except OSError as e:
+            if not _transport_error(e):
+                raise
             raise OrchestratorError(unreachable_message(self.address, _why(e))) from None
         except RuntimeError as e:
             text = str(e)
             if job_id and ("404" in text or "does not exist" in text):
                 raise OrchestratorError(f"no job {job_id!r} at {self.address} (`orchestrator jobs list` shows the jobs)") from None
-            raise OrchestratorError(f"{self.address}: {_first_line(e)}") from None
+            raise OrchestratorError(f"{self.address}: {first_line(e)}") from None
 
     def submit(self, plan: "SubmissionPlan") -> str:
+        # a head that just started may not have registered its job agent yet: ask again for a while
+        agent_starting = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(lambda e: isinstance(e, RuntimeError) and "No available agent" in str(e)),
+            stop=tenacity.stop_after_delay(AGENT_WAIT_S), wait=tenacity.wait_fixed(1), reraise=True,
+        )
         with materialized(plan) as working_dir, self._errors():
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    return self._client.submit_job(
-                        entrypoint=plan.entrypoint, submission_id=plan.submission_id, runtime_env=plan.runtime_env(str(working_dir)),
-                        metadata=plan.metadata, entrypoint_num_cpus=plan.entrypoint_num_cpus,
-                    )
-                except RuntimeError as e:
-                    # a head that just started may not have registered its job agent yet
-                    if "No available agent" not in str(e) or time.monotonic() > deadline:
-                        raise
-                    time.sleep(1)
+            return agent_starting(
+                self._client.submit_job,
+                entrypoint=plan.entrypoint, submission_id=plan.submission_id, runtime_env=plan.runtime_env(str(working_dir)),
+                metadata=plan.metadata, entrypoint_num_cpus=plan.entrypoint_num_cpus,
+            )
 
     def job(self, job_id: str) -> JobView:
         with self._errors(job_id):
@@ -237,12 +255,8 @@ class JobsClient:
             return self._client.stop_job(job_id)
 
     def wait(self, job_id: str, timeout: float, statuses=TERMINAL) -> JobView:
-        deadline = time.monotonic() + timeout
-        while True:
-            view = self.job(job_id)
-            if view.status in statuses or time.monotonic() > deadline:
-                return view
-            time.sleep(0.5)
+        """The job once its status is one of `statuses`, or as it is after `timeout` s."""
+        return poll_until(lambda: self.job(job_id), lambda view: view.status in statuses, timeout=timeout, interval=0.5)
 
     def follow(self, job_id: str, write: Callable[[str], None]) -> JobView:
         """Stream the job's logs until it ends; returns its final state."""
@@ -266,11 +280,6 @@ def _quiet_sdk() -> None:
 
     for name in ("ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk", "ray._private.runtime_env.packaging"):
         logging.getLogger(name).setLevel(logging.WARNING)
-
-
-def run_dir_from_logs(logs: str) -> Optional[str]:
-    m = RUN_LINE.search(logs)
-    return m.group(1) if m else None
 
 
 def exit_code(view: JobView) -> int:

@@ -32,10 +32,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
+import psutil
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import OrchestratorError, last_line
+from orchestrator.polling import poll_until
+from orchestrator.runtime import free_port
 
 MARKER_ENV = "ORCHESTRATOR_CLUSTER_ID"
 HOME_ENV = "ORCHESTRATOR_HOME"
@@ -191,35 +194,19 @@ def ensure_token(folder: Path) -> Path:
 class Proc:
     pid: int
     ppid: int
-    args: str
-    environ: str  # NUL-separated; empty where unreadable (other users, non-Linux)
+    args: str  # the command line, arguments joined by spaces
+    environ: dict[str, str]  # empty where unreadable (another user's process; macOS hides most)
     zombie: bool
 
 
 def list_processes() -> dict[int, Proc]:
     procs: dict[int, Proc] = {}
-    proc_root = Path("/proc")
-    if proc_root.is_dir() and (proc_root / "self" / "stat").exists():
-        for d in proc_root.iterdir():
-            if not d.name.isdigit():
-                continue
-            try:
-                stat = (d / "stat").read_text()
-                args = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            rest = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) "
-            try:
-                environ = (d / "environ").read_bytes().decode(errors="replace")
-            except OSError:
-                environ = ""
-            procs[int(d.name)] = Proc(int(d.name), int(rest[1]), args, environ, rest[0] == "Z")
-        return procs
-    out = subprocess.run(["ps", "-axo", "pid=,ppid=,stat=,command="], capture_output=True, text=True).stdout
-    for line in out.splitlines():
-        parts = line.split(None, 3)
-        if len(parts) >= 3 and parts[0].isdigit():
-            procs[int(parts[0])] = Proc(int(parts[0]), int(parts[1]), parts[3] if len(parts) > 3 else "", "", parts[2].startswith("Z"))
+    for p in psutil.process_iter(["ppid", "cmdline", "environ", "status"], ad_value=None):
+        info = p.info
+        if info["ppid"] is None:  # unreadable
+            continue
+        procs[p.pid] = Proc(p.pid, info["ppid"], " ".join(info["cmdline"] or ()), info["environ"] or {},
+                            info["status"] in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD))
     return procs
 
 
@@ -227,11 +214,10 @@ def cluster_processes(state: ClusterState, procs: Optional[dict[int, Proc]] = No
     """Pids of this cluster: marked by its environment variable or naming its temp dir, plus every
     descendant of those (Ray workers, job drivers). Never another Ray's processes."""
     procs = list_processes() if procs is None else procs
-    marker = f"{MARKER_ENV}={state.marker}\0"
     temp = state.temp_dir.rstrip("/") + "/"
     # The temp dir on the command line only counts where the environment cannot be read (not Linux):
     # a `tail -f <temp dir>/...` of the user must not be taken for part of the cluster.
-    roots = {p.pid for p in procs.values() if not p.zombie and (marker in p.environ + "\0" if p.environ else temp in p.args)}
+    roots = {p.pid for p in procs.values() if not p.zombie and (p.environ.get(MARKER_ENV) == state.marker if p.environ else temp in p.args)}
     return [pid for pid in _descendants(roots, procs) if pid != os.getpid()]
 
 
@@ -263,12 +249,14 @@ def _signal(pids: Iterable[int], sig: int) -> None:
 
 
 def _wait_gone(pids: list[int], timeout: float) -> list[int]:
-    deadline = time.monotonic() + timeout
-    left = _alive(pids)
-    while left and time.monotonic() < deadline:
-        time.sleep(0.2)
-        left = _alive(left)
-    return left
+    """Wait until none of `pids` runs, at most `timeout` s; returns those still running."""
+    left = list(pids)
+
+    def still_alive() -> list[int]:
+        left[:] = _alive(left)
+        return left
+
+    return poll_until(still_alive, lambda alive: not alive, timeout=timeout, interval=0.2)
 
 
 def stop_cluster_processes(state: ClusterState, grace_s: float) -> tuple[int, int]:
@@ -305,12 +293,6 @@ def stop_cluster_processes(state: ClusterState, grace_s: float) -> tuple[int, in
 # ---------------------------------------------------------------------------------- up/down
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
-
-
 def _port_free(port: int, host: str) -> bool:
     with socket.socket() as s:
         try:
@@ -339,12 +321,12 @@ def _temp_dir(folder: Path) -> Path:
 
 def http_get(url: str, token: Optional[str], timeout: float = 3.0):
     """(status, body) of a GET, or (None, reason) when nothing answers."""
-    import requests
+    import httpx
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        r = requests.get(url, headers=headers, timeout=timeout)
-    except requests.RequestException as e:
+        r = httpx.get(url, headers=headers, timeout=timeout)
+    except httpx.HTTPError as e:
         return None, type(e).__name__
     return r.status_code, r.text
 
@@ -404,9 +386,9 @@ def up(cfg: LocalClusterConfig, log=lambda line: None) -> ClusterState:
     for key, host, wanted in (("gcs", "0.0.0.0", cfg.port), ("dashboard", "127.0.0.1", cfg.dashboard_port)):
         if wanted and not _port_free(wanted, host):
             raise OrchestratorError(f"port {wanted} ({key}) is in use; choose another with --{'port' if key == 'gcs' else 'dashboard-port'} (0 picks a free one)")
-        ports[key] = wanted or _free_port()
+        ports[key] = wanted or free_port(host)
     for key in ("client_server", "dashboard_agent_http", "dashboard_agent_grpc", "runtime_env_agent", "metrics_export", "node_manager", "object_manager"):
-        ports[key] = _free_port()  # Ray's fixed defaults (10001, 52365, ...) would collide with any other Ray here
+        ports[key] = free_port("0.0.0.0")  # Ray's fixed defaults (10001, 52365, ...) would collide with any other Ray here
     temp = _temp_dir(folder)
     marker = uuid.uuid4().hex
     state = ClusterState(
@@ -425,8 +407,7 @@ def up(cfg: LocalClusterConfig, log=lambda line: None) -> ClusterState:
     out = proc.stdout + proc.stderr
     if proc.returncode != 0:
         down(cfg.name)
-        lines = [l for l in out.strip().splitlines() if l.strip()]
-        raise OrchestratorError(f"`ray start --head` failed: {lines[-1] if lines else f'exit code {proc.returncode}'}")
+        raise OrchestratorError(f"`ray start --head` failed: {last_line(out, f'exit code {proc.returncode}')}")
     m = re.search(r"ray start --address='([^']+)'", out)
     state.gcs_address = m.group(1) if m else f"127.0.0.1:{ports['gcs']}"
     latest = temp / "session_latest"
@@ -444,13 +425,10 @@ def up(cfg: LocalClusterConfig, log=lambda line: None) -> ClusterState:
 
 
 def _wait_for_jobs_api(state: ClusterState, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    code, body = None, ""
-    while time.monotonic() < deadline:
-        code, body = http_get(f"{state.dashboard_url}/api/jobs/", state.token())
-        if code == 200:
-            return
-        time.sleep(0.5)
+    code, body = poll_until(lambda: http_get(f"{state.dashboard_url}/api/jobs/", state.token()), lambda answer: answer[0] == 200,
+                            timeout=timeout, interval=0.5)
+    if code == 200:
+        return
     down(state.name)
     raise OrchestratorError(f"the Jobs API at {state.dashboard_url} did not answer within {timeout:g} s (last: {code} {body[:200]})")
 

@@ -81,6 +81,8 @@ class SubmissionPlan:
     entrypoint: str
     output_dir: str
     submission_id: str
+    run_name: str  # chosen here and passed to `orchestrator run --run-name`: the job creates output_dir/run_name
+    run_dir: str
     env_vars: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
     entrypoint_num_cpus: Optional[float] = None
@@ -96,7 +98,7 @@ class SubmissionPlan:
         lines = [
             f"submission id: {self.submission_id}",
             f"entrypoint:    {self.entrypoint}",
-            f"run directory: {self.output_dir}/{self.spec_name}-<timestamp>/",
+            f"run directory: {self.run_dir}/",
             f"working_dir:   {len(self.files)} files, {size / 1024:.1f} KiB",
             *[f"  {rel}" for rel in sorted(self.files)],
             f"runtime_env:   {json.dumps(self.runtime_env('<working_dir>'))}",
@@ -119,16 +121,20 @@ def plan_submission(spec_path: Path, *, address: str, storage: Optional[str] = N
     files = {spec_path.name: spec_path.resolve()}
     files.update(data_files(spec, address, notes))
     files.update(code_files(spec, cwd, notes))
-    sid = submission_id or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    # The run directory is named here, not learnt from what the job prints: <name>-<timestamp>-<4 hex>,
+    # the same name as the submission id (unless one is given), so the two are easy to match up.
+    run_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    sid = submission_id or run_name
+    run_dir = f"{output_dir.rstrip('/')}/{run_name}"
     return SubmissionPlan(
         spec_name=spec.name, spec_file=spec_path.name, files=files,
-        entrypoint=" ".join(["orchestrator", "run", shlex.quote(spec_path.name), "-o", shlex.quote(output_dir)]),
-        output_dir=output_dir, submission_id=sid,
+        entrypoint=" ".join(["orchestrator", "run", shlex.quote(spec_path.name), "-o", shlex.quote(output_dir), "--run-name", run_name]),
+        output_dir=output_dir, submission_id=sid, run_name=run_name, run_dir=run_dir,
         # PYTHONPATH stays out: init_ray sets it in the driver's runtime_env, and Ray refuses to merge a
         # variable that both the job and the driver set.
         env_vars={"PYTHONUNBUFFERED": "1", "COLUMNS": "160"},
         metadata={METADATA_PREFIX + "spec": spec.name, METADATA_PREFIX + "spec_file": spec_path.name,
-                  METADATA_PREFIX + "output_dir": output_dir},
+                  METADATA_PREFIX + "output_dir": output_dir, METADATA_PREFIX + "run_dir": run_dir},
         notes=notes,
     )
 

@@ -22,13 +22,16 @@ from ray.train.v2.api.callback import UserCallback
 from ray.util.queue import Empty, Queue
 
 from orchestrator.data.ingest import PreparedData, prepare_data
-from orchestrator.errors import DivergedError, OrchestratorError
-from orchestrator.spec import JobSpec
+from orchestrator.errors import DivergedError, OrchestratorError, last_line
+from orchestrator.spec import LOSS, TEST_PREFIX, JobSpec
 from orchestrator.train.checkpoint import load_model
 from orchestrator.train.loop import _y_dtype, evaluate, make_loss, run_loop
 from orchestrator.train.plan import WorkerPlan, build_loop_config
 
 CONTROLLER_FAILURE_LIMIT = 2
+# Ray Train wants train_loop_config to be a dict (its state export turns each value into JSON or a
+# string); the LoopConfig travels in it under this key and reaches the worker as it was built.
+LOOP_CONFIG_KEY = "loop"
 
 # ----------------------------------------------------------------------------------- worker side
 
@@ -95,9 +98,9 @@ class TuneTrialSession:
         tune.report(metrics, checkpoint=_checkpoint(checkpoint_dir))
 
 
-def train_loop_per_worker(config: dict, session=None) -> Optional[dict]:
-    """Runs on every Ray Train worker (or in an in-process trial). `config` is plain data (see build_loop_config)."""
-    return run_loop(config, session or TrainSession())
+def train_loop_per_worker(config: dict) -> Optional[dict]:
+    """Runs on every Ray Train worker: the loop on the LoopConfig the driver built (build_trainer)."""
+    return run_loop(config[LOOP_CONFIG_KEY], TrainSession())
 
 
 # ------------------------------------------------------------------------------------- driver side
@@ -124,12 +127,12 @@ def loop_datasets(prepared: PreparedData) -> dict:
     return {"train": prepared.transformed["train"], "validation": prepared.transformed["validation"]}
 
 
-def build_trainer(spec: JobSpec, prepared: PreparedData, plan: WorkerPlan, *, storage_path: str, name: str, callbacks: list, loop_overrides: Optional[dict] = None, train_loop=None) -> TorchTrainer:
-    config = build_loop_config(spec, prepared, plan)
-    config.update(loop_overrides or {})
+def build_trainer(spec: JobSpec, prepared: PreparedData, plan: WorkerPlan, *, storage_path: str, name: str, callbacks: list, train_loop=None, extra_config: Optional[dict] = None) -> TorchTrainer:
+    """The TorchTrainer for one training run. `train_loop` and `extra_config`: a stand-in loop and
+    what it reads beside the LoopConfig (tests)."""
     return TorchTrainer(
         train_loop or train_loop_per_worker,
-        train_loop_config=config,
+        train_loop_config={LOOP_CONFIG_KEY: build_loop_config(spec, prepared, plan), **(extra_config or {})},
         scaling_config=ScalingConfig(
             num_workers=plan.workers, use_gpu=plan.gpus_per_worker > 0, resources_per_worker=plan.resources_per_worker()
         ),
@@ -200,13 +203,13 @@ def evaluate_checkpoint(checkpoint_dir: str, dataset: ray.data.Dataset) -> dict[
     m = evaluate(
         loaded.model, dataset.iter_torch_batches(batch_size=512, dtypes=dtypes, device="cpu"), task,
         loaded.meta["model"], device, make_loss(task, 0.0),
-        loaded.preprocessor.target_std if task == "regression" else 1.0, "test_",
+        loaded.preprocessor.target_std if task == "regression" else 1.0, TEST_PREFIX,
     )
     m["test_rows"] = int(dataset.count())
     return m
 
 
-def run_training(spec: JobSpec, run_dir: Path, plan: WorkerPlan, *, prepared: Optional[PreparedData] = None, on_event: Callable[[dict], None] = lambda e: None, loop_overrides: Optional[dict] = None) -> TrainOutcome:
+def run_training(spec: JobSpec, run_dir: Path, plan: WorkerPlan, *, prepared: Optional[PreparedData] = None, on_event: Callable[[dict], None] = lambda e: None) -> TrainOutcome:
     """One training run of `spec` on the connected Ray cluster; writes checkpoints under run_dir."""
     t0 = time.perf_counter()
     prepared = prepared or prepare_data(spec)
@@ -222,7 +225,7 @@ def run_training(spec: JobSpec, run_dir: Path, plan: WorkerPlan, *, prepared: Op
         on_event(event)
 
     max_failures = spec.train.max_failures
-    trainer = build_trainer(spec, prepared, plan, storage_path=str(run_dir.resolve()), name="train", callbacks=[ProgressCallback(queue, max_failures)], loop_overrides=loop_overrides)
+    trainer = build_trainer(spec, prepared, plan, storage_path=str(run_dir.resolve()), name="train", callbacks=[ProgressCallback(queue, max_failures)])
     try:
         result = fit_with_progress(trainer, queue, relay)
     except ray.train.TrainingFailedError as e:
@@ -258,7 +261,7 @@ def check_diverged(result) -> None:
     rv = result if isinstance(result, dict) else getattr(result, "return_value", None)
     if isinstance(rv, dict) and rv.get("diverged_epoch"):
         raise DivergedError(
-            f"training diverged: the loss became {rv['loss']} at epoch {rv['diverged_epoch']} "
+            f"training diverged: the loss became {rv[LOSS]} at epoch {rv['diverged_epoch']} "
             "(lower train.lr, or set train.grad_clip)"
         )
 
@@ -267,5 +270,4 @@ def _root_cause(e: BaseException) -> str:
     seen = e
     while seen.__cause__ is not None:
         seen = seen.__cause__
-    lines = [l for l in str(seen).strip().splitlines() if l.strip()]
-    return lines[-1] if lines else type(seen).__name__
+    return last_line(seen)

@@ -2,7 +2,8 @@
 
 `run_loop` reads as its steps: set up the model and optimizer and restore from the session's
 checkpoint (`WorkerLoop.__init__`, `restore`), then per epoch `train_epoch`, `validate` (with
-`early_stop`) and `save_and_report`.
+early stopping, plan.EarlyStopper) and `save_and_report`. Its config is the LoopConfig the driver
+built (plan.py), read as is.
 """
 
 from __future__ import annotations
@@ -19,30 +20,34 @@ from torch import nn
 
 from orchestrator.data.preprocess import UNKNOWN_LABEL
 from orchestrator.models.build import build_model, forward
+from orchestrator.spec import ACCURACY, LOSS, MAE, RMSE, TRAIN_PREFIX, VAL_PREFIX, TrainSpec
 from orchestrator.train.checkpoint import read_state, write_checkpoint
+from orchestrator.train.plan import EarlyStopper, LoopConfig, autocast_dtype
+
+TRAIN_LOSS = TRAIN_PREFIX + LOSS
 
 # ------------------------------------------------------------------------------ loop building blocks
 
 
-def make_optimizer(params, t: dict) -> torch.optim.Optimizer:
-    if t["optimizer"] == "sgd":
-        return torch.optim.SGD(params, lr=t["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"])
-    if t["optimizer"] == "adam":
-        return torch.optim.Adam(params, lr=t["lr"], weight_decay=t["weight_decay"])
-    return torch.optim.AdamW(params, lr=t["lr"], weight_decay=t["weight_decay"])
+def make_optimizer(params, t: TrainSpec) -> torch.optim.Optimizer:
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    if t.optimizer == "adam":
+        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+    return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
 
 
-def lr_factor(t: dict, epoch: int) -> float:
+def lr_factor(t: TrainSpec, epoch: int) -> float:
     """Learning-rate multiplier for an epoch (0-based), applied per epoch."""
-    epochs, warm = t["epochs"], t["warmup_epochs"]
+    epochs, warm = t.epochs, t.warmup_epochs
     if warm and epoch < warm:
         return (epoch + 1) / (warm + 1)
-    if t["schedule"] == "cosine":
+    if t.schedule == "cosine":
         span = max(1, epochs - warm)
         return 0.5 * (1 + math.cos(math.pi * (epoch - warm) / span))
-    if t["schedule"] == "step":
-        return t["gamma"] ** (epoch // t["step_size"])
-    if t["schedule"] == "onecycle":  # triangle up to the peak at 30%, then down to 1/25
+    if t.schedule == "step":
+        return t.gamma ** (epoch // t.step_size)
+    if t.schedule == "onecycle":  # triangle up to the peak at 30%, then down to 1/25
         peak = max(1, int(0.3 * epochs))
         if epoch < peak:
             return 0.1 + 0.9 * epoch / peak
@@ -56,13 +61,11 @@ def make_loss(task: str, label_smoothing: float) -> nn.Module:
     return nn.MSELoss(reduction="sum")
 
 
-def autocast_dtype(mode: str, device: torch.device) -> Optional[torch.dtype]:
-    """Mixed precision applies on GPU only; auto picks bf16 where the GPU supports it."""
-    if device.type != "cuda" or mode == "off":
-        return None
-    if mode == "bf16" or (mode == "auto" and torch.cuda.is_bf16_supported()):
-        return torch.bfloat16
-    return torch.float16
+def amp_dtype(mode: str, device: torch.device) -> Optional[torch.dtype]:
+    """train.mixed_precision on this device (the choice is plan.autocast_dtype)."""
+    on_gpu = device.type == "cuda"
+    name = autocast_dtype(mode, on_gpu, on_gpu and mode == "auto" and torch.cuda.is_bf16_supported())
+    return getattr(torch, name) if name else None
 
 
 class Sums:
@@ -94,12 +97,12 @@ class Sums:
 
     def metrics(self, task: str, prefix: str, target_std: float = 1.0) -> dict[str, float]:
         s = self.t.tolist()
-        out = {f"{prefix}loss": s[self.LOSS] / max(s[self.N_LOSS], 1)}
+        out = {prefix + LOSS: s[self.LOSS] / max(s[self.N_LOSS], 1)}
         if task == "classification":
-            out[f"{prefix}accuracy"] = s[self.CORRECT] / max(s[self.ROWS], 1)
+            out[prefix + ACCURACY] = s[self.CORRECT] / max(s[self.ROWS], 1)
         else:  # errors back in the label's own units
-            out[f"{prefix}rmse"] = math.sqrt(s[self.SQ] / max(s[self.ROWS], 1)) * target_std
-            out[f"{prefix}mae"] = s[self.ABS] / max(s[self.ROWS], 1) * target_std
+            out[prefix + RMSE] = math.sqrt(s[self.SQ] / max(s[self.ROWS], 1)) * target_std
+            out[prefix + MAE] = s[self.ABS] / max(s[self.ROWS], 1) * target_std
         return out
 
 
@@ -148,44 +151,42 @@ def restore(session, model: nn.Module, optimizer: torch.optim.Optimizer) -> Rest
 class WorkerLoop:
     """One worker's run of the training loop: its model, optimizer, data and early-stopping state."""
 
-    def __init__(self, config: dict, session):
+    def __init__(self, config: LoopConfig, session):
         self.config, self.session = config, session
-        t = self.t = config["train"]
-        self.task, self.model_spec = config["task"], config["model"]
+        t = self.t = config.train
+        self.task, self.model_spec = config.task, config.model
         self.rank = session.rank
-        torch.set_num_threads(config["torch_threads"])
-        torch.manual_seed(t["seed"])
+        torch.set_num_threads(config.torch_threads)
+        torch.manual_seed(t.seed)
         self.device = session.device()
 
-        model = build_model(self.model_spec, config["input_shape"], config["num_outputs"], t["dropout"])
+        model = build_model(self.model_spec, config.input_shape, config.num_outputs, t.dropout)
         self.optimizer = make_optimizer(model.parameters(), t)
         r = restore(session, model, self.optimizer)
-        self.start_epoch, self.best, self.since_best, self.restored_from = r.start_epoch, r.best, r.since_best, r.restored_from
+        self.start_epoch, self.restored_from = r.start_epoch, r.restored_from
+        self.stopper = EarlyStopper.for_loop(config, r.best, r.since_best)
 
         self.model = session.prepare_model(model)
         self.raw_model = self.model.module if hasattr(self.model, "module") else self.model
-        self.loss_fn = make_loss(self.task, t["label_smoothing"])
+        self.loss_fn = make_loss(self.task, t.label_smoothing)
         self.eval_loss_fn = make_loss(self.task, 0.0)  # validation loss is comparable across label-smoothing settings
-        self.amp_dtype = autocast_dtype(t["mixed_precision"], self.device)
+        self.amp_dtype = amp_dtype(t.mixed_precision, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        self.metric, self.mode = config["checkpoint_metric"], config["checkpoint_mode"]
-        self.patience = (t.get("early_stopping") or {}).get("patience")
-        self.min_delta = (t.get("early_stopping") or {}).get("min_delta", 0.0)
-        self.target_std = config["target_std"]
+        self.target_std = config.target_std
 
         self.train_shard = session.dataset("train")
         self.val_data = session.dataset("validation")
         self.dtypes = {"x": torch.float32, "y": _y_dtype(self.task)}
 
     def run(self) -> Optional[dict]:
-        for epoch in range(self.start_epoch, self.t["epochs"]):
+        for epoch in range(self.start_epoch, self.t.epochs):
             t0 = time.perf_counter()
             metrics = self.train_epoch(epoch)
-            if not math.isfinite(metrics["train_loss"]):
+            if not math.isfinite(metrics[TRAIN_LOSS]):
                 # Every rank sees the same all-reduced loss, so all stop together. Retrying would diverge
                 # again, so this ends the run (no exception, no restart) and tells the driver why
                 # through the return value (a report without validation metrics would confuse Tune).
-                return {"diverged_epoch": epoch + 1, "loss": metrics["train_loss"]}
+                return {"diverged_epoch": epoch + 1, LOSS: metrics[TRAIN_LOSS]}
             stop = self.validate(metrics)
             metrics.update(
                 epoch_time_s=time.perf_counter() - t0,
@@ -204,15 +205,15 @@ class WorkerLoop:
         task, amp_dtype = self.task, self.amp_dtype
         # Dropout's generator is seeded per epoch and rank (like the shuffle below), so an epoch re-run
         # after a restart from a checkpoint draws what the unkilled run drew.
-        torch.manual_seed((t["seed"] * 1000 + epoch) * 1000 + self.rank)
-        lr = t["lr"] * lr_factor(t, epoch)
+        torch.manual_seed((t.seed * 1000 + epoch) * 1000 + self.rank)
+        lr = t.lr * lr_factor(t, epoch)
         for g in optimizer.param_groups:
             g["lr"] = lr
         model.train()
         sums = Sums(device)
         for b in self.train_shard.iter_torch_batches(
-            batch_size=t["batch_size"], dtypes=self.dtypes, device=device,
-            local_shuffle_buffer_size=max(4 * t["batch_size"], 256), local_shuffle_seed=t["seed"] * 1000 + epoch,
+            batch_size=t.batch_size, dtypes=self.dtypes, device=device,
+            local_shuffle_buffer_size=max(4 * t.batch_size, 256), local_shuffle_seed=t.seed * 1000 + epoch,
         ):
             x, y = b["x"], b["y"]
             with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
@@ -221,14 +222,14 @@ class WorkerLoop:
             known = (y != UNKNOWN_LABEL).sum().clamp(min=1) if task == "classification" else torch.tensor(y.numel(), device=device)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss / known).backward()
-            if t["grad_clip"]:
+            if t.grad_clip:
                 scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), t["grad_clip"])
+                nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
             scaler.step(optimizer)
             scaler.update()
             sums.add(task, loss.detach(), out.detach().float(), y)
         sums.all_reduce()
-        return {"epoch": epoch + 1, "lr": lr, **sums.metrics(task, "train_", self.target_std)}
+        return {"epoch": epoch + 1, "lr": lr, **sums.metrics(task, TRAIN_PREFIX, self.target_std)}
 
     def validate(self, metrics: dict) -> bool:
         """Rank 0 scores the whole validation set on the unwrapped model (no collectives needed) into
@@ -236,36 +237,30 @@ class WorkerLoop:
         stop = torch.zeros(1, device=self.device)
         if self.rank == 0:
             batches = self.val_data.iter_torch_batches(batch_size=512, dtypes=self.dtypes, device=self.device)
-            metrics.update(evaluate(self.raw_model, batches, self.task, self.model_spec, self.device, self.eval_loss_fn, self.target_std, "val_"))
-            if self.early_stop(metrics[self.metric]):
+            metrics.update(evaluate(self.raw_model, batches, self.task, self.model_spec, self.device, self.eval_loss_fn, self.target_std, VAL_PREFIX))
+            if self.stopper.update(metrics[self.config.checkpoint_metric]):
                 stop[0] = 1
         if dist.is_available() and dist.is_initialized():
             dist.broadcast(stop, src=0)
         return bool(stop.item())
 
-    def early_stop(self, score: float) -> bool:
-        """Track the best checkpoint metric; True once it has not improved for `patience` epochs."""
-        improved = self.best is None or (score < self.best - self.min_delta if self.mode == "min" else score > self.best + self.min_delta)
-        self.best, self.since_best = (score, 0) if improved else (self.best, self.since_best + 1)
-        return bool(self.patience and self.since_best >= self.patience)
-
     def save_and_report(self, epoch: int, metrics: dict) -> None:
         """Rank 0 writes the checkpoint; every rank reports the epoch's metrics."""
-        config, t = self.config, self.t
+        config, stopper = self.config, self.stopper
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint_dir = None
             if self.rank == 0:
                 write_checkpoint(
                     tmp,
-                    state={"model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": epoch, "best": self.best, "since_best": self.since_best},
-                    model_meta={"model": self.model_spec, "input_shape": config["input_shape"], "num_outputs": config["num_outputs"], "dropout": t["dropout"], "task": self.task, "job": config["job_name"]},
-                    preprocessing=config["preprocessing"],
+                    state={"model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": epoch, "best": stopper.best, "since_best": stopper.since_best},
+                    model_meta={"model": self.model_spec, "input_shape": config.input_shape, "num_outputs": config.num_outputs, "dropout": self.t.dropout, "task": self.task, "job": config.job_name},
+                    preprocessing=config.preprocessing,
                     metrics=metrics,
                 )
                 checkpoint_dir = tmp
             self.session.report(metrics, checkpoint_dir)
 
 
-def run_loop(config: dict, session) -> Optional[dict]:
+def run_loop(config: LoopConfig, session) -> Optional[dict]:
     """The whole loop on one worker. Returns None, or {"diverged_epoch", "loss"} when the loss became non-finite."""
     return WorkerLoop(config, session).run()

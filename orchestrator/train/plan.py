@@ -1,5 +1,7 @@
-"""Training plan: spec + cluster resources -> what each worker reserves, and the plain-data config the
-per-worker loop gets (`build_loop_config`). Pure, no Ray import.
+"""Training plan: spec + cluster resources -> what each worker reserves (`plan_workers`; and, for a
+cluster built to fit the spec, `requested_workers`), the config the per-worker loop gets
+(`LoopConfig`), and the loop's pure decisions (mixed precision, early stopping). Pure, no Ray or
+torch import.
 
 On a small machine Ray Train workers must not take every CPU: Ray Data's read and transform
 tasks (DATA_TASK_CPUS each) would never be scheduled and the run would hang. So `auto` shares
@@ -11,16 +13,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Optional
 
 from orchestrator.errors import ResourceError
-from orchestrator.spec import JobSpec, ScalingSpec
+from orchestrator.spec import JobSpec, ScalingSpec, TrainSpec
 
 if TYPE_CHECKING:  # ingest imports Ray; the plan only reads PreparedData's fields
     from orchestrator.data.ingest import PreparedData
 
 DATA_RESERVE_CPUS = 1.0  # some Ray Data operators (file listing) always ask for a whole CPU
 MIN_WORKER_CPUS = 0.1
+AUTO_WORKER_CPUS = 1.0  # `cpus_per_worker: auto` on a cluster built for the spec (Kubernetes): one whole CPU
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,18 @@ class WorkerPlan:
         if self.gpus_per_worker:
             res["GPU"] = self.gpus_per_worker
         return res
+
+
+def _worker_plan(workers: int, cpus: float, gpus: float) -> WorkerPlan:
+    return WorkerPlan(workers=workers, cpus_per_worker=cpus, gpus_per_worker=gpus, torch_threads=max(1, int(cpus)))
+
+
+def requested_workers(scaling: ScalingSpec) -> WorkerPlan:
+    """What each worker reserves on a cluster built to fit the spec (a KubeRay one) rather than the
+    spec fitted into a given cluster (`plan_workers`): `auto` is AUTO_WORKER_CPUS each. Such a
+    cluster also needs DATA_RESERVE_CPUS beside the workers."""
+    cpus = AUTO_WORKER_CPUS if scaling.cpus_per_worker == "auto" else float(scaling.cpus_per_worker)
+    return _worker_plan(scaling.workers, cpus, float(scaling.gpus_per_worker))
 
 
 def plan_workers(scaling: ScalingSpec, cluster: ClusterResources, *, concurrent_runs: int = 1) -> WorkerPlan:
@@ -87,21 +102,83 @@ def plan_workers(scaling: ScalingSpec, cluster: ClusterResources, *, concurrent_
             )
         if cluster.node_gpus and gpus > max(cluster.node_gpus) + 1e-9:
             raise ResourceError(f"scaling.gpus_per_worker={gpus:g} is more than the largest node has ({max(cluster.node_gpus):g})")
-    return WorkerPlan(workers=n, cpus_per_worker=cpus, gpus_per_worker=gpus, torch_threads=max(1, int(cpus)))
+    return _worker_plan(n, cpus, gpus)
 
 
-def build_loop_config(spec: JobSpec, prepared: PreparedData, plan: WorkerPlan) -> dict:
+# --------------------------------------------------------------------------- the loop's config
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """Everything the per-worker loop reads, built once on the driver (`build_loop_config`) and
+    read as is on the workers: the spec's sections arrive already validated, nothing is re-parsed."""
+
+    job_name: str
+    task: str  # classification | regression
+    model: dict[str, Any]  # the spec's model section as plain data: the form model.json keeps and build_model reads
+    train: TrainSpec
+    input_shape: list[int]
+    num_outputs: int
+    preprocessing: dict[str, Any]  # the fitted Preprocessor's state, written into every checkpoint
+    target_std: float  # regression errors are reported times this, in the label's units; 1 for classification
+    checkpoint_metric: str
+    checkpoint_mode: str  # min | max
+    torch_threads: int
+
+
+def build_loop_config(spec: JobSpec, prepared: PreparedData, plan: WorkerPlan) -> LoopConfig:
     pre = prepared.preprocessor
-    return {
-        "job_name": spec.name,
-        "task": pre.task,
-        "model": spec.model.model_dump(mode="json"),
-        "train": spec.train.model_dump(mode="json"),
-        "input_shape": pre.input_shape,
-        "num_outputs": pre.num_outputs,
-        "preprocessing": pre.to_dict(),
-        "target_std": pre.target_std if pre.task == "regression" else 1.0,
-        "checkpoint_metric": spec.checkpoint.metric,
-        "checkpoint_mode": spec.checkpoint.mode,
-        "torch_threads": plan.torch_threads,
-    }
+    return LoopConfig(
+        job_name=spec.name,
+        task=pre.task,
+        model=spec.model.model_dump(mode="json"),
+        train=spec.train,
+        input_shape=list(pre.input_shape),
+        num_outputs=pre.num_outputs,
+        preprocessing=pre.to_dict(),
+        target_std=pre.target_std if pre.task == "regression" else 1.0,
+        checkpoint_metric=spec.checkpoint.metric,
+        checkpoint_mode=spec.checkpoint.mode,
+        torch_threads=plan.torch_threads,
+    )
+
+
+# ------------------------------------------------------------------------ the loop's decisions
+
+
+def autocast_dtype(mode: str, on_gpu: bool, bf16_supported: bool) -> Optional[str]:
+    """The torch dtype name ("bfloat16", "float16") to autocast to, or None for full precision.
+    Mixed precision applies on GPU only; auto picks bf16 where the GPU supports it."""
+    if not on_gpu or mode == "off":
+        return None
+    if mode == "bf16" or (mode == "auto" and bf16_supported):
+        return "bfloat16"
+    return "float16"
+
+
+@dataclass
+class EarlyStopper:
+    """Tracks the best checkpoint metric; `update` says when it has not improved for `patience`
+    epochs in a row (no patience: never). `best` and `since_best` go into each checkpoint, so a
+    resumed run goes on counting where it stopped."""
+
+    mode: str  # min | max
+    patience: Optional[int] = None
+    min_delta: float = 0.0
+    best: Optional[float] = None
+    since_best: int = 0
+
+    @classmethod
+    def for_loop(cls, config: LoopConfig, best: Optional[float] = None, since_best: int = 0) -> "EarlyStopper":
+        es = config.train.early_stopping
+        return cls(config.checkpoint_mode, es.patience if es else None, es.min_delta if es else 0.0, best, since_best)
+
+    def update(self, score: float) -> bool:
+        if self.best is None:
+            improved = True
+        elif self.mode == "min":
+            improved = score < self.best - self.min_delta
+        else:
+            improved = score > self.best + self.min_delta
+        self.best, self.since_best = (score, 0) if improved else (self.best, self.since_best + 1)
+        return bool(self.patience and self.since_best >= self.patience)

@@ -1,6 +1,7 @@
 """Search planning, pure (no Ray): how many trials run at once and what each reserves, the encoding
-of spec search spaces for Tune (list choices by index) and back, each trial's job spec, and the
-trial records kept in trials.json. search.py runs the search with Ray Tune.
+of spec search spaces for Tune (list choices by index) and back, each trial's job spec, the trial
+records kept in trials.json, how a finished trial is classified and which one wins. search.py
+runs the search with Ray Tune.
 """
 
 from __future__ import annotations
@@ -28,12 +29,33 @@ def _is_scalar(v: Any) -> bool:
     return v is None or isinstance(v, (bool, int, float, str))
 
 
+def _by_index(p: Param) -> bool:
+    """A choice or grid with a list among its values is searched by index (Tune's values are scalars)."""
+    return p.kind in ("choice", "grid") and not all(map(_is_scalar, p.values))
+
+
+def encode_space(space: dict[str, Param]) -> dict[str, tuple[str, tuple]]:
+    """Spec distributions -> (the ray.tune function, its arguments) for each dimension; search.py
+    calls them. Spec randint bounds are both inclusive, Tune's high is not."""
+    out: dict[str, tuple[str, tuple]] = {}
+    for key, p in space.items():
+        k, v = p.kind, p.values
+        if k in ("loguniform", "uniform"):
+            out[key] = (k, (v[0], v[1]))
+        elif k == "randint":
+            out[key] = (k, (v[0], v[1] + 1))
+        else:
+            values = list(range(len(v))) if _by_index(p) else list(v)
+            out[key] = ("choice" if k == "choice" else "grid_search", (values,))
+    return out
+
+
 def decode_config(config: dict[str, Any], space: dict[str, Param]) -> dict[str, Any]:
     """A Tune config -> the spec values it stands for (undoing the index encoding of list choices)."""
     out = {}
     for key, value in config.items():
         p = space.get(key)
-        if p is not None and p.kind in ("choice", "grid") and not all(map(_is_scalar, p.values)):
+        if p is not None and _by_index(p):
             value = p.values[int(value)]
         out[key] = value
     return out
@@ -52,7 +74,7 @@ def spec_point(spec: JobSpec) -> dict[str, Any]:
         if p.kind in ("choice", "grid"):
             if node not in p.values:
                 return {}
-            node = node if all(map(_is_scalar, p.values)) else p.values.index(node)
+            node = p.values.index(node) if _by_index(p) else node
         elif p.kind in ("loguniform", "uniform", "randint") and not (p.values[0] <= node <= p.values[1]):
             return {}
         point[key] = node
@@ -75,6 +97,14 @@ def expected_trials(t: TuneSpec) -> int:
     return t.num_samples * max(1, math.prod(len(p.values) for p in t.space.values() if p.kind == "grid"))
 
 
+def fixed_concurrency(t: TuneSpec) -> Optional[int]:
+    """Trials at once when the spec fixes it (tune.max_concurrent, at most the trials there are);
+    None for auto, which plan_search derives from the cluster."""
+    if t.max_concurrent == "auto":
+        return None
+    return max(1, min(int(t.max_concurrent), expected_trials(t)))
+
+
 def plan_search(spec: JobSpec, cluster: ClusterResources) -> tuple[int, WorkerPlan]:
     """How many trials run at once and what each of their workers reserves."""
     t: TuneSpec = spec.tune
@@ -86,9 +116,9 @@ def plan_search(spec: JobSpec, cluster: ClusterResources) -> tuple[int, WorkerPl
             node_cpus=cluster.node_cpus, node_gpus=cluster.node_gpus,
         ), concurrent_runs=k)
 
-    if t.max_concurrent != "auto":
-        k = max(1, min(int(t.max_concurrent), n_trials))
-        return k, plan(k)
+    fixed = fixed_concurrency(t)
+    if fixed is not None:
+        return fixed, plan(fixed)
     # One whole CPU per worker where the cluster has them. But at least two trials at once: a
     # trial spends much of its life starting its worker group, and a second trial's start-up
     # overlaps the first one's compute (measured: 8-trial digits search 287 s -> 205 s on 2 CPUs).
@@ -135,6 +165,25 @@ class TrialRecord:
 
 
 FINAL_STATUSES = ("TERMINATED", "PRUNED", "EARLY_STOPPED", "ERROR")
+
+
+def finished_status(epochs: list[dict], max_epochs: int) -> str:
+    """How a trial that ended without an error ended, from the epochs it reported."""
+    if epochs and epochs[-1].get("early_stopped"):
+        return "EARLY_STOPPED"  # the trial's own early stopping (train.early_stopping)
+    if len(epochs) < max_epochs:
+        return "PRUNED"  # stopped by the scheduler (ASHA)
+    return "TERMINATED"
+
+
+def pick_winner(records: list[TrialRecord], metric: str) -> Optional[TrialRecord]:
+    """The trial with the best value of `metric` in any epoch; failed trials and trials that never
+    reported it do not count. Ties go to the earlier record."""
+    scored = [r for r in records if r.status != "ERROR" and r.best(metric) is not None]
+    if not scored:
+        return None
+    sign = 1 if METRIC_MODES[metric] == "min" else -1
+    return min(scored, key=lambda r: sign * r.best(metric))
 
 
 def load_records(path: Path) -> dict[str, TrialRecord]:

@@ -25,21 +25,22 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from orchestrator.data.ingest import PreparedData
-from orchestrator.errors import OrchestratorError, RunDirError
-from orchestrator.spec import METRIC_MODES, JobSpec, Param
-from orchestrator.train.plan import ClusterResources, WorkerPlan
+from orchestrator.errors import OrchestratorError, RunDirError, last_line
+from orchestrator.spec import METRIC_MODES, TRAIN_PREFIX, VAL_PREFIX, JobSpec, Param
+from orchestrator.train.plan import WorkerPlan
 from orchestrator.tune.plan import (
     FINAL_STATUSES,
     STARTS_FILE,
     TRIALS_DIR,
     TUNE_DIR,
     TrialRecord,
-    _is_scalar,
     decode_config,
+    encode_space,
     expected_trials,
+    finished_status,
     in_process_trials,
     load_records,
-    plan_search,
+    pick_winner,
     spec_point,
     trial_resources,
     trial_spec,
@@ -49,26 +50,14 @@ from orchestrator.tune.plan import (
 
 
 def to_tune_space(space: dict[str, Param]) -> dict[str, Any]:
-    """Spec distributions -> Ray Tune domains. Non-scalar choices (lists) are searched by index."""
-    out = {}
-    for key, p in space.items():
-        k, v = p.kind, p.values
-        if k == "loguniform":
-            out[key] = tune.loguniform(*v)
-        elif k == "uniform":
-            out[key] = tune.uniform(*v)
-        elif k == "randint":
-            out[key] = tune.randint(v[0], v[1] + 1)  # spec bounds are inclusive, Tune's high is not
-        elif k == "choice":
-            out[key] = tune.choice(v if all(map(_is_scalar, v)) else list(range(len(v))))
-        else:
-            out[key] = tune.grid_search(v if all(map(_is_scalar, v)) else list(range(len(v))))
-    return out
+    """Spec distributions -> Ray Tune domains (the encoding is plan.encode_space)."""
+    return {key: getattr(tune, fn)(*args) for key, (fn, args) in encode_space(space).items()}
 
 
 def run_trial(config: dict, *, base: dict, base_dir: str, space: dict, tune_metric: str, prepared: PreparedData, plan: WorkerPlan, trials_dir: str) -> None:
     """One Tune trial = one Ray Train run of the spec with this trial's values."""
-    from orchestrator.train.driver import TuneTrialSession, build_trainer, check_diverged, loop_datasets, train_loop_per_worker
+    from orchestrator.train.driver import TuneTrialSession, build_trainer, check_diverged, loop_datasets
+    from orchestrator.train.loop import run_loop
     from orchestrator.train.plan import build_loop_config
 
     trial_id = tune.get_context().get_trial_id()
@@ -77,7 +66,7 @@ def run_trial(config: dict, *, base: dict, base_dir: str, space: dict, tune_metr
     with open(os.path.join(trials_dir, STARTS_FILE), "a") as f:  # lets tests and users see (re)starts
         f.write(json.dumps({"trial_id": trial_id, "time": time.time(), "pid": os.getpid()}) + "\n")
     if in_process_trials(plan):
-        check_diverged(train_loop_per_worker(build_loop_config(spec, prepared, plan), TuneTrialSession(loop_datasets(prepared))))
+        check_diverged(run_loop(build_loop_config(spec, prepared, plan), TuneTrialSession(loop_datasets(prepared))))
         return
     trainer = build_trainer(spec, prepared, plan, storage_path=trials_dir, name=f"trial-{trial_id}", callbacks=[TuneReportCallback()])
     result = trainer.fit()
@@ -131,7 +120,7 @@ class TrialTracker(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         rec = self._rec(trial)
-        row = {k: v for k, v in result.items() if k in ("epoch", "early_stopped") or k.startswith(("train_", "val_", "lr", "epoch_time"))}
+        row = {k: v for k, v in result.items() if k in ("epoch", "early_stopped") or k.startswith((TRAIN_PREFIX, VAL_PREFIX, "lr", "epoch_time"))}
         row["time_total_s"] = result.get("time_total_s")
         row["timestamp"] = result.get("timestamp")
         rec.epochs = [e for e in rec.epochs if e.get("epoch") != row.get("epoch")] + [row]
@@ -139,13 +128,7 @@ class TrialTracker(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         rec = self._rec(trial)
-        last = rec.epochs[-1] if rec.epochs else {}
-        if last.get("early_stopped"):
-            rec.status = "EARLY_STOPPED"  # the trial's own early stopping (train.early_stopping)
-        elif len(rec.epochs) < self.max_epochs:
-            rec.status = "PRUNED"  # stopped by the scheduler (ASHA)
-        else:
-            rec.status = "TERMINATED"
+        rec.status = finished_status(rec.epochs, self.max_epochs)
         self._save()
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -182,7 +165,7 @@ def _error_summary(trial) -> str:
     for l in reversed(lines):
         if ("Error" in l or "Exception" in l) and not l.startswith(("File ", "raise ", "^")):
             return l[:400]
-    return (lines[-1] if lines else "unknown error")[:400]
+    return last_line(text, "unknown error")[:400]
 
 
 def build_tuner(spec: JobSpec, prepared: PreparedData, plan: WorkerPlan, concurrent: int, run_dir: Path, tracker: TrialTracker, *, restore: bool = False, scheduler_override: Optional[str] = None) -> tune.Tuner:
@@ -448,9 +431,9 @@ def winner_checkpoint(run_dir: Path, trial_id: str, metric: str) -> str:
     return str(min(scored, key=lambda x: x[0])[1])
 
 
-def run_search(spec: JobSpec, run_dir: Path, prepared: PreparedData, cluster: ClusterResources, *, restore: bool = False, on_change: Optional[Callable[[TrialTracker], None]] = None, scheduler_override: Optional[str] = None) -> SearchOutcome:
+def run_search(spec: JobSpec, run_dir: Path, prepared: PreparedData, concurrent: int, plan: WorkerPlan, *, restore: bool = False, on_change: Optional[Callable[[TrialTracker], None]] = None, scheduler_override: Optional[str] = None) -> SearchOutcome:
+    """The search, `concurrent` trials at a time, each with `plan`'s workers (both from plan.plan_search)."""
     t0 = time.perf_counter()
-    concurrent, plan = plan_search(spec, cluster)
     tracker = TrialTracker(spec.tune.space, run_dir / "trials.json", spec.train.epochs)
     _ACTIVE.append(tracker)
     if on_change:
@@ -469,10 +452,6 @@ def run_search(spec: JobSpec, run_dir: Path, prepared: PreparedData, cluster: Cl
     # (the time budget is the only other reason for fewer trials than planned).
     out_of_time = spec.tune.time_budget_s is not None and time.perf_counter() - t0 >= 0.95 * spec.tune.time_budget_s
     interrupted = len(finished) < len(records) or (len(finished) < expected_trials(spec.tune) and not out_of_time)
-    scored = [r for r in records if r.best(metric) is not None and r.status != "ERROR"]
-    winner = None
-    if scored:
-        key = (lambda r: r.best(metric)) if METRIC_MODES[metric] == "min" else (lambda r: -r.best(metric))
-        winner = sorted(scored, key=key)[0]
+    winner = pick_winner(records, metric)
     ckpt = winner_checkpoint(run_dir, winner.trial_id, metric) if winner and not interrupted else None
     return SearchOutcome(records=records, winner=winner, winner_checkpoint=ckpt, interrupted=interrupted, wall_time_s=time.perf_counter() - t0)
