@@ -37,17 +37,15 @@ def bundled_frame(name: str) -> pd.DataFrame:
     return df
 
 
-def write_bundled(name: str, dest: str | os.PathLike) -> Path:
-    """Write atomically, so two processes preparing at once never see half a file."""
+def write_table(df: pd.DataFrame, dest: str | os.PathLike) -> Path:
+    """Write `df` to `dest` (.csv, else Parquet) atomically, so two processes preparing at once
+    never see half a file."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    df = bundled_frame(name)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".tmp")
     os.close(fd)
     try:
         if dest.suffix == ".csv":
-            if "image" in df:
-                raise ValueError("image datasets need Parquet (arrays do not fit in CSV)")
             df.to_csv(tmp, index=False)
         else:
             df.to_parquet(tmp, index=False)
@@ -56,3 +54,10 @@ def write_bundled(name: str, dest: str | os.PathLike) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return dest
+
+
+def write_bundled(name: str, dest: str | os.PathLike) -> Path:
+    df = bundled_frame(name)
+    if Path(dest).suffix == ".csv" and "image" in df:
+        raise ValueError("image datasets need Parquet (arrays do not fit in CSV)")
+    return write_table(df, dest)

@@ -249,18 +249,8 @@ def write_corpus(name: str, dest: str | os.PathLike) -> Path:
     Image files go to ``images/`` next to ``dest``; the table's ``path`` column is relative to
     the table's folder.
     """
+    from orchestrator.data.bundled import write_table
+
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    df = corpus_frame(name, dest)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        if dest.suffix == ".csv":
-            df.to_csv(tmp, index=False)
-        else:
-            df.to_parquet(tmp, index=False)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return dest
+    return write_table(corpus_frame(name, dest), dest)
