@@ -9,6 +9,9 @@ own models exist that the bars in the issue are reachable on these datasets:
 - text-lstm, text-transformer: byte-level ids (0 = padding, byte + 1), max_length 256, masked mean
   pooling; the bar is test accuracy within 3 points of TF-IDF + logistic regression.
 - text-bow: a one-hidden-layer MLP on TF-IDF unigrams (the "tiny bag-of-words" reference).
+- spec-*: the project's own BpeTokenizer, build_transformer / build_rnn and the training loop's
+  schedule, with every value named as the job spec names it (SPEC_PROBES; their epochs are part
+  of the setting, --epochs does not apply), so a setting carries over to a job spec one to one.
 - series-lstm: an LSTM on windows of 24, horizon 1, for co2 and elnino; inputs standardised with
   the training period's mean and std ("global"), or relative to the window's last value
   ("last"); the bar is test RMSE at least 20% below the naive last-value forecast.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -228,7 +232,132 @@ def probe_series(name: str, norm: str, epochs: int) -> dict:
             "train_seconds": round(time.perf_counter() - t0, 1)}
 
 
-PROBES = ("text-lstm", "text-transformer", "text-bpe-lstm", "text-bpe-transformer", "text-bow", "series-lstm")
+# ---- probes through the project's own tokenizer and models, one field per job-spec field ------------------------
+# Each named setting lists the job spec's values (data.text.*, model.*, train.*); the loop mirrors the
+# project's training loop: AdamW, lr set per epoch (linear warm-up epochs, then cosine towards 0),
+# mean cross-entropy with label smoothing, CLS prepended by the tokenizer, BPE fitted on the sorted
+# (lowercased when asked) training texts. Batches are cut to their longest row, which changes no
+# output (the models are padding-invariant) but saves time.
+SPEC_TEXT = {"tokenizer": "bpe", "vocab_size": 8000, "max_length": 256, "lowercase": False}
+SPEC_TRAIN = {"epochs": 10, "batch_size": 32, "lr": 2e-3, "optimizer": "adamw", "weight_decay": 0.05, "dropout": 0.1,
+              "label_smoothing": 0.1, "schedule": "cosine", "warmup_epochs": 1, "grad_clip": None}
+SPEC_PROBES: dict[str, dict] = {
+    "spec-transformer-mean-1x64": {
+        "model": {"type": "transformer", "d_model": 64, "heads": 4, "layers": 1, "ff": 128, "pooling": "mean"}},
+    "spec-lstm-mean-bi128": {
+        "model": {"type": "rnn", "cell": "lstm", "hidden": 128, "layers": 1, "bidirectional": True,
+                  "embedding": 128, "pooling": "mean"}},
+    # the best of the probes run so far (bench/results/quality_probe.json "spec-sweep/*")
+    "spec-transformer-mean-1x64-lc16k": {
+        "data.text": {"vocab_size": 16000, "lowercase": True},
+        "model": {"type": "transformer", "d_model": 64, "heads": 4, "layers": 1, "ff": 128, "pooling": "mean"},
+        "train": {"lr": 4e-3, "weight_decay": 0.01, "dropout": 0.3}},
+    "spec-lstm-mean-bi64": {
+        "model": {"type": "rnn", "cell": "lstm", "hidden": 64, "layers": 1, "bidirectional": True,
+                  "embedding": 64, "pooling": "mean"},
+        "train": {"epochs": 8, "lr": 3e-3}},
+}
+
+
+def _spec_lr_factor(t: dict, epoch: int) -> float:
+    """orchestrator.train.loop.lr_factor for the constant and cosine schedules (kept here: no Ray import)."""
+    warm = t["warmup_epochs"]
+    if warm and epoch < warm:
+        return (epoch + 1) / (warm + 1)
+    if t["schedule"] == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * (epoch - warm) / max(1, t["epochs"] - warm)))
+    return 1.0
+
+
+def spec_setting(name: str, **overrides) -> dict:
+    """The full setting of a named probe, {"data.text": ..., "model": ..., "train": ...}; `overrides`
+    are dotted keys such as train__lr=3e-3 or model__layers=2."""
+    base = SPEC_PROBES[name]
+    s = {"data.text": {**SPEC_TEXT, **base.get("data.text", {})}, "model": dict(base["model"]),
+         "train": {**SPEC_TRAIN, **base.get("train", {})}}
+    for key, v in overrides.items():
+        part, field = key.split("__")
+        s["data.text" if part == "text" else part][field] = v
+    return s
+
+
+def probe_spec(setting: dict, max_epochs_below: dict | None = None) -> dict:
+    """Train one setting; `max_epochs_below` {epoch: accuracy} stops a run whose validation accuracy
+    at that epoch is below the given value (a hopeless setting)."""
+    from orchestrator.data.text import BpeTokenizer, ByteTokenizer
+    from orchestrator.models.sequence import build_rnn, build_transformer
+
+    tx, m, t = setting["data.text"], setting["model"], setting["train"]
+    df, split, y, classes = _text_splits()
+    texts = [s.lower() for s in df["text"]] if tx["lowercase"] else df["text"].tolist()
+    t0 = time.perf_counter()
+    train_texts = sorted(s for s, code in zip(texts, split) if code == 0)
+    tok = ByteTokenizer() if tx["tokenizer"] == "byte" else BpeTokenizer.fit(train_texts, tx["vocab_size"])
+    ids, lengths = tok.encode(texts, tx["max_length"], add_cls=True)
+    ids, lengths = torch.from_numpy(ids), torch.from_numpy(lengths)
+    tok_seconds = round(time.perf_counter() - t0, 1)
+    data = {name: (ids[split == code], lengths[split == code], y[split == code])
+            for code, name in enumerate(("train", "validation", "test"))}
+    torch.manual_seed(SEED)
+    common = {"vocab_size": tok.vocab_size, "input_dim": None, "num_outputs": len(classes), "dropout": t["dropout"]}
+    if m["type"] == "transformer":
+        model = build_transformer(**common, d_model=m["d_model"], heads=m["heads"], layers=m["layers"], ff=m["ff"],
+                                  max_length=tx["max_length"], pooling=m["pooling"])
+    else:
+        model = build_rnn(**common, cell=m["cell"], hidden=m["hidden"], layers=m["layers"],
+                          bidirectional=m["bidirectional"], embedding=m["embedding"], pooling=m["pooling"])
+    opt = torch.optim.AdamW(model.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=t["label_smoothing"])
+    gen = torch.Generator().manual_seed(SEED)
+
+    def run(x, n):
+        n_max = int(n.max())
+        return model(x[:, :n_max], n)
+
+    def accuracy(x, n, yy):
+        model.eval()
+        with torch.no_grad():
+            pred = torch.cat([run(x[i : i + 256], n[i : i + 256]).argmax(1) for i in range(0, len(yy), 256)])
+        return float((pred == yy).float().mean())
+
+    xtr, ntr, ytr = data["train"]
+    history, best, stopped = [], None, None
+    t1 = time.perf_counter()
+    for epoch in range(t["epochs"]):
+        e0 = time.perf_counter()
+        for g in opt.param_groups:
+            g["lr"] = t["lr"] * _spec_lr_factor(t, epoch)
+        model.train()
+        loss_sum = 0.0
+        for idx in torch.randperm(len(ytr), generator=gen).split(t["batch_size"]):
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(run(xtr[idx], ntr[idx]), ytr[idx])
+            loss.backward()
+            loss_sum += float(loss.detach()) * len(idx)
+            if t["grad_clip"]:
+                nn.utils.clip_grad_norm_(model.parameters(), t["grad_clip"])
+            opt.step()
+        train_s = time.perf_counter() - e0
+        val = accuracy(*data["validation"])
+        history.append({"epoch": epoch + 1, "train_loss": round(loss_sum / len(ytr), 4),
+                        "validation_accuracy": round(val, 4), "train_seconds": round(train_s, 1)})
+        print(history[-1], flush=True)
+        if best is None or val > best["validation_accuracy"]:
+            best = {"epoch": epoch + 1, "validation_accuracy": val, "test_accuracy": accuracy(*data["test"])}
+        if max_epochs_below and epoch + 1 in max_epochs_below and val < max_epochs_below[epoch + 1]:
+            stopped = f"validation accuracy {val:.3f} < {max_epochs_below[epoch + 1]} at epoch {epoch + 1}"
+            break
+    last = {"epoch": len(history), "validation_accuracy": history[-1]["validation_accuracy"],
+            "test_accuracy": accuracy(*data["test"])}
+    return {"setting": setting, "vocab": tok.vocab_size, "best": best, "last": last, "stopped_early": stopped,
+            "seconds_per_epoch": round(sum(h["train_seconds"] for h in history) / len(history), 1),
+            "tokenizer_seconds": tok_seconds, "train_seconds": round(time.perf_counter() - t1, 1),
+            "parameters": sum(p.numel() for p in model.parameters()), "threads": torch.get_num_threads(),
+            "history": history}
+
+
+PROBES = ("text-lstm", "text-transformer", "text-bpe-lstm", "text-bpe-transformer", "text-bow", "series-lstm",
+          *SPEC_PROBES)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -242,7 +371,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(a.threads)
     results = json.loads(a.out.read_text()) if a.out.exists() else {}
     for probe in a.probes:
-        if probe == "text-bow":
+        if probe in SPEC_PROBES:
+            runs = {probe: probe_spec(spec_setting(probe))}
+        elif probe == "text-bow":
             runs = {probe: probe_bow(a.epochs)}
         elif probe.startswith("text-bpe-"):
             runs = {probe: probe_text(probe.rsplit("-", 1)[1], a.epochs, "bpe", 128)}
