@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -36,6 +38,63 @@ class RunResult:
         return bool(self.decision.get("promoted"))
 
 
+TIMINGS_FILE = "timings.json"
+
+
+class Timings:
+    """Wall time of each phase of one run, written to the run directory as timings.json (the
+    benchmark suite reads it; docs/benchmarks.md lists the phases). Seconds, in the order run.
+
+    `process_start_s` is the time from this process's start (interpreter, imports, spec loading)
+    to the pipeline's first line: meaningful when the process is the CLI command itself.
+    """
+
+    def __init__(self, kind: str):
+        import psutil
+
+        self.kind = kind
+        self.t0 = time.perf_counter()
+        self.process_start_s = max(0.0, time.time() - psutil.Process().create_time())
+        self.phases: dict[str, float] = {}
+        self.first_step: Optional[float] = None  # perf_counter estimate of the first training step
+        self.last_epoch: Optional[float] = None  # when the last epoch's report reached the driver
+
+    @contextmanager
+    def phase(self, name: str):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - t
+
+    def epoch_event(self, metrics: dict) -> None:
+        """An epoch's report arrived: the first one dates the first step (arrival minus the epoch's own
+        epoch_time_s, so it also counts epoch 1's checkpoint write and report relay: an upper bound)."""
+        now = time.perf_counter()
+        if self.first_step is None:
+            self.first_step = now - float(metrics.get("epoch_time_s") or 0.0)
+        self.last_epoch = now
+
+    def split_training(self, started: float, ended: float) -> None:
+        """Training from `started` to `ended` as worker-group start, epochs and what follows the last epoch
+        (Train's shutdown, copying the best checkpoint, scoring it on the test split)."""
+        if self.first_step is None or self.last_epoch is None:
+            self.phases["training"] = ended - started
+            return
+        self.phases["worker_group_start"] = max(0.0, self.first_step - started)
+        self.phases["training_epochs"] = self.last_epoch - self.first_step
+        self.phases["after_last_epoch"] = ended - self.last_epoch
+
+    def write(self, run: Path) -> None:
+        end = time.perf_counter()
+        data = {"kind": self.kind, "process_start_s": round(self.process_start_s, 3),
+                "phases_s": {k: round(v, 3) for k, v in self.phases.items()}, "total_s": round(end - self.t0, 3)}
+        if self.first_step is not None:
+            data["start_to_first_step_s"] = round(self.process_start_s + self.first_step - self.t0, 3)
+            data["last_epoch_to_end_s"] = round(end - self.last_epoch, 3)
+        write_json(run / TIMINGS_FILE, data)
+
+
 def _start(spec: JobSpec, address: Optional[str], verbose: bool, console: Console):
     from orchestrator.runtime import cluster_resources, init_ray
 
@@ -58,12 +117,20 @@ def _prepare(spec: JobSpec, console: Console):
     return prepared
 
 
-def _train_once(spec: JobSpec, run: Path, prepared, plan, console: Console) -> tuple[str, dict, list, dict]:
-    from orchestrator.train.driver import run_training
-    from orchestrator.ui import EpochProgress
+def _train_once(spec: JobSpec, run: Path, prepared, plan, console: Console, timings: Timings) -> tuple[str, dict, list, dict]:
+    with timings.phase("training_imports"):
+        from orchestrator.train.driver import run_training
+        from orchestrator.ui import EpochProgress
+
+    def on_event(event: dict) -> None:
+        if event["kind"] == "epoch":
+            timings.epoch_event(event["metrics"])
+        progress.on_event(event)
 
     with EpochProgress(console, spec.train.epochs) as progress:
-        outcome = run_training(spec, run, plan, prepared=prepared, on_event=progress.on_event)
+        started = time.perf_counter()
+        outcome = run_training(spec, run, plan, prepared=prepared, on_event=on_event)
+        timings.split_training(started, time.perf_counter())
     write_metrics(run, outcome.epochs)
     trial = {"trial_id": "train", "config": {}, "status": "TERMINATED", "epochs": outcome.epochs, "error": None}
     extra = {"epochs_run": len(outcome.epochs), "best_epoch": outcome.best_metrics.get("epoch"),
@@ -72,7 +139,15 @@ def _train_once(spec: JobSpec, run: Path, prepared, plan, console: Console) -> t
     return outcome.best_checkpoint, outcome.test_metrics, [trial], extra
 
 
-def _finish(spec: JobSpec, run: Path, best_checkpoint: str, test_metrics: dict, trials: list[dict], winner: Optional[str], extra: dict, console: Console) -> RunResult:
+def _finish(spec: JobSpec, run: Path, best_checkpoint: str, test_metrics: dict, trials: list[dict], winner: Optional[str], extra: dict, console: Console,
+            timings: Timings) -> RunResult:
+    with timings.phase("report"):
+        result = _write_outcome(spec, run, best_checkpoint, test_metrics, trials, winner, extra, console)
+    timings.write(run)
+    return result
+
+
+def _write_outcome(spec: JobSpec, run: Path, best_checkpoint: str, test_metrics: dict, trials: list[dict], winner: Optional[str], extra: dict, console: Console) -> RunResult:
     from orchestrator.promote import decide
     from orchestrator.report import write_report
     from orchestrator.ui import metrics_table
@@ -97,15 +172,18 @@ def train_job(spec: JobSpec, spec_path: Path, *, output: Optional[Path] = None, 
     """Train once (the spec's own settings, even if it has a tune section)."""
     from orchestrator.train.plan import plan_workers
 
+    timings = Timings("train")
     console = console or make_console()
-    resources = _start(spec, address, verbose, console)
+    with timings.phase("ray_start"):
+        resources = _start(spec, address, verbose, console)
     plan = plan_workers(spec.scaling, resources)  # refuses an infeasible spec before any work
     run = new_run_dir(spec, spec_path, output, run_name)
     console.print(Text.assemble("run ", (str(run), "bold")), f"\ncluster: {resources.cpus:g} CPUs, {resources.gpus:g} GPUs -> {plan.workers} workers x {plan.cpus_per_worker:g} CPU"
                   + (f" + {plan.gpus_per_worker:g} GPU" if plan.gpus_per_worker else ""), sep="", highlight=False, soft_wrap=True)
-    prepared = _prepare(spec, console)
-    best, test, trials, extra = _train_once(spec, run, prepared, plan, console)
-    return _finish(spec, run, best, test, trials, "train", extra, console)
+    with timings.phase("data_preparation"):
+        prepared = _prepare(spec, console)
+    best, test, trials, extra = _train_once(spec, run, prepared, plan, console, timings)
+    return _finish(spec, run, best, test, trials, "train", extra, console, timings)
 
 
 def run_job(spec: JobSpec, spec_path: Path, *, output: Optional[Path] = None, address: Optional[str] = None, verbose: bool = False, console: Optional[Console] = None,
@@ -115,20 +193,24 @@ def run_job(spec: JobSpec, spec_path: Path, *, output: Optional[Path] = None, ad
         return train_job(spec, spec_path, output=output, address=address, verbose=verbose, console=console, run_name=run_name)
     from orchestrator.tune.plan import expected_trials, in_process_trials, plan_search
 
+    timings = Timings("search")
     console = console or make_console()
-    resources = _start(spec, address, verbose, console)
+    with timings.phase("ray_start"):
+        resources = _start(spec, address, verbose, console)
     concurrent, plan = plan_search(spec, resources)
     run = new_run_dir(spec, spec_path, output, run_name)
     each = (f"each training in its own trial process on {plan.cpus_per_worker:g} CPU (one worker: no Ray Train worker group to start)" if in_process_trials(plan)
             else f"each {plan.workers} workers x {plan.cpus_per_worker:g} CPU")
     console.print(Text.assemble("run ", (str(run), "bold")), f"\nsearch: {expected_trials(spec.tune)} trials ({spec.tune.search}, scheduler {spec.tune.scheduler.type}), "
                   f"{concurrent} at a time, {each}", sep="", highlight=False, soft_wrap=True)
-    prepared = _prepare(spec, console)
-    return _search(spec, run, prepared, (concurrent, plan), console, restore=False)
+    with timings.phase("data_preparation"):
+        prepared = _prepare(spec, console)
+    return _search(spec, run, prepared, (concurrent, plan), console, timings, restore=False)
 
 
 def resume_job(run_dir: Path, *, address: Optional[str] = None, verbose: bool = False, console: Optional[Console] = None) -> RunResult:
     """Continue an interrupted search; finished trials are kept, not run again."""
+    timings = Timings("resume")
     console = console or make_console()
     run_dir = Path(run_dir).resolve()
     meta_path = run_dir / "run.json"
@@ -155,13 +237,16 @@ def resume_job(run_dir: Path, *, address: Optional[str] = None, verbose: bool = 
         console.print(Text(f"warning: {warning}", style="yellow"), highlight=False, soft_wrap=True)
     from orchestrator.tune.plan import plan_search
 
-    search_plan = plan_search(spec, _start(spec, address, verbose, console))
+    with timings.phase("ray_start"):
+        resources = _start(spec, address, verbose, console)
+    search_plan = plan_search(spec, resources)
     console.print(Text.assemble("resuming ", (str(run_dir), "bold")), highlight=False)
-    prepared = _prepare(spec, console)
-    return _search(spec, run_dir, prepared, search_plan, console, restore=True)
+    with timings.phase("data_preparation"):
+        prepared = _prepare(spec, console)
+    return _search(spec, run_dir, prepared, search_plan, console, timings, restore=True)
 
 
-def _search(spec: JobSpec, run: Path, prepared, search_plan: tuple, console: Console, *, restore: bool) -> RunResult:
+def _search(spec: JobSpec, run: Path, prepared, search_plan: tuple, console: Console, timings: Timings, *, restore: bool) -> RunResult:
     """The search with the plan_search result (trials at once, each trial's workers) it was planned with."""
     from orchestrator.train.driver import evaluate_checkpoint
     from orchestrator.tune.plan import expected_trials
@@ -169,7 +254,7 @@ def _search(spec: JobSpec, run: Path, prepared, search_plan: tuple, console: Con
     from orchestrator.ui import TrialTable
 
     concurrent, plan = search_plan
-    with TrialTable(console, spec.tune_metric, expected_trials(spec.tune)) as table:
+    with TrialTable(console, spec.tune_metric, expected_trials(spec.tune)) as table, timings.phase("search"):
         outcome = run_search(spec, run, prepared, concurrent, plan, restore=restore, on_change=table.update)
     trials = [r.__dict__ for r in outcome.records]
     write_metrics(run, [{"trial_id": t["trial_id"], "status": t["status"], "error": t["error"], **t["config"],
@@ -188,7 +273,7 @@ def _search(spec: JobSpec, run: Path, prepared, search_plan: tuple, console: Con
     if best_dir.exists():
         shutil.rmtree(best_dir)
     shutil.copytree(outcome.winner_checkpoint, best_dir)
-    with console.status("evaluating the winner on the held-out test split"):
+    with console.status("evaluating the winner on the held-out test split"), timings.phase("evaluation"):
         test = evaluate_checkpoint(str(best_dir), prepared.transformed["test"])
     w = outcome.winner
     epochs_run = sum(len(r.epochs) for r in outcome.records)
@@ -203,4 +288,4 @@ def _search(spec: JobSpec, run: Path, prepared, search_plan: tuple, console: Con
              "pruned_by_scheduler": pruned, "epochs_run": epochs_run, "epochs_without_pruning": budget,
              "early_stopped": sum(r.status == "EARLY_STOPPED" for r in outcome.records),
              "winner": w.trial_id, "winner_config": w.config, "search_wall_time_s": round(outcome.wall_time_s, 1)}
-    return _finish(spec, run, str(best_dir), test, trials, w.trial_id, extra, console)
+    return _finish(spec, run, str(best_dir), test, trials, w.trial_id, extra, console, timings)
