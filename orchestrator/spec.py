@@ -84,11 +84,16 @@ class Split(_Model):
 
 
 class ImageSpec(_Model):
-    """An image stored as a flat numeric array in one column."""
+    """An image per row: a flat numeric array, an image file's path, or an encoded image's bytes."""
 
-    column: str = Field(description="Column that holds each image as a list of numbers.")
+    column: str = Field(
+        description="Column that holds each image: a list of prod(shape) numbers; or a PNG/JPEG/... file path (a string, "
+        "relative to the source file's folder, or absolute, or a URI); or the encoded file's bytes (binary). "
+        "Decided by the column's type."
+    )
     shape: list[Annotated[int, Field(gt=0, le=65_536)]] = Field(
-        description="Shape of one image as [channels, height, width] in values; the column holds prod(shape) numbers per row."
+        description="Shape of one image as [channels, height, width] in values (pixels); image files are decoded to "
+        "channels 1 (grey), 3 (RGB) or 4 (RGBA) and resized to height x width."
     )
 
     @field_validator("shape")
@@ -101,7 +106,55 @@ class ImageSpec(_Model):
         return v
 
 
+MAX_TEXT_LENGTH = 65_536  # tokens per text, CLS included
+MAX_SEQUENCE_LENGTH = 1 << 20  # steps per sequence
+
+
+class TextSpec(_Model):
+    """A text per row, tokenized into ids (the tokenizer is fitted on the training split only)."""
+
+    column: str = Field(description="Column that holds each row's text (a string).")
+    tokenizer: Literal["byte", "bpe"] = Field(
+        "bpe", description="byte: one token per UTF-8 byte (no fitting, 260 tokens); bpe: byte-level BPE learnt from the training split's texts."
+    )
+    vocab_size: int = Field(8000, ge=260, le=1_000_000, description="Most tokens a bpe vocabulary holds, in tokens (special and byte tokens included; bpe only).")
+    max_length: int = Field(
+        128, ge=2, le=MAX_TEXT_LENGTH,
+        description="Tokens kept per text, in tokens, the leading CLS token included; longer texts keep their first tokens, shorter ones are padded (and masked).",
+    )
+    lowercase: bool = Field(False, description="Lower-case every text before it is tokenized (in training and serving alike).")
+
+
+class SequenceSpec(_Model):
+    """A variable-length numeric sequence per row."""
+
+    column: str = Field(description="Column that holds each row's sequence: a list of numbers, or a list of equal-length vectors (lists of numbers).")
+    max_length: Optional[int] = Field(
+        None, gt=0, le=MAX_SEQUENCE_LENGTH,
+        description="Steps kept per sequence, in steps; longer rows keep their most recent steps. Omit: the longest row of the training split.",
+    )
+
+
+class SeriesSpec(_Model):
+    """One long ordered series, cut into windows that forecast the next values (regression)."""
+
+    column: str = Field(description="Numeric column that holds the series' values; it is also the forecast target (data.label).")
+    order_by: str = Field(description="Column whose order is time order (a date, a timestamp or a number); its values must be distinct.")
+    window: int = Field(gt=0, le=100_000, description="Points each input window holds, in points (time steps).")
+    horizon: int = Field(1, gt=0, le=10_000, description="Points ahead to forecast, in points: the model predicts the next `horizon` values after each window.")
+
+
+INPUT_KINDS = ("image", "text", "sequence", "series")  # data fields of which a spec holds at most one
+
+
+def _json_schema_label_optional(schema: dict) -> None:
+    # data.label is filled in from data.series.column when a series spec leaves it out.
+    schema["required"] = [r for r in schema.get("required", []) if r != "label"]
+
+
 class DataSpec(_Model):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, json_schema_extra=_json_schema_label_optional)
+
     source: str = Field(
         description="Parquet/CSV file or directory: a local path (relative paths resolve against the spec "
         "file's folder) or any URI pyarrow understands (s3://, gs://, file://, ...)."
@@ -109,12 +162,17 @@ class DataSpec(_Model):
     format: Optional[Literal["parquet", "csv"]] = Field(
         None, description="File format; inferred from the source's extension when omitted."
     )
-    prepare: Optional[Literal["sklearn:digits", "sklearn:breast_cancer", "sklearn:wine", "sklearn:diabetes"]] = Field(
+    prepare: Optional[Literal[
+        "sklearn:digits", "sklearn:breast_cancer", "sklearn:wine", "sklearn:diabetes",
+        "text:docstrings", "series:co2", "series:elnino", "images:digits-png",
+    ]] = Field(
         None,
-        description="Built-in prepare step: writes this bundled scikit-learn dataset to `source` "
-        "as Parquet if the file does not exist yet.",
+        description="Built-in prepare step: writes this bundled dataset to `source` (Parquet or CSV) if the file does "
+        "not exist yet: scikit-learn's (sklearn:*), docstrings of installed libraries labelled by library "
+        "(text:docstrings), a real series from statsmodels (series:co2, series:elnino), or the digits as PNG files "
+        "beside the table (images:digits-png). Nothing is downloaded.",
     )
-    label: str = Field(description="Column to predict.")
+    label: str = Field(description="Column to predict (required; with data.series it defaults to data.series.column, the only label a series has).")
     task: Optional[Literal["classification", "regression"]] = Field(
         None, description="classification or regression; inferred from the label column's type when omitted (float -> regression)."
     )
@@ -128,6 +186,11 @@ class DataSpec(_Model):
         json_schema_extra={"uniqueItems": True},
     )
     image: Optional[ImageSpec] = Field(None, description="Image input instead of tabular features.")
+    text: Optional[TextSpec] = Field(None, description="Text input (one string per row) instead of tabular features.")
+    sequence: Optional[SequenceSpec] = Field(None, description="Numeric sequence input (a variable-length list per row) instead of tabular features.")
+    series: Optional[SeriesSpec] = Field(
+        None, description="Forecasting from one ordered series instead of rows: windows in, next values out (regression), split in time order."
+    )
     split: Split = Field(default_factory=Split, description="Fractions of rows for train, validation and test; they add up to 1.")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of the deterministic train/validation/test split (0 to 2**32 - 1).")
     cache: Literal["auto", "memory", "stream"] = Field(
@@ -152,18 +215,48 @@ class DataSpec(_Model):
             raise ValueError(f"lists {', '.join(map(repr, twice))} more than once")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _series_label(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "label" not in data and isinstance(data.get("series"), dict) and "column" in data["series"]:
+            data = {**data, "label": data["series"]["column"]}
+        return data
+
+    @property
+    def input_kind(self) -> str:
+        """table, image, text, sequence or series."""
+        return next((k for k in INPUT_KINDS if getattr(self, k) is not None), "table")
+
+    @property
+    def input_column(self) -> Optional[str]:
+        """The column of a non-tabular input (data.<kind>.column)."""
+        kind = self.input_kind
+        return None if kind == "table" else getattr(self, kind).column
+
     @model_validator(mode="after")
     def _features_or_image(self) -> "DataSpec":
-        if self.image is not None and self.features:
-            raise ValueError("give either `features` (tabular) or `image`, not both")
-        if self.image is not None and self.categorical:
-            raise ValueError("`categorical` applies to tabular features, not to `image`")
+        given = [f"data.{k}" for k in INPUT_KINDS if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give at most one of data.image, data.text, data.sequence or data.series (got {' and '.join(given)})")
+        kind = self.input_kind
+        if kind != "table" and self.features:
+            raise ValueError(f"give either `features` (tabular) or `{kind}`, not both")
+        if kind != "table" and self.categorical:
+            raise ValueError(f"`categorical` applies to tabular features, not to `{kind}`")
+        if self.series is not None:
+            if self.label != self.series.column:
+                raise ValueError(
+                    f"data.label {self.label!r} differs from data.series.column {self.series.column!r}: a series forecasts "
+                    "its own values; leave data.label out"
+                )
+            if self.series.order_by == self.series.column:
+                raise ValueError("data.series.order_by must be another column than data.series.column")
+        elif kind != "table" and self.input_column == self.label:
+            raise ValueError(f"label column {self.label!r} is also the {kind} column (data.{kind}.column)")
         if self.features and self.label in self.features:
             raise ValueError(f"label column {self.label!r} is also listed in features")
         if self.label in self.categorical:
             raise ValueError(f"label column {self.label!r} is also listed in categorical")
-        if self.image is not None and self.image.column == self.label:
-            raise ValueError(f"label column {self.label!r} is also the image column")
         if self.features is not None and not self.features:
             raise ValueError("features must name at least one column (or be omitted)")
         unknown = sorted(set(self.categorical) - set(self.features or self.categorical))
@@ -200,17 +293,63 @@ class CNNSpec(_Model):
     hidden: int = Field(128, gt=0, le=65_536, description="Width of the dense layer before the output layer, in units (neurons).")
 
 
+class RNNSpec(_Model):
+    arch: Literal["rnn"] = Field("rnn", description="Architecture tag: rnn, a recurrent network (LSTM or GRU) over text, sequence or series input.")
+    cell: Literal["lstm", "gru"] = Field("lstm", description="Recurrent cell: lstm or gru.")
+    hidden: int = Field(128, gt=0, le=65_536, description="Hidden state width of each layer and direction, in units.")
+    layers: int = Field(1, gt=0, le=64, description="Stacked recurrent layers, a count (train.dropout applies between them).")
+    bidirectional: bool = Field(False, description="Also read each sequence backwards; the head sees both directions' states.")
+    embedding: int = Field(128, gt=0, le=65_536, description="Token embedding width, in units (data.text only; numeric steps go in as they are).")
+    pooling: Literal["last", "mean"] = Field("last", description="last: the final state at each row's last real step; mean: the outputs averaged over real steps.")
+
+
+class TransformerSpec(_Model):
+    arch: Literal["transformer"] = Field(
+        "transformer", description="Architecture tag: transformer, an encoder with sinusoidal positions over text, sequence or series input."
+    )
+    d_model: int = Field(128, gt=0, le=65_536, description="Width of the token/step representation, in units; even and divisible by heads.")
+    heads: int = Field(4, gt=0, le=1024, description="Attention heads per layer, a count; d_model must be divisible by it.")
+    layers: int = Field(2, gt=0, le=64, description="Encoder layers, a count.")
+    ff: int = Field(256, gt=0, le=262_144, description="Hidden width of each layer's feed-forward block, in units.")
+    max_length: Optional[int] = Field(
+        None, gt=0, le=MAX_SEQUENCE_LENGTH,
+        description="Longest input the model accepts, in tokens or steps (positions it encodes); omit: the data's "
+        "(data.text.max_length, data.sequence.max_length or the training split's longest row, data.series.window).",
+    )
+    pooling: Literal["cls", "mean"] = Field(
+        "cls", description="cls: the representation at position 0 (the CLS token for text, a learnt vector for numbers); mean: the average over real positions."
+    )
+
+    @field_validator("d_model")
+    @classmethod
+    def _even(cls, v: int) -> int:
+        if v % 2:
+            raise ValueError(f"d_model ({v}) must be even (the sinusoidal positional encoding pairs its units)")
+        return v
+
+    @field_validator("heads")
+    @classmethod
+    def _heads_fit(cls, v: int, info) -> int:  # a field validator, so the error names model.heads
+        d_model = info.data.get("d_model")
+        if d_model is not None and d_model % v:
+            raise ValueError(f"d_model ({d_model}) must be divisible by heads ({v})")
+        return v
+
+
 class CustomModelSpec(_Model):
     arch: Literal["custom"] = Field("custom", description="Architecture tag: custom, a model built by your `factory`.")
     factory: str = Field(
         pattern=IMPORT_PATH_RE,
         description="`module:function` returning an nn.Module. Called as "
-        "function(input_shape=..., num_outputs=..., dropout=..., **kwargs).",
+        "function(input_shape=..., num_outputs=..., dropout=..., **kwargs), plus vocab_size= and max_length= for "
+        "text/sequence/series input when the function takes them (or **kwargs). Its forward gets (x) for table and "
+        "image input, (x, lengths) for text, sequence and series input.",
     )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for the factory.")
 
 
-ModelSpec = Annotated[Union[MLPSpec, CNNSpec, CustomModelSpec], Field(discriminator="arch")]
+ModelSpec = Annotated[Union[MLPSpec, CNNSpec, RNNSpec, TransformerSpec, CustomModelSpec], Field(discriminator="arch")]
+SEQUENCE_KINDS = ("text", "sequence", "series")  # the inputs rnn and transformer read
 
 
 # -------------------------------------------------------------------------------------- train
@@ -242,7 +381,12 @@ class TrainSpec(_Model):
         "they replace the schedule's first epochs (cosine starts after them); 0: none.",
     )
     weight_decay: float = Field(0.0, ge=0, le=1, description="Weight-decay coefficient, 0 to 1 (adamw: decoupled, adam and sgd: L2 on the gradient); 0: none.")
-    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout probability, 0 to below 1, after each mlp hidden layer and the cnn dense layer (a custom factory gets `dropout`).")
+    dropout: float = Field(
+        0.0, ge=0, lt=1,
+        description="Dropout probability, 0 to below 1, after each mlp hidden layer and the cnn dense layer; rnn: on "
+        "embeddings, between layers and before the head; transformer: on embeddings, attention, feed-forward blocks and "
+        "before the head (a custom factory gets `dropout`).",
+    )
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Fraction, 0 to below 1, of the target probability spread over all classes (classification only).")
     grad_clip: Optional[float] = Field(None, gt=0, le=1e6, description="Max global L2 norm of the gradients, clipped before each step; omit to disable.")
     early_stopping: Optional[EarlyStopping] = Field(
@@ -463,7 +607,7 @@ class ServeSpec(_Model):
 class JobSpec(_Model):
     name: str = Field(pattern=NAME_RE, description="Job name: lower-case letters, digits and '-', at most 52 characters.")
     data: DataSpec = Field(description="The dataset: where it is, its label and features, how it splits.")
-    model: ModelSpec = Field(default_factory=MLPSpec, description="The architecture, by `arch`: mlp (default), cnn or custom.")
+    model: ModelSpec = Field(default_factory=MLPSpec, description="The architecture, by `arch`: mlp (default), cnn, rnn, transformer or custom.")
     train: TrainSpec = Field(default_factory=TrainSpec, description="How each run trains: epochs, optimizer, learning-rate schedule, regularisation.")
     scaling: ScalingSpec = Field(default_factory=ScalingSpec, description="Workers per run and the CPUs/GPUs each reserves.")
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Which checkpoints are kept and the metric that picks the best.")
@@ -501,6 +645,10 @@ PREPARED_TASKS = {
     "sklearn:breast_cancer": "classification",
     "sklearn:wine": "classification",
     "sklearn:diabetes": "regression",
+    "text:docstrings": "classification",
+    "series:co2": "regression",
+    "series:elnino": "regression",
+    "images:digits-png": "classification",
 }
 # What only makes sense for one task (the loss fits both), as _metric_uses names it.
 TASK_ONLY = {task: {n for n, (_, only) in METRICS.items() if only == task} for task in ("classification", "regression")}
@@ -528,13 +676,29 @@ def task_problems(spec: JobSpec, task: str, why: str) -> list[str]:
 def spec_problems(spec: JobSpec) -> list[str]:
     """Checks across sections, each led by the field path to change."""
     problems = []
+    d = spec.data
+    kind = d.input_kind
     if isinstance(spec.model, CNNSpec) and spec.data.image is None:
         problems.append("model.arch: cnn needs image data: set data.image")
-    d = spec.data
+    if isinstance(spec.model, (RNNSpec, TransformerSpec)) and kind not in SEQUENCE_KINDS:
+        problems.append(f"model.arch: {spec.model.arch} needs text, sequence or series input: set data.text, data.sequence or data.series")
+    if isinstance(spec.model, MLPSpec) and kind in ("text", "sequence"):
+        problems.append(f"model.arch: mlp cannot read data.{kind} (variable-length input); use arch rnn or transformer")
+    if isinstance(spec.model, TransformerSpec) and spec.model.max_length is not None:
+        longest = {"text": d.text.max_length if d.text else None, "series": d.series.window if d.series else None,
+                   "sequence": d.sequence.max_length if d.sequence else None}.get(kind)
+        field = {"text": "data.text.max_length", "series": "data.series.window", "sequence": "data.sequence.max_length"}.get(kind)
+        if longest is not None and spec.model.max_length < longest:
+            problems.append(f"model.max_length: {spec.model.max_length} is less than {field} ({longest}); the transformer must accept the longest input")
     prepared = PREPARED_TASKS.get(d.prepare or "")
     if d.task and prepared and d.task != prepared:
         problems.append(f"data.task: {d.task}, but data.prepare {d.prepare} is a {prepared} dataset")
-    if d.task:
+    if d.series is not None:
+        if d.task == "classification":
+            problems.append("data.task: classification, but data.series forecasts numbers (a regression task)")
+        else:
+            problems += task_problems(spec, "regression", "data.series forecasts numbers (a regression task)")
+    elif d.task:
         problems += task_problems(spec, d.task, f"data.task is {d.task}")
     elif prepared:
         problems += task_problems(spec, prepared, f"data.prepare {d.prepare} is a {prepared} dataset")
@@ -566,7 +730,8 @@ def _loc(loc: tuple) -> str:
     for i, part in enumerate(loc):
         if type(part) is int:
             out += f"[{part}]"
-        elif len(loc) > i + 1 and loc[i - 1 : i + 1] in (("model", "mlp"), ("model", "cnn"), ("model", "custom"), ("scheduler", "asha"), ("scheduler", "none")):
+        elif len(loc) > i + 1 and loc[i - 1 : i + 1] in (("model", "mlp"), ("model", "cnn"), ("model", "rnn"), ("model", "transformer"),
+                                                         ("model", "custom"), ("scheduler", "asha"), ("scheduler", "none")):
             continue
         elif not re.fullmatch(r"[A-Za-z_][\w.-]*", str(part)):
             out += f"[{_yaml_scalar(part)}]"

@@ -17,7 +17,8 @@ from tests.conftest import ROOT
 PACKAGE = ROOT / "orchestrator"
 # Planning and rendering that must run anywhere (no cluster, no accelerator libraries), and be testable without Ray.
 PURE = ("orchestrator.spec", "orchestrator.train.plan", "orchestrator.tune.plan", "orchestrator.serve.plan",
-        "orchestrator.submit.plan", "orchestrator.k8s.render", "orchestrator.data.preprocess")
+        "orchestrator.submit.plan", "orchestrator.k8s.render", "orchestrator.data.preprocess", "orchestrator.data.text",
+        "orchestrator.data.sequences")
 HEAVY = ("ray", "kubernetes", "torch")
 
 

@@ -64,7 +64,7 @@ MISTAKES = [
     ("dropout out of range", _with("train.dropout", 1.5), "train.dropout", "less than 1"),
     ("splits do not add up", _with("data.split", {"train": 0.8, "validation": 0.3, "test": 0.1}), "data.split", "add up to 1"),
     ("unknown optimizer", _with("train.optimizer", "adagradd"), "train.optimizer", "adamw"),
-    ("unknown model arch", _with("model", {"arch": "transformer"}), "model", "'mlp', 'cnn', 'custom'"),
+    ("unknown model arch", _with("model", {"arch": "resnet"}), "model", "'mlp', 'cnn', 'rnn', 'transformer', 'custom'"),
     ("bad job name", _with("name", "Digits CNN!"), "name", "pattern"),
     ("zero workers", _with("scaling.workers", 0), "scaling.workers", "greater than 0"),
     ("bad cpus_per_worker", _with("scaling.cpus_per_worker", -2), "scaling.cpus_per_worker", "auto"),

@@ -22,13 +22,14 @@ import pyarrow as pa
 import ray
 from ray.data.aggregate import Count, Mean, Std, Sum, Unique
 
-from orchestrator.data.preprocess import SPLIT_COLUMN, SPLITS, Preprocessor, assign_splits, plain_value
+from orchestrator.data.preprocess import SERIES_TARGET, SPLIT_COLUMN, SPLITS, Preprocessor, assign_splits, plain_value
 from orchestrator.errors import DataError
 from orchestrator.spec import JobSpec, is_uri, resolve_source, task_problems
 
 DATA_TASK_CPUS = 0.25
 CACHE_MAX_BYTES = 1 << 30  # data.cache: auto keeps sources up to this size in the object store
 MAX_AUTO_CATEGORIES = 1000  # a string column with more distinct values is more likely an id than a category
+MAX_SERIES_POINTS = 10_000_000  # a series is read whole on the driver (one column); beyond this it is refused
 
 
 @dataclass
@@ -40,6 +41,16 @@ class Columns:
     categorical: list[str]
     image: Optional[str]
     auto_categorical: list[str] = field(default_factory=list)  # string columns not listed in data.categorical
+    image_source: str = "array"  # array | path | bytes, from the image column's Arrow type
+    text: Optional[str] = None
+    sequence: Optional[str] = None
+    series: Optional[str] = None
+
+    @property
+    def inputs(self) -> list[str]:
+        """The columns the inputs are made from (the label aside)."""
+        one = self.image or self.text or self.sequence or self.series
+        return [one] if one else self.numeric + self.categorical
 
 
 @dataclass
@@ -57,10 +68,16 @@ class PreparedData:
 def ensure_prepared(spec: JobSpec) -> str:
     """Resolve the source; run the spec's built-in prepare step if the file is not there yet."""
     src = resolve_source(spec)
-    if spec.data.prepare and not is_uri(src) and not os.path.exists(src):
-        from orchestrator.data.bundled import write_bundled
+    name = spec.data.prepare
+    if name and not is_uri(src) and not os.path.exists(src):
+        if name.startswith("sklearn:"):
+            from orchestrator.data.bundled import write_bundled
 
-        write_bundled(spec.data.prepare, src)
+            write_bundled(name, src)
+        else:  # text:, series:, images: the offline corpora
+            from orchestrator.data.corpora import write_corpus
+
+            write_corpus(name, src)
     return src
 
 
@@ -226,7 +243,7 @@ def check_columns(spec: JobSpec, src: str, schema: pa.Schema) -> Columns:
         return types[col]
 
     label_type = need(d.label, "data.label")
-    task = d.task
+    task = "regression" if d.series is not None else d.task  # a series forecasts numbers
     if task is None:
         task = "regression" if pa.types.is_floating(label_type) else "classification"
         # Only now is the task known: refuse metrics of the other task before anything trains.
@@ -238,13 +255,45 @@ def check_columns(spec: JobSpec, src: str, schema: pa.Schema) -> Columns:
 
     if d.image is not None:
         t = need(d.image.column, "data.image.column")
-        if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)) or not (
-            pa.types.is_integer(t.value_type) or pa.types.is_floating(t.value_type)
-        ):
+        if _is_list(t) and _is_number(t.value_type):
+            source = "array"
+        elif _is_text(t):
+            source = "path"
+        elif pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_binary_view(t):
+            source = "bytes"
+        else:
             raise DataError(
-                f"{src}: column {d.image.column!r} (data.image.column) has type {t}; it must be a list of numbers"
+                f"{src}: column {d.image.column!r} (data.image.column) has type {t}; it must be a list of numbers, "
+                "an image file path (a string) or an encoded image file (binary)"
             )
-        return Columns(task=task, numeric=[], categorical=[], image=d.image.column)
+        if source != "array" and d.image.shape[0] not in (1, 3, 4):
+            raise DataError(
+                f"{src}: data.image.shape {d.image.shape}: image files decode to 1 (grey), 3 (RGB) or 4 (RGBA) channels, "
+                f"not {d.image.shape[0]}"
+            )
+        return Columns(task=task, numeric=[], categorical=[], image=d.image.column, image_source=source)
+    if d.text is not None:
+        t = need(d.text.column, "data.text.column")
+        if not _is_text(t):
+            raise DataError(f"{src}: column {d.text.column!r} (data.text.column) has type {t}; it must hold strings")
+        return Columns(task=task, numeric=[], categorical=[], image=None, text=d.text.column)
+    if d.sequence is not None:
+        t = need(d.sequence.column, "data.sequence.column")
+        inner = t.value_type if _is_list(t) else None
+        if inner is not None and _is_list(inner):
+            inner = inner.value_type
+        if inner is None or not _is_number(inner):
+            raise DataError(
+                f"{src}: column {d.sequence.column!r} (data.sequence.column) has type {t}; it must hold lists of numbers "
+                "or lists of equal-length vectors (lists of numbers)"
+            )
+        return Columns(task=task, numeric=[], categorical=[], image=None, sequence=d.sequence.column)
+    if d.series is not None:
+        t = need(d.series.column, "data.series.column")
+        if not _is_number(t):
+            raise DataError(f"{src}: column {d.series.column!r} (data.series.column) has type {t}; a series must hold numbers")
+        need(d.series.order_by, "data.series.order_by")
+        return Columns(task="regression", numeric=[], categorical=[], image=None, series=d.series.column)
 
     features = d.features if d.features is not None else [c for c in schema.names if c != d.label]
     numeric, categorical, auto = [], [], []
@@ -264,6 +313,14 @@ def check_columns(spec: JobSpec, src: str, schema: pa.Schema) -> Columns:
                 f"(strings are one-hot encoded): convert it, or leave it out of data.features"
             )
     return Columns(task=task, numeric=numeric, categorical=categorical, image=None, auto_categorical=auto)
+
+
+def _is_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+
+
+def _is_number(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t)
 
 
 def _is_text(t: pa.DataType) -> bool:
@@ -296,21 +353,105 @@ def _image_moments(df: pd.DataFrame, *, column: str) -> pd.DataFrame:
     )
 
 
+def _file_image_moments(df: pd.DataFrame, *, pre: dict) -> pd.DataFrame:
+    """_image_moments of image files or bytes, decoded as the transform decodes them."""
+    p = Preprocessor.from_dict(pre)
+    flat = p.image_pixels(df[p.image_column]).astype(np.float64).reshape(len(df), int(np.prod(p.image_shape)))
+    return pd.DataFrame({"__s": flat.sum(axis=1), "__ss": (flat * flat).sum(axis=1), "__n": [flat.shape[1]] * len(df)})
+
+
+def image_root(src: str) -> str:
+    """The folder relative image paths resolve against: the source's folder (or the source, a folder)."""
+    if is_uri(src):
+        last = src.rstrip("/").rsplit("/", 1)
+        return last[0] if src.endswith("/") is False and "." in last[-1] else src.rstrip("/")
+    return src if os.path.isdir(src) else os.path.dirname(src)
+
+
+def _fit_text(pre: Preprocessor, spec: JobSpec, train: ray.data.Dataset, src: str) -> None:
+    """Fit the tokenizer on the training split's texts (collected on the driver, sorted so the
+    vocabulary does not depend on the order the blocks were read in)."""
+    from orchestrator.data.text import BpeTokenizer, ByteTokenizer
+
+    t = spec.data.text
+    texts = [r[t.column] for r in train.select_columns([t.column]).take_all()]
+    if not texts:
+        raise DataError(f"{src}: the training split is empty (too few rows for data.split)")
+    missing = sum(1 for v in texts if not isinstance(v, str))
+    empty = sum(1 for v in texts if v == "")
+    if missing or empty:
+        what = " and ".join(filter(None, [f"{missing} missing values" if missing else "", f"{empty} empty strings" if empty else ""]))
+        raise DataError(f"{src}: column {t.column!r} (data.text.column) holds {what} in the training split; every row needs a text")
+    if t.lowercase:
+        texts = [v.lower() for v in texts]
+    tok = ByteTokenizer() if t.tokenizer == "byte" else BpeTokenizer.fit(sorted(texts), t.vocab_size)
+    pre.text_column, pre.tokenizer, pre.text_vocab_size = t.column, tok.to_state(), tok.vocab_size
+    pre.text_max_length, pre.text_lowercase = t.max_length, t.lowercase
+
+
+def _sequence_moments(df: pd.DataFrame, *, column: str) -> pd.DataFrame:
+    """Per-feature sums over the real steps of a batch of sequences, its steps' width and longest row."""
+    from orchestrator.data.sequences import SequenceInputError, pad_sequences
+
+    cols = ["s", "ss", "n", "f", "longest"]
+    if not len(df):
+        return pd.DataFrame({c: [] for c in cols})
+    rows = [v.tolist() if isinstance(v, np.ndarray) and v.dtype == object else v for v in df[column]]
+    try:
+        x, lengths = pad_sequences(rows)
+    except (SequenceInputError, TypeError) as e:
+        raise ValueError(f"column {column!r} (data.sequence.column): {e}") from None
+    real = np.arange(x.shape[1])[None, :] < lengths[:, None]
+    vals = x[real].astype(np.float64)  # [real steps, features]
+    return pd.DataFrame({"s": [vals.sum(axis=0).tolist()], "ss": [(vals * vals).sum(axis=0).tolist()], "n": [len(vals)],
+                         "f": [x.shape[2]], "longest": [int(lengths.max())]})
+
+
+def _fit_sequence(pre: Preprocessor, spec: JobSpec, train: ray.data.Dataset, src: str) -> None:
+    col = spec.data.sequence.column
+    parts = train.select_columns([col]).map_batches(
+        _sequence_moments, fn_kwargs={"column": col}, batch_format="pandas", num_cpus=DATA_TASK_CPUS
+    ).take_all()
+    if not parts:
+        raise DataError(f"{src}: the training split is empty (too few rows for data.split)")
+    widths = sorted({int(r["f"]) for r in parts})
+    if len(widths) > 1:
+        raise DataError(f"{src}: column {col!r} (data.sequence.column): the steps of some rows hold {widths[0]} values and of others {widths[1]}; every row needs the same")
+    n = sum(int(r["n"]) for r in parts)
+    total = np.sum([np.asarray(r["s"], np.float64) for r in parts], axis=0)
+    squares = np.sum([np.asarray(r["ss"], np.float64) for r in parts], axis=0)
+    mean = total / n
+    std = np.sqrt(np.maximum(squares / n - mean * mean, 0.0))
+    pre.sequence_column, pre.sequence_features = col, widths[0]
+    pre.sequence_max_length = spec.data.sequence.max_length or max(int(r["longest"]) for r in parts)
+    pre.sequence_means = [float(v) for v in mean]
+    pre.sequence_stds = [float(v) if v > 0 else 1.0 for v in std]
+
+
 def fit_preprocessor(spec: JobSpec, cols: Columns, train: ray.data.Dataset) -> Preprocessor:
     """One Ray Data pass over the training split only."""
     d = spec.data
     pre = Preprocessor(task=cols.task, label=d.label)
-    if cols.image:
-        moments = train.map_batches(
-            _image_moments, fn_kwargs={"column": cols.image}, batch_format="pandas", num_cpus=DATA_TASK_CPUS
-        )
+    if cols.text or cols.sequence:
+        (_fit_text if cols.text else _fit_sequence)(pre, spec, train, resolve_source(spec))
+        target = train.select_columns([d.label])
+    elif cols.image:
+        pre.image_column, pre.image_shape = cols.image, list(d.image.shape)
+        pre.image_source, pre.image_root = cols.image_source, image_root(resolve_source(spec))
+        if cols.image_source == "array":
+            moments = train.map_batches(
+                _image_moments, fn_kwargs={"column": cols.image}, batch_format="pandas", num_cpus=DATA_TASK_CPUS
+            )
+        else:
+            moments = train.select_columns([cols.image]).map_batches(
+                _file_image_moments, fn_kwargs={"pre": pre.to_dict()}, batch_format="pandas", num_cpus=DATA_TASK_CPUS
+            )
         stats = moments.aggregate(Sum("__s"), Sum("__ss"), Sum("__n"))
         n = stats["sum(__n)"] or 0
         if n == 0:
             raise DataError(f"{d.source}: the training split is empty")
         mean = stats["sum(__s)"] / n
         var = max(stats["sum(__ss)"] / n - mean * mean, 0.0)
-        pre.image_column, pre.image_shape = cols.image, list(d.image.shape)
         pre.image_mean, pre.image_std = float(mean), float(np.sqrt(var)) or 1.0
         target = train.select_columns([d.label])
     else:
@@ -384,8 +525,10 @@ def prepare_data(spec: JobSpec) -> PreparedData:
 def _prepare_data(spec: JobSpec) -> PreparedData:
     src, ds = read_dataset(spec)
     cols = check_columns(spec, src, ds.schema().base_schema if hasattr(ds.schema(), "base_schema") else ds.schema())
+    if cols.series:
+        return _prepare_series(spec, src, ds, cols)
     d = spec.data
-    keep = ([cols.image] if cols.image else cols.numeric + cols.categorical) + [d.label]
+    keep = cols.inputs + [d.label]
     with_split = ds.map_batches(
         _add_split,
         fn_kwargs={"seed": d.seed, "fractions": (d.split.train, d.split.validation, d.split.test), "label": d.label, "keep": keep},
@@ -407,6 +550,61 @@ def _prepare_data(spec: JobSpec) -> PreparedData:
     }
     if cache:
         transformed = {name: t.materialize() for name, t in transformed.items()}
+    return PreparedData(source=src, columns=cols, preprocessor=pre, raw=raw, transformed=transformed)
+
+
+def _series_frame(spec: JobSpec, src: str, ds: ray.data.Dataset) -> pd.DataFrame:
+    """The whole series on the driver, in time order; refuses what cannot be ordered or windowed."""
+    s = spec.data.series
+    n = ds.count()
+    if n > MAX_SERIES_POINTS:
+        raise DataError(f"{src}: the series holds {n:,} points; at most {MAX_SERIES_POINTS:,} are read whole for data.series")
+    df = ds.select_columns([s.order_by, s.column]).to_pandas()
+    if df[s.order_by].isna().any():
+        raise DataError(f"{src}: column {s.order_by!r} (data.series.order_by) has {int(df[s.order_by].isna().sum())} missing values; every point needs its time")
+    dup = int(df[s.order_by].duplicated().sum())
+    if dup:
+        raise DataError(f"{src}: column {s.order_by!r} (data.series.order_by) has {dup} repeated values; each point needs its own time")
+    return df.sort_values(s.order_by, kind="stable").reset_index(drop=True)
+
+
+def _prepare_series(spec: JobSpec, src: str, ds: ray.data.Dataset, cols: Columns) -> PreparedData:
+    """One series -> windows -> a chronological split (no hash split: a window of a later split never
+    touches a point of an earlier one) -> standardised with the training period's points."""
+    from orchestrator.data.sequences import chronological_split, make_windows
+
+    d, s = spec.data, spec.data.series
+    df = _series_frame(spec, src, ds)
+    values = df[s.column].to_numpy(dtype=np.float64, na_value=np.nan)
+    try:
+        x, y = make_windows(values, s.window, s.horizon)
+        ranges = chronological_split(len(x), (d.split.train, d.split.validation, d.split.test), s.window, s.horizon)
+    except ValueError as e:
+        raise DataError(f"{src}: column {s.column!r} (data.series): {e}") from None
+    span = s.window + s.horizon
+    touched = values[: ranges["train"].stop - 1 + span]  # every point a training window reads or forecasts
+    mean, std = float(touched.mean()), float(touched.std())
+    std = std if std > 0 else 1.0
+    pre = Preprocessor(task="regression", label=SERIES_TARGET, series_column=s.column, series_window=s.window,
+                       series_horizon=s.horizon, series_mean=mean, series_std=std, target_mean=mean, target_std=std,
+                       train_rows=len(ranges["train"]))
+    times = df[s.order_by].to_numpy()
+    raw = {}
+    for name in SPLITS:
+        idx = np.asarray(ranges[name], dtype=np.int64)
+        frame = pd.DataFrame({
+            s.column: list(x[idx, :, 0].astype(np.float64)),
+            SERIES_TARGET: y[idx].astype(np.float64) if s.horizon == 1 else list(y[idx].astype(np.float64)),
+            # when each window starts and ends, and what it forecasts: the split's order can be checked
+            "input_start": times[idx], "input_end": times[idx + s.window - 1],
+            "target_start": times[idx + s.window], "target_end": times[idx + span - 1],
+        })
+        raw[name] = ray.data.from_pandas(frame)
+    pre_dict = pre.to_dict()
+    transformed = {
+        name: r.map_batches(_transform, fn_kwargs={"pre": pre_dict}, batch_format="pandas", num_cpus=DATA_TASK_CPUS).materialize()
+        for name, r in raw.items()
+    }
     return PreparedData(source=src, columns=cols, preprocessor=pre, raw=raw, transformed=transformed)
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
-from typing import Any
+from typing import Any, Optional, Union
 
 import torch
 from torch import nn
@@ -57,9 +58,53 @@ def load_factory(path: str):
     return fn
 
 
-def build_model(model_spec: dict[str, Any], input_shape: list[int], num_outputs: int, dropout: float) -> nn.Module:
-    """Build from the spec's `model` section as a plain dict (so checkpoints can rebuild it too)."""
+SEQUENCE_ARCHS = ("rnn", "transformer")
+
+
+def _factory_extras(fn, extras: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """The extras (vocab_size, max_length) a custom factory takes: by name, or all with **kwargs."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a builtin or C callable without a signature: pass nothing extra
+        return {}
+    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return {k: v for k, v in extras.items() if v is not None and k not in given and (takes_all or k in params)}
+
+
+def build_sequence_model(model_spec: dict[str, Any], input_shape: list[int], num_outputs: int, dropout: float,
+                         vocab_size: Optional[int], max_length: Optional[int]) -> nn.Module:
+    """rnn or transformer over text ids (`vocab_size` given) or numeric steps (input_shape [steps, features])."""
+    from orchestrator.models.sequence import build_rnn, build_transformer
+
     arch = model_spec["arch"]
+    if vocab_size is None and len(input_shape) != 2:
+        raise OrchestratorError(f"model.arch {arch} needs text, sequence or series input (data.text, data.sequence or data.series)")
+    inputs = {"vocab_size": int(vocab_size) if vocab_size is not None else None,
+              "input_dim": None if vocab_size is not None else int(input_shape[-1]), "num_outputs": int(num_outputs), "dropout": dropout}
+    if arch == "rnn":
+        return build_rnn(cell=model_spec.get("cell", "lstm"), hidden=int(model_spec.get("hidden", 128)), layers=int(model_spec.get("layers", 1)),
+                         bidirectional=bool(model_spec.get("bidirectional", False)), embedding=int(model_spec.get("embedding", 128)),
+                         pooling=model_spec.get("pooling", "last"), **inputs)
+    longest = int(max_length or input_shape[0])
+    accepts = int(model_spec.get("max_length") or longest)
+    if accepts < longest:
+        raise OrchestratorError(f"model.max_length {accepts} is less than the longest input ({longest} tokens or steps)")
+    return build_transformer(d_model=int(model_spec.get("d_model", 128)), heads=int(model_spec.get("heads", 4)),
+                             layers=int(model_spec.get("layers", 2)), ff=int(model_spec.get("ff", 256)), max_length=accepts,
+                             pooling=model_spec.get("pooling", "cls"), **inputs)
+
+
+def build_model(model_spec: dict[str, Any], input_shape: list[int], num_outputs: int, dropout: float, *,
+                vocab_size: Optional[int] = None, max_length: Optional[int] = None) -> nn.Module:
+    """Build from the spec's `model` section as a plain dict (so checkpoints can rebuild it too).
+
+    `vocab_size` (text input: token ids are below it) and `max_length` (text, sequence and series:
+    the longest input in tokens or steps) come from the fitted preprocessing; rnn and transformer
+    need them, a custom factory gets them when it takes them by name or has **kwargs.
+    """
+    arch = model_spec["arch"]
+    if arch in SEQUENCE_ARCHS:
+        return build_sequence_model(model_spec, input_shape, num_outputs, dropout, vocab_size, max_length)
     if arch == "mlp":
         return build_mlp(
             int(math.prod(input_shape)), num_outputs, list(model_spec["hidden"]), dropout,
@@ -71,7 +116,9 @@ def build_model(model_spec: dict[str, Any], input_shape: list[int], num_outputs:
         return build_cnn(input_shape, num_outputs, list(model_spec["channels"]), int(model_spec["hidden"]), dropout)
     if arch == "custom":
         fn = load_factory(model_spec["factory"])
-        model = fn(input_shape=list(input_shape), num_outputs=num_outputs, dropout=dropout, **model_spec.get("kwargs", {}))
+        kwargs = dict(model_spec.get("kwargs", {}))
+        kwargs.update(_factory_extras(fn, {"vocab_size": vocab_size, "max_length": max_length}, kwargs))
+        model = fn(input_shape=list(input_shape), num_outputs=num_outputs, dropout=dropout, **kwargs)
         if not isinstance(model, nn.Module):
             raise OrchestratorError(f"model.factory {model_spec['factory']!r} returned {type(model).__name__}, not an nn.Module")
         return model
@@ -87,7 +134,23 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def forward(model: nn.Module, x: torch.Tensor, model_spec: dict[str, Any]) -> torch.Tensor:
+def forward(model: nn.Module, inputs: Union[dict[str, torch.Tensor], torch.Tensor], model_spec: dict[str, Any]) -> torch.Tensor:
+    """The one model call of training, evaluation and serving: outputs [batch, num_outputs].
+
+    `inputs` is what `Preprocessor.transform_inputs` returns, as tensors: {"x"} for table and image
+    input (a bare tensor is taken as "x"), {"x", "len"} for text (int64 ids), sequence and series
+    input. With "len" the batch is first trimmed to its longest real row, so padding to the data's
+    max_length costs no compute, and the model is called as model(x, lengths); otherwise as
+    model(x), an mlp on its input flattened.
+    """
+    if isinstance(inputs, torch.Tensor):
+        inputs = {"x": inputs}
+    x, lengths = inputs["x"], inputs.get("len")
+    if lengths is not None:
+        if lengths.numel() and x.dim() >= 2:
+            x = x[:, : max(1, int(lengths.max()))]
+        if model_spec["arch"] != "mlp":
+            return model(x, lengths)
     if flatten_input(model_spec):
         x = x.reshape(x.shape[0], -1)
     return model(x)

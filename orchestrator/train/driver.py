@@ -25,7 +25,7 @@ from orchestrator.data.ingest import PreparedData, prepare_data
 from orchestrator.errors import DivergedError, OrchestratorError, last_line
 from orchestrator.spec import LOSS, TEST_PREFIX, JobSpec
 from orchestrator.train.checkpoint import load_model
-from orchestrator.train.loop import _y_dtype, evaluate, make_loss, run_loop
+from orchestrator.train.loop import batch_dtypes, evaluate, make_loss, run_loop
 from orchestrator.train.plan import WorkerPlan, build_loop_config
 
 CONTROLLER_FAILURE_LIMIT = 2
@@ -199,7 +199,7 @@ def evaluate_checkpoint(checkpoint_dir: str, dataset: ray.data.Dataset) -> dict[
     loaded = load_model(checkpoint_dir)
     task = loaded.meta["task"]
     device = torch.device("cpu")
-    dtypes = {"x": torch.float32, "y": _y_dtype(task)}
+    dtypes = batch_dtypes(loaded.meta.get("input_kind") or loaded.preprocessor.kind, task)
     m = evaluate(
         loaded.model, dataset.iter_torch_batches(batch_size=512, dtypes=dtypes, device="cpu"), task,
         loaded.meta["model"], device, make_loss(task, 0.0),

@@ -85,8 +85,8 @@ class Sums:
             if task == "classification":
                 v[self.N_LOSS] = (y != UNKNOWN_LABEL).sum()  # the loss ignores unseen labels...
                 v[self.CORRECT] = (out.argmax(dim=1) == y).sum()  # ...accuracy counts them wrong
-            else:
-                err = out.reshape(-1).double() - y.double()
+            else:  # y [batch] or, forecasting several steps, [batch, horizon]
+                err = out.reshape(-1).double() - y.reshape(-1).double()
                 v[self.N_LOSS] = y.numel()
                 v[self.ABS], v[self.SQ] = err.abs().sum(), (err * err).sum()
             self.t += v
@@ -106,20 +106,36 @@ class Sums:
         return out
 
 
+def batch_loss(loss_fn: nn.Module, task: str, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return loss_fn(out, y) if task == "classification" else loss_fn(out.reshape(-1), y.reshape(-1))
+
+
+def model_inputs(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
+    """A batch's model inputs ("x", and "len" for text, sequence and series) on `device`; what forward() takes."""
+    return {k: v.to(device) for k, v in batch.items() if k != "y"}
+
+
 def evaluate(model: nn.Module, batches, task: str, model_spec: dict, device: torch.device, loss_fn: nn.Module, target_std: float, prefix: str) -> dict[str, float]:
     sums = Sums(device)
     model.eval()
     with torch.no_grad():
         for b in batches:
-            x, y = b["x"].to(device), b["y"].to(device)
-            out = forward(model, x, model_spec).float()
-            loss = loss_fn(out, y) if task == "classification" else loss_fn(out.reshape(-1), y)
-            sums.add(task, loss, out, y)
+            y = b["y"].to(device)
+            out = forward(model, model_inputs(b, device), model_spec).float()
+            sums.add(task, batch_loss(loss_fn, task, out, y), out, y)
     return sums.metrics(task, prefix, target_std)
 
 
 def _y_dtype(task: str) -> torch.dtype:
     return torch.int64 if task == "classification" else torch.float32
+
+
+def batch_dtypes(input_kind: str, task: str) -> dict[str, torch.dtype]:
+    """The torch dtype of each column of a transformed batch: token ids and lengths stay integers."""
+    dtypes = {"x": torch.int64 if input_kind == "text" else torch.float32, "y": _y_dtype(task)}
+    if input_kind in ("text", "sequence", "series"):
+        dtypes["len"] = torch.int64
+    return dtypes
 
 
 # ----------------------------------------------------------------------------------- worker loop
@@ -160,7 +176,8 @@ class WorkerLoop:
         torch.manual_seed(t.seed)
         self.device = session.device()
 
-        model = build_model(self.model_spec, config.input_shape, config.num_outputs, t.dropout)
+        model = build_model(self.model_spec, config.input_shape, config.num_outputs, t.dropout,
+                            vocab_size=config.vocab_size, max_length=config.max_length)
         self.optimizer = make_optimizer(model.parameters(), t)
         r = restore(session, model, self.optimizer)
         self.start_epoch, self.restored_from = r.start_epoch, r.restored_from
@@ -176,7 +193,7 @@ class WorkerLoop:
 
         self.train_shard = session.dataset("train")
         self.val_data = session.dataset("validation")
-        self.dtypes = {"x": torch.float32, "y": _y_dtype(self.task)}
+        self.dtypes = batch_dtypes(config.input_kind, self.task)
 
     def run(self) -> Optional[dict]:
         for epoch in range(self.start_epoch, self.t.epochs):
@@ -215,10 +232,11 @@ class WorkerLoop:
             batch_size=t.batch_size, dtypes=self.dtypes, device=device,
             local_shuffle_buffer_size=max(4 * t.batch_size, 256), local_shuffle_seed=t.seed * 1000 + epoch,
         ):
-            x, y = b["x"], b["y"]
+            y = b["y"]
+            # Token ids and lengths stay int64 under autocast (it only casts floating-point inputs).
             with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                out = forward(model, x, self.model_spec)
-                loss = self.loss_fn(out.float(), y) if task == "classification" else self.loss_fn(out.float().reshape(-1), y)
+                out = forward(model, model_inputs(b, device), self.model_spec)
+                loss = batch_loss(self.loss_fn, task, out.float(), y)
             known = (y != UNKNOWN_LABEL).sum().clamp(min=1) if task == "classification" else torch.tensor(y.numel(), device=device)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss / known).backward()
@@ -253,7 +271,8 @@ class WorkerLoop:
                 write_checkpoint(
                     tmp,
                     state={"model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": epoch, "best": stopper.best, "since_best": stopper.since_best},
-                    model_meta={"model": self.model_spec, "input_shape": config.input_shape, "num_outputs": config.num_outputs, "dropout": self.t.dropout, "task": self.task, "job": config.job_name},
+                    model_meta={"model": self.model_spec, "input_shape": config.input_shape, "num_outputs": config.num_outputs, "dropout": self.t.dropout, "task": self.task, "job": config.job_name,
+                                "input_kind": config.input_kind, "vocab_size": config.vocab_size, "max_length": config.max_length},
                     preprocessing=config.preprocessing,
                     metrics=metrics,
                 )

@@ -124,6 +124,9 @@ class LoopConfig:
     checkpoint_metric: str
     checkpoint_mode: str  # min | max
     torch_threads: int
+    input_kind: str = "table"  # table | image | text | sequence | series (Preprocessor.kind): the batch's dtypes
+    vocab_size: Optional[int] = None  # text: token ids are below this
+    max_length: Optional[int] = None  # text, sequence, series: the longest input in tokens or steps
 
 
 def build_loop_config(spec: JobSpec, prepared: PreparedData, plan: WorkerPlan) -> LoopConfig:
@@ -140,6 +143,9 @@ def build_loop_config(spec: JobSpec, prepared: PreparedData, plan: WorkerPlan) -
         checkpoint_metric=spec.checkpoint.metric,
         checkpoint_mode=spec.checkpoint.mode,
         torch_threads=plan.torch_threads,
+        input_kind=pre.kind,
+        vocab_size=pre.vocab_size,
+        max_length=pre.max_length,
     )
 
 

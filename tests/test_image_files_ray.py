@@ -1,0 +1,98 @@
+"""Images read from PNG files (paths relative to the table) and from encoded bytes, on a real local
+Ray; a missing or unreadable file is one clear error naming the file."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from orchestrator.data.ingest import prepare_data
+from orchestrator.spec import parse_spec
+from orchestrator.train.checkpoint import load_model
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.ray
+
+
+def _png(label: int, rng) -> bytes:
+    """12x12 grey: the bright half is the top for label 0, the bottom for label 1."""
+    a = rng.integers(0, 60, size=(12, 12))
+    a[(slice(0, 6) if label == 0 else slice(6, 12))] += 180
+    buf = io.BytesIO()
+    Image.fromarray(a.astype(np.uint8), mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _table(tmp_path: Path, n: int = 80) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    (tmp_path / "imgs").mkdir(exist_ok=True)
+    rows = []
+    for i in range(n):
+        label = i % 2
+        (tmp_path / "imgs" / f"{i:03d}.png").write_bytes(_png(label, rng))
+        rows.append((f"imgs/{i:03d}.png", label))  # relative to the table's folder
+    return pd.DataFrame(rows, columns=["path", "label"])
+
+
+def _spec(source: Path, **sections) -> dict:
+    return {"name": "image-files",
+            "data": {"source": str(source), "label": "label", "image": {"column": "path", "shape": [1, 8, 8]}},
+            "model": {"arch": "cnn", "channels": [8], "hidden": 16},
+            "train": {"epochs": 2, "batch_size": 16, "lr": 0.01, "max_failures": 0},
+            "scaling": {"workers": 1}, "checkpoint": {"metric": "val_accuracy"}, **sections}
+
+
+def _train(tmp_path: Path, d: dict):
+    p = tmp_path / "job.yaml"
+    p.write_text(yaml.safe_dump(d))
+    return run_cli("train", str(p), "-o", str(tmp_path / "runs"), timeout=400)
+
+
+def test_image_file_job_reads_png_paths_through_the_cli(tmp_path):
+    _table(tmp_path).to_parquet(tmp_path / "images.parquet")
+    r = _train(tmp_path, _spec(tmp_path / "images.parquet"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    (run,) = (tmp_path / "runs").iterdir()
+    assert json.loads((run / "test_metrics.json").read_text())["test_rows"] > 0
+    pre = load_model(run / "best_checkpoint").preprocessor
+    assert pre.image_source == "path" and pre.image_root == str(tmp_path) and pre.image_shape == [1, 8, 8]
+    assert 0 < pre.image_mean < 255
+
+
+def test_image_bytes_and_rgb_are_decoded_and_resized(ray_session, tmp_path):
+    df = _table(tmp_path, 40)
+    df["png"] = [(tmp_path / p).read_bytes() for p in df["path"]]
+    df[["png", "label"]].to_parquet(tmp_path / "bytes.parquet")
+    spec = parse_spec(_spec(tmp_path / "bytes.parquet", data={
+        "source": str(tmp_path / "bytes.parquet"), "label": "label", "image": {"column": "png", "shape": [3, 6, 6]}}))
+    prepared = prepare_data(spec)
+    assert prepared.preprocessor.image_source == "bytes"
+    batch = prepared.transformed["train"].take_batch(4)
+    assert batch["x"].shape == (4, 3, 6, 6) and batch["x"].dtype == np.float32
+    np.testing.assert_allclose(batch["x"][:, 0], batch["x"][:, 2])  # grey to RGB: equal channels
+
+
+@pytest.mark.parametrize("broken", ["missing", "not-an-image"])
+def test_a_missing_or_unreadable_image_file_is_named(tmp_path, broken):
+    df = _table(tmp_path, 40)
+    bad = tmp_path / "imgs" / "017.png"
+    if broken == "missing":
+        bad.unlink()
+    else:
+        bad.write_bytes(b"this is not a png")
+    df.to_parquet(tmp_path / "images.parquet")
+    r = _train(tmp_path, _spec(tmp_path / "images.parquet"))
+    err = r.stderr
+    assert r.returncode == 2, r.stdout + err
+    assert "Traceback" not in err and len(err.strip().splitlines()) < 15, err
+    (line,) = [l for l in err.splitlines() if l.startswith("error:")]
+    assert str(bad) in line and "'path'" in line, err
+    assert ("image file not found" if broken == "missing" else "not a readable image") in line, err
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").glob("*/best_checkpoint"))
