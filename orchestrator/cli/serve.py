@@ -25,7 +25,7 @@ def _print_ready(console: Console, url: str, target: ServeTarget, name: str) -> 
     import httpx
 
     from orchestrator.data.preprocess import Preprocessor
-    from orchestrator.serve.app import example_record
+    from orchestrator.serve.app import example_record, image_files, record_model
     from orchestrator.serve.deployment import metrics_url
 
     version = "?"
@@ -34,7 +34,14 @@ def _print_ready(console: Console, url: str, target: ServeTarget, name: str) -> 
     except Exception:
         pass
     pre = Preprocessor.load(target.checkpoint / "preprocessing.json")
-    row = test_row(target.job, pre.feature_columns)
+    # a test row is a request as it is only when the source column holds what a request sends (not
+    # a series' single points, nor image paths); and it must pass the request schema
+    row = test_row(target.job, pre.feature_columns) if pre.kind != "series" and not image_files(pre) else None
+    if row is not None:
+        try:
+            record_model(pre).model_validate(row)
+        except ValueError:  # pydantic's ValidationError
+            row = None
     record = row if row is not None else example_record(pre)
     spec = target.serve
     console.print(Text.assemble(("serving", "bold green"), f" {name} (model version {version}) at ", (url, "bold")), highlight=False, soft_wrap=True)

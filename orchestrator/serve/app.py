@@ -8,16 +8,29 @@ Request body of `POST /predict` (JSON), one of:
   {"mean_radius": 17.9, ...}               one record
   [{"mean_radius": 17.9, ...}, ...]        a list of records
   {"records": [{...}, {...}]}              the same list, wrapped
-Every record must hold exactly the model's input columns (unknown ones are refused); a numeric
-value may be null (imputed with the training mean). The answer always holds lists, one entry per
-record: {"predictions": [...], "probabilities": [{class: p, ...}, ...], "model_version": "..."}
-(probabilities for classification only).
+Every record must hold exactly the model's input columns (unknown ones are refused). What a column
+holds follows the checkpoint's input kind (`Preprocessor.kind`, shown by GET /metadata under "input"):
+  table     one value per feature column; a numeric value may be null (imputed with the training mean)
+  text      a string (not empty, not only whitespace, at most max_length tokens: served texts are
+            never truncated)
+  sequence  a list of 1..max_length numbers, or of vectors of `features` numbers each
+  series    the window: exactly `window` numbers, the last observed point last
+  image     trained on arrays: a flat list of channels*height*width numbers; trained on image files
+            (paths or bytes): the file itself, base64-encoded (PNG, JPEG, ...), decoded to the
+            trained shape; the server never reads a path a request names
+The answer always holds lists, one entry per record: {"predictions": [...], "probabilities":
+[{class: p, ...}, ...], "model_version": "..."} (probabilities for classification only; a series
+forecast of horizon > 1 is a list of `horizon` values per record).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import dataclasses
 import hashlib
 import hmac
+import io
 import json
 import logging
 import math
@@ -33,7 +46,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, TypeAdapter, ValidationError,
+                      WithJsonSchema, create_model)
+from pydantic_core import PydanticCustomError
 
 from orchestrator.data.preprocess import Preprocessor
 from orchestrator.models.build import count_parameters, forward
@@ -45,9 +60,10 @@ DEFAULT_MAX_RECORDS = 1024
 OPEN_PATHS = frozenset({"/healthz"})  # reachable without a token (liveness probes)
 ROUTES = ("/predict", "/healthz", "/metadata", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
 MAX_LISTED_ERRORS = 5
-# Bodies nest 4 levels at most ({"records": [{"image": [...]}]}); up to this depth a wrong shape is
+# Bodies nest 5 levels at most ({"records": [{"readings": [[...]]}]}); up to this depth a wrong shape is
 # a 422 naming the field, beyond it the body is refused unparsed (json.loads recurses per level)
 MAX_JSON_DEPTH = 32
+MAX_IMAGE_PIXELS = 4096 * 4096  # a request's image file is refused beyond this, before its pixels are decoded
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 JSON_TYPES = ("application/json",)  # and any application/*+json; no Content-Type at all is taken as JSON
 # a JSON string, or an unterminated one up to the end: every match succeeds where it starts, so a
@@ -90,16 +106,184 @@ def _category_type(cats: list[Any]) -> Any:
     return strict[0] if len(strict) == 1 else Union[tuple(strict)]
 
 
+def image_files(pre: Preprocessor) -> bool:
+    """Whether the model was trained on image files (paths or encoded bytes): requests send the file, base64-encoded."""
+    return pre.kind == "image" and pre.image_source != "array"
+
+
+def _longest_token_bytes(state: Optional[dict]) -> int:
+    """The most UTF-8 bytes one token of the tokenizer stands for (1 for the byte tokenizer)."""
+    if not isinstance(state, dict) or state.get("kind") == "byte":
+        return 1
+    try:  # a byte-level BPE's vocabulary spells every byte as one character; added (special) tokens are plain text
+        tok = json.loads(state["tokenizer_json"])
+        return max([len(p) for p in tok["model"]["vocab"]] + [len(t["content"].encode("utf-8")) for t in tok.get("added_tokens", [])])
+    except (KeyError, TypeError, ValueError):
+        return 64
+
+
+def text_char_limit(pre: Preprocessor) -> int:
+    """Characters a text may have at most. A text of more characters would need more than
+    max_length tokens anyway (no token spans more bytes than the vocabulary's longest), so the
+    limit refuses nothing the model could take, and keeps the tokenizer's work per request bounded."""
+    return _longest_token_bytes(pre.tokenizer) * max(1, int(pre.text_max_length))
+
+
+def _not_blank(v: str) -> str:
+    if not v.strip():
+        raise PydanticCustomError("string_blank", "text is only whitespace: send the text to predict from")
+    return v
+
+
+def _number_check(bounds: list[tuple[float, float]]) -> Callable[[Any, int, int], Optional[str]]:
+    """A check of one value (step s, feature f): a finite JSON number within the model's float32 range."""
+
+    def problem(v: Any, s: int, f: int) -> Optional[str]:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return f"step {s}: expected a number, got {type(v).__name__} {_shown(v)}"
+        try:
+            fv = float(v)
+        except OverflowError:  # an integer beyond float range
+            return f"step {s}: {_shown(v)} is out of range"
+        if not math.isfinite(fv):
+            return f"step {s}: {fv} is not a finite number"
+        lo, hi = bounds[f]
+        if not lo <= fv <= hi:
+            return (f"step {s}: {fv:.6g} is out of range: the model takes values within [{lo:.6g}, {hi:.6g}] "
+                    "(where (x - training mean) / std fits in float32)")
+        return None
+
+    return problem
+
+
+def _shown(v: Any, limit: int = 40) -> str:
+    text = repr(v)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _bounds(means: list[float], stds: list[float]) -> list[tuple[float, float]]:
+    return [(m - FLOAT32_MAX * s, m + FLOAT32_MAX * s) for m, s in zip(means, stds)]
+
+
+def _sequence_type(pre: Preprocessor) -> Any:
+    """A sequence: 1..max_length steps, each a number (one feature) or a vector of `features` numbers."""
+    t, f = int(pre.sequence_max_length), int(pre.sequence_features)
+    check = _number_check(_bounds(pre.sequence_means or [0.0] * f, pre.sequence_stds or [1.0] * f))
+    shape = f"a list of 1 to {t} numbers" if f == 1 else f"a list of 1 to {t} steps, each a list of {f} numbers"
+
+    def validate(v: Any) -> Any:
+        if not isinstance(v, list):
+            raise PydanticCustomError("sequence_type", f"expected {shape}, got {type(v).__name__} {_shown(v)}")
+        if not v:
+            raise PydanticCustomError("sequence_empty", f"empty sequence: expected {shape}")
+        if len(v) > t:
+            raise PydanticCustomError("sequence_too_long", f"{len(v)} steps, more than the model's max_length {t} "
+                                      "(data.sequence.max_length, or the training split's longest sequence)")
+        vectors = isinstance(v[0], list)
+        for s, step in enumerate(v):
+            values = step if isinstance(step, list) else None
+            if (values is not None) != vectors:
+                raise PydanticCustomError("sequence_step", f"step {s} mixes numbers and vectors; use one or the other")
+            if values is None and f > 1:
+                raise PydanticCustomError("sequence_step", f"step {s}: expected a list of {f} numbers, got {type(step).__name__} {_shown(step)}")
+            if values is not None and len(values) != f:
+                raise PydanticCustomError("sequence_step", f"step {s} has {len(values)} values; every step holds {f} (as in training)")
+            for j, x in enumerate(values if values is not None else [step]):
+                problem = check(x, s, j)
+                if problem:
+                    raise PydanticCustomError("sequence_value", problem)
+        return v
+
+    step = {"type": "number"} if f == 1 else {"type": "array", "items": {"type": "number"}, "minItems": f, "maxItems": f}
+    return Annotated[Any, PlainValidator(validate), WithJsonSchema({"type": "array", "items": step, "minItems": 1, "maxItems": t})]
+
+
+def _series_type(pre: Preprocessor) -> Any:
+    """A window: exactly `series_window` numbers, the last observed point last."""
+    w = int(pre.series_window)
+    check = _number_check(_bounds([pre.series_mean], [pre.series_std]))
+
+    def validate(v: Any) -> Any:
+        if not isinstance(v, list):
+            raise PydanticCustomError("window_type", f"expected a window of {w} numbers, got {type(v).__name__} {_shown(v)}")
+        if len(v) != w:
+            raise PydanticCustomError("window_length", f"a window holds exactly {w} values (data.series.window), got {len(v)}")
+        for s, x in enumerate(v):
+            problem = check(x, s, 0)
+            if problem:
+                raise PydanticCustomError("window_value", problem)
+        return v
+
+    return Annotated[Any, PlainValidator(validate),
+                     WithJsonSchema({"type": "array", "items": {"type": "number"}, "minItems": w, "maxItems": w})]
+
+
+def input_description(pre: Preprocessor) -> dict[str, Any]:
+    """What one record holds, for GET /metadata: the input kind and its limits."""
+    kind = pre.kind
+    column = pre.feature_columns[0] if kind != "table" else None
+    if kind == "text":
+        tok = (pre.tokenizer or {}).get("kind")
+        return {"kind": kind, "column": column, "type": "string", "tokenizer": tok, "max_length": pre.text_max_length,
+                "max_characters": text_char_limit(pre), "lowercase": pre.text_lowercase,
+                "note": "max_length counts tokens, the leading CLS included; longer texts are refused, not truncated"}
+    if kind == "sequence":
+        return {"kind": kind, "column": column, "type": "list of numbers" if pre.sequence_features == 1 else "list of vectors",
+                "max_length": pre.sequence_max_length, "features": pre.sequence_features}
+    if kind == "series":
+        return {"kind": kind, "column": column, "type": "list of numbers", "window": pre.series_window, "horizon": pre.series_horizon,
+                "note": f"the {pre.series_window} points ending at the last observed one; the answer forecasts the next {pre.series_horizon}"}
+    if kind == "image":
+        out = {"kind": kind, "column": column, "shape": pre.image_shape, "source": pre.image_source}
+        if image_files(pre):
+            out.update(type="string", encoding="base64 of an image file (PNG, JPEG, ...), decoded and resized to shape")
+        else:
+            out.update(type="list of numbers", encoding=f"flat list of {int(math.prod(pre.image_shape))} numbers (channels, height, width)")
+        return out
+    return {"kind": kind, "numeric": list(pre.numeric), "categorical": list(pre.categorical)}
+
+
 def record_model(pre: Preprocessor) -> type[BaseModel]:
     """The pydantic model of one input record, derived from the checkpoint's fitted preprocessing.
 
-    Field names are the training columns (as aliases, so any column name works); numeric features
-    are numbers or null (imputed), categorical ones take their categories' type (an unseen category
-    is allowed and encodes as all zeros, as in training), an image is a flat list of exactly
-    prod(shape) numbers. Types are strict: "1.5" is not a number. Unknown fields are refused.
+    Field names are the training columns (as aliases, so any column name works). Table input:
+    numeric features are numbers or null (imputed), categorical ones take their categories' type
+    (an unseen category is allowed and encodes as all zeros, as in training). Text: a string of
+    1..text_char_limit characters, not only whitespace. Sequence: 1..max_length numbers or vectors
+    of `sequence_features` numbers. Series: exactly `series_window` numbers. Image: a flat list of
+    exactly prod(shape) numbers, or (trained on image files) a base64 string of the file. Types are
+    strict: "1.5" is not a number, 5 is not a text. Unknown fields are refused.
     """
     fields: dict[str, Any] = {}
-    if pre.image_column:
+    kind = pre.kind
+    if kind == "text":
+        limit = text_char_limit(pre)
+        fields["f0"] = (
+            Annotated[str, Field(strict=True, min_length=1, max_length=limit), AfterValidator(_not_blank)],
+            Field(alias=pre.text_column, description=f"text: a string of at most {pre.text_max_length} tokens ({pre.text_max_length - 1} "
+                  f"after the leading CLS) and at most {limit} characters; longer texts are refused, not truncated"),
+        )
+    elif kind == "sequence":
+        f = pre.sequence_features
+        fields["f0"] = (
+            _sequence_type(pre),
+            Field(alias=pre.sequence_column, description=f"sequence: 1 to {pre.sequence_max_length} steps, each "
+                  + ("a number (or a list of 1 number)" if f == 1 else f"a list of {f} numbers")),
+        )
+    elif kind == "series":
+        fields["f0"] = (
+            _series_type(pre),
+            Field(alias=pre.series_column, description=f"window: the last {pre.series_window} observed values, oldest first; "
+                  f"the answer is the forecast of the next {pre.series_horizon}"),
+        )
+    elif kind == "image" and image_files(pre):
+        fields["f0"] = (
+            Annotated[str, Field(strict=True, min_length=1)],
+            Field(alias=pre.image_column, description=f"image file (PNG, JPEG, ...) as base64 text, decoded and resized to "
+                  f"{pre.image_shape} (channels, height, width)",
+                  json_schema_extra={"contentEncoding": "base64", "contentMediaType": "image/*"}),
+        )
+    elif kind == "image":
         n = int(math.prod(pre.image_shape))
         item = Annotated[float, Field(strict=True, allow_inf_nan=False)]
         fields["f0"] = (
@@ -126,8 +310,44 @@ def record_model(pre: Preprocessor) -> type[BaseModel]:
     )
 
 
+def example_image_file(pre: Preprocessor) -> bytes:
+    """A PNG of the trained shape, every pixel at the training mean."""
+    from PIL import Image
+
+    from orchestrator.data.preprocess import IMAGE_MODES
+
+    c, h, w = pre.image_shape
+    level = int(min(255, max(0, round(float(pre.image_mean)))))
+    buf = io.BytesIO()
+    Image.new(IMAGE_MODES.get(c, "RGB"), (w, h), level if c == 1 else (level,) * len(IMAGE_MODES.get(c, "RGB"))).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _example_text(pre: Preprocessor) -> str:
+    """A short text that fits max_length tokens."""
+    text = "an example text to classify"
+    while len(text) > 1:
+        try:
+            pre.transform_inputs(pd.DataFrame({pre.text_column: [text]}), truncate=False)
+            return text
+        except ValueError:
+            text = text[: len(text) // 2].strip() or text[0]
+    return text
+
+
 def example_record(pre: Preprocessor) -> dict[str, Any]:
     """A valid record built from the preprocessing alone (training means, first category)."""
+    kind = pre.kind
+    if kind == "text":
+        return {pre.text_column: _example_text(pre)}
+    if kind == "sequence":
+        steps = min(3, max(1, int(pre.sequence_max_length)))
+        means = [round(float(m), 4) for m in (pre.sequence_means or [0.0] * pre.sequence_features)]
+        return {pre.sequence_column: [means[0] if len(means) == 1 else list(means) for _ in range(steps)]}
+    if kind == "series":
+        return {pre.series_column: [round(float(pre.series_mean), 4)] * int(pre.series_window)}
+    if kind == "image" and image_files(pre):
+        return {pre.image_column: base64.b64encode(example_image_file(pre)).decode("ascii")}
     if pre.image_column:
         return {pre.image_column: [round(float(pre.image_mean), 4)] * int(math.prod(pre.image_shape))}
     rec: dict[str, Any] = {col: round(float(m), 4) for col, m in zip(pre.numeric, pre.means)}
@@ -215,6 +435,11 @@ class ModelRunner:
         self.max_records = max_records
         self.max_body_bytes = max_body_bytes
         self.columns = self.pre.feature_columns
+        self.kind = self.pre.kind
+        # what predict() transforms with: an image model trained on file paths takes the files' bytes
+        # here, so a request can never make the server open a path
+        self._inputs_pre = (dataclasses.replace(self.pre, image_source="bytes", image_root=None)
+                            if image_files(self.pre) else self.pre)
         self.Record = record_model(self.pre)
         self._records = TypeAdapter(list[self.Record])
         self.classification = self.pre.task == "classification"
@@ -226,6 +451,8 @@ class ModelRunner:
         """Per numeric input, the values whose standardised form (x - mean) / std is finite in float32
         (the model's input type): anything beyond would reach the network as inf and come out NaN."""
         pre = self.pre
+        if pre.kind in ("text", "sequence", "series") or image_files(pre):
+            return {}  # sequences and windows are checked by their schema; decoded images and token ids are bounded
         if pre.image_column:  # the pixels are cast to float32 before they are standardised
             m, s = float(pre.image_mean), float(pre.image_std)
             return {pre.image_column: (max(-FLOAT32_MAX, m - FLOAT32_MAX * s), min(FLOAT32_MAX, m + FLOAT32_MAX * s))}
@@ -312,35 +539,124 @@ class ModelRunner:
             raise _field_errors(errors) from None
         out = Records(records, prefix, single)
         self._check_values(out)
+        if image_files(self.pre):
+            self._decode_image_fields(out)
         return out
 
+    def _decode_image_fields(self, records: Records) -> None:
+        """base64 text -> the image file's bytes, in place; 422 for text that is not base64 or bytes that
+        are not an image (only the header is read here; predict() decodes the pixels)."""
+        from PIL import Image
+
+        col = self.pre.image_column
+        errors = []
+        for i, rec in enumerate(records):
+            text = rec[col]
+            if text.startswith("data:") and "," in text[:200]:  # a data URL: data:image/png;base64,....
+                text = text.split(",", 1)[1]
+            try:
+                data = base64.b64decode("".join(text.split()), validate=True)
+            except (binascii.Error, ValueError):
+                errors.append({"field": records.path(i, col), "type": "base64",
+                               "message": "not valid base64: send the image file's bytes base64-encoded (standard alphabet)"})
+                continue
+            try:
+                with Image.open(io.BytesIO(data)) as img:
+                    width, height = img.size
+            except Exception:  # PIL's UnidentifiedImageError, DecompressionBombError, ...
+                errors.append({"field": records.path(i, col), "type": "image_format",
+                               "message": f"not an image file PIL can read ({len(data)} bytes after base64 decoding)"})
+                continue
+            if width * height > MAX_IMAGE_PIXELS:
+                errors.append({"field": records.path(i, col), "type": "image_size",
+                               "message": f"image of {width} x {height} pixels; the server decodes at most {MAX_IMAGE_PIXELS} pixels "
+                                          f"(the model takes {self.pre.image_shape[2]} x {self.pre.image_shape[1]})"})
+                continue
+            records[i] = {**rec, col: data}
+        if errors:
+            raise _field_errors(errors)
+
     # ---- inference
+    def _frame(self, records: list[dict]) -> pd.DataFrame:
+        if self.kind == "table":
+            return pd.DataFrame.from_records(records, columns=self.columns)
+        col = self.columns[0]  # a list-valued cell must stay one object, whatever the lists' lengths
+        return pd.DataFrame({col: pd.Series([r.get(col) for r in records], dtype=object)})
+
+    def _record_error(self, e: ValueError) -> dict:
+        """A preprocessor's ValueError about one record alone -> an output entry naming its field."""
+        col = self.columns[0] if len(self.columns) == 1 else None
+        message = str(e)
+        for prefix in ([f"column {col!r}: row 0: ", f"column {col!r}: "] if col else []):
+            if message.startswith(prefix):
+                message = message[len(prefix):]
+                break
+        if self.kind == "text" and "more than max_length" in message:
+            message += " (data.text.max_length; served texts are not truncated: shorten the text)"
+        return {"error": message, "type": "value_error", "column": col}
+
+    def _transform(self, records: list[dict]) -> tuple[Optional[dict[str, np.ndarray]], dict[int, dict]]:
+        """The model's inputs for the records that transform, and an error entry for each that does not.
+
+        The whole batch goes through `transform_inputs(truncate=False)` at once; only when that
+        fails is each record transformed alone, so one bad record (an over-long text, a damaged
+        image) fails its own request, never the other requests batched with it."""
+        pre = self._inputs_pre
+        try:
+            return pre.transform_inputs(self._frame(records), truncate=False), {}
+        except ValueError:
+            pass
+        parts, bad = [], {}
+        for i, rec in enumerate(records):
+            try:
+                parts.append(pre.transform_inputs(self._frame([rec]), truncate=False))
+            except ValueError as e:
+                bad[i] = self._record_error(e)
+        if not parts:
+            return None, bad
+        # every kind's inputs have a fixed width per row (max_length, window, image shape), so rows stack
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, bad
+
     def predict(self, records: list[dict]) -> list[dict]:
-        """One forward pass over validated records -> one {"prediction", "probabilities"?} per record."""
-        df = pd.DataFrame.from_records(records, columns=self.columns)
-        x = torch.from_numpy(self.pre.transform_features(df)).to(self.device)
+        """One forward pass over validated records -> one {"prediction", "probabilities"?} per record
+        (or {"error", "type", "column"} for a record the preprocessing refuses: `response` makes it a 422)."""
+        inputs, bad = self._transform(records)
+        computed = iter(self._forward(inputs) if inputs is not None else ())
+        return [bad[i] if i in bad else next(computed) for i in range(len(records))]
+
+    def _forward(self, inputs: dict[str, np.ndarray]) -> list[dict]:
+        tensors = {k: torch.from_numpy(v).to(self.device) for k, v in inputs.items()}
         with torch.inference_mode():
-            out = forward(self.model, x, self.model_spec).float()
+            out = forward(self.model, tensors, self.model_spec).float()
             probs = torch.softmax(out, dim=1).cpu().numpy() if self.classification else None
             out = out.cpu().numpy()
         labels = self.pre.decode(out)
+        n = len(out)
         # in-range inputs can still overflow inside the network: such a record gets a 422, never a NaN
-        finite = np.isfinite(out.reshape(len(out), -1)).all(axis=1)
+        finite = np.isfinite(out.reshape(n, -1)).all(axis=1)
         if probs is None:
-            finite &= np.isfinite(np.asarray(labels, dtype=np.float64))
-            outputs = [{"prediction": float(v)} for v in labels]
+            finite &= np.isfinite(np.asarray(labels, dtype=np.float64).reshape(n, -1)).all(axis=1)
+            outputs = [{"prediction": [float(x) for x in v] if isinstance(v, list) else float(v)} for v in labels]
         else:
             finite &= np.isfinite(probs).all(axis=1)
             keys = self._class_keys
             outputs = [{"prediction": lab, "probabilities": dict(zip(keys, map(float, p)))} for lab, p in zip(labels, probs)]
-        return [o if ok else {"error": NOT_FINITE} for o, ok in zip(outputs, finite)]
+        return [o if ok else {"error": NOT_FINITE, "type": "output_not_finite"} for o, ok in zip(outputs, finite)]
 
     def response(self, outputs: list[dict], records: Optional[Records] = None) -> dict:
         bad = [i for i, o in enumerate(outputs) if "error" in o]
         if bad:
-            where = records.path if records is not None else (lambda i: f"[{i}]")
-            raise _field_errors([{"field": where(i), "message": f"{outputs[i]['error']} (input values too extreme for the model)",
-                                  "type": "output_not_finite"} for i in bad])
+            where = records.path if records is not None else (lambda i, *more: field_path((i, *more)))
+            errors = []
+            for i in bad:
+                o = outputs[i]
+                if o.get("type", "output_not_finite") == "output_not_finite":
+                    errors.append({"field": where(i), "message": f"{o['error']} (input values too extreme for the model)",
+                                   "type": "output_not_finite"})
+                else:
+                    errors.append({"field": where(i, *([o["column"]] if o.get("column") else [])), "message": o["error"],
+                                   "type": o.get("type", "value_error")})
+            raise _field_errors(errors)
         body: dict[str, Any] = {"predictions": [o["prediction"] for o in outputs]}
         if self.classification:
             body["probabilities"] = [o["probabilities"] for o in outputs]
@@ -357,6 +673,7 @@ class ModelRunner:
             "model": {**self.model_spec, "input_shape": self.meta.get("input_shape"), "num_outputs": self.meta.get("num_outputs"),
                       "parameters": count_parameters(self.model)},
             "metrics": _finite({"checkpoint": self.loaded.metrics, "test": self.test_metrics}),  # a diverged run's loss is NaN
+            "input": input_description(self.pre),
             "input_schema": self.Record.model_json_schema(),
             "example": example_record(self.pre),
             "limits": {"max_records": self.max_records, "max_body_bytes": self.max_body_bytes},
@@ -366,6 +683,20 @@ class ModelRunner:
 
 
 NOT_FINITE = "model output not finite for this input"
+
+# one sentence per input kind for the OpenAPI description (/docs)
+INPUT_NOTES: dict[str, Callable[[Preprocessor], str]] = {
+    "table": lambda p: f"Input: table rows, one value per feature column ({len(p.feature_columns)} columns).",
+    "text": lambda p: (f"Input: text. Each record's `{p.text_column}` is a string of at most {p.text_max_length} tokens "
+                       f"({(p.tokenizer or {}).get('kind')} tokenizer, the leading CLS included); longer texts are refused, not truncated."),
+    "sequence": lambda p: (f"Input: a numeric sequence. Each record's `{p.sequence_column}` is a list of 1 to {p.sequence_max_length} "
+                           + ("numbers." if p.sequence_features == 1 else f"steps, each a list of {p.sequence_features} numbers.")),
+    "series": lambda p: (f"Input: a time-series window. Each record's `{p.series_column}` holds the last {p.series_window} observed "
+                         f"values, oldest first; the prediction forecasts the next {p.series_horizon}."),
+    "image": lambda p: (f"Input: an image. Each record's `{p.image_column}` is "
+                        + (f"an image file (PNG, JPEG, ...) as base64 text, decoded and resized to {p.image_shape}."
+                           if image_files(p) else f"a flat list of {int(math.prod(p.image_shape))} numbers, shape {p.image_shape}.")),
+}
 
 
 def _finite(obj: Any) -> Any:
@@ -487,7 +818,7 @@ def make_api(runner: ModelRunner, infer: Infer, *, token_sha256: Optional[str] =
     auth_note = (" Every endpoint but /healthz needs `Authorization: Bearer <token>`." if token_sha256 else "")
     api = FastAPI(
         title=f"{runner.name} model server", version=runner.version,
-        description=f"Predictions of the `{runner.name}` model ({runner.pre.task}).{auth_note}",
+        description=f"Predictions of the `{runner.name}` model ({runner.pre.task}). {INPUT_NOTES[runner.kind](runner.pre)}{auth_note}",
     )
 
     @api.exception_handler(ClientError)
@@ -512,8 +843,10 @@ def make_api(runner: ModelRunner, infer: Infer, *, token_sha256: Optional[str] =
          "properties": {"records": {"type": "array", "items": record_ref, "minItems": 1, "maxItems": runner.max_records}}},
     ]}
     example = example_record(runner.pre)
+    horizon = runner.pre.num_outputs if runner.kind == "series" else 1
+    shown = runner.pre.classes[0] if runner.classification else ([0.0] * horizon if horizon > 1 else 0.0)
     prediction_doc = {"description": "one prediction per record", "content": {"application/json": {"example": runner.response(
-        [{"prediction": (runner.pre.classes or [0.0])[0], "probabilities": {k: 1.0 / max(1, len(runner._class_keys)) for k in runner._class_keys}}])}}}
+        [{"prediction": shown, "probabilities": {k: 1.0 / max(1, len(runner._class_keys)) for k in runner._class_keys}}])}}}
     error_doc = {"content": {"application/json": {"example": {"detail": "records[0].x: ...", "errors": [{"field": "records[0].x", "message": "...", "type": "..."}]}}}}
 
     @api.post(

@@ -9,7 +9,7 @@ import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from orchestrator.errors import NotPromotedError, OrchestratorError
 
@@ -148,18 +148,22 @@ def curl_example(url: str, record: dict, token_env: Optional[str]) -> str:
 # ------------------------------------------------------------------------------------ predict
 
 
-def read_records(path: Path):
-    """CSV, JSON (a list of records, {"records": [...]} or one record), JSON lines or Parquet -> DataFrame."""
+def read_records(path: Path, text_columns: tuple[str, ...] = ()):
+    """CSV, JSON (a list of records, {"records": [...]} or one record), JSON lines or Parquet -> DataFrame.
+
+    `text_columns` are read as the text they hold: a CSV cell "007" or "NA" stays that string."""
     import pandas as pd
 
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
+            if text_columns:
+                return pd.read_csv(path, dtype={c: str for c in text_columns}, keep_default_na=False)
             return pd.read_csv(path)
         if suffix in (".parquet", ".pq"):
             return pd.read_parquet(path)
         if suffix in (".jsonl", ".ndjson"):
-            return pd.read_json(path, lines=True)
+            return pd.read_json(path, lines=True, dtype=False if text_columns else True)
         if suffix == ".json":
             data = json.loads(path.read_text())
             if isinstance(data, dict) and isinstance(data.get("records"), list):
@@ -249,15 +253,88 @@ class PredictClient:
         raise OrchestratorError(f"server answered {resp.status_code}: {detail}{hint}")
 
 
+def _list_cell(v: Any, path: Path, row: int, column: str) -> Any:
+    """A sequence, window or image-array cell: a list as it is (JSON, Parquet list columns), a
+    CSV cell's JSON-encoded list decoded."""
+    if isinstance(v, str):
+        try:
+            return json.loads(v)
+        except ValueError:
+            raise OrchestratorError(f"{path}: row {row}, column {column!r}: expected a JSON list such as [1.5, 2.0], got {v[:40]!r}") from None
+    return v
+
+
+def _image_cell(v: Any, source: str, base_dir: Path, path: Path, row: int, column: str) -> Any:
+    """An image-file cell -> base64 text of the file: a path (relative to the input file's folder) is
+    read here, bytes are encoded; text in a bytes column is taken as base64 already."""
+    import base64
+
+    from orchestrator.data.preprocess import read_image_file, resolve_image_path
+
+    if isinstance(v, (bytes, bytearray)):
+        return base64.b64encode(bytes(v)).decode("ascii")
+    if source == "path" and isinstance(v, str) and v.strip():
+        try:
+            data = read_image_file(resolve_image_path(v, str(base_dir)), column)
+        except ValueError as e:
+            raise OrchestratorError(f"{path}: row {row}: {e}") from None
+        return base64.b64encode(data).decode("ascii")
+    return v  # base64 text already, or a mistake the server names
+
+
+def request_records(df, info: dict, path: Path) -> Iterator[dict]:
+    """The rows of `df` as request records for a model whose GET /metadata "input" is `info`:
+    text as strings, sequences and windows as lists, image files read and base64-encoded."""
+    from orchestrator.data.preprocess import plain_value
+
+    kind, column = info.get("kind"), info.get("column")
+    for i, r in enumerate(df.to_dict("records")):
+        rec = {k: plain_value(v, nan_as_none=True) for k, v in r.items()}
+        if column in rec and rec[column] is not None:
+            if kind in ("sequence", "series") or (kind == "image" and info.get("source") == "array"):
+                rec[column] = _list_cell(rec[column], path, i, column)
+            elif kind == "image":
+                rec[column] = _image_cell(rec[column], info.get("source"), path.parent, path, i, column)
+        yield rec
+
+
+def _chunks(records: Iterator[dict], count: int, max_bytes: Optional[int], path: Path) -> Iterator[tuple[int, list[dict]]]:
+    """(first row, records) of at most `count` records whose {"records": [...]} body fits `max_bytes`."""
+    budget = (max_bytes - 64) if max_bytes else None  # room for {"records": []}
+    start, batch, size = 0, [], 0
+    for i, rec in enumerate(records):
+        n = len(json.dumps(rec)) + 2 if budget is not None else 0
+        if budget is not None and n > budget:
+            raise OrchestratorError(f"{path}: row {i} is {n} bytes as JSON; the server takes bodies of at most {max_bytes} bytes "
+                                    "(serve.max_body_bytes)")
+        if batch and (len(batch) >= count or (budget is not None and size + n > budget)):
+            yield start, batch
+            start, batch, size = i, [], 0
+        batch.append(rec)
+        size += n
+    if batch:
+        yield start, batch
+
+
 def predict_file(url: str, path: Path, *, token: Optional[str] = None, chunk: int = DEFAULT_CHUNK,
                  warn: Callable[[str], None] = lambda m: None) -> list[dict]:
-    """Predict every row of `path`; returns one {"row", "prediction", "probabilities"?} per row."""
+    """Predict every row of `path`; returns one {"row", "prediction", "probabilities"?} per row.
+
+    The columns are read as the model's input kind needs them (GET /metadata "input"): text as
+    strings, sequence and window cells from JSON or Parquet lists (a CSV cell holds a JSON list),
+    image-file paths read (relative to `path`'s folder) and sent base64-encoded, like bytes cells.
+    Requests hold at most `chunk` records and stay under the server's body limit."""
     df = read_records(path)
     if df.empty:
         raise OrchestratorError(f"{path}: no records")
     client = PredictClient(url, token)
     meta = client.metadata()
+    max_bytes = None
+    info: dict = {}
     if meta is not None:
+        info = meta.get("input") or {}
+        if info.get("kind") == "text" and info.get("column") in df.columns:
+            df = read_records(path, text_columns=(info["column"],))
         columns = list(meta["input_schema"]["properties"])
         missing = [c for c in columns if c not in df.columns]
         if missing:
@@ -266,13 +343,13 @@ def predict_file(url: str, path: Path, *, token: Optional[str] = None, chunk: in
         if extra:
             warn(f"ignoring columns that are not model inputs: {', '.join(map(str, extra))}")
         df = df[columns]
-        chunk = min(chunk, int(meta.get("limits", {}).get("max_records", chunk)))
-    from orchestrator.data.preprocess import plain_value
+        limits = meta.get("limits", {})
+        chunk = min(chunk, int(limits.get("max_records", chunk)))
+        max_bytes = limits.get("max_body_bytes")
 
-    records = [{k: plain_value(v, nan_as_none=True) for k, v in r.items()} for r in df.to_dict("records")]
     out: list[dict] = []
-    for start in range(0, len(records), chunk):
-        body = client.predict(records[start:start + chunk], start)
+    for start, batch in _chunks(request_records(df, info, path), chunk, max_bytes, path):
+        body = client.predict(batch, start)
         probs = body.get("probabilities") or [None] * len(body["predictions"])
         for i, (pred, p) in enumerate(zip(body["predictions"], probs)):
             row = {"row": start + i, "prediction": pred}

@@ -1,0 +1,150 @@
+"""The new input kinds served by a real Ray Serve deployment, over real HTTP: text, sequence, series
+windows and image files; predictions equal offline, bad inputs get a 4xx naming the field, and
+`orchestrator predict` sends a CSV of texts and a CSV of PNG paths."""
+
+from __future__ import annotations
+
+import base64
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from orchestrator.cli import serve as serve_cli
+from orchestrator.spec import ServeSpec
+from tests.serve_inputs_support import image_checkpoint, offline, sequence_checkpoint, series_checkpoint, text_checkpoint
+from tests.serve_support import free_port
+
+pytestmark = pytest.mark.ray
+
+KINDS = ("text", "sequence", "series", "image")
+LONG_TEXT = " ".join(["zqx"] * 20)  # under the character limit, far over max_length 16 tokens
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("inputs-ray")
+    return {"text": text_checkpoint(root / "text"), "sequence": sequence_checkpoint(root / "sequence"),
+            "series": series_checkpoint(root / "series", horizon=3), "image": image_checkpoint(root / "image", root / "digits"),
+            "root": root}
+
+
+@pytest.fixture(scope="module")
+def servers(ray_session, models):
+    from ray import serve
+
+    from orchestrator.serve.deployment import deploy
+
+    port = free_port()
+    urls = {}
+    for kind in KINDS:
+        spec = ServeSpec(port=port, route_prefix=f"/{kind}", cpus_per_replica=0.25, max_batch_size=32, batch_wait_timeout_s=0.05)
+        urls[kind] = deploy(models[kind][0], spec, name=f"inputs-{kind}")
+    yield urls
+    for kind in KINDS:
+        serve.delete(f"inputs-{kind}")
+    serve.shutdown()
+
+
+def _b64(path) -> str:
+    return base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _requests(kind: str, models) -> list[dict]:
+    _, test = models[kind]
+    if kind == "image":
+        return [{"path": _b64(models["root"] / "digits" / p)} for p in test["path"]]
+    column = {"text": "text", "sequence": "readings", "series": "value"}[kind]
+    return [{column: v} for v in test[column]]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_served_predictions_equal_offline(servers, models, kind):
+    ckpt, test = models[kind]
+    expected, probs = offline(ckpt, test)
+    records = _requests(kind, models)
+    body = httpx.post(f"{servers[kind]}/predict", json={"records": records}, timeout=60)
+    assert body.status_code == 200, body.text
+    # and one record per request, many at once: Serve batches them together on the replica
+    with httpx.Client(timeout=60) as c, ThreadPoolExecutor(8) as pool:
+        singles = list(pool.map(lambda r: c.post(f"{servers[kind]}/predict", json=r).json(), records))
+    got = body.json()["predictions"]
+    one_by_one = [s["predictions"][0] for s in singles]
+    if probs is not None:
+        assert got == list(expected) and one_by_one == list(expected)
+        served = np.array([list(p.values()) for p in body.json()["probabilities"]])
+        np.testing.assert_allclose(served, probs, atol=1e-5)
+    else:
+        np.testing.assert_allclose(np.array(got, float), np.array(expected, float), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(np.array(one_by_one, float), np.array(expected, float), rtol=1e-5, atol=1e-5)
+    if kind == "series":
+        assert all(len(p) == 3 for p in got)  # horizon 3: three values per window
+    meta = httpx.get(f"{servers[kind]}/metadata").json()
+    assert meta["input"]["kind"] == kind
+    assert "Input: " in httpx.get(f"{servers[kind]}/openapi.json").json()["info"]["description"]
+
+
+BAD = [
+    ("text", {"text": ""}, "text", "at least 1 character"),
+    ("text", {"text": "  \t "}, "text", "only whitespace"),
+    ("text", {"text": LONG_TEXT}, "text", "more than max_length 16"),
+    ("text", {"text": 42}, "text", "valid string"),
+    ("text", {"text": "fine", "mood": "odd"}, "mood", "unknown field"),
+    ("sequence", {"readings": [[1, 2], [3, 4, 5]]}, "readings", "step 1 has 3 values"),
+    ("sequence", {"readings": [[1, 2]] * 9}, "readings", "more than the model's max_length 8"),
+    ("sequence", b'{"readings": [[1.0, NaN]]}', "readings", "not a finite number"),
+    ("sequence", {"readings": "[[1, 2]]"}, "readings", "expected a list"),
+    ("series", {"value": [1.0, 2.0]}, "value", "exactly 6 values"),
+    ("image", {"path": "%%% not base64"}, "path", "not valid base64"),
+    ("image", {"path": base64.b64encode(b"GIF? no, plain bytes").decode()}, "path", "not an image file"),
+]
+
+
+def test_bad_inputs_get_4xx_naming_the_field(servers):
+    with httpx.Client(timeout=30) as c:
+        for kind, body, field, fragment in BAD:
+            kw = {"content": body, "headers": {"Content-Type": "application/json"}} if isinstance(body, bytes) else {"json": body}
+            resp = c.post(f"{servers[kind]}/predict", **kw)
+            assert 400 <= resp.status_code < 500, (kind, body, resp.text)
+            out = resp.json()
+            assert field in [e["field"] for e in out.get("errors", [])] and fragment in out["detail"], (kind, body, out)
+
+
+def test_a_bad_record_batched_with_good_ones_fails_alone(servers, models):
+    """Concurrent requests share forward passes on the replica: an over-long text among them is a 422
+    for its own request only; every other request is answered."""
+    records = _requests("text", models)[:12]
+    bodies = records[:6] + [{"text": LONG_TEXT}] + records[6:]
+    with httpx.Client(timeout=60) as c, ThreadPoolExecutor(13) as pool:
+        answers = list(pool.map(lambda r: c.post(f"{servers['text']}/predict", json=r), bodies))
+    codes = [a.status_code for a in answers]
+    assert codes == [200] * 6 + [422] + [200] * 6, [a.text for a in answers]
+    assert answers[6].json()["errors"][0]["field"] == "text"
+
+
+def _predict_cli(url: str, path) -> list[dict]:
+    app = typer.Typer()
+    serve_cli.register(app)
+    result = CliRunner().invoke(app, ["predict", url, str(path), "--json", "--chunk", "16"])
+    assert result.exit_code == 0, result.output
+    return [json.loads(x) for x in result.stdout.splitlines() if x.startswith("{")]
+
+
+def test_predict_command_on_a_csv_of_texts(servers, models, tmp_path):
+    ckpt, test = models["text"]
+    path = tmp_path / "texts.csv"
+    test.to_csv(path, index=False)  # with the label column too: the client leaves it out
+    rows = _predict_cli(servers["text"], path)
+    assert [r["prediction"] for r in rows] == offline(ckpt, test)[0] and [r["row"] for r in rows] == list(range(len(test)))
+
+
+def test_predict_command_on_a_folder_of_png_paths(servers, models):
+    ckpt, test = models["image"]
+    path = models["root"] / "images.csv"  # paths relative to the CSV's folder
+    test.assign(path=["digits/" + p for p in test["path"]]).to_csv(path, index=False)
+    rows = _predict_cli(servers["image"], path)
+    assert [r["prediction"] for r in rows] == offline(ckpt, test)[0]
