@@ -18,7 +18,8 @@ JOB_FILES = sorted(JOBS.glob("*.yaml"))
 
 def test_there_are_example_jobs():
     names = {p.name for p in JOB_FILES}
-    assert {"digits-cnn.yaml", "breast-cancer-mlp.yaml"} <= names
+    assert {"digits-cnn.yaml", "breast-cancer-mlp.yaml", "text-transformer.yaml", "text-lstm.yaml",
+            "series-lstm.yaml", "digits-png-cnn.yaml"} <= names
 
 
 @pytest.mark.parametrize("path", JOB_FILES, ids=lambda p: p.name)
