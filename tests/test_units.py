@@ -367,6 +367,31 @@ def test_the_loop_runs_on_the_config_built_from_a_spec():
     assert session.reports[0][1] == ["metrics.json", "model.json", "preprocessing.json", "state.pt"]
 
 
+def test_an_in_memory_shard_is_read_once_and_shuffled_by_a_seeded_permutation_per_epoch():
+    import dataclasses
+
+    from orchestrator.train.loop import WorkerLoop
+
+    config, rows = _loop_config()
+    config = dataclasses.replace(config, in_memory=True)
+    reads = []
+    whole = rows.iter_torch_batches
+    rows.iter_torch_batches = lambda **kw: reads.append(kw) or whole(**kw)
+
+    def epoch_rows(loop, epoch):
+        batches = list(loop.epoch_batches(epoch))
+        assert [len(b["y"]) for b in batches] == [16, 16, 16, 16]  # 64 rows in fixed-size batches
+        return torch.cat([b["x"] for b in batches])
+
+    loop = WorkerLoop(config, _Session(rows))
+    first, second = epoch_rows(loop, 0), epoch_rows(loop, 1)
+    assert len(reads) == 1  # the shard is read once per run, not per epoch
+    assert sorted(first[:, 0].tolist()) == sorted(rows.x[:, 0].tolist())  # every row, once
+    assert not torch.equal(first, second)  # another order each epoch...
+    assert torch.equal(epoch_rows(WorkerLoop(config, _Session(rows)), 1), second)  # ...the same for the same seed
+    assert run_loop(config, _Session(rows)) is None
+
+
 def test_a_diverging_loop_stops_and_says_when():
     config, rows = _loop_config(scale=1e3, lr=10.0)
     session = _Session(rows)

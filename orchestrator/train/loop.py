@@ -3,7 +3,8 @@
 `run_loop` reads as its steps: set up the model and optimizer and restore from the session's
 checkpoint (`WorkerLoop.__init__`, `restore`), then per epoch `train_epoch`, `validate` (with
 early stopping, plan.EarlyStopper) and `save_and_report`. Its config is the LoopConfig the driver
-built (plan.py), read as is.
+built (plan.py), read as is. Every rank takes the same number of steps each epoch (`epoch_batches`),
+so DDP's gradient all-reduce never waits for a rank that has run out of batches.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from orchestrator.train.checkpoint import read_state, write_checkpoint
 from orchestrator.train.plan import EarlyStopper, LoopConfig, autocast_dtype
 
 TRAIN_LOSS = TRAIN_PREFIX + LOSS
+IN_MEMORY_READ_BATCH = 8192  # rows per batch when a worker reads its in-memory shard once
 
 # ------------------------------------------------------------------------------ loop building blocks
 
@@ -126,6 +128,31 @@ def evaluate(model: nn.Module, batches, task: str, model_spec: dict, device: tor
     return sums.metrics(task, prefix, target_std)
 
 
+def in_memory_batches(columns: dict[str, torch.Tensor], batch_size: int):
+    """Consecutive batches of `batch_size` rows (the last one shorter) of tensors already in memory."""
+    n = len(columns["y"]) if columns else 0
+    for i in range(0, n, batch_size):
+        yield {k: v[i : i + batch_size] for k, v in columns.items()}
+
+
+def read_whole(data, dtypes: dict[str, torch.dtype]) -> dict[str, torch.Tensor]:
+    """A dataset or shard read once, in order, as one CPU tensor per column ({} when it has no rows)."""
+    parts: dict[str, list[torch.Tensor]] = {}
+    for b in data.iter_torch_batches(batch_size=IN_MEMORY_READ_BATCH, dtypes=dtypes, device="cpu"):
+        for k, v in b.items():
+            parts.setdefault(k, []).append(v)
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def agreed_min(value: int, device: torch.device) -> int:
+    """The smallest of `value` over all ranks (itself without a process group)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t.item())
+
+
 def _y_dtype(task: str) -> torch.dtype:
     return torch.int64 if task == "classification" else torch.float32
 
@@ -194,6 +221,10 @@ class WorkerLoop:
         self.train_shard = session.dataset("train")
         self.val_data = session.dataset("validation")
         self.dtypes = batch_dtypes(config.input_kind, self.task)
+        # in memory: this rank's shard as tensors (read on the first epoch) and the rows every rank uses per epoch
+        self.train_tensors: Optional[dict[str, torch.Tensor]] = None
+        self.val_tensors: Optional[dict[str, torch.Tensor]] = None
+        self.rows_per_epoch = 0
 
     def run(self) -> Optional[dict]:
         for epoch in range(self.start_epoch, self.t.epochs):
@@ -228,11 +259,10 @@ class WorkerLoop:
             g["lr"] = lr
         model.train()
         sums = Sums(device)
-        for b in self.train_shard.iter_torch_batches(
-            batch_size=t.batch_size, dtypes=self.dtypes, device=device,
-            local_shuffle_buffer_size=max(4 * t.batch_size, 256), local_shuffle_seed=t.seed * 1000 + epoch,
-        ):
-            y = b["y"]
+        steps = 0
+        for b in self.epoch_batches(epoch):
+            steps += 1
+            y = b["y"].to(device)
             # Token ids and lengths stay int64 under autocast (it only casts floating-point inputs).
             with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 out = forward(model, model_inputs(b, device), self.model_spec)
@@ -247,14 +277,61 @@ class WorkerLoop:
             scaler.update()
             sums.add(task, loss.detach(), out.detach().float(), y)
         sums.all_reduce()
-        return {"epoch": epoch + 1, "lr": lr, **sums.metrics(task, TRAIN_PREFIX, self.target_std)}
+        return {"epoch": epoch + 1, "lr": lr, **sums.metrics(task, TRAIN_PREFIX, self.target_std), "steps": steps}
+
+    def epoch_batches(self, epoch: int):
+        """This rank's training batches for an epoch, shuffled; every rank gets the same number of them,
+        so no rank waits in DDP's gradient all-reduce for a step another rank never takes."""
+        if self.config.in_memory:
+            return self._in_memory_batches(epoch)
+        return self._streamed_batches(epoch)
+
+    def _in_memory_batches(self, epoch: int):
+        """The shard is read once per run (from the object store) into tensors. Ranks agree up front on
+        the rows each uses per epoch (the fewest any rank holds; the equalised split makes that all of
+        them, or all but a few), so they take the same ceil(rows / batch_size) steps. A rank holding
+        more rows leaves out a different random few each epoch."""
+        t = self.t
+        if self.train_tensors is None:
+            self.train_tensors = read_whole(self.train_shard, self.dtypes)
+            local = len(self.train_tensors["y"]) if self.train_tensors else 0
+            self.rows_per_epoch = agreed_min(local, self.device)
+        if not self.rows_per_epoch:
+            return iter(())
+        # seeded by train.seed, epoch and rank: the same seed gives the same order, each epoch another
+        g = torch.Generator().manual_seed(((t.seed * 1000 + epoch) * 1000 + self.rank) * 2 + 1)
+        perm = torch.randperm(len(self.train_tensors["y"]), generator=g)[: self.rows_per_epoch]
+        return in_memory_batches({k: v[perm] for k, v in self.train_tensors.items()}, t.batch_size)
+
+    def _streamed_batches(self, epoch: int):
+        """Ray Data's local shuffle can yield short batches mid-stream at block boundaries, so ranks with
+        equal rows can still hold different numbers of batches. Before each step the ranks agree that
+        every one of them has a batch (an all-reduce of one integer); the epoch ends when any rank is
+        out, and the others drop what they have left of it (at most a batch or two)."""
+        t = self.t
+        it = iter(self.train_shard.iter_torch_batches(
+            batch_size=t.batch_size, dtypes=self.dtypes, device=self.device,
+            local_shuffle_buffer_size=max(4 * t.batch_size, 256), local_shuffle_seed=t.seed * 1000 + epoch,
+        ))
+        while True:
+            b = next(it, None)
+            if not agreed_min(int(b is not None), self.device):
+                for _ in it:  # read the shard to its end, so the next epoch starts a fresh pass
+                    pass
+                return
+            yield b
 
     def validate(self, metrics: dict) -> bool:
         """Rank 0 scores the whole validation set on the unwrapped model (no collectives needed) into
         `metrics`; returns whether early stopping ends the run (the same answer on every rank)."""
         stop = torch.zeros(1, device=self.device)
         if self.rank == 0:
-            batches = self.val_data.iter_torch_batches(batch_size=512, dtypes=self.dtypes, device=self.device)
+            if self.config.in_memory:  # the validation split is materialised too: read it once per run
+                if self.val_tensors is None:
+                    self.val_tensors = read_whole(self.val_data, self.dtypes)
+                batches = in_memory_batches(self.val_tensors, 512)
+            else:
+                batches = self.val_data.iter_torch_batches(batch_size=512, dtypes=self.dtypes, device=self.device)
             metrics.update(evaluate(self.raw_model, batches, self.task, self.model_spec, self.device, self.eval_loss_fn, self.target_std, VAL_PREFIX))
             if self.stopper.update(metrics[self.config.checkpoint_metric]):
                 stop[0] = 1

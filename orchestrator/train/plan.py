@@ -127,6 +127,14 @@ class LoopConfig:
     input_kind: str = "table"  # table | image | text | sequence | series (Preprocessor.kind): the batch's dtypes
     vocab_size: Optional[int] = None  # text: token ids are below this
     max_length: Optional[int] = None  # text, sequence, series: the longest input in tokens or steps
+    # the training split is materialised (data.cache memory, or auto on a small source): each worker
+    # then takes its shard as tensors once per run and shuffles it with a permutation per epoch
+    in_memory: bool = False
+
+
+def is_materialised(dataset: Any) -> bool:
+    """Whether a Ray dataset is already in the object store (read without importing Ray here)."""
+    return any(c.__name__ == "MaterializedDataset" for c in type(dataset).__mro__)
 
 
 def build_loop_config(spec: JobSpec, prepared: PreparedData, plan: WorkerPlan) -> LoopConfig:
@@ -146,6 +154,7 @@ def build_loop_config(spec: JobSpec, prepared: PreparedData, plan: WorkerPlan) -
         input_kind=pre.kind,
         vocab_size=pre.vocab_size,
         max_length=pre.max_length,
+        in_memory=is_materialised((getattr(prepared, "transformed", None) or {}).get("train")),
     )
 
 
