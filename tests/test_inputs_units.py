@@ -21,6 +21,7 @@ from orchestrator.spec import parse_spec
 from orchestrator.train.checkpoint import load_model
 from orchestrator.train.loop import batch_dtypes, run_loop
 from orchestrator.train.plan import ClusterResources, build_loop_config, plan_workers
+from tests.loop_support import ColumnBatches, StandInSession
 
 TEXTS = ["the quick brown fox", "a lazy dog sleeps all day", "hello world", "fox and dog again today"] * 4
 
@@ -153,43 +154,6 @@ def test_batch_dtypes_keep_token_ids_and_lengths_integers():
     assert batch_dtypes("image", "classification") == {"x": torch.float32, "y": torch.int64}
 
 
-class _Batches:
-    def __init__(self, columns: dict[str, np.ndarray]):
-        self.columns = columns
-
-    def iter_torch_batches(self, *, batch_size, dtypes, device, **shuffle):
-        n = len(self.columns["y"])
-        assert set(dtypes) == set(self.columns)
-        for i in range(0, n, batch_size):
-            yield {k: torch.from_numpy(v[i : i + batch_size]).to(dtypes[k]) for k, v in self.columns.items()}
-
-
-class _Session:
-    rank, world_size = 0, 1
-
-    def __init__(self, data):
-        self.data, self.reports = data, []
-
-    def device(self):
-        return torch.device("cpu")
-
-    def prepare_model(self, model):
-        return model
-
-    def dataset(self, name):
-        return self.data
-
-    def get_checkpoint(self):
-        return None
-
-    def report(self, metrics, checkpoint_dir):
-        if checkpoint_dir:
-            import shutil
-
-            shutil.copytree(checkpoint_dir, self.keep / f"epoch{metrics['epoch']}")
-        self.reports.append(metrics)
-
-
 def _spec(data: dict, model: dict, metric: str):
     return parse_spec({"name": "unit", "data": {"source": "x.parquet", **data}, "model": model,
                        "train": {"epochs": 2, "batch_size": 8, "lr": 0.01, "mixed_precision": "auto"},
@@ -213,10 +177,9 @@ def test_the_loop_trains_sequence_models_and_their_checkpoints_rebuild(tmp_path,
         rows = frame[["v"]].head(3)
     config = build_loop_config(spec, SimpleNamespace(preprocessor=pre), plan_workers(spec.scaling, ClusterResources(cpus=2, gpus=0)))
     assert (config.input_kind, config.vocab_size, config.max_length) == (pre.kind, pre.vocab_size, pre.max_length)
-    session = _Session(_Batches(pre.transform(frame)))
-    session.keep = tmp_path
+    session = StandInSession(ColumnBatches(pre.transform(frame)), keep=tmp_path)
     assert run_loop(config, session) is None  # mixed_precision auto: off on CPU, ids stay int64
-    assert [m["epoch"] for m in session.reports] == [1, 2]
+    assert [m["epoch"] for m, _ in session.reports] == [1, 2]
     loaded = load_model(tmp_path / "epoch2")
     assert loaded.meta["input_kind"] == pre.kind and loaded.meta["max_length"] == pre.max_length
     inputs = {k: torch.from_numpy(v) for k, v in loaded.preprocessor.transform_inputs(rows).items()}

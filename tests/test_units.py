@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import pickle
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -48,6 +47,7 @@ from orchestrator.tune.plan import (
     plan_search,
     spec_point,
 )
+from tests.loop_support import ColumnBatches, StandInSession
 
 CPU = torch.device("cpu")
 
@@ -310,40 +310,6 @@ def test_loop_config_for_classification_keeps_metrics_unscaled():
 # ------------------------------------------------------------------------- the loop, on a fake session
 
 
-class _Rows:
-    """Stands for a dataset shard: the loop only calls iter_torch_batches."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor):
-        self.x, self.y = x, y
-
-    def iter_torch_batches(self, *, batch_size, dtypes, device, **shuffle):
-        for i in range(0, len(self.y), batch_size):
-            yield {"x": self.x[i : i + batch_size].to(dtypes["x"]), "y": self.y[i : i + batch_size].to(dtypes["y"])}
-
-
-class _Session:
-    rank, world_size = 0, 1
-
-    def __init__(self, rows: _Rows):
-        self.rows, self.reports = rows, []
-
-    def device(self):
-        return CPU
-
-    def prepare_model(self, model):
-        return model
-
-    def dataset(self, name):
-        return self.rows
-
-    def get_checkpoint(self):
-        return None
-
-    def report(self, metrics, checkpoint_dir):
-        files = sorted(p.name for p in Path(checkpoint_dir).iterdir()) if checkpoint_dir else []
-        self.reports.append((dict(metrics), files))
-
-
 def _loop_config(scale: float = 1.0, **train) -> dict:
     spec = _spec(train={"epochs": 4, "batch_size": 16, "optimizer": "sgd", "momentum": 0.0, **train},
                  model={"arch": "mlp", "hidden": [4]}, scaling={"workers": 1}, checkpoint={"metric": "val_mae"})
@@ -351,12 +317,12 @@ def _loop_config(scale: float = 1.0, **train) -> dict:
     config = build_loop_config(spec, SimpleNamespace(preprocessor=pre), plan_workers(spec.scaling, ClusterResources(cpus=2, gpus=0)))
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 2, generator=g) * scale
-    return config, _Rows(x, x[:, 0] - x[:, 1])
+    return config, ColumnBatches({"x": x, "y": x[:, 0] - x[:, 1]})
 
 
 def test_the_loop_runs_on_the_config_built_from_a_spec():
     config, rows = _loop_config(lr=0.05, schedule="step", step_size=2, gamma=0.5)
-    session = _Session(rows)
+    session = StandInSession(rows)
     assert run_loop(config, session) is None
     metrics = [m for m, _ in session.reports]
     assert [m["epoch"] for m in metrics] == [1, 2, 3, 4]
@@ -383,18 +349,18 @@ def test_an_in_memory_shard_is_read_once_and_shuffled_by_a_seeded_permutation_pe
         assert [len(b["y"]) for b in batches] == [16, 16, 16, 16]  # 64 rows in fixed-size batches
         return torch.cat([b["x"] for b in batches])
 
-    loop = WorkerLoop(config, _Session(rows))
+    loop = WorkerLoop(config, StandInSession(rows))
     first, second = epoch_rows(loop, 0), epoch_rows(loop, 1)
     assert len(reads) == 1  # the shard is read once per run, not per epoch
-    assert sorted(first[:, 0].tolist()) == sorted(rows.x[:, 0].tolist())  # every row, once
+    assert sorted(first[:, 0].tolist()) == sorted(rows.columns["x"][:, 0].tolist())  # every row, once
     assert not torch.equal(first, second)  # another order each epoch...
-    assert torch.equal(epoch_rows(WorkerLoop(config, _Session(rows)), 1), second)  # ...the same for the same seed
-    assert run_loop(config, _Session(rows)) is None
+    assert torch.equal(epoch_rows(WorkerLoop(config, StandInSession(rows)), 1), second)  # ...the same for the same seed
+    assert run_loop(config, StandInSession(rows)) is None
 
 
 def test_a_diverging_loop_stops_and_says_when():
     config, rows = _loop_config(scale=1e3, lr=10.0)
-    session = _Session(rows)
+    session = StandInSession(rows)
     result = run_loop(config, session)
     assert result["diverged_epoch"] == 1 and not math.isfinite(result["loss"])
     assert session.reports == []  # no report without validation metrics
