@@ -147,6 +147,9 @@ def forward(model: nn.Module, inputs: Union[dict[str, torch.Tensor], torch.Tenso
         inputs = {"x": inputs}
     x, lengths = inputs["x"], inputs.get("len")
     if lengths is not None:
+        # the one copy to the host per batch: the trim below, the model's own checks of the
+        # lengths and pack_padded_sequence all read this CPU tensor
+        lengths = lengths.to("cpu", torch.int64)
         if lengths.numel() and x.dim() >= 2:
             x = x[:, : max(1, int(lengths.max()))]
         if model_spec["arch"] != "mlp":

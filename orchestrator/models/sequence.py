@@ -48,7 +48,8 @@ def _check_dropout(dropout: float) -> float:
 
 
 def _check_lengths(x: Tensor, lengths: Tensor) -> Tensor:
-    """lengths as a CPU int64 tensor, checked against x (one host sync per batch)."""
+    """lengths as a CPU int64 tensor, checked against x (no device sync when they already are,
+    as models.build.forward passes them)."""
     lengths = torch.as_tensor(lengths).to("cpu", torch.int64)
     if lengths.dim() != 1 or lengths.shape[0] != x.shape[0]:
         raise ValueError(f"lengths must be a 1-D tensor of {x.shape[0]} entries, got shape {tuple(lengths.shape)}")
