@@ -26,7 +26,9 @@ def _search_spec(data_dir, workers=2, **tune):
     d["data"]["source"] = str(data_dir / "breast_cancer.parquet")
     d["data"].pop("prepare")
     d["train"].update(epochs=2, max_failures=0)
-    d["scaling"] = {"workers": workers}
+    # an explicit cpus_per_worker keeps two-worker trials on Ray Train (with `auto` on 2 CPUs their
+    # 0.24-CPU workers would be merged into one process: tune/plan.py one_process_plan)
+    d["scaling"] = {"workers": workers, **({"cpus_per_worker": 0.2} if workers > 1 else {})}
     d["tune"] = {"num_samples": 1, "search": "random", "scheduler": {"type": "none"}, "max_concurrent": 2, **tune}
     return d
 
@@ -91,6 +93,24 @@ def test_one_worker_trials_train_in_process_and_asha_prunes(ray_session, data_di
     best_epoch = min(next(r for r in recs if r["trial_id"] == winner["trial_id"])["epochs"], key=lambda e: e["val_loss"])
     saved = json.loads((result.run_dir / "best_checkpoint" / "metrics.json").read_text())
     assert saved["epoch"] == best_epoch["epoch"] and saved["val_loss"] == pytest.approx(best_epoch["val_loss"])
+    assert 0.5 < result.test_metrics["test_accuracy"] <= 1.0
+
+
+def test_two_worker_trials_that_would_share_a_cpu_train_in_one_process(ray_session, data_dir, tmp_path):
+    d = _search_spec(data_dir, 2, num_samples=3, space={"train.lr": {"loguniform": [1e-3, 1e-2]}})
+    d["scaling"] = {"workers": 2}  # cpus_per_worker auto: 2 trials x 2 workers would get 0.24 CPU each
+    spec_path = tmp_path / "search.yaml"
+    spec_path.write_text(yaml.safe_dump(d))
+    spec = parse_spec(d, base_dir=tmp_path)
+    controllers, workers = _actor_count("TrainController"), _actor_count("RayTrainWorker")
+
+    result = run_job(spec, spec_path, output=tmp_path / "runs")
+
+    assert (_actor_count("TrainController"), _actor_count("RayTrainWorker")) == (controllers, workers)
+    recs = json.loads((result.run_dir / "trials.json").read_text())
+    assert len(recs) == 3 and {r["status"] for r in recs} == {"TERMINATED"} and all(len(r["epochs"]) == 2 for r in recs)
+    reported = [json.loads(line) for f in (result.run_dir / "tune").glob("*/result.json") for line in f.read_text().splitlines()]
+    assert len(reported) == 6 and {r["world_size"] for r in reported} == {1}
     assert 0.5 < result.test_metrics["test_accuracy"] <= 1.0
 
 
