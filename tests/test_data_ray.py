@@ -153,3 +153,34 @@ def test_pq_file_and_folder_are_read_as_parquet(ray_session, data_dir, tmp_path)
     for src, rows in ((tmp_path / "parts" / "a.pq", 300), (tmp_path / "parts", len(df)), (tmp_path / "export.bin", 100)):
         prepared = prepare_data(_spec(tmp_path, "breast-cancer-mlp.yaml", source=str(src), prepare=None, format="parquet"))
         assert sum(prepared.raw[n].count() for n in SPLITS) == rows
+
+
+def test_a_small_file_prepared_on_the_driver_equals_ray_datas_preparation(ray_session, data_dir, tmp_path):
+    """A small local file is read, split, fitted and transformed on the driver; the same rows as a
+    folder go through Ray Data's tasks. Both must give the same fitted state and the same rows, with
+    missing values, strings, categories and a boolean feature (0/1 on both paths)."""
+    df = pd.read_csv(data_dir / "breast_cancer.csv")
+    df["site"] = np.where(df.index % 3 == 0, "north", "south")
+    df["big"] = df["mean_radius"] > df["mean_radius"].median()
+    df.loc[df.index % 17 == 0, "mean_texture"] = np.nan
+    (tmp_path / "folder").mkdir()
+    df.to_parquet(tmp_path / "one.parquet")
+    df.to_parquet(tmp_path / "folder" / "part-0.parquet")
+    features = ["mean_radius", "mean_texture", "big", "site"]
+    prepared = {}
+    for name, src in (("driver", tmp_path / "one.parquet"), ("ray data", tmp_path / "folder")):
+        spec = _spec(tmp_path, "breast-cancer-mlp.yaml", source=str(src), prepare=None, format="parquet", features=features, categorical=["site"])
+        prepared[name] = prepare_data(spec)
+    driver, ray_data = prepared["driver"], prepared["ray data"]
+    a, b = driver.preprocessor.to_dict(), ray_data.preprocessor.to_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k] == pytest.approx(b[k], rel=1e-9) if isinstance(a[k], list) and a[k] and isinstance(a[k][0], float) else a[k] == b[k], k
+    assert driver.preprocessor.input_shape == [1 + 1 + 1 + 2]
+    for split in SPLITS:
+        on_driver, in_tasks = (p.transformed[split].to_pandas() for p in (driver, ray_data))
+        assert len(on_driver) == len(in_tasks) > 0
+        by_row = lambda f: f.assign(k=f["x"].map(lambda v: np.asarray(v).tobytes())).sort_values("k")  # noqa: E731
+        on_driver, in_tasks = by_row(on_driver), by_row(in_tasks)
+        np.testing.assert_allclose(np.stack(on_driver["x"]), np.stack(in_tasks["x"]), rtol=1e-6)
+        np.testing.assert_array_equal(on_driver["y"].to_numpy(), in_tasks["y"].to_numpy())
