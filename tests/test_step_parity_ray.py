@@ -20,7 +20,7 @@ from orchestrator.data.ingest import prepare_data
 from orchestrator.runtime import cluster_resources
 from orchestrator.spec import parse_spec
 from orchestrator.train.driver import build_trainer
-from orchestrator.train.plan import plan_workers
+from orchestrator.train.plan import build_loop_config, plan_workers
 from tests.conftest import spec_dict
 
 pytestmark = pytest.mark.ray
@@ -66,6 +66,7 @@ def test_every_rank_takes_the_same_steps_every_epoch(ray_session, many_files, tm
     assert len(list(many_files.iterdir())) > 40  # many small blocks: Ray Data reads a block per file
     plan = plan_workers(spec.scaling, cluster_resources())
     assert plan.workers == 2
+    assert build_loop_config(spec, prepared, plan).in_memory is (cache == "memory")  # materialised and small: held in memory
     cloudpickle.register_pickle_by_value(__import__(__name__))
     out = tmp_path / "ranks"
     out.mkdir()

@@ -36,7 +36,16 @@ from orchestrator.spec import (
     parse_spec,
 )
 from orchestrator.train.loop import Sums, amp_dtype, evaluate, lr_factor, make_loss, make_optimizer, run_loop
-from orchestrator.train.plan import ClusterResources, EarlyStopper, LoopConfig, autocast_dtype, build_loop_config, plan_workers
+from orchestrator.train.plan import (
+    IN_MEMORY_MAX_SHARD_BYTES,
+    ClusterResources,
+    EarlyStopper,
+    LoopConfig,
+    autocast_dtype,
+    build_loop_config,
+    hold_in_memory,
+    plan_workers,
+)
 from orchestrator.tune.plan import (
     FINAL_STATUSES,
     TRIAL_DRIVER_CPUS,
@@ -356,6 +365,14 @@ def test_an_in_memory_shard_is_read_once_and_shuffled_by_a_seeded_permutation_pe
     assert not torch.equal(first, second)  # another order each epoch...
     assert torch.equal(epoch_rows(WorkerLoop(config, StandInSession(rows)), 1), second)  # ...the same for the same seed
     assert run_loop(config, StandInSession(rows)) is None
+
+
+def test_a_shard_is_held_in_memory_only_when_materialised_and_small_enough_per_worker():
+    cap = IN_MEMORY_MAX_SHARD_BYTES
+    assert hold_in_memory(True, cap, 1) and hold_in_memory(True, 2 * cap, 2)
+    assert not hold_in_memory(True, cap + 1, 1) and not hold_in_memory(True, 3 * cap, 2)  # streamed instead
+    assert not hold_in_memory(False, 10, 1)  # a lazy dataset streams
+    assert not hold_in_memory(True, None, 1)  # size unknown: stream
 
 
 def test_a_diverging_loop_stops_and_says_when():

@@ -137,8 +137,23 @@ def is_materialised(dataset: Any) -> bool:
     return any(c.__name__ == "MaterializedDataset" for c in type(dataset).__mro__)
 
 
+# A worker holds its in-memory shard as tensors, and a shuffled copy of it during an epoch: past
+# this size per worker the shard is streamed from the object store instead.
+IN_MEMORY_MAX_SHARD_BYTES = 1 << 30
+
+
+def hold_in_memory(materialised: bool, train_bytes: Optional[int], workers: int) -> bool:
+    """Whether each worker takes its shard of the training split as tensors once per run: the split
+    is materialised and a worker's share of it (bytes in the object store) is at most
+    IN_MEMORY_MAX_SHARD_BYTES. An unknown size streams."""
+    return bool(materialised and train_bytes is not None and train_bytes / max(1, workers) <= IN_MEMORY_MAX_SHARD_BYTES)
+
+
 def build_loop_config(spec: JobSpec, prepared: PreparedData, plan: WorkerPlan) -> LoopConfig:
     pre = prepared.preprocessor
+    train = (getattr(prepared, "transformed", None) or {}).get("train")
+    materialised = is_materialised(train)
+    train_bytes = train.size_bytes() if materialised else None  # the object store's block metadata: no execution
     return LoopConfig(
         job_name=spec.name,
         task=pre.task,
@@ -154,7 +169,7 @@ def build_loop_config(spec: JobSpec, prepared: PreparedData, plan: WorkerPlan) -
         input_kind=pre.kind,
         vocab_size=pre.vocab_size,
         max_length=pre.max_length,
-        in_memory=is_materialised((getattr(prepared, "transformed", None) or {}).get("train")),
+        in_memory=hold_in_memory(materialised, train_bytes, plan.workers),
     )
 
 
