@@ -213,7 +213,9 @@ def judge(job: str, baselines: dict, outcome: dict) -> dict:
         row = {"metric": "test accuracy", "baseline": "logistic regression on pixels", "baseline_value": b,
                "orchestrator": test["test_accuracy"], "bar": f">= {IMAGE_BAR}", "passed": test["test_accuracy"] >= IMAGE_BAR}
     counts = base.get("rows") or base.get("windows")  # the baseline's split, to check it is the same one
+    best_val = outcome["summary"].get("best_validation") or {}  # the checkpoint the job kept, chosen on validation
     row.update(job=job, test_rows=test.get("test_rows"), baseline_test_rows=counts["test"], epochs_run=outcome["summary"].get("epochs_run"),
+               best_epoch=outcome["summary"].get("best_epoch"), best_validation=best_val,
                train_seconds=outcome["seconds"], promoted_by_job_gate=outcome["summary"].get("promoted"))
     return row
 

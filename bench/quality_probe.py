@@ -256,6 +256,11 @@ SPEC_PROBES: dict[str, dict] = {
         "model": {"type": "rnn", "cell": "lstm", "hidden": 64, "layers": 1, "bidirectional": True,
                   "embedding": 64, "pooling": "mean"},
         "train": {"epochs": 8, "lr": 3e-3}},
+    # jobs/text-lstm.yaml since the corpus grew to 1100 texts per library ("spec-sweep-6600/*")
+    "spec-lstm-max-bi64": {
+        "model": {"type": "rnn", "cell": "lstm", "hidden": 64, "layers": 1, "bidirectional": True,
+                  "embedding": 64, "pooling": "max"},
+        "train": {"epochs": 8, "lr": 3e-3}},
 }
 
 

@@ -300,7 +300,10 @@ class RNNSpec(_Model):
     layers: int = Field(1, gt=0, le=64, description="Stacked recurrent layers, a count (train.dropout applies between them).")
     bidirectional: bool = Field(False, description="Also read each sequence backwards; the head sees both directions' states.")
     embedding: int = Field(128, gt=0, le=65_536, description="Token embedding width, in units (data.text only; numeric steps go in as they are).")
-    pooling: Literal["last", "mean"] = Field("last", description="last: the final state at each row's last real step; mean: the outputs averaged over real steps.")
+    pooling: Literal["last", "mean", "max"] = Field(
+        "last", description="last: the final state at each row's last real step; mean: the outputs averaged over real steps; "
+        "max: each output unit's largest value over real steps."
+    )
 
 
 class TransformerSpec(_Model):

@@ -228,6 +228,8 @@ MODEL_CASES = [
     ("rnn", {"cell": "lstm", "pooling": "last", "bidirectional": True}),
     ("rnn", {"cell": "gru", "pooling": "mean", "bidirectional": True}),
     ("rnn", {"cell": "gru", "pooling": "last", "bidirectional": True, "layers": 1}),
+    ("rnn", {"cell": "lstm", "pooling": "max", "bidirectional": True, "layers": 1}),
+    ("rnn", {"cell": "gru", "pooling": "max"}),
     ("transformer", {"pooling": "cls"}),
     ("transformer", {"pooling": "mean"}),
 ]

@@ -33,28 +33,44 @@ import pandas as pd
 # A module missing from an older version of its library is skipped.
 DOCSTRING_MODULES: dict[str, tuple[str, ...]] = {
     "matplotlib": (
-        "matplotlib", "matplotlib.axes", "matplotlib.cm", "matplotlib.collections", "matplotlib.colors",
-        "matplotlib.dates", "matplotlib.figure", "matplotlib.image", "matplotlib.lines", "matplotlib.patches",
-        "matplotlib.text", "matplotlib.ticker", "matplotlib.transforms",
+        "matplotlib", "matplotlib.animation", "matplotlib.axes", "matplotlib.axis", "matplotlib.backend_bases",
+        "matplotlib.category", "matplotlib.cbook", "matplotlib.cm", "matplotlib.collections", "matplotlib.colorbar",
+        "matplotlib.colors", "matplotlib.contour", "matplotlib.dates", "matplotlib.figure", "matplotlib.font_manager",
+        "matplotlib.gridspec", "matplotlib.image", "matplotlib.legend", "matplotlib.lines", "matplotlib.mlab",
+        "matplotlib.offsetbox", "matplotlib.patches", "matplotlib.patheffects", "matplotlib.projections.polar",
+        "matplotlib.scale", "matplotlib.spines", "matplotlib.table", "matplotlib.text", "matplotlib.ticker",
+        "matplotlib.transforms", "matplotlib.tri", "matplotlib.units", "matplotlib.widgets",
     ),
     "numpy": (
-        "numpy", "numpy.char", "numpy.fft", "numpy.lib", "numpy.linalg", "numpy.ma", "numpy.polynomial",
-        "numpy.random", "numpy.strings", "numpy.testing",
+        "numpy", "numpy.char", "numpy.ctypeslib", "numpy.dtypes", "numpy.exceptions", "numpy.fft", "numpy.lib",
+        "numpy.lib.format", "numpy.lib.npyio", "numpy.lib.recfunctions", "numpy.lib.scimath",
+        "numpy.lib.stride_tricks", "numpy.linalg", "numpy.ma", "numpy.polynomial", "numpy.polynomial.chebyshev",
+        "numpy.polynomial.hermite", "numpy.polynomial.hermite_e", "numpy.polynomial.laguerre",
+        "numpy.polynomial.legendre", "numpy.polynomial.polynomial", "numpy.random", "numpy.rec", "numpy.strings",
+        "numpy.testing",
     ),
-    "pandas": ("pandas", "pandas.api.types", "pandas.plotting", "pandas.testing", "pandas.tseries.offsets"),
+    "pandas": (
+        "pandas", "pandas.api.extensions", "pandas.api.indexers", "pandas.api.types", "pandas.api.typing",
+        "pandas.arrays", "pandas.core.groupby", "pandas.core.indexes.accessors", "pandas.core.resample",
+        "pandas.core.strings.accessor", "pandas.core.window", "pandas.errors", "pandas.io.formats.style",
+        "pandas.plotting", "pandas.testing", "pandas.tseries.offsets",
+    ),
     "scipy": (
         "scipy.cluster.hierarchy", "scipy.fft", "scipy.integrate", "scipy.interpolate", "scipy.io",
         "scipy.linalg", "scipy.ndimage", "scipy.optimize", "scipy.signal", "scipy.sparse", "scipy.spatial",
         "scipy.special", "scipy.stats",
     ),
     "sklearn": (
-        "sklearn.base", "sklearn.cluster", "sklearn.covariance", "sklearn.cross_decomposition",
-        "sklearn.datasets", "sklearn.decomposition", "sklearn.ensemble", "sklearn.feature_extraction",
-        "sklearn.feature_selection", "sklearn.gaussian_process", "sklearn.impute", "sklearn.inspection",
-        "sklearn.kernel_approximation", "sklearn.linear_model", "sklearn.manifold", "sklearn.metrics",
-        "sklearn.mixture", "sklearn.model_selection", "sklearn.multiclass", "sklearn.naive_bayes",
+        "sklearn.base", "sklearn.calibration", "sklearn.cluster", "sklearn.compose", "sklearn.covariance",
+        "sklearn.cross_decomposition", "sklearn.datasets", "sklearn.decomposition", "sklearn.discriminant_analysis",
+        "sklearn.dummy", "sklearn.ensemble", "sklearn.exceptions", "sklearn.feature_extraction",
+        "sklearn.feature_extraction.text", "sklearn.feature_selection", "sklearn.gaussian_process", "sklearn.impute",
+        "sklearn.inspection", "sklearn.isotonic", "sklearn.kernel_approximation", "sklearn.kernel_ridge",
+        "sklearn.linear_model", "sklearn.manifold", "sklearn.metrics", "sklearn.metrics.pairwise", "sklearn.mixture",
+        "sklearn.model_selection", "sklearn.multiclass", "sklearn.multioutput", "sklearn.naive_bayes",
         "sklearn.neighbors", "sklearn.neural_network", "sklearn.pipeline", "sklearn.preprocessing",
-        "sklearn.svm", "sklearn.tree", "sklearn.utils",
+        "sklearn.random_projection", "sklearn.semi_supervised", "sklearn.svm", "sklearn.tree", "sklearn.utils",
+        "sklearn.utils.extmath", "sklearn.utils.multiclass", "sklearn.utils.sparsefuncs", "sklearn.utils.validation",
     ),
     "torch": (
         "torch", "torch.autograd", "torch.distributions", "torch.fft", "torch.linalg", "torch.nn",
@@ -63,7 +79,7 @@ DOCSTRING_MODULES: dict[str, tuple[str, ...]] = {
 }
 TEXT_MIN_CHARS = 40  # shorter docstrings ("Alias for x.") carry no signal
 TEXT_MAX_CHARS = 512  # first characters kept of each docstring
-TEXT_PER_CLASS = 700  # cap per library, so the classes are balanced
+TEXT_PER_CLASS = 1100  # cap per library, so the classes are balanced (numpy, the smallest, has ~1120)
 
 SERIES = ("co2", "elnino")
 CORPORA = ("text:docstrings", "series:co2", "series:elnino", "images:digits-png")

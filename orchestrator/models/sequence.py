@@ -25,7 +25,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 PAD = 0  # orchestrator.data.text.PAD; kept literal so this module imports no data code
 
 RNN_CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
-RNN_POOLING = ("last", "mean")
+RNN_POOLING = ("last", "mean", "max")
 TRANSFORMER_POOLING = ("cls", "mean")
 
 
@@ -64,6 +64,11 @@ def _masked_mean(h: Tensor, mask: Tensor) -> Tensor:
     return (h * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
 
 
+def _masked_max(h: Tensor, mask: Tensor) -> Tensor:
+    """Per-unit maximum over real steps: h [B, T, D], mask [B, T] True at real steps (every row has one)."""
+    return h.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(dim=1)
+
+
 class RNNModel(nn.Module):
     """Embedding (text) -> LSTM/GRU over the packed batch -> pooling -> dropout -> linear head."""
 
@@ -97,7 +102,7 @@ class RNNModel(nn.Module):
         else:
             seq, _ = pad_packed_sequence(out, batch_first=True)  # [B, max(lengths), D], zeros after each end
             mask = torch.arange(seq.shape[1], device=seq.device)[None, :] < lengths.to(seq.device)[:, None]
-            pooled = _masked_mean(seq, mask)
+            pooled = _masked_mean(seq, mask) if self.pooling == "mean" else _masked_max(seq, mask)
         return self.head(self.dropout(pooled))
 
 
@@ -107,7 +112,8 @@ def build_rnn(*, vocab_size: Optional[int], input_dim: Optional[int], num_output
 
     `embedding` is the token embedding width (ignored for numeric input). `pooling`: "last" reads
     the last layer's final state at each row's last real step (forward and backward final states
-    concatenated when bidirectional); "mean" averages the outputs over real steps. `dropout` applies
+    concatenated when bidirectional); "mean" averages the outputs over real steps; "max" takes each
+    output unit's largest value over real steps (max-over-time pooling). `dropout` applies
     to embeddings, between stacked layers and before the head.
     """
     _check_inputs(vocab_size, input_dim)
