@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 
@@ -58,3 +59,12 @@ def test_quick_suite_writes_the_epoch_and_ingest_figures(tmp_path):
     goals = {g["key"]: g for g in res["goals"]}
     assert goals["epoch_ratio_mlp_1w"]["value"] == figures["epoch_ratio_mlp_1w"]
     assert goals["quickstart_wall_s"]["value"] is None  # not selected: recorded as not run
+
+
+def test_the_in_process_loop_comparison_prints_both_epochs_and_their_ratio():
+    p = subprocess.run([sys.executable, "-m", "bench.loop_inprocess", "jobs/digits-cnn.yaml", "--epochs", "2", "--repeats", "1"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    line = next(x for x in p.stdout.splitlines() if x.startswith("plain PyTorch"))
+    plain, loop, ratio = (float(w) for w in re.findall(r"(\d+\.\d+)", line))
+    assert plain > 0 and loop > 0 and ratio == pytest.approx(loop / plain, abs=0.002)
