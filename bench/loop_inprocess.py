@@ -62,18 +62,25 @@ class _Session:
         self.epoch_times.append(metrics["epoch_time_s"])
 
 
+def one_worker_spec(path: Path, epochs: int) -> dict:
+    """The spec at `path` as one training run: one worker, `epochs` epochs, no search, gate or
+    serving, its data source as an absolute path (the spec is rewritten elsewhere)."""
+    d = yaml.safe_load(path.read_text())
+    for key in ("tune", "promote", "serve"):
+        d.pop(key, None)
+    d["scaling"] = {"workers": 1}
+    d["train"]["epochs"] = epochs
+    d["data"]["source"] = resolve_source(load_spec(path))
+    return d
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("spec", type=Path)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=2)
     a = ap.parse_args()
-    d = yaml.safe_load(a.spec.read_text())
-    for key in ("tune", "promote", "serve"):
-        d.pop(key, None)
-    d["scaling"] = {"workers": 1}
-    d["train"]["epochs"] = a.epochs
-    d["data"]["source"] = resolve_source(load_spec(a.spec))
+    d = one_worker_spec(a.spec, a.epochs)
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         one = Path(tmp) / "one-worker.yaml"
