@@ -3,8 +3,9 @@
     .venv/bin/python -m bench.loop_inprocess jobs/digits-cnn.yaml --epochs 10 --repeats 2
 
 Both sides get the same spec (one worker, its tune section dropped), rows, model, optimizer and
-one torch thread; the loop (orchestrator/train/loop.py run_loop) runs on a stand-in session that
-hands it the splits as in-memory tensors, as a worker holds them when the split is materialised.
+one torch thread; the loop (orchestrator/train/loop.py run_loop) runs on the tests' stand-in
+session (tests/loop_support.py), which hands it the splits as in-memory tensors, as a worker
+holds them when the split is materialised.
 The steady epoch (first one skipped, median) of each is printed with their ratio. Set beside the
 suite's `epoch` ratio (the same loop inside a Ray Train worker), it tells the loop's own cost per
 epoch apart from the cost of running inside Ray.
@@ -27,39 +28,7 @@ from bench.plain import fitted_splits, worker
 from orchestrator.spec import load_spec, resolve_source
 from orchestrator.train.loop import run_loop
 from orchestrator.train.plan import ClusterResources, build_loop_config, plan_workers
-
-
-class _Tensors:
-    """A split as the loop reads it (iter_torch_batches), from tensors in memory."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor):
-        self.columns = {"x": x, "y": y}
-
-    def iter_torch_batches(self, *, batch_size, dtypes, device, **_):
-        for i in range(0, len(self.columns["y"]), batch_size):
-            yield {k: v[i : i + batch_size].to(dtypes[k]) for k, v in self.columns.items()}
-
-
-class _Session:
-    rank, world_size = 0, 1
-
-    def __init__(self, splits: dict):
-        self.splits, self.epoch_times = splits, []
-
-    def device(self):
-        return torch.device("cpu")
-
-    def prepare_model(self, model):
-        return model
-
-    def dataset(self, name):
-        return self.splits[name]
-
-    def get_checkpoint(self):
-        return None
-
-    def report(self, metrics, checkpoint_dir):  # the checkpoint is written, as in a worker; not kept
-        self.epoch_times.append(metrics["epoch_time_s"])
+from tests.loop_support import ColumnBatches, StandInSession
 
 
 def one_worker_spec(path: Path, epochs: int) -> dict:
@@ -93,9 +62,10 @@ def main() -> None:
             splits, pre = fitted_splits(spec)
             config = build_loop_config(spec, SimpleNamespace(preprocessor=pre), plan_workers(spec.scaling, ClusterResources(cpus=2, gpus=0)))
             config = dataclasses.replace(config, in_memory=True, torch_threads=1)
-            session = _Session({n: _Tensors(torch.from_numpy(x), torch.from_numpy(y)) for n, (x, y) in splits.items()})
+            data = {n: ColumnBatches({"x": torch.from_numpy(x), "y": torch.from_numpy(y)}) for n, (x, y) in splits.items()}
+            session = StandInSession(data["train"], splits=data)
             run_loop(config, session)
-            loop = statistics.median(session.epoch_times[1:])
+            loop = statistics.median([m["epoch_time_s"] for m, _ in session.reports][1:])
             print(f"plain PyTorch {plain:.4f} s   orchestrator loop in-process {loop:.4f} s   ratio {loop / plain:.3f}")
 
 

@@ -199,12 +199,14 @@ def run_job(spec: JobSpec, spec_path: Path, *, output: Optional[Path] = None, ad
         resources = _start(spec, address, verbose, console)
     concurrent, plan = plan_search(spec, resources)
     run = new_run_dir(spec, spec_path, output, run_name)
-    merged = in_process_trials(plan) and spec.scaling.workers > 1
-    each = (f"each in one trial process on {plan.cpus_per_worker:g} CPU with the global batch of {spec.scaling.workers} workers x "
-            f"{spec.train.batch_size} rows (too few CPUs for {spec.scaling.workers} DDP workers per trial; an explicit "
-            "scaling.cpus_per_worker keeps them)" if merged
-            else f"each training in its own trial process on {plan.cpus_per_worker:g} CPU (one worker: no Ray Train worker group to start)"
-            if in_process_trials(plan) else f"each {plan.workers} workers x {plan.cpus_per_worker:g} CPU")
+    if not in_process_trials(plan):
+        each = f"each {plan.workers} workers x {plan.cpus_per_worker:g} CPU"
+    elif spec.scaling.workers > 1:  # one_process_plan merged the spec's workers
+        each = (f"each in one trial process on {plan.cpus_per_worker:g} CPU with the global batch of {spec.scaling.workers} workers x "
+                f"{spec.train.batch_size} rows (too few CPUs for {spec.scaling.workers} DDP workers per trial; an explicit "
+                "scaling.cpus_per_worker keeps them)")
+    else:
+        each = f"each training in its own trial process on {plan.cpus_per_worker:g} CPU (one worker: no Ray Train worker group to start)"
     console.print(Text.assemble("run ", (str(run), "bold")), f"\nsearch: {expected_trials(spec.tune)} trials ({spec.tune.search}, scheduler {spec.tune.scheduler.type}), "
                   f"{concurrent} at a time, {each}", sep="", highlight=False, soft_wrap=True)
     with timings.phase("data_preparation"):

@@ -35,8 +35,9 @@ class StandInSession:
 
     rank, world_size = 0, 1
 
-    def __init__(self, data: ColumnBatches, keep: Optional[Path] = None):
-        self.data, self.keep, self.reports = data, keep, []
+    def __init__(self, data: ColumnBatches, keep: Optional[Path] = None, splits: Optional[dict] = None):
+        # `splits`: a dataset per name ("train", "validation"); without it every name gets `data`
+        self.data, self.keep, self.splits, self.reports = data, keep, splits or {}, []
 
     def device(self):
         return torch.device("cpu")
@@ -45,7 +46,7 @@ class StandInSession:
         return model
 
     def dataset(self, name):
-        return self.data
+        return self.splits.get(name, self.data)
 
     def get_checkpoint(self):
         return None

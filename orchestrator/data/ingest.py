@@ -482,15 +482,12 @@ class _TrainRows:
 
 def _frame_statistics(df: pd.DataFrame, measured: list[str], numeric: list[str], categorical: list[str], label: str, task: str) -> dict:
     """_TrainRows.statistics of a DataFrame, with pandas (NaN and None are the missing values, as Arrow nulls are)."""
-    inf = _mark_infinite(df[measured], columns=measured) if measured else df
+    marked = _mark_infinite(df, columns=measured)  # booleans as 0/1, as on the Ray Data path
     stats: dict = {"count()": len(df)}
     for c in measured:
-        stats[f"inf:{c}"], stats[f"n:{c}"] = int(inf[f"__inf:{c}"].sum()), int(df[c].notna().sum())
+        stats[f"inf:{c}"], stats[f"n:{c}"] = int(marked[f"__inf:{c}"].sum()), int(marked[c].notna().sum())
     for c in numeric:
-        values = df[c]
-        if pd.api.types.is_bool_dtype(values.dtype):  # pandas has no std of booleans; Ray Data counts them as 0/1
-            values = values.astype(pd.ArrowDtype(pa.float64()) if isinstance(values.dtype, pd.ArrowDtype) else np.float64)
-        stats[f"mean:{c}"], stats[f"std:{c}"] = values.mean(), values.std(ddof=0)
+        stats[f"mean:{c}"], stats[f"std:{c}"] = marked[c].mean(), marked[c].std(ddof=0)
     for c in categorical:
         stats[f"uniq:{c}"] = list(df[c].dropna().unique())
     if task == "classification":
