@@ -166,8 +166,12 @@ def plain_train(work: Path, spec: Path, workers: int, threads: int, timeout: flo
 # ---------------------------------------------------------------------------------- sections
 
 
-def section_epoch(work: Path, quick: bool, say) -> dict:
+MODELS = ("mlp", "cnn")
+
+
+def section_epoch(work: Path, quick: bool, say, models: tuple[str, ...] = MODELS) -> dict:
     sizes = {"mlp": (3 if quick else 6, 12_000 if quick else 120_000), "cnn": (3 if quick else 10, 0)}
+    sizes = {m: sizes[m] for m in models}
     out: dict[str, Any] = {"steady_state": "first epoch skipped, median of the rest", "runs": {}}
     for model, (epochs, rows) in sizes.items():
         for workers in (1, 2):
@@ -308,9 +312,11 @@ def figures(res: dict) -> dict:
     if ep:
         for key, r in ep["runs"].items():
             f[f"epoch_ratio_{key}"] = r["ratio_orchestrator_over_plain"]
-        f["scaling_mlp_2w_over_1w"] = ep["scaling_mlp"]["orchestrator_2w_over_1w"]
-        f["scaling_cnn_2w_over_1w"] = ep["scaling_cnn"]["orchestrator_2w_over_1w"]
-        f["plain_scaling_mlp_2w_over_1w"] = ep["scaling_mlp"]["plain_2w_over_1w"]
+        for m in MODELS:
+            if f"scaling_{m}" in ep:
+                f[f"scaling_{m}_2w_over_1w"] = ep[f"scaling_{m}"]["orchestrator_2w_over_1w"]
+        if "scaling_mlp" in ep:
+            f["plain_scaling_mlp_2w_over_1w"] = ep["scaling_mlp"]["plain_2w_over_1w"]
     if res.get("ingest"):
         f["ingest_ratio"] = res["ingest"]["ratio_ray_data_over_dataloader"]
     st = res.get("startup")
@@ -349,7 +355,7 @@ def print_tables(res: dict, console) -> None:
             t.add_row(r["model"], f"{r['workers']} x {r['torch_threads_per_worker']}", str(r["train_rows"]), f"{r['orchestrator']['steady_epoch_s']:.3f}",
                       f"{r['plain']['steady_epoch_s']:.3f}", f"{r['ratio_orchestrator_over_plain']:.2f}")
         console.print(t)
-        for m in ("mlp", "cnn"):
+        for m in (m for m in MODELS if f"scaling_{m}" in ep):
             s = ep[f"scaling_{m}"]
             console.print(f"2-worker / 1-worker epoch, {m}: orchestrator {s['orchestrator_2w_over_1w']:.2f}, plain PyTorch {s['plain_2w_over_1w']:.2f}", highlight=False)
     ing = res.get("ingest")
@@ -403,12 +409,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections to run, of: {','.join(SECTIONS)} (default: all)")
     ap.add_argument("--quick", action="store_true", help="small sizes and few epochs: a smoke test of the suite, not a measurement")
     ap.add_argument("--out", type=Path, help="result file (default bench/results/speed[-quick]-<date>-<commit>.json)")
+    ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated models of the epoch section, of: {','.join(MODELS)} (default: all)")
     ap.add_argument("--keep", action="store_true", help="keep the runs' folders and logs (their path is printed)")
     a = ap.parse_args(argv)
     only = [s.strip() for s in a.only.split(",") if s.strip()]
     unknown = [s for s in only if s not in SECTIONS]
     if unknown:
         ap.error(f"--only: unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    models = tuple(m.strip() for m in a.models.split(",") if m.strip())
+    if not models or any(m not in MODELS for m in models):
+        ap.error(f"--models: choose from {', '.join(MODELS)}")
 
     from rich.console import Console
 
@@ -420,7 +430,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-speed-"))
     git = git_commit()
     res: dict[str, Any] = {"command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]), **git,
-                           "date": datetime.datetime.now().isoformat(timespec="seconds"), "quick": a.quick, "sections": only,
+                           "date": datetime.datetime.now().isoformat(timespec="seconds"), "quick": a.quick, "sections": only, "models": list(models),
                            "machine": machine(), "load_average_before": [round(x, 2) for x in os.getloadavg()]}
     say(f"suite: {', '.join(only)}{' (quick)' if a.quick else ''}; load average {res['load_average_before']} on {os.cpu_count()} CPUs; work in {work}")
     t0 = time.perf_counter()
@@ -428,6 +438,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         for name in only:
             if name == "startup":
                 res["startup"] = section_startup(work, a.quick, say, res.get("epoch"))
+            elif name == "epoch":
+                res["epoch"] = section_epoch(work, a.quick, say, models)
             else:
                 res[name] = globals()[f"section_{name}"](work, a.quick, say)
     except BaseException:

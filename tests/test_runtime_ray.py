@@ -116,11 +116,14 @@ def test_sigkill_of_the_command_ends_its_ray_node_and_the_next_command_runs(data
     try:
         wait_for(lambda: any(x.startswith("epoch   2") for x in lines) or proc.poll() is not None, 240, "the second epoch")
         assert proc.poll() is None, "".join(lines)
-        tree = psutil.Process(proc.pid).children(recursive=True)
-        names = " ".join(describe(p) for p in tree)
-        assert "raylet" in names and "DashboardAgent" in names and "RuntimeEnvAgent" in names and "RayTrainWorker" in names, names
+        def node() -> list[psutil.Process] | None:
+            tree = psutil.Process(proc.pid).children(recursive=True)
+            names = " ".join(describe(p) for p in tree)
+            roles = all(r in names for r in ("raylet", "DashboardAgent", "RuntimeEnvAgent", "RayTrainWorker"))
+            return tree if roles and listeners({p.pid for p in tree}) else None
+
+        tree = wait_for(node, 60, "the node's processes and listeners")
         ports = {(ip, port) for _, ip, port in listeners({p.pid for p in tree})}
-        assert ports
         t0 = time.monotonic()
         proc.kill()
         proc.wait(30)
@@ -187,6 +190,26 @@ def role(pid: int) -> str:
     return os.path.basename(exe)
 
 
+# Everything else is on loopback: the GCS, raylet, workers' and driver's gRPC, the dashboard, both
+# agents, the autoscaler's monitor, the Prometheus exporters, and Serve's proxy at the spec's port.
+LOOPBACK_EXPECTED = {"driver", "gcs_server", "raylet", "worker", "dashboard.py", "monitor.py", "ray::DashboardAgent", "ray::RuntimeEnvAgent"}
+
+
+def _expected_listeners(port: int) -> list[tuple[int, str, int]] | None:
+    """This node's listening sockets once every expected role listens (None before that)."""
+    pids = {os.getpid(), *(p.pid for p in psutil.Process().children(recursive=True))}
+    found = []
+    for pid, ip, p in listeners(pids):
+        try:
+            found.append((pid, ip, p, role(pid)))
+        except psutil.NoSuchProcess:  # a worker that ended between the two reads
+            continue
+    roles = {(r, ip) for _, ip, _, r in found if not is_loopback(ip)}
+    loopback = {r for _, ip, _, r in found if is_loopback(ip)}
+    proxy = any(p == port and is_loopback(ip) for _, ip, p, _ in found)
+    return [f[:3] for f in found] if LOOPBACK_EXPECTED <= loopback and WILDCARD_ALLOWED <= roles and proxy else None
+
+
 @pytest.mark.ray
 def test_embedded_node_with_serve_listens_on_loopback_but_for_the_documented_grpc_ports(ray_session, tmp_path):
     from ray import serve
@@ -199,16 +222,12 @@ def test_embedded_node_with_serve_listens_on_loopback_but_for_the_documented_grp
     url = deploy(ckpt, ServeSpec(port=port, cpus_per_replica=0.25), name="listen-test")
     try:
         assert url == f"http://127.0.0.1:{port}"
-        pids = {os.getpid(), *(p.pid for p in psutil.Process().children(recursive=True))}
-        found = listeners(pids)
+        # Ray's processes open their listeners on their own schedule (the autoscaler's monitor.py can
+        # bind seconds after Serve answers): wait until every expected role listens, then judge them all
+        found = wait_for(lambda: _expected_listeners(port), 60, "every role of the node to listen")
         exposed = {(role(pid), ip) for pid, ip, _ in found if not is_loopback(ip)}
         detail = "\n".join(f"{ip}:{p} {describe(psutil.Process(pid))}" for pid, ip, p in found if not is_loopback(ip))
         assert exposed == WILDCARD_ALLOWED, detail
-        # everything else is on loopback: the GCS, raylet, workers' and driver's gRPC, the dashboard,
-        # both agents, the three Prometheus exporters, and Serve's proxy at the spec's port
-        loopback = {role(pid) for pid, ip, _ in found if is_loopback(ip)}
-        assert {"driver", "gcs_server", "raylet", "worker", "dashboard.py", "monitor.py", "ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= loopback, loopback
-        assert any(p == port and is_loopback(ip) for _, ip, p in found)
         print(f"{len(found)} listening sockets, {sum(not is_loopback(ip) for _, ip, _ in found)} not on loopback")
     finally:
         serve.delete("listen-test")

@@ -21,6 +21,7 @@ import yaml
 from tests.conftest import ROOT, spec_dict
 from tests.jobs_support import AMBIENT, cli_command, orch
 from tests.serve_support import free_port, serving_until_ctrl_c
+from tests.waiting import wait_for
 
 SERVE_TOKEN_ENV = "ORCHESTRATOR_SECRETS_TEST_SERVE_TOKEN"
 
@@ -97,7 +98,9 @@ def test_run_with_serve_leaks_neither_token(data_dir, tmp_path):
         gcs = next(p.cmdline() for p in tree if "gcs_server" in p.name())
         session = Path(option(gcs, "--log_dir")).parent
         # the dashboard moves off --port when another Ray on the machine holds it: ask its log
-        api = "http://" + re.findall(r"Dashboard head http address: (\S+)", (session / "logs" / "dashboard.log").read_text())[-1]
+        log = session / "logs" / "dashboard.log"
+        found = wait_for(lambda: log.is_file() and re.findall(r"Dashboard head http address: (\S+)", log.read_text()), 60, "the dashboard's address in its log")
+        api = "http://" + found[-1]
         ray_auth = {"Authorization": f"Bearer {tokens['Ray token']}"}
         for path in ("/api/jobs/", "/api/serve/applications/", "/api/v0/actors?detail=1&limit=1000", "/api/v0/tasks?detail=1&limit=1000"):
             resp = httpx.get(api + path, headers=ray_auth, timeout=30)

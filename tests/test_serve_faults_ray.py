@@ -13,6 +13,7 @@ import pytest
 from tests.conftest import run_cli
 from tests.serve_support import free_port, make_checkpoint, make_run_dir, serving_until_ctrl_c
 from tests.test_serve_app import corrupt_copy
+from tests.waiting import wait_for
 
 TOKEN_ENV = "ORCHESTRATOR_FAULTS_TOKEN"
 TOKEN = "faults-token-8d41c2e9b7"  # unique enough to find anywhere it leaks
@@ -61,6 +62,13 @@ def _ray_processes(root: psutil.Process) -> list[psutil.Process]:
     return [p for p in root.children(recursive=True) if p.is_running()]
 
 
+def _title(p: psutil.Process) -> str:
+    try:
+        return " ".join(p.cmdline())
+    except psutil.Error:  # ended meanwhile
+        return ""
+
+
 @pytest.mark.ray
 def test_the_serve_token_is_in_no_ray_process_environment(checkpoint, tmp_path):
     """The token stays in the CLI's own process: every Ray process it starts (GCS, raylet, dashboard,
@@ -72,10 +80,14 @@ def test_the_serve_token_is_in_no_ray_process_environment(checkpoint, tmp_path):
         url = f"http://127.0.0.1:{port}"
         assert httpx.get(f"{url}/metadata").status_code == 401
         assert httpx.get(f"{url}/metadata", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
-        children = _ray_processes(psutil.Process(proc.pid))
-        titles = " ".join(" ".join(p.cmdline()) for p in children)
-        for part in ("gcs_server", "raylet", "dashboard", "ServeController", "ProxyActor", "ServeReplica"):
-            assert part in titles, f"{part} not among the processes of the server: {titles[:2000]}"
+        parts = ("gcs_server", "raylet", "dashboard", "ServeController", "ProxyActor", "ServeReplica")
+
+        def every_part():
+            children = _ray_processes(psutil.Process(proc.pid))
+            titles = " ".join(_title(p) for p in children)
+            return children if all(part in titles for part in parts) else None
+
+        children = wait_for(every_part, 30, f"the server's processes: {', '.join(parts)}")
         leaks = []
         for p in children:
             try:

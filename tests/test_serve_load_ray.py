@@ -1,4 +1,4 @@
-"""Load on a real Serve deployment: 10,000 requests without an error, and a replica killed under load.
+"""Load on a real Serve deployment: thousands of requests without an error, and a replica killed under load.
 
 Bounded benchmarks, not timed tests: each prints its throughput and error counts (pytest -s) and
 records them as properties (--junitxml), but asserts only errors and recovery.
@@ -76,7 +76,11 @@ def _errors(outcomes: Counter) -> int:
     return sum(n for k, n in outcomes.items() if k != 200)
 
 
-def test_ten_thousand_requests_at_concurrency_64_without_an_error(ray_session, model, record_property):
+# 3,000 in CI (about a minute on 2 CPUs); ORCHESTRATOR_LOAD_REQUESTS=10000 for the documented figure
+REQUESTS = int(os.environ.get("ORCHESTRATOR_LOAD_REQUESTS", "3000"))
+
+
+def test_thousands_of_requests_at_concurrency_64_without_an_error(ray_session, model, record_property):
     from ray import serve
 
     from orchestrator.serve.deployment import deploy
@@ -84,14 +88,14 @@ def test_ten_thousand_requests_at_concurrency_64_without_an_error(ray_session, m
     ckpt, test = model
     url = deploy(ckpt, ServeSpec(port=free_port(), cpus_per_replica=0.25), name="serve-load")
     try:
-        outcomes, sent, seconds = run_load(url, _bodies(url, test), concurrency=64, total=10_000, limit_s=480)
+        outcomes, sent, seconds = run_load(url, _bodies(url, test), concurrency=64, total=REQUESTS, limit_s=480)
     finally:
         serve.delete("serve-load")
     done = sum(outcomes.values())
-    print(f"\n10,000 requests at concurrency 64: {done} answered in {seconds:.1f} s ({done / seconds:.0f} requests/s), "
+    print(f"\n{REQUESTS:,} requests at concurrency 64: {done} answered in {seconds:.1f} s ({done / seconds:.0f} requests/s), "
           f"outcomes {dict(outcomes)}")
     record_property("requests_per_s", round(done / seconds, 1))
-    assert done == 10_000, f"only {done} requests within the time limit: {dict(outcomes)}"
+    assert done == REQUESTS, f"only {done} requests within the time limit: {dict(outcomes)}"
     assert _errors(outcomes) == 0, dict(outcomes)
 
 

@@ -21,6 +21,7 @@ from orchestrator.train.checkpoint import load_model
 from orchestrator.train.driver import build_trainer, run_training
 from orchestrator.train.plan import plan_workers
 from tests.conftest import JOBS, ROOT, run_cli, spec_dict
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.ray
 
@@ -87,8 +88,12 @@ def test_resumes_from_checkpoint_after_a_worker_is_killed(ray_session, data_dir,
     th = threading.Thread(target=lambda: box.setdefault("out", run_training(spec, tmp_path, plan, prepared=prepared, on_event=on_event)))
     th.start()
     assert reached.wait(240), "training never reached epoch 2"
-    workers = list_actors(address=ray_session.get_runtime_context().gcs_address, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
-    assert len(workers) == 2
+    def two_workers():
+        alive = list_actors(address=ray_session.get_runtime_context().gcs_address,
+                            filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+        return alive if len(alive) == 2 else None
+
+    workers = wait_for(two_workers, 60, "two alive Train workers in the State API")
     os.kill(workers[-1].pid, signal.SIGKILL)
     th.join(300)
     assert not th.is_alive()
