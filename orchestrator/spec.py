@@ -596,6 +596,15 @@ class ServeSpec(_Model):
     cpus_per_replica: float = Field(0.5, gt=0, le=1024, description="CPUs (fractions allowed) reserved by each replica.")
     gpus_per_replica: float = Field(0, ge=0, le=64, description="GPUs (fractions share a GPU) reserved by each replica; > 0 serves on GPU.")
     max_body_bytes: int = Field(1 << 20, gt=0, le=1 << 30, description="Largest request body in bytes; larger ones get HTTP 413.")
+    body_timeout_s: float = Field(
+        10.0, gt=0, le=600,
+        description="Longest time, in seconds, a request's body may take to arrive; a slower client gets HTTP 408 and its place is freed.",
+    )
+    max_receiving_requests: int = Field(
+        256, ge=0, le=100_000,
+        description="Requests one replica accepts beyond max_ongoing_requests while their bodies arrive or they wait for a slot: "
+        "a slow client holds one of these, never one of the max_ongoing_requests slots.",
+    )
     auth_token_env: Optional[str] = Field(
         None,
         pattern=r"^[A-Z_][A-Z0-9_]*$",

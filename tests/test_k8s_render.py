@@ -360,7 +360,10 @@ def test_rayservice_serves_the_checkpoint_with_the_spec_serve_settings():
     (dep,) = app["deployments"]
     assert dep["name"] == r.SERVE_DEPLOYMENT
     assert dep["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 16}
-    assert (dep["max_ongoing_requests"], dep["max_queued_requests"]) == (32, 128)
+    # Serve admits the spec's 32 working slots plus 256 requests whose bodies are still arriving;
+    # the replica itself holds work to 32 at once and 128 waiting (serve/app.py, Intake)
+    assert (dep["max_ongoing_requests"], dep["max_queued_requests"]) == (32 + 256, 128)
+    assert (app["args"]["max_working_requests"], app["args"]["max_waiting_requests"], app["args"]["body_timeout_s"]) == (32, 128, 10.0)
     assert dep["ray_actor_options"] == {"num_cpus": 1.0}
     assert cfg["http_options"] == {"host": "0.0.0.0", "port": 8000}
     # replicas of 1 CPU, 2 CPUs per pod -> 2 replicas per pod: 1..4 replicas need 1..2 pods

@@ -148,3 +148,60 @@ def test_predict_command_on_a_folder_of_png_paths(servers, models):
     test.assign(path=["digits/" + p for p in test["path"]]).to_csv(path, index=False)
     rows = _predict_cli(servers["image"], path)
     assert [r["prediction"] for r in rows] == offline(ckpt, test)[0]
+
+
+def _blank_png_b64(width: int, height: int) -> str:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (width, height), 0).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def test_image_requests_cannot_buy_seconds_of_decoding(servers, models):
+    """Before: 45 single-colour 4096 x 4096 PNGs fit in one 1 MB body and took 3.4 s to decode, and
+    four such bodies at once delayed a normal request from 15 ms to 11.9 s. Now each image is capped
+    from its header (256 x the model's 8 x 8 input, at least 1 Mpixel) and each request at 16.7
+    Mpixel together: the large body is refused at once, and four bodies at the request cap leave a
+    normal request answered within 2 s."""
+    import time
+
+    from orchestrator.serve.app import MAX_REQUEST_PIXELS
+
+    url = servers["image"]
+    t0 = time.monotonic()
+    big = httpx.post(f"{url}/predict", json={"records": [{"path": _blank_png_b64(4096, 4096)}] * 45}, timeout=60)
+    assert big.status_code == 422 and "pixels per image" in big.json()["detail"] and time.monotonic() - t0 < 2, big.text
+    too_many = httpx.post(f"{url}/predict", json={"records": [{"path": _blank_png_b64(1024, 1024)}] * 17}, timeout=60)
+    assert too_many.status_code == 413 and f"at most {MAX_REQUEST_PIXELS} pixels per request" in too_many.json()["detail"], too_many.text
+
+    at_cap = {"records": [{"path": _blank_png_b64(1024, 1024)}] * (MAX_REQUEST_PIXELS // (1024 * 1024))}
+    normal = {"path": _b64(models["root"] / "digits" / models["image"][1]["path"].iloc[0])}
+    with ThreadPoolExecutor(5) as pool:
+        heavy = [pool.submit(httpx.post, f"{url}/predict", json=at_cap, timeout=120) for _ in range(4)]
+        t0 = time.monotonic()
+        answer = httpx.post(f"{url}/predict", json=normal, timeout=60)
+        took = time.monotonic() - t0
+        codes = [f.result().status_code for f in heavy]
+    assert answer.status_code == 200 and codes == [200] * 4, (answer.text, codes)
+    assert took < 2.0, f"a normal request took {took:.2f} s behind four bodies at the pixel cap"
+
+
+def test_predict_command_refuses_paths_that_are_no_image_files_and_sends_nothing(servers, models, tmp_path):
+    import os
+    import time
+
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "notes.txt").write_text("password=hunter2\n")
+    app = typer.Typer()
+    serve_cli.register(app)
+    for cell, cause in (("/dev/zero", "a device or special file"), ("fifo", "a FIFO"), ("notes.txt", "it was not sent"),
+                        ("../../etc/passwd", "must stay inside the data's folder")):
+        path = tmp_path / "rows.csv"
+        path.write_text(f"path\n{cell}\n")
+        t0 = time.monotonic()
+        result = CliRunner().invoke(app, ["predict", servers["image"], str(path)])
+        assert result.exit_code == 1 and cause in " ".join(result.output.split()), (cell, result.output)
+        assert "Traceback" not in result.output and time.monotonic() - t0 < 10

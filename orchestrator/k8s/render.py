@@ -604,7 +604,7 @@ def serve_config(spec: JobSpec, checkpoint_path: str) -> dict:
                 "deployments": [
                     {
                         "name": SERVE_DEPLOYMENT,
-                        "max_ongoing_requests": serve.max_ongoing_requests,
+                        "max_ongoing_requests": serve_plan.replica_capacity(serve),
                         "max_queued_requests": serve.max_queued_requests,
                         "autoscaling_config": {
                             "min_replicas": serve.autoscaling.min_replicas,

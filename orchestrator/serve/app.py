@@ -25,6 +25,7 @@ forecast of horizon > 1 is a list of `horizon` values per record).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import dataclasses
@@ -36,8 +37,9 @@ import logging
 import math
 import re
 import time
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any, Awaitable, Callable, Optional, Union
+from typing import Annotated, Any, AsyncIterator, Awaitable, Callable, Optional, Union
 
 import numpy as np
 import pandas as pd
@@ -63,7 +65,14 @@ MAX_LISTED_ERRORS = 5
 # Bodies nest 5 levels at most ({"records": [{"readings": [[...]]}]}); up to this depth a wrong shape is
 # a 422 naming the field, beyond it the body is refused unparsed (json.loads recurses per level)
 MAX_JSON_DEPTH = 32
-MAX_IMAGE_PIXELS = 4096 * 4096  # a request's image file is refused beyond this, before its pixels are decoded
+# Image files in requests are measured from their headers before any pixel is decoded. Decoding
+# costs about 4-5 ns a pixel here (a 4096 x 4096 PNG: 75 ms), and a highly compressible PNG of that
+# size fits in 16 KB, so without a bound per request one 1 MB body could ask for seconds of decoding
+# (45 such images: 3.4 s) and delay every request batched behind it (docs/reliability.md).
+MAX_IMAGE_PIXELS = 4096 * 4096  # one image, whatever the model's input size
+MIN_IMAGE_PIXELS_CAP = 1024 * 1024  # the per-image cap is never below this...
+IMAGE_PIXELS_PER_INPUT_PIXEL = 256  # ...and otherwise 256 x the model's input pixels (16 x its width and height)
+MAX_REQUEST_PIXELS = 4096 * 4096  # all images of one request together
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 JSON_TYPES = ("application/json",)  # and any application/*+json; no Content-Type at all is taken as JSON
 # a JSON string, or an unterminated one up to the end: every match succeeds where it starts, so a
@@ -369,7 +378,7 @@ def _describe(e: dict) -> str:
     if kind == "missing":
         return "required field is missing"
     msg = e["msg"]
-    if "input" in e and kind not in ("model_type",):
+    if "input" in e and kind not in ("model_type",) and ", got " not in msg:  # our own checks say what they got
         shown = repr(e["input"])
         shown = shown if len(shown) <= 40 else shown[:37] + "..."
         msg += f", got {type(e['input']).__name__} {shown}"
@@ -383,6 +392,11 @@ def checkpoint_version(directory: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()[:12]
+
+
+def image_pixel_cap(shape: list[int]) -> int:
+    """Most pixels one image file in a request may hold, for a model taking `shape` (c, h, w)."""
+    return min(MAX_IMAGE_PIXELS, max(MIN_IMAGE_PIXELS_CAP, IMAGE_PIXELS_PER_INPUT_PIXEL * shape[1] * shape[2]))
 
 
 def token_digest(token: str) -> str:
@@ -549,7 +563,8 @@ class ModelRunner:
         from PIL import Image
 
         col = self.pre.image_column
-        errors = []
+        cap = image_pixel_cap(self.pre.image_shape)
+        errors, total = [], 0
         for i, rec in enumerate(records):
             text = rec[col]
             if text.startswith("data:") and "," in text[:200]:  # a data URL: data:image/png;base64,....
@@ -563,18 +578,28 @@ class ModelRunner:
             try:
                 with Image.open(io.BytesIO(data)) as img:
                     width, height = img.size
-            except Exception:  # PIL's UnidentifiedImageError, DecompressionBombError, ...
+            except Image.DecompressionBombError:  # the header announces more pixels than PIL opens at all
+                errors.append({"field": records.path(i, col), "type": "image_size",
+                               "message": f"image of more than {2 * Image.MAX_IMAGE_PIXELS} pixels; this server decodes at most "
+                                          f"{image_pixel_cap(self.pre.image_shape)} pixels per image: scale the image down before sending it"})
+                continue
+            except Exception:  # PIL's UnidentifiedImageError, truncated files, ...
                 errors.append({"field": records.path(i, col), "type": "image_format",
                                "message": f"not an image file PIL can read ({len(data)} bytes after base64 decoding)"})
                 continue
-            if width * height > MAX_IMAGE_PIXELS:
+            if width * height > cap:
                 errors.append({"field": records.path(i, col), "type": "image_size",
-                               "message": f"image of {width} x {height} pixels; the server decodes at most {MAX_IMAGE_PIXELS} pixels "
-                                          f"(the model takes {self.pre.image_shape[2]} x {self.pre.image_shape[1]})"})
+                               "message": f"image of {width} x {height} pixels ({width * height}); this server decodes at most {cap} "
+                                          f"pixels per image (the model takes {self.pre.image_shape[2]} x {self.pre.image_shape[1]}): "
+                                          "scale the image down before sending it"})
                 continue
+            total += width * height
             records[i] = {**rec, col: data}
         if errors:
             raise _field_errors(errors)
+        if total > MAX_REQUEST_PIXELS:
+            raise ClientError(413, f"the {len(records)} images of this request hold {total} pixels in all; the server decodes at most "
+                              f"{MAX_REQUEST_PIXELS} pixels per request: send fewer or smaller images per request")
 
     # ---- inference
     def _frame(self, records: list[dict]) -> pd.DataFrame:
@@ -676,7 +701,9 @@ class ModelRunner:
             "input": input_description(self.pre),
             "input_schema": self.Record.model_json_schema(),
             "example": example_record(self.pre),
-            "limits": {"max_records": self.max_records, "max_body_bytes": self.max_body_bytes},
+            "limits": {"max_records": self.max_records, "max_body_bytes": self.max_body_bytes,
+                       **({"max_image_pixels": image_pixel_cap(self.pre.image_shape), "max_request_pixels": MAX_REQUEST_PIXELS}
+                          if image_files(self.pre) else {})},
             "checkpoint": self.loaded.path,
             **(extra or {}),
         }
@@ -798,6 +825,61 @@ class Guard:
         return None
 
 
+class Intake:
+    """A request's way in: its body must arrive within `body_timeout_s` (else 408); only then does it
+    take one of `max_working` slots (None: no bound here), waiting for one behind at most
+    `max_waiting` others (-1: unbounded; more: 503). So a client that sends its body slowly, or
+    never, holds no working slot, and /healthz (which takes none) answers while such clients are
+    connected. Counts are per replica and read by /metadata."""
+
+    def __init__(self, body_timeout_s: float = 10.0, max_working: Optional[int] = None, max_waiting: int = -1):
+        self.body_timeout_s = body_timeout_s
+        self.max_working = max_working
+        self.max_waiting = max_waiting
+        self.receiving = self.working = self.waiting = 0
+        self._slots: Optional[asyncio.Semaphore] = asyncio.Semaphore(max_working) if max_working else None
+
+    def counts(self) -> dict[str, int]:
+        return {"receiving": self.receiving, "working": self.working, "waiting": self.waiting}
+
+    async def read_body(self, request, limit: int) -> bytes:
+        """The body, refused with 413 as soon as it grows past `limit` (also without a Content-Length)
+        and with 408 when it has not all arrived within body_timeout_s."""
+        self.receiving += 1
+        try:
+            return await asyncio.wait_for(read_body(request, limit), self.body_timeout_s)
+        except asyncio.TimeoutError:
+            raise ClientError(408, f"request body not received within {self.body_timeout_s:g} s (serve.body_timeout_s)",
+                              headers={"Connection": "close"}) from None
+        finally:
+            self.receiving -= 1
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """One working slot for the request's parsing and inference; 503 when too many wait for one."""
+        if self._slots is None:
+            self.working += 1
+            try:
+                yield
+            finally:
+                self.working -= 1
+            return
+        if self._slots.locked() and 0 <= self.max_waiting <= self.waiting:
+            raise ClientError(503, f"overloaded: {self.max_working} requests in progress and {self.waiting} waiting; retry later",
+                              headers={"Retry-After": "1"})
+        self.waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self.waiting -= 1
+        self.working += 1
+        try:
+            yield
+        finally:
+            self.working -= 1
+            self._slots.release()
+
+
 async def read_body(request, limit: int) -> bytes:
     """The body, refused with 413 as soon as it grows past `limit` (also without a Content-Length)."""
     chunks, total = [], 0
@@ -813,8 +895,12 @@ Infer = Callable[[list[dict]], Awaitable[list[dict]]]
 
 
 def make_api(runner: ModelRunner, infer: Infer, *, token_sha256: Optional[str] = None,
-             observe: Optional[Callable[[str, int, float], None]] = None, info: Optional[Callable[[], dict]] = None):
-    """FastAPI app: POST /predict, GET /healthz, GET /metadata, /docs; `infer` runs validated records."""
+             observe: Optional[Callable[[str, int, float], None]] = None, info: Optional[Callable[[], dict]] = None,
+             intake: Optional[Intake] = None):
+    """FastAPI app: POST /predict, GET /healthz, GET /metadata, /docs; `infer` runs validated records.
+    `intake` bounds the wait for a request's body and the requests worked on at once (default: a
+    10 s body timeout, no bound on work)."""
+    intake = intake or Intake()
     auth_note = (" Every endpoint but /healthz needs `Authorization: Bearer <token>`." if token_sha256 else "")
     api = FastAPI(
         title=f"{runner.name} model server", version=runner.version,
@@ -854,17 +940,20 @@ def make_api(runner: ModelRunner, infer: Infer, *, token_sha256: Optional[str] =
         summary="Predict one record or a list of records",
         openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": body_schema, "example": example}}}},
         responses={200: prediction_doc, 400: {"description": "malformed JSON", **error_doc},
+                   408: {"description": "the body did not arrive within serve.body_timeout_s", **error_doc},
                    413: {"description": "body or record count over the limit", **error_doc},
                    415: {"description": "Content-Type is not JSON", **error_doc},
                    422: {"description": "a record does not match the input schema; `errors` names each field", **error_doc},
-                   503: {"description": "overloaded (queue full): retry later"}},
+                   503: {"description": "overloaded (all working slots busy and the queue full): retry later"}},
     )
     async def predict(request: Request):
         ctype = request.headers.get("content-type")
         if not is_json_type(ctype):
             raise ClientError(415, f"Content-Type {ctype!r} is not JSON: send 'Content-Type: application/json'")
-        records = runner.parse(await read_body(request, runner.max_body_bytes))
-        return SafeJSONResponse(runner.response(await infer(records), records))
+        body = await intake.read_body(request, runner.max_body_bytes)
+        async with intake.slot():
+            records = runner.parse(body)
+            return SafeJSONResponse(runner.response(await infer(records), records))
 
     @api.get("/healthz", summary="Liveness (no token needed)")
     async def healthz():

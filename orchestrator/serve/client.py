@@ -275,11 +275,26 @@ def _image_cell(v: Any, source: str, base_dir: Path, path: Path, row: int, colum
         return base64.b64encode(bytes(v)).decode("ascii")
     if source == "path" and isinstance(v, str) and v.strip():
         try:
-            data = read_image_file(resolve_image_path(v, str(base_dir)), column)
+            file = resolve_image_path(v, str(base_dir))
+            data = read_image_file(file, column)
+            _check_image(data, file, column)  # a file that is no image is never sent to the server
         except ValueError as e:
             raise OrchestratorError(f"{path}: row {row}: {e}") from None
         return base64.b64encode(data).decode("ascii")
     return v  # base64 text already, or a mistake the server names
+
+
+def _check_image(data: bytes, file: str, column: str) -> None:
+    """ValueError unless `data` starts like an image file PIL reads (the header only, no pixels)."""
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)):
+            pass
+    except Exception:  # UnidentifiedImageError, DecompressionBombError, ...
+        raise ValueError(f"{file}: not an image file PIL can read (column {column!r}); it was not sent") from None
 
 
 def request_records(df, info: dict, path: Path) -> Iterator[dict]:
@@ -298,20 +313,38 @@ def request_records(df, info: dict, path: Path) -> Iterator[dict]:
         yield rec
 
 
-def _chunks(records: Iterator[dict], count: int, max_bytes: Optional[int], path: Path) -> Iterator[tuple[int, list[dict]]]:
-    """(first row, records) of at most `count` records whose {"records": [...]} body fits `max_bytes`."""
+def _image_pixels(cell: Any) -> int:
+    """Pixels of a base64-encoded image file, from its header (0 when it is not one: the server says why)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(base64.b64decode(cell))) as img:
+            return img.size[0] * img.size[1]
+    except Exception:
+        return 0
+
+
+def _chunks(records: Iterator[dict], count: int, max_bytes: Optional[int], path: Path, *,
+            image_column: Optional[str] = None, max_pixels: Optional[int] = None) -> Iterator[tuple[int, list[dict]]]:
+    """(first row, records) of at most `count` records whose {"records": [...]} body fits `max_bytes`
+    and, with `image_column`, whose images hold at most `max_pixels` pixels together."""
     budget = (max_bytes - 64) if max_bytes else None  # room for {"records": []}
-    start, batch, size = 0, [], 0
+    start, batch, size, pixels = 0, [], 0, 0
     for i, rec in enumerate(records):
         n = len(json.dumps(rec)) + 2 if budget is not None else 0
         if budget is not None and n > budget:
             raise OrchestratorError(f"{path}: row {i} is {n} bytes as JSON; the server takes bodies of at most {max_bytes} bytes "
                                     "(serve.max_body_bytes)")
-        if batch and (len(batch) >= count or (budget is not None and size + n > budget)):
+        px = _image_pixels(rec.get(image_column)) if image_column and max_pixels and isinstance(rec.get(image_column), str) else 0
+        if batch and (len(batch) >= count or (budget is not None and size + n > budget) or (max_pixels and pixels + px > max_pixels)):
             yield start, batch
-            start, batch, size = i, [], 0
+            start, batch, size, pixels = i, [], 0, 0
         batch.append(rec)
         size += n
+        pixels += px
     if batch:
         yield start, batch
 
@@ -329,7 +362,7 @@ def predict_file(url: str, path: Path, *, token: Optional[str] = None, chunk: in
         raise OrchestratorError(f"{path}: no records")
     client = PredictClient(url, token)
     meta = client.metadata()
-    max_bytes = None
+    max_bytes = max_pixels = None
     info: dict = {}
     if meta is not None:
         info = meta.get("input") or {}
@@ -346,9 +379,11 @@ def predict_file(url: str, path: Path, *, token: Optional[str] = None, chunk: in
         limits = meta.get("limits", {})
         chunk = min(chunk, int(limits.get("max_records", chunk)))
         max_bytes = limits.get("max_body_bytes")
+        max_pixels = limits.get("max_request_pixels")
 
     out: list[dict] = []
-    for start, batch in _chunks(request_records(df, info, path), chunk, max_bytes, path):
+    image_column = info.get("column") if info.get("kind") == "image" and info.get("source") != "array" else None
+    for start, batch in _chunks(request_records(df, info, path), chunk, max_bytes, path, image_column=image_column, max_pixels=max_pixels):
         body = client.predict(batch, start)
         probs = body.get("probabilities") or [None] * len(body["predictions"])
         for i, (pred, p) in enumerate(zip(body["predictions"], probs)):

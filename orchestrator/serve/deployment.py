@@ -10,8 +10,12 @@ drain: `max_surge_percent=100`).
 Inside each replica (`Predictor`) requests are validated against the schema derived from the
 checkpoint's preprocessing, then queued for `@serve.batch`: every forward pass takes up to
 `max_batch_size` records from however many requests arrived within `batch_wait_timeout_s`, and runs
-in a worker thread so the replica keeps accepting requests meanwhile. Backpressure is Serve's own:
-beyond `max_ongoing_requests` per replica plus `max_queued_requests` waiting, the proxy answers 503.
+in a worker thread so the replica keeps accepting requests meanwhile. A request's body must arrive
+within `body_timeout_s` (else 408), and only then does it take one of the replica's
+`max_working_requests` slots (the spec's max_ongoing_requests); with all of them busy and
+`max_waiting_requests` already waiting it gets 503. Serve's own max_ongoing_requests is set higher
+by the requests whose bodies are still arriving (serve/plan.py, replica_capacity), so slow clients
+never take the slots that work is done in.
 
 Prometheus metrics (exported by Ray's metrics agent on every node, with the deployment, replica and
 application as labels): ray_orchestrator_serve_requests_total{route,status},
@@ -34,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 
 from orchestrator.errors import CheckpointError, OrchestratorError, last_line
-from orchestrator.serve.app import DEFAULT_MAX_RECORDS, ModelRunner, make_api, token_digest
+from orchestrator.serve.app import DEFAULT_MAX_RECORDS, Intake, ModelRunner, make_api, token_digest
 from orchestrator.serve.plan import DEPLOYMENT, serve_args
 from orchestrator.spec import Autoscaling, ServeSpec
 from orchestrator.train.checkpoint import describe_error
@@ -59,6 +63,10 @@ class ServeArgs(BaseModel):
     batch_wait_timeout_s: float = Field(_D["batch_wait_timeout_s"].default, ge=0, le=10)
     max_body_bytes: int = Field(_D["max_body_bytes"].default, gt=0)
     max_records: int = Field(DEFAULT_MAX_RECORDS, gt=0, description="Most records in one request (more: 413).")
+    body_timeout_s: float = Field(_D["body_timeout_s"].default, gt=0, le=600, description="Longest wait for a request's body (slower: 408).")
+    max_working_requests: Optional[int] = Field(
+        None, gt=0, description="Requests a replica works on at once once their bodies are in; default: no bound besides Serve's max_ongoing_requests.")
+    max_waiting_requests: int = Field(-1, ge=-1, description="Requests with a complete body waiting for a working slot before 503; -1 is unbounded.")
     auth_token_env: Optional[str] = Field(None, description="Env var of the replica holding the bearer token.")
     auth_token_sha256: Optional[str] = Field(None, pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the bearer token (wins over auth_token_env).")
     torch_threads: Optional[int] = Field(None, gt=0, description="torch.set_num_threads in each replica.")
@@ -71,7 +79,8 @@ class ServeArgs(BaseModel):
 
     def replica_settings(self) -> dict:
         return self.model_dump(mode="json", include={"checkpoint_path", "version", "max_batch_size", "batch_wait_timeout_s",
-                                                      "max_body_bytes", "max_records", "auth_token_env", "auth_token_sha256", "torch_threads"})
+                                                      "max_body_bytes", "max_records", "body_timeout_s",
+                                                      "max_working_requests", "max_waiting_requests", "auth_token_env", "auth_token_sha256", "torch_threads"})
 
 
 def local_checkpoint(path: str) -> str:
@@ -162,6 +171,7 @@ class Predictor:
         device = "cuda" if _gpu_assigned() else "cpu"  # Ray gave this replica a GPU (ray_actor_options.num_gpus)
         self.runner = ModelRunner(local_checkpoint(s.checkpoint_path), version=s.version, max_records=s.max_records,
                                   max_body_bytes=s.max_body_bytes, device=device)
+        self.intake = Intake(body_timeout_s=s.body_timeout_s, max_working=s.max_working_requests, max_waiting=s.max_waiting_requests)
         self.token_sha256 = token_sha256
         self.max_batch_size = s.max_batch_size
         self.batch_wait_timeout_s = s.batch_wait_timeout_s
@@ -174,13 +184,14 @@ class Predictor:
         self.metrics = _Metrics()
 
     def __serve_build_asgi_app__(self):
-        return make_api(self.runner, self.infer, token_sha256=self.token_sha256, observe=self.metrics.request, info=self._info)
+        return make_api(self.runner, self.infer, token_sha256=self.token_sha256, observe=self.metrics.request, info=self._info,
+                        intake=self.intake)
 
     def _info(self) -> dict:
         ctx = serve.get_replica_context()
         return {"serving": {"replica": getattr(ctx, "replica_tag", None) or str(getattr(ctx, "replica_id", "")),
                             "max_batch_size": self.max_batch_size, "batch_wait_timeout_s": self.batch_wait_timeout_s,
-                            "auth": self.token_sha256 is not None}}
+                            "auth": self.token_sha256 is not None, **self.intake.counts()}}
 
     async def infer(self, records: list[dict]) -> list[dict]:
         n = self.max_batch_size

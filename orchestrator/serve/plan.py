@@ -15,6 +15,14 @@ IMPORT_PATH = "orchestrator.serve.deployment:app_builder"
 DEPLOYMENT = "Predictor"
 
 
+def replica_capacity(spec: ServeSpec) -> int:
+    """Serve's max_ongoing_requests for the deployment: the requests a replica works on, plus those
+    whose bodies are still arriving or that wait for one of those slots. The replica itself lets at
+    most `spec.max_ongoing_requests` of them past the body (serve/app.py, Intake), so a slow client
+    never holds a working slot, and /healthz answers while such clients are connected."""
+    return spec.max_ongoing_requests + spec.max_receiving_requests
+
+
 def replica_args(checkpoint_path: str, spec: ServeSpec, *, version: Optional[str] = None) -> dict:
     """app_builder args that each replica reads itself (the deployment options are set apart)."""
     args: dict[str, Any] = {
@@ -22,6 +30,9 @@ def replica_args(checkpoint_path: str, spec: ServeSpec, *, version: Optional[str
         "max_batch_size": spec.max_batch_size,
         "batch_wait_timeout_s": spec.batch_wait_timeout_s,
         "max_body_bytes": spec.max_body_bytes,
+        "body_timeout_s": spec.body_timeout_s,
+        "max_working_requests": spec.max_ongoing_requests,
+        "max_waiting_requests": spec.max_queued_requests,
     }
     if version:
         args["version"] = version
@@ -34,7 +45,7 @@ def serve_args(checkpoint_path: str, spec: ServeSpec, *, version: Optional[str] 
     """app_builder args for a checkpoint served with `spec`'s settings: the replica's and the deployment options."""
     return {
         **replica_args(checkpoint_path, spec, version=version),
-        "max_ongoing_requests": spec.max_ongoing_requests,
+        "max_ongoing_requests": replica_capacity(spec),
         "max_queued_requests": spec.max_queued_requests,
         "autoscaling_config": spec.autoscaling.model_dump(),
         "num_cpus": spec.cpus_per_replica,
