@@ -114,6 +114,8 @@ def _prepare(spec: JobSpec, console: Console):
         f"data: {prepared.source}  task={pre.task}  train rows={pre.train_rows}  inputs={pre.input_shape}  outputs={pre.num_outputs}",
         highlight=False, soft_wrap=True,
     )
+    for note in prepared.notes:
+        console.print(f"note: {note}", highlight=False, soft_wrap=True)
     return prepared
 
 

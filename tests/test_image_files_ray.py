@@ -30,13 +30,23 @@ def _png(label: int, rng) -> bytes:
     return buf.getvalue()
 
 
-def _table(tmp_path: Path, n: int = 80) -> pd.DataFrame:
+def _png16(label: int, rng) -> bytes:
+    """_png's image at 16 bits: each value x as x * 257, which 8-bit decoding must read back as x."""
+    a = rng.integers(0, 60, size=(12, 12))
+    a[(slice(0, 6) if label == 0 else slice(6, 12))] += 180
+    buf = io.BytesIO()
+    Image.fromarray((a * 257).astype(np.uint16)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _table(tmp_path: Path, n: int = 80, sixteen_bit: bool = False) -> pd.DataFrame:
     rng = np.random.default_rng(0)
     (tmp_path / "imgs").mkdir(exist_ok=True)
     rows = []
     for i in range(n):
         label = i % 2
-        (tmp_path / "imgs" / f"{i:03d}.png").write_bytes(_png(label, rng))
+        make = _png16 if sixteen_bit and i % 3 == 0 else _png
+        (tmp_path / "imgs" / f"{i:03d}.png").write_bytes(make(label, rng))
         rows.append((f"imgs/{i:03d}.png", label))  # relative to the table's folder
     return pd.DataFrame(rows, columns=["path", "label"])
 
@@ -56,14 +66,23 @@ def _train(tmp_path: Path, d: dict):
 
 
 def test_image_file_job_reads_png_paths_through_the_cli(tmp_path):
-    _table(tmp_path).to_parquet(tmp_path / "images.parquet")
-    r = _train(tmp_path, _spec(tmp_path / "images.parquet"))
+    """A third of the PNGs are 16-bit, and four rows have no label."""
+    df = _table(tmp_path, sixteen_bit=True)
+    df["label"] = df["label"].astype(float)
+    df.loc[[5, 17, 40, 66], "label"] = None
+    df.to_parquet(tmp_path / "images.parquet")
+    d = _spec(tmp_path / "images.parquet")
+    d["data"]["task"] = "classification"  # a label with gaps is read as float
+    r = _train(tmp_path, d)
     assert r.returncode == 0, r.stdout + r.stderr
+    assert "note: 4 of 80 rows have no 'label' (data.label) and are left out of every split" in r.stdout, r.stdout
     (run,) = (tmp_path / "runs").iterdir()
     assert json.loads((run / "test_metrics.json").read_text())["test_rows"] > 0
     pre = load_model(run / "best_checkpoint").preprocessor
     assert pre.image_source == "path" and pre.image_root == str(tmp_path) and pre.image_shape == [1, 8, 8]
-    assert 0 < pre.image_mean < 255
+    # every image, 8 or 16 bits, holds values of mean 30 on one half and 210 on the other: 120 on
+    # the 8-bit scale. 16-bit images clipped to 8 bits (as before) pulled it towards 255.
+    assert 110 < pre.image_mean < 130, pre.image_mean
 
 
 def test_image_bytes_and_rgb_are_decoded_and_resized(ray_session, tmp_path):

@@ -113,7 +113,7 @@ def test_pad_sequences_truncation_keeps_the_most_recent_steps():
     ([[1, 2], [[1, 2], [3]]], "row 1: step 1 has 1 values, earlier steps have 2"),
     ([[1, "x"]], "row 0: step 1: non-numeric value 'x'"),
     ([[1, True]], "row 0: step 1: non-numeric value True"),
-    ([[1, None]], "row 0: step 1: non-numeric value None"),
+    ([[1, None]], "row 0: step 1: missing value"),
     ([[0], [1, float("nan")]], "row 1: step 1: value nan is not finite"),
     ([[1, [2, 3]]], "row 0: step 1 mixes numbers and vectors"),
     ([[[1, 2]], [[1, 2, 3]]], "row 1: steps have 3 values, expected 2 like the rows before"),

@@ -79,9 +79,10 @@ def test_series_refuses_repeated_times_and_gaps_naming_the_column(ray_session, t
     df.to_parquet(tmp_path / "dup.parquet")
     with pytest.raises(DataError, match="'date' \\(data.series.order_by\\) has 40 repeated values"):
         prepare_data(parse_spec(_series_spec(tmp_path / "dup.parquet")))
-    df = pd.DataFrame({"date": np.arange(80), "value": np.where(np.arange(80) == 40, np.nan, np.arange(80.0))})
+    # the gap's row in the file (here in reverse time order) and its time, not its place in time order
+    df = pd.DataFrame({"date": np.arange(80), "value": np.where(np.arange(80) == 40, np.nan, np.arange(80.0))}).iloc[::-1]
     df.to_parquet(tmp_path / "gap.parquet")
-    with pytest.raises(DataError, match="'value' \\(data.series\\): series point 40 is nan"):
+    with pytest.raises(DataError, match="gap.parquet: row 39 \\(date = 40\\), column 'value' \\(data.series.column\\): missing value"):
         prepare_data(parse_spec(_series_spec(tmp_path / "gap.parquet")))
 
 

@@ -8,6 +8,7 @@ file skips Ray Data's tasks: the same functions run on the driver (read_on_drive
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -26,12 +27,15 @@ import ray
 from ray.data.aggregate import Count, Mean, Std, Sum, Unique
 
 from orchestrator.data.preprocess import SERIES_TARGET, SPLIT_COLUMN, SPLITS, Preprocessor, assign_splits, plain_value
+from orchestrator.data.files import hidden, image_root, shown, source_bytes
+from orchestrator.data.rows import MAX_SEQUENCE_STEPS, locate_image_bytes, locate_non_utf8, scan_rows
 from orchestrator.errors import DataError
 from orchestrator.spec import JobSpec, is_uri, resolve_source, task_problems
 
 DATA_TASK_CPUS = 0.25
 CACHE_MAX_BYTES = 1 << 30  # data.cache: auto keeps sources up to this size in the object store
 MAX_AUTO_CATEGORIES = 1000  # a string column with more distinct values is more likely an id than a category
+FILE_ROW = "__file_row"  # a point's row in the source, kept while a series is sorted by time
 MAX_SERIES_POINTS = 10_000_000  # a series is read whole on the driver (one column); beyond this it is refused
 
 
@@ -63,6 +67,7 @@ class PreparedData:
     preprocessor: Preprocessor
     raw: dict[str, ray.data.Dataset]  # split name -> untransformed rows
     transformed: dict[str, ray.data.Dataset]  # split name -> {"x", "y"} rows
+    notes: list[str] = field(default_factory=list)  # what the run should tell the user about the data (rows left out, ...)
 
 
 # ------------------------------------------------------------------------------------ reading
@@ -110,11 +115,6 @@ def read_dataset(spec: JobSpec) -> tuple[str, ray.data.Dataset]:
 EXTENSIONS = {"parquet": ("parquet", "pq"), "csv": ("csv", "csv.gz", "csv.bz2", "csv.br", "csv.zst", "csv.lz4")}
 
 
-def _hidden(rel: str) -> bool:
-    """_SUCCESS, .crc, _temporary/...: files that writers such as Spark leave beside the data."""
-    return any(part.startswith((".", "_")) for part in rel.split("/") if part)
-
-
 def check_source_files(src: str, fmt: str) -> Optional[bool]:
     """Refuse, on the driver and before any Ray task, what Ray Data would skip or misreport.
 
@@ -131,7 +131,7 @@ def check_source_files(src: str, fmt: str) -> Optional[bool]:
         is_dir = info.type == pafs.FileType.Directory
         if is_dir:
             files = [f for f in fs.get_file_info(pafs.FileSelector(path, recursive=True))
-                     if f.type == pafs.FileType.File and not _hidden(f.path[len(path):])]
+                     if f.type == pafs.FileType.File and not hidden(f.path[len(path):])]
         else:
             files = [info] if info.type == pafs.FileType.File else []
     except Exception:  # no rights to list, an unknown scheme...: the read itself will say
@@ -150,7 +150,7 @@ def check_source_files(src: str, fmt: str) -> Optional[bool]:
             raise DataError(f"{src}: the folder holds no {'/'.join('.' + e for e in exts)} files (data.format {fmt})")
     for f in files:
         if f.size == 0:
-            raise DataError(f"{_shown(src, f.path)}: empty file (0 bytes), not a {fmt} file")
+            raise DataError(f"{shown(src, f.path)}: empty file (0 bytes), not a {fmt} file")
     return is_dir
 
 
@@ -158,12 +158,6 @@ def _kind(name: str, exts: tuple) -> str:
     name = name.lower()
     ext = next((e for e in exts if name.endswith("." + e)), None) or (name.rsplit(".", 1)[1] if "." in name else None)
     return f".{ext}" if ext else "(no extension)"
-
-
-def _shown(src: str, path: str) -> str:
-    """A listed file as the user would write it (pyarrow drops the URI scheme)."""
-    scheme = src.split("://", 1)[0] + "://" if is_uri(src) else ""
-    return path if not scheme or path.startswith(scheme) else scheme + path
 
 
 @contextmanager
@@ -209,7 +203,7 @@ def _describe_failure(src: str, fmt: str, e: BaseException) -> str:
     m = _CSV_FAILED.search(text)
     if m:  # Ray Data's message drops pyarrow's; parse that one file again here to recover it
         path = m.group(1)
-        return f"{_shown(src, path)}: cannot read as CSV: {_csv_problem(src, path) or 'unknown parse error'}"
+        return f"{shown(src, path)}: cannot read as CSV: {_csv_problem(src, path) or 'unknown parse error'}"
     lines = [l.strip() for l in text.splitlines() if l.strip() and not l.strip().startswith(_RAY_NOISE)]
     reason = lines[0] if lines else type(cause).__name__
     if isinstance(cause, ray.exceptions.UserCodeException):
@@ -245,7 +239,8 @@ def check_columns(spec: JobSpec, src: str, schema: pa.Schema) -> Columns:
             raise DataError(f"{src}: column {col!r} ({what}) not found; the file has {sorted(types)}")
         return types[col]
 
-    label_type = need(d.label, "data.label")
+    label_field = "data.series.column" if d.series is not None else "data.label"  # a series forecasts its own column
+    label_type = need(d.label, label_field)
     task = "regression" if d.series is not None else d.task  # a series forecasts numbers
     if task is None:
         task = "regression" if pa.types.is_floating(label_type) else "classification"
@@ -254,7 +249,8 @@ def check_columns(spec: JobSpec, src: str, schema: pa.Schema) -> Columns:
         if problems:
             raise DataError(f"{src}: " + "; ".join(problems))
     if task == "regression" and not (pa.types.is_integer(label_type) or pa.types.is_floating(label_type)):
-        raise DataError(f"{src}: column {d.label!r} (data.label) has type {label_type}; regression needs a numeric label")
+        what = "a series must hold numbers" if d.series is not None else "regression needs a numeric label"
+        raise DataError(f"{src}: column {d.label!r} ({label_field}) has type {label_type}; {what}")
 
     if d.image is not None:
         t = need(d.image.column, "data.image.column")
@@ -278,6 +274,10 @@ def check_columns(spec: JobSpec, src: str, schema: pa.Schema) -> Columns:
     if d.text is not None:
         t = need(d.text.column, "data.text.column")
         if not _is_text(t):
+            if pa.types.is_binary(t) or pa.types.is_large_binary(t):  # what pyarrow makes of a CSV column that is not UTF-8
+                where = locate_non_utf8(spec, src, d.text.column)
+                raise DataError(f"{where or src}: column {d.text.column!r} (data.text.column) holds bytes that are not UTF-8 text; "
+                                "save the file as UTF-8")
             raise DataError(f"{src}: column {d.text.column!r} (data.text.column) has type {t}; it must hold strings")
         return Columns(task=task, numeric=[], categorical=[], image=None, text=d.text.column)
     if d.sequence is not None:
@@ -363,14 +363,6 @@ def _file_image_moments(df: pd.DataFrame, *, pre: dict, key: str = "") -> pd.Dat
     return pd.DataFrame({"__s": flat.sum(axis=1), "__ss": (flat * flat).sum(axis=1), "__n": [flat.shape[1]] * len(df)})
 
 
-def image_root(src: str) -> str:
-    """The folder relative image paths resolve against: the source's folder (or the source, a folder)."""
-    if is_uri(src):
-        last = src.rstrip("/").rsplit("/", 1)
-        return last[0] if src.endswith("/") is False and "." in last[-1] else src.rstrip("/")
-    return src if os.path.isdir(src) else os.path.dirname(src)
-
-
 def _fit_text(pre: Preprocessor, spec: JobSpec, train: "_TrainRows", src: str) -> None:
     """Fit the tokenizer on the training split's texts (collected on the driver, sorted so the
     vocabulary does not depend on the order the blocks were read in)."""
@@ -381,9 +373,9 @@ def _fit_text(pre: Preprocessor, spec: JobSpec, train: "_TrainRows", src: str) -
     if not texts:
         raise DataError(f"{src}: the training split is empty (too few rows for data.split)")
     missing = sum(1 for v in texts if not isinstance(v, str))
-    empty = sum(1 for v in texts if v == "")
+    empty = sum(1 for v in texts if isinstance(v, str) and not v.strip())
     if missing or empty:
-        what = " and ".join(filter(None, [f"{missing} missing values" if missing else "", f"{empty} empty strings" if empty else ""]))
+        what = " and ".join(filter(None, [f"{missing} missing values" if missing else "", f"{empty} empty or whitespace-only texts" if empty else ""]))
         raise DataError(f"{src}: column {t.column!r} (data.text.column) holds {what} in the training split; every row needs a text")
     if t.lowercase:
         texts = [v.lower() for v in texts]
@@ -424,7 +416,12 @@ def _fit_sequence(pre: Preprocessor, spec: JobSpec, train: "_TrainRows", src: st
     mean = total / n
     std = np.sqrt(np.maximum(squares / n - mean * mean, 0.0))
     pre.sequence_column, pre.sequence_features = col, widths[0]
-    pre.sequence_max_length = spec.data.sequence.max_length or max(int(r["longest"]) for r in parts)
+    longest = max(int(r["longest"]) for r in parts)
+    if spec.data.sequence.max_length is None and longest > MAX_SEQUENCE_STEPS:
+        raise DataError(f"{src}: column {col!r} (data.sequence.column): a row of the training split holds {longest} steps; without "
+                        f"data.sequence.max_length rows may hold at most {MAX_SEQUENCE_STEPS} (every batch is padded to the longest row): "
+                        "set data.sequence.max_length, and longer rows keep their most recent steps")
+    pre.sequence_max_length = spec.data.sequence.max_length or longest
     pre.sequence_means = [float(v) for v in mean]
     pre.sequence_stds = [float(v) if v > 0 else 1.0 for v in std]
 
@@ -596,8 +593,17 @@ def _transform(df: pd.DataFrame, *, pre: dict, key: str = "") -> dict:
 
 def prepare_data(spec: JobSpec) -> PreparedData:
     """Read, check, split and fit; the returned datasets are lazy and stream when consumed."""
-    with data_errors(resolve_source(spec), spec.data.format):  # any Ray Data failure in here: one clear line
-        return _prepare_data(spec)
+    src = resolve_source(spec)
+    try:
+        with data_errors(src, spec.data.format):  # any Ray Data failure in here: one clear line
+            return _prepare_data(spec)
+    except DataError as e:
+        # image bytes that do not decode are found in a batch of a split: name their row in the file
+        if spec.data.image is not None and "not a readable image" in str(e) and f"column {spec.data.image.column!r}: row" in str(e):
+            found = locate_image_bytes(spec, src, spec.data.image.column)
+            if found:
+                raise DataError(found) from None
+        raise
 
 
 def _prepare_data(spec: JobSpec) -> PreparedData:
@@ -612,13 +618,18 @@ def _prepare_data(spec: JobSpec) -> PreparedData:
     cols = check_columns(spec, src, schema)
     if cols.series:
         return _prepare_series(spec, src, ds, cols)
+    counts = scan_rows(spec, src, cols, ds if local is not None else None)
+    notes = []
+    if counts is not None and counts.missing_labels:
+        notes.append(f"{counts.missing_labels} of {counts.rows} rows have no {spec.data.label!r} (data.label) and are left out of "
+                     "every split (a row without a label can be neither learned nor scored)")
     if local is not None and cols.image and cols.image_source != "array":
         # a small table of image paths or encoded bytes can decode to far more than its file
         # size: decoding stays in Ray Data's tasks, never all at once on the driver
         local = None
         src, ds = read_dataset(spec)
     if local is not None:
-        return _prepare_on_driver(spec, src, cols, ds)
+        return dataclasses.replace(_prepare_on_driver(spec, src, cols, ds), notes=notes)
     d = spec.data
     keep = cols.inputs + [d.label]
     with_split = ds.map_batches(
@@ -643,7 +654,7 @@ def _prepare_data(spec: JobSpec) -> PreparedData:
     }
     if cache:
         transformed = {name: t.materialize() for name, t in transformed.items()}
-    return PreparedData(source=src, columns=cols, preprocessor=pre, raw=raw, transformed=transformed)
+    return PreparedData(source=src, columns=cols, preprocessor=pre, raw=raw, transformed=transformed, notes=notes)
 
 
 def _series_frame(spec: JobSpec, src: str, ds) -> pd.DataFrame:
@@ -662,7 +673,8 @@ def _series_frame(spec: JobSpec, src: str, ds) -> pd.DataFrame:
     dup = int(df[s.order_by].duplicated().sum())
     if dup:
         raise DataError(f"{src}: column {s.order_by!r} (data.series.order_by) has {dup} repeated values; each point needs its own time")
-    return df.sort_values(s.order_by, kind="stable").reset_index(drop=True)
+    # the row each point had in the file (for one file; across a folder's files, in their sorted order)
+    return df.assign(**{FILE_ROW: np.arange(len(df))}).sort_values(s.order_by, kind="stable").reset_index(drop=True)
 
 
 def _prepare_series(spec: JobSpec, src: str, ds, cols: Columns) -> PreparedData:
@@ -673,6 +685,12 @@ def _prepare_series(spec: JobSpec, src: str, ds, cols: Columns) -> PreparedData:
     d, s = spec.data, spec.data.series
     df = _series_frame(spec, src, ds)
     values = df[s.column].to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        i = int(bad[0])
+        raise DataError(f"{src}: row {int(df[FILE_ROW].iloc[i])} ({s.order_by} = {plain_value(df[s.order_by].iloc[i])}), column {s.column!r} "
+                        f"(data.series.column): {'missing value' if np.isnan(values[i]) else values[i]}; "
+                        f"{int(bad.size)} point{'s' * (bad.size > 1)} in all are missing or infinite: fill or drop them before windowing")
     try:
         x, y = make_windows(values, s.window, s.horizon)
         ranges = chronological_split(len(x), (d.split.train, d.split.validation, d.split.test), s.window, s.horizon)
@@ -777,17 +795,3 @@ def _prepare_on_driver(spec: JobSpec, src: str, cols: Columns, table: pa.Table) 
     transformed = {name: _driver_transform(src, parts[name], pre_dict) for name in SPLITS}
     raw = {name: ray.data.from_pandas(parts[name]) for name in SPLITS}
     return PreparedData(source=src, columns=cols, preprocessor=pre, raw=raw, transformed=transformed)
-
-
-def source_bytes(src: str) -> Optional[int]:
-    """Total size of the source's files, or None when it cannot be listed."""
-    import pyarrow.fs as pafs
-
-    try:
-        fs, path = pafs.FileSystem.from_uri(src) if is_uri(src) else (pafs.LocalFileSystem(), src)
-        info = fs.get_file_info(path)
-        if info.type == pafs.FileType.File:
-            return info.size
-        return sum(f.size or 0 for f in fs.get_file_info(pafs.FileSelector(path, recursive=True)) if f.type == pafs.FileType.File)
-    except Exception:
-        return None

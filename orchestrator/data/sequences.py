@@ -63,6 +63,8 @@ def _row_array(i: int, row: Any) -> np.ndarray:
         if len(vals) != width:
             raise SequenceInputError(i, f"step {s} has {len(vals)} values, earlier steps have {width}")
         for v in vals:
+            if v is None:  # a null inside an Arrow list (pandas writes NaN in a list as null)
+                raise SequenceInputError(i, f"step {s}: missing value")
             if isinstance(v, (bool, np.bool_)) or not isinstance(v, (Real, np.number)):
                 raise SequenceInputError(i, f"step {s}: non-numeric value {v!r}")
             if not math.isfinite(float(v)):
