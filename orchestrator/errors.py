@@ -85,6 +85,12 @@ class AlreadyExists(K8sError):
 # --------------------------------------------------------------------- one-line reasons
 
 
+def shown_value(v: object, limit: int = 40) -> str:
+    """A value from outside as it appears in an error: its repr, cut to `limit` characters."""
+    text = repr(v)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def one_line(text: object, limit: int = 300) -> str:
     """`text` (or an exception's message) as one short printable line: messages quote user and server
     text, which may hold newlines or control characters."""

@@ -411,6 +411,23 @@ def read_image_file(path: str, column: str, limit: int = MAX_IMAGE_FILE_BYTES) -
         raise ValueError(f"{path}: cannot read the image file (column {column!r}): {e.strerror or e}") from None
 
 
+def image_header_problem(data: bytes) -> Optional[str]:
+    """What is wrong with an encoded image's header (no pixel is decoded), or None when PIL reads it."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)):
+            return None
+    except UnidentifiedImageError:
+        return f"not a readable image ({len(data)} bytes in no image format PIL knows)"
+    except Image.DecompressionBombError as e:
+        return f"not a readable image ({e})"
+    except Exception as e:  # truncated or damaged headers
+        return f"not a readable image ({type(e).__name__}: {e})"
+
+
 def decode_image(data: bytes, shape: list[int], where: str) -> np.ndarray:
     """Encoded image (PNG, JPEG, ...) -> float32 [channels, height, width] in 0..255, converted to
     the channels of `shape` (1 grey, 3 RGB, 4 RGBA) and resized to its height x width."""

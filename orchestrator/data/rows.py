@@ -20,7 +20,7 @@ multi-gigabyte source is not read twice.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
@@ -28,7 +28,8 @@ import pandas as pd
 import pyarrow as pa
 
 from orchestrator.data.files import image_root, list_files, source_bytes
-from orchestrator.errors import DataError
+from orchestrator.data.preprocess import decode_image, image_header_problem, resolve_image_path
+from orchestrator.errors import DataError, shown_value
 from orchestrator.spec import JobSpec
 
 SCAN_MAX_BYTES = 1 << 30
@@ -45,7 +46,6 @@ class RowCounts:
 
     rows: int = 0
     missing_labels: int = 0
-    files: list[str] = field(default_factory=list)
 
 
 def _missing(v: Any) -> bool:
@@ -56,17 +56,12 @@ def text_problem(v: Any) -> Optional[str]:
     if _missing(v):
         return "missing text (every row needs one)"
     if not isinstance(v, str):
-        return f"expected text, got {type(v).__name__} {_shown(v)}"
+        return f"expected text, got {type(v).__name__} {shown_value(v)}"
     if not v:
         return "missing or empty text (every row needs one; a CSV holds a missing text as an empty one)"
     if not v.strip():
         return "whitespace-only text (it has nothing to predict from; serving refuses it too)"
     return None
-
-
-def _shown(v: Any, limit: int = 40) -> str:
-    r = repr(v)
-    return r if len(r) <= limit else r[: limit - 3] + "..."
 
 
 class _SequenceCheck:
@@ -98,14 +93,12 @@ class _SequenceCheck:
 
 
 def _image_check(source: str, root: Optional[str]) -> Callable[[Any, str], Optional[str]]:
-    from orchestrator.data.preprocess import resolve_image_path
-
     def check(v: Any, where: str) -> Optional[str]:
         if source == "path":
             if _missing(v) or v == "":
                 return "missing image file path (an empty cell)"
             if not isinstance(v, str) or not v.strip():
-                return f"expected an image file path, got {_shown(v)}"
+                return f"expected an image file path, got {shown_value(v)}"
             try:
                 resolve_image_path(v, root)
             except ValueError as e:
@@ -117,26 +110,9 @@ def _image_check(source: str, root: Optional[str]) -> Callable[[Any, str], Optio
             return f"expected encoded image bytes, got {type(v).__name__}"
         if not v:
             return "empty image bytes (0 bytes: no image file)"
-        return _image_header_problem(bytes(v))
+        return image_header_problem(bytes(v))
 
     return check
-
-
-def _image_header_problem(data: bytes) -> Optional[str]:
-    """What is wrong with an encoded image's header (its pixels are not decoded here), or None."""
-    import io
-
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)):
-            return None
-    except UnidentifiedImageError:
-        return f"not a readable image ({len(data)} bytes in no image format PIL knows)"
-    except Image.DecompressionBombError as e:
-        return f"not a readable image ({e})"
-    except Exception as e:
-        return f"not a readable image ({type(e).__name__}: {e})"
 
 
 def _batches(fs, path: str, fmt: str, columns: list[str]) -> Iterator[pa.Table]:
@@ -158,13 +134,16 @@ def _batches(fs, path: str, fmt: str, columns: list[str]) -> Iterator[pa.Table]:
             yield pa.Table.from_batches([b])
 
 
-def _source_tables(spec: JobSpec, src: str, columns: list[str], table: Optional[pa.Table]) -> Iterator[tuple[str, pa.Table]]:
+def _source_tables(spec: JobSpec, src: str, columns: list[str], table: Optional[pa.Table]) -> Iterator[tuple[str, int, pa.Table]]:
+    """(file as shown, the row in that file of the batch's first row, batch) over the source in file order."""
     if table is not None:
-        yield src, table.select([c for c in columns if c in table.column_names])
+        yield src, 0, table.select([c for c in columns if c in table.column_names])
         return
     for shown, fs, path in list_files(src):
+        start = 0
         for t in _batches(fs, path, spec.data.format, columns):
-            yield shown, t
+            yield shown, start, t
+            start += t.num_rows
 
 
 def _check_for(spec: JobSpec, cols, src: str) -> Optional[tuple[str, Callable[[Any, str], Optional[str]]]]:
@@ -188,12 +167,7 @@ def scan_rows(spec: JobSpec, src: str, cols, table: Optional[pa.Table] = None) -
     check = _check_for(spec, cols, src)
     columns = list(dict.fromkeys(([check[0]] if check else []) + [label]))
     counts = RowCounts()
-    offsets: dict[str, int] = {}
-    for file, t in _source_tables(spec, src, columns, table):
-        start = offsets.get(file, 0)
-        offsets[file] = start + t.num_rows
-        if file not in counts.files:
-            counts.files.append(file)
+    for file, start, t in _source_tables(spec, src, columns, table):
         counts.rows += t.num_rows
         if label in t.column_names:
             counts.missing_labels += _missing_count(t.column(label))
@@ -220,14 +194,9 @@ def _missing_count(col: pa.ChunkedArray) -> int:
 def locate_image_bytes(spec: JobSpec, src: str, column: str, table: Optional[pa.Table] = None) -> Optional[str]:
     """After a decoding failure of an image bytes column: the first row, in file order, whose bytes do
     not decode ("file: row N, column C: cause"), or None when none is found (or too large to look)."""
-    from orchestrator.data.preprocess import decode_image
-
     if table is None and (source_bytes(src) or SCAN_MAX_BYTES + 1) > SCAN_MAX_BYTES:
         return None
-    offsets: dict[str, int] = {}
-    for file, t in _source_tables(spec, src, [column], table):
-        start = offsets.get(file, 0)
-        offsets[file] = start + t.num_rows
+    for file, start, t in _source_tables(spec, src, [column], table):
         for j, v in enumerate(t.column(column).to_pylist()):
             if not isinstance(v, (bytes, bytearray)) or not v:
                 continue  # scan_rows has refused those already
@@ -240,11 +209,8 @@ def locate_image_bytes(spec: JobSpec, src: str, column: str, table: Optional[pa.
 
 def locate_non_utf8(spec: JobSpec, src: str, column: str) -> Optional[str]:
     """"file: row N" of the first cell of `column` that is not UTF-8 text, or None."""
-    offsets: dict[str, int] = {}
     try:
-        for file, t in _source_tables(spec, src, [column], None):
-            start = offsets.get(file, 0)
-            offsets[file] = start + t.num_rows
+        for file, start, t in _source_tables(spec, src, [column], None):
             for j, v in enumerate(t.column(column).to_pylist()):
                 if isinstance(v, (bytes, bytearray)):
                     try:

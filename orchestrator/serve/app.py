@@ -53,6 +53,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PlainValidat
 from pydantic_core import PydanticCustomError
 
 from orchestrator.data.preprocess import Preprocessor
+from orchestrator.errors import shown_value
 from orchestrator.models.build import count_parameters, forward
 from orchestrator.train.checkpoint import STATE_FILE, load_model
 
@@ -149,11 +150,11 @@ def _number_check(bounds: list[tuple[float, float]]) -> Callable[[Any, int, int]
 
     def problem(v: Any, s: int, f: int) -> Optional[str]:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            return f"step {s}: expected a number, got {type(v).__name__} {_shown(v)}"
+            return f"step {s}: expected a number, got {type(v).__name__} {shown_value(v)}"
         try:
             fv = float(v)
         except OverflowError:  # an integer beyond float range
-            return f"step {s}: {_shown(v)} is out of range"
+            return f"step {s}: {shown_value(v)} is out of range"
         if not math.isfinite(fv):
             return f"step {s}: {fv} is not a finite number"
         lo, hi = bounds[f]
@@ -163,11 +164,6 @@ def _number_check(bounds: list[tuple[float, float]]) -> Callable[[Any, int, int]
         return None
 
     return problem
-
-
-def _shown(v: Any, limit: int = 40) -> str:
-    text = repr(v)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _bounds(means: list[float], stds: list[float]) -> list[tuple[float, float]]:
@@ -182,7 +178,7 @@ def _sequence_type(pre: Preprocessor) -> Any:
 
     def validate(v: Any) -> Any:
         if not isinstance(v, list):
-            raise PydanticCustomError("sequence_type", f"expected {shape}, got {type(v).__name__} {_shown(v)}")
+            raise PydanticCustomError("sequence_type", f"expected {shape}, got {type(v).__name__} {shown_value(v)}")
         if not v:
             raise PydanticCustomError("sequence_empty", f"empty sequence: expected {shape}")
         if len(v) > t:
@@ -194,7 +190,7 @@ def _sequence_type(pre: Preprocessor) -> Any:
             if (values is not None) != vectors:
                 raise PydanticCustomError("sequence_step", f"step {s} mixes numbers and vectors; use one or the other")
             if values is None and f > 1:
-                raise PydanticCustomError("sequence_step", f"step {s}: expected a list of {f} numbers, got {type(step).__name__} {_shown(step)}")
+                raise PydanticCustomError("sequence_step", f"step {s}: expected a list of {f} numbers, got {type(step).__name__} {shown_value(step)}")
             if values is not None and len(values) != f:
                 raise PydanticCustomError("sequence_step", f"step {s} has {len(values)} values; every step holds {f} (as in training)")
             for j, x in enumerate(values if values is not None else [step]):
@@ -214,7 +210,7 @@ def _series_type(pre: Preprocessor) -> Any:
 
     def validate(v: Any) -> Any:
         if not isinstance(v, list):
-            raise PydanticCustomError("window_type", f"expected a window of {w} numbers, got {type(v).__name__} {_shown(v)}")
+            raise PydanticCustomError("window_type", f"expected a window of {w} numbers, got {type(v).__name__} {shown_value(v)}")
         if len(v) != w:
             raise PydanticCustomError("window_length", f"a window holds exactly {w} values (data.series.window), got {len(v)}")
         for s, x in enumerate(v):
@@ -379,9 +375,7 @@ def _describe(e: dict) -> str:
         return "required field is missing"
     msg = e["msg"]
     if "input" in e and kind not in ("model_type",) and ", got " not in msg:  # our own checks say what they got
-        shown = repr(e["input"])
-        shown = shown if len(shown) <= 40 else shown[:37] + "..."
-        msg += f", got {type(e['input']).__name__} {shown}"
+        msg += f", got {type(e['input']).__name__} {shown_value(e['input'])}"
     return msg
 
 
