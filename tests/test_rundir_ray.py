@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-import psutil
 import pytest
 import yaml
 
 from tests.conftest import ROOT, run_cli, spec_dict
+from tests.processes import (
+    alive,
+    describe,
+    listeners,
+    listening_on,
+    node_of,
+    run_watching,
+)
 from tests.waiting import wait_for
 
 
@@ -54,6 +63,9 @@ def _finished(out: Path, n: int):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_sigkilled_search_resumes_from_a_copy_of_its_run_dir(data_dir, tmp_path):
+    """SIGKILL of `orchestrator run` mid-search: its Ray node ends with it (orchestrator/watchdog.py)
+    and stops listening; the next command, `resume` of a copy of the run directory, starts its own
+    node, finishes the search like an uninterrupted one and leaves no process behind."""
     spec_path = tmp_path / "search.yaml"
     spec_path.write_text(yaml.safe_dump(_spec(data_dir)))
 
@@ -67,13 +79,20 @@ def test_sigkilled_search_resumes_from_a_copy_of_its_run_dir(data_dir, tmp_path)
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         run_dir, done_before = wait_for(lambda: _finished(out, 2), 300, "two finished trials")
-        descendants = psutil.Process(proc.pid).children(recursive=True)
+        tree = wait_for(lambda: node_of(proc.pid), 60, "the node's processes and listeners")
+        ports = {(ip, port) for _, ip, port in listeners({p.pid for p in tree})}
+        t0 = time.monotonic()
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert descendants, "the killed command had started no Ray process"
+    try:
+        wait_for(lambda: not alive(tree), 30, "the node's processes to end")
+    except AssertionError:
+        raise AssertionError("alive after SIGKILL of the command:\n" + "\n".join(describe(p) for p in alive(tree))) from None
+    print(f"{len(tree)} processes of the node gone {time.monotonic() - t0:.1f} s after SIGKILL of the command")
+    assert not listening_on(ports), f"still listening: {sorted(listening_on(ports))}"
 
     # The copy is resumed, with a torn checkpoint in it; the original must not change.
     copy = tmp_path / "moved" / run_dir.name
@@ -83,12 +102,12 @@ def test_sigkilled_search_resumes_from_a_copy_of_its_run_dir(data_dir, tmp_path)
     torn.write_bytes(torn.read_bytes()[:100])
     before = _tree_hash(run_dir)
 
-    r = run_cli("resume", str(copy), timeout=300)
-    output = r.stdout + r.stderr
-    assert r.returncode == 0, output
+    rc, output, seen = run_watching([str(exe), "resume", str(copy)], cwd=ROOT, env={**os.environ, "COLUMNS": "200"})
+    assert rc == 0, output
     assert "Traceback" not in output and "interrupted" not in output, output
     assert f"skipping checkpoint {torn} cannot be loaded" in output, output
     assert _tree_hash(run_dir) == before, "resuming the copy changed the original run directory"
+    wait_for(lambda: not alive(seen), 30, "the resuming command's node to end after its normal exit")
 
     starts = [json.loads(l)["trial_id"] for l in (copy / "trials" / "trial_starts.jsonl").read_text().splitlines()]
     for trial_id in done_before:
@@ -101,10 +120,6 @@ def test_sigkilled_search_resumes_from_a_copy_of_its_run_dir(data_dir, tmp_path)
     # paths recorded in the run directory are relative to it
     assert (copy / winner["checkpoint"]).is_dir()
     assert json.loads((copy / "summary.json").read_text())["best_checkpoint"] == "best_checkpoint"
-
-    # The killed command's Ray node went with it (orchestrator/watchdog.py).
-    alive = [p for p in descendants if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    assert not alive, [(p.pid, p.name()) for p in alive]
 
 
 def _damaged_run_dir(tmp_path: Path, data_dir: Path) -> Path:

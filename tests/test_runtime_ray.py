@@ -7,15 +7,13 @@ import ipaddress
 import os
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import psutil
 import pytest
-import yaml
 
-from tests.conftest import ROOT, spec_dict
+from tests.conftest import ROOT
+from tests.processes import alive, describe, listeners
 from tests.serve_support import free_port, make_checkpoint
 from tests.waiting import wait_for
 
@@ -71,97 +69,6 @@ def _in(p: psutil.Process, session: Path, driver: int) -> bool:
         return False
 
 
-def small_spec(folder: Path, data_dir: Path, epochs: int) -> Path:
-    d = spec_dict("breast-cancer-mlp.yaml", train={"epochs": epochs, "early_stopping": None}, scaling={"workers": 1})
-    d["data"]["source"] = str(data_dir / "breast_cancer.parquet")
-    d["data"].pop("prepare", None)
-    d["model"]["hidden"] = [16]
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "spec.yaml"
-    path.write_text(yaml.safe_dump({k: v for k, v in d.items() if v is not None}))
-    return path
-
-
-def alive(procs: list[psutil.Process]) -> list[psutil.Process]:
-    """Those still running (is_running also compares the start time: a reused pid is not ours)."""
-    out = []
-    for p in procs:
-        try:
-            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                out.append(p)
-        except psutil.NoSuchProcess:
-            pass
-    return out
-
-
-def listeners(pids: set[int]) -> list[tuple[int, str, int]]:
-    return [(c.pid, c.laddr.ip, c.laddr.port) for c in psutil.net_connections("inet") if c.status == psutil.CONN_LISTEN and c.pid in pids]
-
-
-def describe(p: psutil.Process) -> str:
-    try:
-        return f"{p.pid} {' '.join(p.cmdline())[:100]}"
-    except psutil.Error:
-        return str(p.pid)
-
-
-@pytest.mark.ray
-@pytest.mark.slow
-def test_sigkill_of_the_command_ends_its_ray_node_and_the_next_command_runs(data_dir, tmp_path):
-    spec = small_spec(tmp_path, data_dir, epochs=500)
-    cmd = [str(Path(sys.executable).parent / "orchestrator"), "train", str(spec), "-o", str(tmp_path / "runs")]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "COLUMNS": "200"})
-    lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True).start()
-    try:
-        wait_for(lambda: any(x.startswith("epoch   2") for x in lines) or proc.poll() is not None, 240, "the second epoch")
-        assert proc.poll() is None, "".join(lines)
-        def node() -> list[psutil.Process] | None:
-            tree = psutil.Process(proc.pid).children(recursive=True)
-            names = " ".join(describe(p) for p in tree)
-            roles = all(r in names for r in ("raylet", "DashboardAgent", "RuntimeEnvAgent", "RayTrainWorker"))
-            return tree if roles and listeners({p.pid for p in tree}) else None
-
-        tree = wait_for(node, 60, "the node's processes and listeners")
-        ports = {(ip, port) for _, ip, port in listeners({p.pid for p in tree})}
-        t0 = time.monotonic()
-        proc.kill()
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    left = lambda: alive(tree)  # noqa: E731
-    try:
-        wait_for(lambda: not left(), 30, "the node's processes to end")
-    except AssertionError:
-        raise AssertionError("alive after SIGKILL of the command:\n" + "\n".join(describe(p) for p in left())) from None
-    took = time.monotonic() - t0
-    still = {(c.laddr.ip, c.laddr.port) for c in psutil.net_connections("inet") if c.status == psutil.CONN_LISTEN} & ports
-    assert not still, f"still listening: {sorted(still)}"
-    print(f"{len(tree)} processes of the node gone {took:.1f} s after SIGKILL of the command")
-
-    # the next command starts its own node and finishes normally, and leaves nothing behind
-    t0 = time.monotonic()
-    seen: list[psutil.Process] = []
-    second = subprocess.Popen([*cmd[:2], str(small_spec(tmp_path / "second", data_dir, epochs=2)), "-o", str(tmp_path / "runs2")],
-                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "COLUMNS": "200"})
-    out: list[str] = []
-    reader = threading.Thread(target=lambda: out.extend(iter(second.stdout.readline, "")), daemon=True)
-    reader.start()
-    while second.poll() is None:
-        try:
-            seen += [p for p in psutil.Process(second.pid).children(recursive=True) if p not in seen]
-        except psutil.NoSuchProcess:
-            break
-        time.sleep(0.5)
-    took = time.monotonic() - t0
-    reader.join(10)
-    assert second.wait() == 0, "".join(out)[-3000:]
-    assert "epoch   2" in "".join(out)
-    wait_for(lambda: not alive(seen), 30, "the second command's node to end after its normal exit")
-    print(f"second command: {took:.1f} s, its {len(seen)} processes gone after it exited")
-
-
 # Listeners of the embedded node that Ray 2.60 binds to every interface, whatever the node's
 # address: (role, address). Keep in step with docs/reliability.md, "Network exposure".
 WILDCARD_ALLOWED = {
@@ -195,8 +102,8 @@ def role(pid: int) -> str:
 LOOPBACK_EXPECTED = {"driver", "gcs_server", "raylet", "worker", "dashboard.py", "monitor.py", "ray::DashboardAgent", "ray::RuntimeEnvAgent"}
 
 
-def _expected_listeners(port: int) -> list[tuple[int, str, int]] | None:
-    """This node's listening sockets once every expected role listens (None before that)."""
+def _node_listeners(port: int) -> tuple[list[tuple[int, str, int]], list[str]]:
+    """This node's listening sockets, and what of the expected is not listening yet."""
     pids = {os.getpid(), *(p.pid for p in psutil.Process().children(recursive=True))}
     found = []
     for pid, ip, p in listeners(pids):
@@ -206,8 +113,10 @@ def _expected_listeners(port: int) -> list[tuple[int, str, int]] | None:
             continue
     roles = {(r, ip) for _, ip, _, r in found if not is_loopback(ip)}
     loopback = {r for _, ip, _, r in found if is_loopback(ip)}
-    proxy = any(p == port and is_loopback(ip) for _, ip, p, _ in found)
-    return [f[:3] for f in found] if LOOPBACK_EXPECTED <= loopback and WILDCARD_ALLOWED <= roles and proxy else None
+    missing = sorted(LOOPBACK_EXPECTED - loopback) + [f"{r} on {ip}" for r, ip in sorted(WILDCARD_ALLOWED - roles)]
+    if not any(p == port and is_loopback(ip) for _, ip, p, _ in found):
+        missing.append(f"Serve's proxy on 127.0.0.1:{port}")
+    return [f[:3] for f in found], missing
 
 
 @pytest.mark.ray
@@ -224,7 +133,18 @@ def test_embedded_node_with_serve_listens_on_loopback_but_for_the_documented_grp
         assert url == f"http://127.0.0.1:{port}"
         # Ray's processes open their listeners on their own schedule (the autoscaler's monitor.py can
         # bind seconds after Serve answers): wait until every expected role listens, then judge them all
-        found = wait_for(lambda: _expected_listeners(port), 60, "every role of the node to listen")
+        last: dict = {}
+
+        def every_role_listens():
+            last["found"], last["missing"] = _node_listeners(port)
+            return not last["missing"]
+
+        try:
+            wait_for(every_role_listens, 120, "every role of the node to listen")
+        except AssertionError:
+            seen = "\n".join(f"{ip}:{p} {role(pid)}" for pid, ip, p in last["found"])
+            raise AssertionError(f"not listening after 120 s: {last['missing']}; listening:\n{seen}") from None
+        found = last["found"]
         exposed = {(role(pid), ip) for pid, ip, _ in found if not is_loopback(ip)}
         detail = "\n".join(f"{ip}:{p} {describe(psutil.Process(pid))}" for pid, ip, p in found if not is_loopback(ip))
         assert exposed == WILDCARD_ALLOWED, detail

@@ -1,7 +1,8 @@
 """Neither the serve bearer token nor the Ray token ends up where others can read it: run
 directories, Ray's session logs, command output, rendered manifests, job metadata, and the
 environment or command line of any Ray process (every task can read /proc/<pid>/environ of the
-processes of its node)."""
+processes of its node). A submitted job's side is checked in tests/test_submit_ray.py, on the
+cluster those tests share."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -19,11 +21,10 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, spec_dict
-from tests.jobs_support import AMBIENT, cli_command, orch
+from tests.jobs_support import AMBIENT, cli_command
+from tests.leaks import SERVE_TOKEN_ENV, files_holding, processes_holding
 from tests.serve_support import free_port, serving_until_ctrl_c
 from tests.waiting import wait_for
-
-SERVE_TOKEN_ENV = "ORCHESTRATOR_SECRETS_TEST_SERVE_TOKEN"
 
 
 def token_spec(folder: Path, data_dir: Path, **sections) -> Path:
@@ -34,37 +35,6 @@ def token_spec(folder: Path, data_dir: Path, **sections) -> Path:
     path = folder / "spec.yaml"
     path.write_text(yaml.safe_dump(d))
     return path
-
-
-def files_holding(tokens: dict[str, str], *roots: Path) -> list[str]:
-    found = []
-    for root in roots:
-        for path in [root] if root.is_file() else root.rglob("*"):
-            if not path.is_file() or path.is_symlink():
-                continue
-            try:
-                data = path.read_bytes()
-            except OSError:
-                continue
-            found += [f"{name} in {path}" for name, tok in tokens.items() if tok.encode() in data]
-    return found
-
-
-def processes_holding(tokens: dict[str, str], pids) -> list[str]:
-    """Raw /proc/<pid>/environ and cmdline: what any process of the same user can read."""
-    found = []
-    for pid in pids:
-        try:
-            program = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0][:60].decode(errors="replace")
-        except OSError:
-            continue
-        for part in ("environ", "cmdline"):
-            try:
-                data = Path(f"/proc/{pid}/{part}").read_bytes()
-            except OSError:
-                continue
-            found += [f"{name} in /proc/{pid}/{part} ({program})" for name, tok in tokens.items() if tok.encode() in data]
-    return found
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -80,8 +50,9 @@ def option(args: list[str], name: str) -> str:
 @pytest.mark.ray
 @pytest.mark.slow
 def test_run_with_serve_leaks_neither_token(data_dir, tmp_path):
-    """`orchestrator run` (train, evaluate, promote, serve with auth) on embedded Ray, given the Ray
-    token in RAY_AUTH_TOKEN and the serve token in serve.auth_token_env."""
+    """`orchestrator run` with a `serve:` section (train, evaluate, promote, then serve the winner with
+    auth at the spec's port until Ctrl-C) on embedded Ray, given the Ray token in RAY_AUTH_TOKEN and
+    the serve token in serve.auth_token_env."""
     tokens = {"serve token": "serve-" + secrets.token_hex(24), "Ray token": secrets.token_hex(32)}
     port = free_port()
     spec = token_spec(tmp_path / "spec", data_dir, promote="accuracy >= 0.5", serve={"port": port, "auth_token_env": SERVE_TOKEN_ENV})
@@ -89,9 +60,21 @@ def test_run_with_serve_leaks_neither_token(data_dir, tmp_path):
     exe = Path(sys.executable).parent / "orchestrator"
     with serving_until_ctrl_c([str(exe), "run", str(spec), "-o", str(tmp_path / "runs")], port, 300, env=env, cwd=tmp_path) as (proc, lines):
         url = f"http://127.0.0.1:{port}"
-        meta = httpx.get(f"{url}/metadata", headers={"Authorization": f"Bearer {tokens['serve token']}"}, timeout=30)
+        auth = {"Authorization": f"Bearer {tokens['serve token']}"}
+        meta = httpx.get(f"{url}/metadata", headers=auth, timeout=30)
         assert meta.status_code == 200, meta.text
         assert httpx.get(f"{url}/metadata", timeout=30).status_code == 401
+
+        # trained, promoted, then served: the winner, with a curl line that works as printed
+        (run_dir,) = (tmp_path / "runs").iterdir()
+        out = "".join(lines)
+        assert "serving breast-cancer-mlp" in out and str(run_dir / "best_checkpoint") in out, out
+        curl = shlex.split(next(x for x in lines if x.startswith("curl -s")))
+        assert curl[curl.index("-H", curl.index("-H") + 1) + 1] == f"Authorization: Bearer ${SERVE_TOKEN_ENV}"  # the variable, never the token
+        answer = httpx.post(f"{url}/predict", json=json.loads(curl[-1]), headers=auth, timeout=60)
+        assert answer.status_code == 200, answer.text
+        got = answer.json()
+        assert got["predictions"][0] in ("benign", "malignant") and set(got["probabilities"][0]) == {"benign", "malignant"}
 
         tree = psutil.Process(proc.pid).children(recursive=True)
         leaks = processes_holding(tokens, [p.pid for p in tree])
@@ -111,42 +94,6 @@ def test_run_with_serve_leaks_neither_token(data_dir, tmp_path):
     assert session.is_dir()
     leaks += files_holding(tokens, tmp_path / "runs", tmp_path / "spec", out, session)
     assert not leaks, "\n".join(leaks)
-
-
-@pytest.mark.ray
-@pytest.mark.slow
-def test_submitted_job_leaks_neither_token(data_dir, tmp_path):
-    """A job submitted to `orchestrator cluster local up`: the cluster's token and a serve token in the
-    submitter's environment stay out of the job's metadata, its logs, its run directory and the
-    cluster's processes."""
-    from ray.job_submission import JobSubmissionClient
-
-    from orchestrator.submit.local_cluster import ClusterState, cluster_processes
-
-    home = tmp_path / "home"
-    r = orch("cluster", "local", "up", "--name", "secrets-test", "--num-cpus", "2", "--port", "0", "--dashboard-port", "0", "--json",
-             home=home, timeout=180)
-    assert r.returncode == 0, r.stdout + r.stderr
-    state = ClusterState(**json.loads(r.stdout))
-    try:
-        tokens = {"serve token": "serve-" + secrets.token_hex(24), "Ray token": state.token()}
-        spec = token_spec(tmp_path / "job", data_dir, train={"epochs": 1})
-        r = orch("submit", str(spec), "--address", state.dashboard_url, "--follow", "--storage", str(tmp_path / "runs"),
-                 home=home, cwd=tmp_path, env={SERVE_TOKEN_ENV: tokens["serve token"]}, timeout=300)
-        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-        job_id = r.stdout.splitlines()[0]
-        leaks = [f"{name} in the output of submit" for name, tok in tokens.items() if tok in r.stdout + r.stderr]
-        client = JobSubmissionClient(state.dashboard_url, headers={"Authorization": f"Bearer {state.token()}"})
-        info = client.get_job_info(job_id)
-        record = json.dumps({"info": {k: getattr(info, k) for k in ("entrypoint", "metadata", "runtime_env", "message")},
-                             "logs": client.get_job_logs(job_id)}, default=str)
-        leaks += [f"{name} in the job's metadata or logs" for name, tok in tokens.items() if tok in record]
-        leaks += processes_holding(tokens, cluster_processes(state))
-        leaks += files_holding(tokens, tmp_path / "runs", Path(state.temp_dir))
-        assert not leaks, "\n".join(leaks)
-    finally:
-        r = orch("cluster", "local", "down", "--name", "secrets-test", home=home, timeout=120)
-        assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_rendered_manifests_hold_no_token(data_dir, tmp_path):

@@ -26,7 +26,7 @@ from tests.conftest import spec_dict
 pytestmark = pytest.mark.ray
 
 EPOCHS = 2  # every epoch reshuffles: two show the counts stay equal across epochs
-ROWS_PER_FILE = 13
+ROWS_PER_FILE = 29  # 20 files of the 569 rows; 29 % 8 = 5: batches straddle every block boundary
 BATCH_SIZE = 8
 
 
@@ -63,7 +63,7 @@ def test_every_rank_takes_the_same_steps_every_epoch(ray_session, many_files, tm
     d["data"].pop("prepare", None)
     spec = parse_spec(d)
     prepared = prepare_data(spec)
-    assert len(list(many_files.iterdir())) > 40  # many small blocks: Ray Data reads a block per file
+    assert len(list(many_files.iterdir())) >= 20  # many small blocks: Ray Data reads a block per file
     plan = plan_workers(spec.scaling, cluster_resources())
     assert plan.workers == 2
     assert build_loop_config(spec, prepared, plan).in_memory is (cache == "memory")  # materialised and small: held in memory

@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import stat
 import time
 from pathlib import Path
 
 import pytest
 
-from orchestrator.submit.local_cluster import ClusterState, cluster_processes, list_processes
+from orchestrator.submit.local_cluster import (
+    ClusterState,
+    cluster_processes,
+    list_processes,
+)
 from tests.jobs_support import orch, small_digits_spec
+from tests.leaks import SERVE_TOKEN_ENV, files_holding, processes_holding
 
 pytestmark = pytest.mark.ray
 
@@ -58,10 +64,18 @@ def test_up_prints_addresses_and_keeps_the_token_private(cluster):
 
 
 def test_submit_digits_and_follow_to_succeeded(cluster, tmp_path):
+    """Submit, follow to SUCCEEDED, then read the job back; with a serve token in the submitter's
+    environment, neither it nor the cluster's Ray token reaches the job's metadata, its logs, its
+    run directory or the cluster's processes and files."""
+    from ray.job_submission import JobSubmissionClient
+
+    state: ClusterState = cluster["state"]
+    tokens = {"serve token": "serve-" + secrets.token_hex(24), "Ray token": state.token()}
     spec = small_digits_spec(tmp_path / "job")
     t0 = time.monotonic()
     # relative output.dir ("runs") on a cluster on this machine: under the directory we submit from
-    r = orch("submit", str(spec), "--address", cluster["url"], "--follow", home=cluster["home"], cwd=tmp_path, timeout=400)
+    r = orch("submit", str(spec), "--address", cluster["url"], "--follow", home=cluster["home"], cwd=tmp_path, timeout=400,
+             env={SERVE_TOKEN_ENV: tokens["serve token"]})
     took = time.monotonic() - t0
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     job_id = r.stdout.splitlines()[0]
@@ -82,6 +96,16 @@ def test_submit_digits_and_follow_to_succeeded(cluster, tmp_path):
     assert job_id in [j["submission_id"] for j in listed]
     logs = orch("jobs", "logs", job_id, "--address", cluster["url"], home=cluster["home"])
     assert logs.returncode == 0 and f"run {run_dir}" in logs.stdout
+
+    leaks = [f"{name} in the output of submit" for name, tok in tokens.items() if tok in r.stdout + r.stderr]
+    client = JobSubmissionClient(state.dashboard_url, headers={"Authorization": f"Bearer {state.token()}"})
+    info = client.get_job_info(job_id)
+    record = json.dumps({"info": {k: getattr(info, k) for k in ("entrypoint", "metadata", "runtime_env", "message")},
+                         "logs": client.get_job_logs(job_id)}, default=str)
+    leaks += [f"{name} in the job's metadata or logs" for name, tok in tokens.items() if tok in record]
+    leaks += processes_holding(tokens, cluster_processes(state))
+    leaks += files_holding(tokens, run_dir, Path(state.temp_dir))
+    assert not leaks, "\n".join(leaks)
 
 
 def test_stop_a_running_job(cluster, tmp_path):

@@ -122,10 +122,11 @@ def test_promotion_gate_decisions():
     assert decide(None, {"test_accuracy": 0.1}).promoted
 
 
-@pytest.mark.parametrize("workers", [2, 1])
-def test_resume_after_interrupt_skips_finished_trials(data_dir, tmp_path, workers):
-    # two-worker trials each start a Train worker group (about 30 s here): two of them are enough
-    lrs = [0.001, 0.002] if workers == 2 else [0.001, 0.002, 0.003]
+def test_resume_after_interrupt_skips_finished_trials(data_dir, tmp_path):
+    # Two-worker trials, each with its own Train worker group (about 30 s here): two are enough.
+    # In-process (one-worker) trials resume the same way after SIGKILL, in tests/test_rundir_ray.py.
+    workers = 2
+    lrs = [0.001, 0.002]
     d = _search_spec(data_dir, workers, space={"train.lr": {"grid": lrs}}, max_concurrent=1)
     d["train"]["epochs"] = 3
     spec_path = tmp_path / "search.yaml"
