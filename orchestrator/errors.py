@@ -35,9 +35,14 @@ class SpecError(OrchestratorError):
 
 
 class DataError(OrchestratorError):
-    """The dataset cannot be read or does not match the spec (missing file, column, wrong dtype)."""
+    """The dataset cannot be read or does not match the spec (missing file, column, wrong dtype).
+    `problems`: each problem on its own, when there are several (the message joins them)."""
 
     exit_code = 2
+
+    def __init__(self, message: str, problems: Optional[list[str]] = None):
+        self.problems = problems or [message]
+        super().__init__(message)
 
 
 class ResourceError(OrchestratorError):
@@ -89,6 +94,11 @@ def shown_value(v: object, limit: int = 40) -> str:
     """A value from outside as it appears in an error: its repr, cut to `limit` characters."""
     text = repr(v)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def counted(n: float, noun: str, plural: str | None = None) -> str:
+    """`1 worker`, `2 workers`: a count and its noun, in the number it needs."""
+    return f"{n:g} {noun if n == 1 else plural or noun + 's'}"
 
 
 def one_line(text: object, limit: int = 300) -> str:

@@ -19,7 +19,7 @@ from rich.text import Text
 
 from orchestrator.ui import make_console
 
-from orchestrator.errors import OrchestratorError, RunDirError
+from orchestrator.errors import DataError, OrchestratorError, RunDirError, counted, one_line
 from orchestrator.rundir import in_run, new_run_dir, write_json, write_metrics
 from orchestrator.spec import VAL_PREFIX, JobSpec, load_spec
 
@@ -93,6 +93,22 @@ class Timings:
             data["start_to_first_step_s"] = round(self.process_start_s + self.first_step - self.t0, 3)
             data["last_epoch_to_end_s"] = round(end - self.last_epoch, 3)
         write_json(run / TIMINGS_FILE, data)
+
+
+def _check_data(spec: JobSpec, console: Console) -> None:
+    """The data against the spec before Ray starts (data/preflight.py): every problem at once, in seconds."""
+    from orchestrator.data.preflight import check_data
+
+    with console.status("checking the data"):
+        check = check_data(spec)
+    if check.problems:
+        raise data_problems_error(check.problems)
+
+
+def data_problems_error(problems: list[str]) -> DataError:
+    if len(problems) == 1:
+        return DataError(problems[0])
+    return DataError(f"the data does not fit the spec ({len(problems)} problems):\n" + "\n".join(f"  {p}" for p in problems), problems=problems)
 
 
 def _start(spec: JobSpec, address: Optional[str], verbose: bool, console: Console):
@@ -169,6 +185,18 @@ def _write_outcome(spec: JobSpec, run: Path, best_checkpoint: str, test_metrics:
     return RunResult(run, best_checkpoint, test_metrics, decision.to_dict(), summary=summary)
 
 
+@contextmanager
+def _failure_recorded(spec: JobSpec, run: Path, stage: str):
+    """A run that fails after its directory exists says so there: summary.json with status "failed",
+    the stage and the error (what the console showed), so that no run directory is left without a status."""
+    try:
+        yield
+    except Exception as e:
+        write_json(run / "summary.json", {"name": spec.name, "status": "failed", "stage": stage,
+                                          "error": one_line(str(e) or type(e).__name__, 4000), "error_type": type(e).__name__})
+        raise
+
+
 def train_job(spec: JobSpec, spec_path: Path, *, output: Optional[Path] = None, address: Optional[str] = None, verbose: bool = False, console: Optional[Console] = None,
               run_name: Optional[str] = None) -> RunResult:
     """Train once (the spec's own settings, even if it has a tune section)."""
@@ -176,16 +204,19 @@ def train_job(spec: JobSpec, spec_path: Path, *, output: Optional[Path] = None, 
 
     timings = Timings("train")
     console = console or make_console()
+    with timings.phase("data_check"):
+        _check_data(spec, console)
     with timings.phase("ray_start"):
         resources = _start(spec, address, verbose, console)
     plan = plan_workers(spec.scaling, resources)  # refuses an infeasible spec before any work
-    run = new_run_dir(spec, spec_path, output, run_name)
-    console.print(Text.assemble("run ", (str(run), "bold")), f"\ncluster: {resources.cpus:g} CPUs, {resources.gpus:g} GPUs -> {plan.workers} workers x {plan.cpus_per_worker:g} CPU"
+    run = new_run_dir(spec, spec_path, output, run_name, kind="train")
+    console.print(Text.assemble("run ", (str(run), "bold")), f"\ncluster: {resources.cpus:g} CPUs, {resources.gpus:g} GPUs -> {counted(plan.workers, 'worker')} x {plan.cpus_per_worker:g} CPU"
                   + (f" + {plan.gpus_per_worker:g} GPU" if plan.gpus_per_worker else ""), sep="", highlight=False, soft_wrap=True)
-    with timings.phase("data_preparation"):
-        prepared = _prepare(spec, console)
-    best, test, trials, extra = _train_once(spec, run, prepared, plan, console, timings)
-    return _finish(spec, run, best, test, trials, "train", extra, console, timings)
+    with _failure_recorded(spec, run, "train"):
+        with timings.phase("data_preparation"):
+            prepared = _prepare(spec, console)
+        best, test, trials, extra = _train_once(spec, run, prepared, plan, console, timings)
+        return _finish(spec, run, best, test, trials, "train", extra, console, timings)
 
 
 def run_job(spec: JobSpec, spec_path: Path, *, output: Optional[Path] = None, address: Optional[str] = None, verbose: bool = False, console: Optional[Console] = None,
@@ -197,12 +228,14 @@ def run_job(spec: JobSpec, spec_path: Path, *, output: Optional[Path] = None, ad
 
     timings = Timings("search")
     console = console or make_console()
+    with timings.phase("data_check"):
+        _check_data(spec, console)
     with timings.phase("ray_start"):
         resources = _start(spec, address, verbose, console)
     concurrent, plan = plan_search(spec, resources)
     run = new_run_dir(spec, spec_path, output, run_name)
     if not in_process_trials(plan):
-        each = f"each {plan.workers} workers x {plan.cpus_per_worker:g} CPU"
+        each = f"each {counted(plan.workers, 'worker')} x {plan.cpus_per_worker:g} CPU"
     elif spec.scaling.workers > 1:  # one_process_plan merged the spec's workers
         each = (f"each in one trial process on {plan.cpus_per_worker:g} CPU with the global batch of {spec.scaling.workers} workers x "
                 f"{spec.train.batch_size} rows (too few CPUs for {spec.scaling.workers} DDP workers per trial; an explicit "
@@ -211,9 +244,10 @@ def run_job(spec: JobSpec, spec_path: Path, *, output: Optional[Path] = None, ad
         each = f"each training in its own trial process on {plan.cpus_per_worker:g} CPU (one worker: no Ray Train worker group to start)"
     console.print(Text.assemble("run ", (str(run), "bold")), f"\nsearch: {expected_trials(spec.tune)} trials ({spec.tune.search}, scheduler {spec.tune.scheduler.type}), "
                   f"{concurrent} at a time, {each}", sep="", highlight=False, soft_wrap=True)
-    with timings.phase("data_preparation"):
-        prepared = _prepare(spec, console)
-    return _search(spec, run, prepared, (concurrent, plan), console, timings, restore=False)
+    with _failure_recorded(spec, run, "search"):
+        with timings.phase("data_preparation"):
+            prepared = _prepare(spec, console)
+        return _search(spec, run, prepared, (concurrent, plan), console, timings, restore=False)
 
 
 def resume_job(run_dir: Path, *, address: Optional[str] = None, verbose: bool = False, console: Optional[Console] = None) -> RunResult:
@@ -228,16 +262,18 @@ def resume_job(run_dir: Path, *, address: Optional[str] = None, verbose: bool = 
         if not f.is_file():
             raise RunDirError(f"{f}: missing from the run directory; it cannot be resumed, run its spec again")
     try:
-        base_dir = Path(json.loads(meta_path.read_text())["base_dir"])
+        meta = json.loads(meta_path.read_text())
+        base_dir = Path(meta["base_dir"])
     except (ValueError, KeyError, TypeError) as e:
         raise RunDirError(f"{meta_path}: damaged ({type(e).__name__}: {e}); it should hold the spec's folder as base_dir") from None
     spec = load_spec(run_dir / "spec.yaml")  # a damaged copy: SpecError, naming the file and the problem
     spec._base_dir = base_dir
-    if spec.tune is None:
-        raise OrchestratorError(f"{run_dir}: this run has no search to resume (its spec has no tune section)")
+    if meta.get("kind") == "train" or spec.tune is None:
+        raise OrchestratorError(f"{run_dir}: a run of `orchestrator train` (one training, no search) has nothing to resume; a failed "
+                                "worker already restarts from the last checkpoint within the run (train.max_failures). Train the spec again")
     if not (run_dir / "tune").is_dir():
         raise OrchestratorError(f"{run_dir}: the search never started; run the spec again instead")
-    if (run_dir / "summary.json").is_file():
+    if (run_dir / "summary.json").is_file() and _status(run_dir) != "failed":  # a failed search may be resumed
         raise OrchestratorError(f"{run_dir}: this search already finished (see summary.json)")
     from orchestrator.tune.search import prepare_restore
 
@@ -249,9 +285,17 @@ def resume_job(run_dir: Path, *, address: Optional[str] = None, verbose: bool = 
         resources = _start(spec, address, verbose, console)
     search_plan = plan_search(spec, resources)
     console.print(Text.assemble("resuming ", (str(run_dir), "bold")), highlight=False)
-    with timings.phase("data_preparation"):
-        prepared = _prepare(spec, console)
-    return _search(spec, run_dir, prepared, search_plan, console, timings, restore=True)
+    with _failure_recorded(spec, run_dir, "resume"):
+        with timings.phase("data_preparation"):
+            prepared = _prepare(spec, console)
+        return _search(spec, run_dir, prepared, search_plan, console, timings, restore=True)
+
+
+def _status(run_dir: Path) -> Optional[str]:
+    try:
+        return json.loads((run_dir / "summary.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _search(spec: JobSpec, run: Path, prepared, search_plan: tuple, console: Console, timings: Timings, *, restore: bool) -> RunResult:

@@ -27,7 +27,7 @@ from orchestrator.errors import RunDirError  # noqa: F401  (raised by callers; i
 from orchestrator.spec import JobSpec
 
 
-def new_run_dir(spec: JobSpec, spec_path: Path, root: Path | None = None, name: str | None = None) -> Path:
+def new_run_dir(spec: JobSpec, spec_path: Path, root: Path | None = None, name: str | None = None, kind: str = "search") -> Path:
     """A new run directory under `root` (default: output.dir): `name` when given (a submitted job's,
     chosen by the submitter; it must not exist yet), else <spec name>-<timestamp>."""
     root = Path(root or spec.output.dir)
@@ -48,7 +48,8 @@ def new_run_dir(spec: JobSpec, spec_path: Path, root: Path | None = None, name: 
     shutil.copyfile(spec_path, run / "spec.yaml")
     write_json(run / "spec.resolved.json", spec.model_dump(mode="json"))
     # relative data paths resolve against the spec's folder, which `resume` needs to know
-    write_json(run / "run.json", {"spec_path": str(Path(spec_path).resolve()), "base_dir": str(spec.base_dir), "created": stamp})
+    # kind: "search" (orchestrator run of a spec with a tune section) or "train" (one training)
+    write_json(run / "run.json", {"spec_path": str(Path(spec_path).resolve()), "base_dir": str(spec.base_dir), "created": stamp, "kind": kind})
     return run.resolve()
 
 

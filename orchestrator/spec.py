@@ -715,9 +715,13 @@ def spec_problems(spec: JobSpec) -> list[str]:
     elif prepared:
         problems += task_problems(spec, prepared, f"data.prepare {d.prepare} is a {prepared} dataset")
     else:  # the task is decided from the label column later (data.check_columns); settings must still agree
-        implied = next(((p, n, t) for p, n in _metric_uses(spec) for t, names in TASK_ONLY.items() if n in names), None)
-        if implied:
-            problems += task_problems(spec, implied[2], f"{implied[0]} ({implied[1]}) needs a {implied[2]} task")
+        implied = [(p, n, t) for p, n in _metric_uses(spec) for t, names in TASK_ONLY.items() if n in names]
+        if len({t for *_, t in implied}) > 1:
+            # neither field is known to be wrong until the label column decides the task: name both
+            c = next(i for i in implied if i[2] == "classification")
+            r = next(i for i in implied if i[2] == "regression")
+            problems.append(f"{c[0]}, {r[0]}: {c[1]} needs a classification task and {r[1]} a regression task; change the one "
+                            "that does not fit the label column (or set data.task)")
     t = spec.tune
     if t is not None and isinstance(t.scheduler, AshaSpec):
         epochs = spec.train.epochs

@@ -51,3 +51,26 @@ def small_digits_spec(folder: Path, name: str = "digits-small.yaml", **sections)
     path = folder / name
     path.write_text(yaml.safe_dump(d))
     return path
+
+
+# a user's model module: a factory taking the documented arguments and one of its own (width)
+FACTORY = """
+from torch import nn
+
+def build(input_shape, num_outputs, dropout, width=8):
+    return nn.Sequential(nn.Flatten(), nn.Linear(input_shape[-1], width), nn.ReLU(), nn.Linear(width, num_outputs))
+"""
+
+
+def custom_spec(folder: Path, data_dir: Path | None, module: str) -> Path:
+    """breast-cancer-mlp with a custom model whose module sits beside the spec (in `folder`)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{module}.py").write_text(FACTORY)
+    d = spec_dict("breast-cancer-mlp.yaml", train={"epochs": 2, "early_stopping": None}, scaling={"workers": 1})
+    d["model"] = {"arch": "custom", "factory": f"{module}:build", "kwargs": {"width": 16}}
+    if data_dir is not None:
+        d["data"]["source"] = str(data_dir / "breast_cancer.parquet")
+        d["data"].pop("prepare", None)
+    path = folder / "job.yaml"
+    path.write_text(yaml.safe_dump(d))
+    return path

@@ -197,3 +197,7 @@ def test_max_failures_exhausted_fails_after_two_attempts_with_one_clear_line(dat
     assert len(errors) == 1, out
     print(errors[0])
     assert "after 2 attempts" in errors[0] and "train.max_failures" in errors[0], errors[0]
+    # the run directory says how the run ended, with the error the console showed
+    summary = json.loads((run.run_dir() / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["stage"] == "train", summary
+    assert summary["error"] == errors[0].removeprefix("error: "), summary

@@ -28,7 +28,7 @@ def test_concurrent_runs_share_the_cluster():
 @pytest.mark.parametrize(
     "scaling,cluster,words",
     [
-        (ScalingSpec(workers=8, cpus_per_worker=1), ClusterResources(cpus=2, gpus=0), "8 workers x 1 CPUs"),
+        (ScalingSpec(workers=8, cpus_per_worker=1), ClusterResources(cpus=2, gpus=0), "8 workers x 1 CPU"),
         (ScalingSpec(workers=40), ClusterResources(cpus=2, gpus=0), "does not fit"),
         (ScalingSpec(workers=1, gpus_per_worker=1), ClusterResources(cpus=8, gpus=0), "gpus_per_worker: 0"),
         (ScalingSpec(workers=4, gpus_per_worker=1), ClusterResources(cpus=64, gpus=2), "= 4 GPUs, but the cluster has 2"),

@@ -145,6 +145,16 @@ def test_spec_and_user_code_travel_data_files_and_caches_do_not(tmp_path):
     assert plan.submission_id.startswith("breast-cancer-")
 
 
+def test_a_submitted_job_with_a_serve_section_ends_with_its_run(tmp_path):
+    """As a RayJob does: the job trains and gates, and says how to serve the result (it never serves)."""
+    spec = _spec(tmp_path / "proj", serve={"port": 8000})
+    plan = sb.plan_submission(spec, address=LOCAL, cwd=tmp_path)
+    assert plan.entrypoint.endswith(" --no-serve")
+    assert any(n.startswith("the spec's serve section is not served by a submitted job") and f"orchestrator serve {plan.run_dir}" in n
+               for n in plan.notes), plan.notes
+    assert not sb.plan_submission(_spec(tmp_path / "plain"), address=LOCAL, cwd=tmp_path).entrypoint.endswith("--no-serve")
+
+
 def test_relative_data_without_prepare_travels_with_the_job(tmp_path, monkeypatch):
     folder = tmp_path / "proj"
     spec = _spec(folder, data={"source": "data/bc.parquet", "prepare": None})

@@ -17,7 +17,7 @@ from orchestrator.submit.local_cluster import (
     cluster_processes,
     list_processes,
 )
-from tests.jobs_support import orch, small_digits_spec
+from tests.jobs_support import custom_spec, orch, small_digits_spec
 from tests.leaks import SERVE_TOKEN_ENV, files_holding, processes_holding
 
 pytestmark = pytest.mark.ray
@@ -106,6 +106,19 @@ def test_submit_digits_and_follow_to_succeeded(cluster, tmp_path):
     leaks += processes_holding(tokens, cluster_processes(state))
     leaks += files_holding(tokens, run_dir, Path(state.temp_dir))
     assert not leaks, "\n".join(leaks)
+
+
+def test_submitted_custom_model_beside_the_spec_runs_from_another_folder(cluster, tmp_path):
+    """model.factory's module travels with the job and the job's driver rebuilds the winner from it."""
+    spec = custom_spec(tmp_path / "project", None, "mymodels_job")  # data made by data.prepare on the cluster
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    r = orch("submit", str(spec), "--address", cluster["url"], "--follow", "--storage", str(tmp_path / "store"),
+             home=cluster["home"], cwd=elsewhere, timeout=400)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    run_dir = Path(r.stderr.split("run directory: ")[1].splitlines()[0])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "succeeded" and summary["test"]["test_accuracy"] > 0.5, summary
 
 
 def test_stop_a_running_job(cluster, tmp_path):

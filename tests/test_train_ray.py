@@ -86,7 +86,7 @@ def test_cli_refuses_infeasible_spec_with_clear_message(tmp_path, data_dir):
     p.write_text(yaml.safe_dump(d))
     r = run_cli("train", str(p), "-o", str(tmp_path / "runs"), timeout=120)
     assert r.returncode == 2, r.stdout + r.stderr
-    assert "8 workers x 1 CPUs" in r.stderr and "Traceback" not in r.stderr
+    assert "8 workers x 1 CPU" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "runs").exists()  # refused before any run directory or work
 
 

@@ -2,10 +2,34 @@
 
 from __future__ import annotations
 
+import typer
+
 from orchestrator.cli import cluster, jobs, k8s, run, serve
 from orchestrator.cli.common import command_group
 
 app = command_group("Distributed training, hyperparameter search and serving on Ray, from one job spec.", name="orchestrator")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        from orchestrator import __version__
+
+        def of(dist: str) -> str:
+            try:
+                return version(dist)
+            except PackageNotFoundError:
+                return "not installed"
+
+        typer.echo(f"orchestrator {__version__} (Ray {of('ray')}, torch {of('torch')})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                          help="Print the version (and Ray's and torch's) and exit.")) -> None:
+    pass
 cluster_app = command_group("Create, inspect and remove Ray clusters.")
 
 run.register(app)  # orchestrator validate, schema, train, run, resume

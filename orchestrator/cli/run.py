@@ -10,15 +10,18 @@ from typing import Optional
 import typer
 
 from orchestrator.cli.common import console, err_console, friendly
-from orchestrator.errors import NOT_PROMOTED_EXIT
-
+from orchestrator.errors import NOT_PROMOTED_EXIT, counted
 
 # ------------------------------------------------------------------------------------ validate
 
 
 @friendly
-def validate(specs: list[Path] = typer.Argument(..., help="Job spec YAML files.", show_default=False)) -> None:
-    """Check job specs; print every problem with its field path. Exit 2 if any spec is invalid."""
+def validate(
+    specs: list[Path] = typer.Argument(..., help="Job spec YAML files.", show_default=False),
+    no_data: bool = typer.Option(False, "--no-data", help="Check the specs only, not their data."),
+) -> None:
+    """Check job specs and their data; print every problem, each with its field path or its file and
+    column. Exit 2 if any spec or its data is invalid."""
     from rich.text import Text
 
     from orchestrator.errors import SpecError
@@ -34,9 +37,73 @@ def validate(specs: list[Path] = typer.Argument(..., help="Job spec YAML files."
             for p in e.problems:
                 err_console.print(f"    {p}", highlight=False, soft_wrap=True)  # one line per problem, however long
             continue
-        console.print(Text.assemble(("✓", "green"), f" {path}: {spec.name} ({spec.model.arch}, {spec.scaling.workers} workers)"), highlight=False)
+        check = None
+        if not no_data:
+            from orchestrator.data.preflight import check_data
+
+            check = check_data(spec)
+            if check.problems:
+                bad += 1
+                err_console.print(Text.assemble(("✗", "red"), f" {path}: the data does not fit the spec"), highlight=False)
+                for p in check.problems:
+                    err_console.print(f"    {p}", highlight=False, soft_wrap=True)
+                continue
+        rows = f", {check.rows} rows" if check is not None and check.rows is not None else ""
+        task = f", {check.columns.task}" if check is not None and check.columns is not None else ""
+        console.print(Text.assemble(("✓", "green"), f" {path}: {spec.name} ({spec.model.arch}, {counted(spec.scaling.workers, 'worker')}{task}{rows})"),
+                      highlight=False, soft_wrap=True)
+        for note in check.notes if check is not None else ():
+            console.print(f"    note: {note}", highlight=False, soft_wrap=True)
     if bad:
         raise typer.Exit(2)
+
+
+@friendly
+def init(
+    data: Path = typer.Argument(..., metavar="DATA", help="Parquet or CSV file (or folder) to learn from."),
+    label: Optional[str] = typer.Option(None, "--label", help="Column to predict (default: one named label, target, y, class or outcome, else the last)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Spec file to write (default: <data file name>.yaml here)."),
+    name: Optional[str] = typer.Option(None, "--name", help="The job's name (default: from the data file's name)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite the spec file if it exists."),
+) -> None:
+    """Write a starter job spec for a data file: the label and the task, each column's kind and a
+    model that fits them, then check the spec and its data as `validate` does."""
+    import os
+
+    import yaml
+
+    from orchestrator.data.preflight import check_data
+    from orchestrator.data.starter import plan_starter, read_sample
+    from orchestrator.errors import DataError
+    from orchestrator.spec import load_spec
+
+    data = data.expanduser()
+    if not data.exists():
+        raise DataError(f"{data}: no such file or folder")
+    fmt = "csv" if ".csv" in data.name.lower() or (data.is_dir() and any(data.glob("*.csv"))) else "parquet"
+    out = (output or Path(f"{data.name.split('.')[0] or 'job'}.yaml")).expanduser()
+    if out.exists() and not force:
+        raise DataError(f"{out}: already exists; choose another --output, or --force to overwrite it")
+    source = os.path.relpath(data.resolve(), out.resolve().parent)
+    schema_, sample = read_sample(str(data.resolve()), fmt)
+    starter = plan_starter(source, str(out.resolve().parent), schema_, sample, fmt=fmt, label=label, name=name)
+    header = ["# Starter spec written by `orchestrator init` from " + str(data), "# What was read from the data:"]
+    header += [f"#   {line}" for line in starter.decisions]
+    header += [f"#   left out: {line}" for line in starter.left_out]
+    header += ["# Check it: orchestrator validate " + str(out), "# Train it: orchestrator train " + str(out), ""]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(header) + yaml.safe_dump(starter.spec, sort_keys=False))
+    console.print(f"wrote {out}", highlight=False, soft_wrap=True)
+    for line in starter.decisions:
+        console.print(f"  {line}", highlight=False, soft_wrap=True)
+    for line in starter.left_out:
+        console.print(f"  left out: {line}", highlight=False, soft_wrap=True)
+    check = check_data(load_spec(out))
+    for p in check.problems:
+        err_console.print(f"  problem: {p}", highlight=False, soft_wrap=True)
+    if check.problems:
+        raise typer.Exit(2)
+    console.print(f"next: orchestrator train {out}   (or add a tune: section and `orchestrator run {out}`)", highlight=False, soft_wrap=True)
 
 
 def schema() -> None:
@@ -114,6 +181,6 @@ def resume(
 
 
 def register(app: typer.Typer) -> None:
-    """Add validate, schema, train, run and resume to the main app."""
-    for command in (validate, schema, train, run, resume):
+    """Add init, validate, schema, train, run and resume to the main app."""
+    for command in (init, validate, schema, train, run, resume):
         app.command()(command)

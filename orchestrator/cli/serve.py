@@ -44,7 +44,10 @@ def _print_ready(console: Console, url: str, target: ServeTarget, name: str) -> 
             row = None
     record = row if row is not None else example_record(pre)
     spec = target.serve
-    console.print(Text.assemble(("serving", "bold green"), f" {name} (model version {version}) at ", (url, "bold")), highlight=False, soft_wrap=True)
+    job = target.job.name if target.job is not None else None  # the job's name; `name` is the Serve application's
+    app = f", Serve application {name}" if job and job != name else ""
+    console.print(Text.assemble(("serving", "bold green"), f" {job or name} (model version {version}{app}) at ", (url, "bold")),
+                  highlight=False, soft_wrap=True)
     console.print(f"  checkpoint: {target.checkpoint}", highlight=False, soft_wrap=True)
     console.print(f"  POST {url}/predict   GET {url}/metadata   GET {url}/healthz   docs: {url}/docs", highlight=False, soft_wrap=True)
     console.print(f"  batching: up to {spec.max_batch_size} records per forward pass, {spec.batch_wait_timeout_s * 1000:g} ms wait; "

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import re
-from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Optional
@@ -22,42 +21,34 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-
 import ray
 from ray.data.aggregate import Count, Mean, Std, Sum, Unique
 
-from orchestrator.data.preprocess import SERIES_TARGET, SPLIT_COLUMN, SPLITS, Preprocessor, assign_splits, plain_value
-from orchestrator.data.files import hidden, image_root, shown, source_bytes
-from orchestrator.data.rows import MAX_SEQUENCE_STEPS, locate_image_bytes, locate_non_utf8, scan_rows
+from orchestrator.data.checks import (
+    EXTENSIONS,
+    MAX_AUTO_CATEGORIES,
+    Columns,
+    _csv_problem,
+    check_columns,
+    check_source_files,
+)
+from orchestrator.data.files import image_root, shown, source_bytes
+from orchestrator.data.preprocess import (
+    SERIES_TARGET,
+    SPLIT_COLUMN,
+    SPLITS,
+    Preprocessor,
+    assign_splits,
+    plain_value,
+)
+from orchestrator.data.rows import MAX_SEQUENCE_STEPS, locate_image_bytes, scan_rows
 from orchestrator.errors import DataError
-from orchestrator.spec import JobSpec, is_uri, resolve_source, task_problems
+from orchestrator.spec import JobSpec, is_uri, resolve_source
 
 DATA_TASK_CPUS = 0.25
 CACHE_MAX_BYTES = 1 << 30  # data.cache: auto keeps sources up to this size in the object store
-MAX_AUTO_CATEGORIES = 1000  # a string column with more distinct values is more likely an id than a category
 FILE_ROW = "__file_row"  # a point's row in the source, kept while a series is sorted by time
 MAX_SERIES_POINTS = 10_000_000  # a series is read whole on the driver (one column); beyond this it is refused
-
-
-@dataclass
-class Columns:
-    """What the schema check settled: feature columns by kind and the task."""
-
-    task: str
-    numeric: list[str]
-    categorical: list[str]
-    image: Optional[str]
-    auto_categorical: list[str] = field(default_factory=list)  # string columns not listed in data.categorical
-    image_source: str = "array"  # array | path | bytes, from the image column's Arrow type
-    text: Optional[str] = None
-    sequence: Optional[str] = None
-    series: Optional[str] = None
-
-    @property
-    def inputs(self) -> list[str]:
-        """The columns the inputs are made from (the label aside)."""
-        one = self.image or self.text or self.sequence or self.series
-        return [one] if one else self.numeric + self.categorical
 
 
 @dataclass
@@ -107,57 +98,6 @@ def read_dataset(spec: JobSpec) -> tuple[str, ray.data.Dataset]:
     if schema is None:
         raise DataError(f"{src}: no rows or no schema found")
     return src, ds
-
-
-# The file name endings each format reads. Ray Data's own filter skips other files without a
-# word: a folder of Parquet and CSV read as Parquet silently lost the CSV rows, and `.pq`
-# (which the spec accepts as Parquet) was "no files found".
-EXTENSIONS = {"parquet": ("parquet", "pq"), "csv": ("csv", "csv.gz", "csv.bz2", "csv.br", "csv.zst", "csv.lz4")}
-
-
-def check_source_files(src: str, fmt: str) -> Optional[bool]:
-    """Refuse, on the driver and before any Ray task, what Ray Data would skip or misreport.
-
-    A folder must hold only `fmt` files (hidden ones aside), and no data file may be empty
-    (Ray Data calls a 0-byte Parquet file "no files found" and fails on a 0-byte CSV with
-    tracebacks). Returns whether `src` is a folder, or None when it cannot be listed (Ray
-    Data then reports what it finds).
-    """
-    import pyarrow.fs as pafs
-
-    try:
-        fs, path = pafs.FileSystem.from_uri(src) if is_uri(src) else (pafs.LocalFileSystem(), os.path.abspath(src))
-        info = fs.get_file_info(path)
-        is_dir = info.type == pafs.FileType.Directory
-        if is_dir:
-            files = [f for f in fs.get_file_info(pafs.FileSelector(path, recursive=True))
-                     if f.type == pafs.FileType.File and not hidden(f.path[len(path):])]
-        else:
-            files = [info] if info.type == pafs.FileType.File else []
-    except Exception:  # no rights to list, an unknown scheme...: the read itself will say
-        return None
-    exts = EXTENSIONS[fmt]
-    if is_dir:
-        kinds = Counter(_kind(f.base_name, exts) for f in files)
-        ours = sum(n for k, n in kinds.items() if k[1:] in exts)
-        if ours < len(files):
-            found = " and ".join(f"{n} {k} file{'s' * (n != 1)}" for k, n in kinds.most_common())
-            raise DataError(
-                f"{src}: the folder holds {found}; data.format {fmt} reads only "
-                f"{'/'.join('.' + e for e in exts)} files: move the others out, or point data.source at one file"
-            )
-        if not ours:
-            raise DataError(f"{src}: the folder holds no {'/'.join('.' + e for e in exts)} files (data.format {fmt})")
-    for f in files:
-        if f.size == 0:
-            raise DataError(f"{shown(src, f.path)}: empty file (0 bytes), not a {fmt} file")
-    return is_dir
-
-
-def _kind(name: str, exts: tuple) -> str:
-    name = name.lower()
-    ext = next((e for e in exts if name.endswith("." + e)), None) or (name.rsplit(".", 1)[1] if "." in name else None)
-    return f".{ext}" if ext else "(no extension)"
 
 
 @contextmanager
@@ -212,127 +152,6 @@ def _describe_failure(src: str, fmt: str, e: BaseException) -> str:
         found = [m.group(2) for m in _EXCEPTION_LINE.finditer(str(e)) if m.group(1) != "UserCodeException"]
         return f"{src}: {found[0] if found else reason}"
     return f"{src}: cannot read as {fmt}: {reason}"
-
-
-def _csv_problem(src: str, path: str) -> Optional[str]:
-    """pyarrow's own parse error for one CSV file, e.g. "Row #8: Expected 3 columns, got 4: 1,2,3,4"."""
-    import pyarrow.csv as pacsv
-    import pyarrow.fs as pafs
-
-    try:
-        fs = pafs.FileSystem.from_uri(src)[0] if is_uri(src) else pafs.LocalFileSystem()
-        with fs.open_input_stream(path, compression="detect") as f:
-            # one thread, so that pyarrow numbers the rows
-            for _ in pacsv.open_csv(f, read_options=pacsv.ReadOptions(use_threads=False)):
-                pass
-    except Exception as e:
-        return str(e).removeprefix("CSV parse error: ")
-    return None
-
-
-def check_columns(spec: JobSpec, src: str, schema: pa.Schema) -> Columns:
-    types = dict(zip(schema.names, schema.types))
-    d = spec.data
-
-    def need(col: str, what: str) -> pa.DataType:
-        if col not in types:
-            raise DataError(f"{src}: column {col!r} ({what}) not found; the file has {sorted(types)}")
-        return types[col]
-
-    label_field = "data.series.column" if d.series is not None else "data.label"  # a series forecasts its own column
-    label_type = need(d.label, label_field)
-    task = "regression" if d.series is not None else d.task  # a series forecasts numbers
-    if task is None:
-        task = "regression" if pa.types.is_floating(label_type) else "classification"
-        # Only now is the task known: refuse metrics of the other task before anything trains.
-        problems = task_problems(spec, task, f"the label column {d.label!r} has type {label_type}, so the task is {task} (data.task can set it)")
-        if problems:
-            raise DataError(f"{src}: " + "; ".join(problems))
-    if task == "regression" and not (pa.types.is_integer(label_type) or pa.types.is_floating(label_type)):
-        what = "a series must hold numbers" if d.series is not None else "regression needs a numeric label"
-        raise DataError(f"{src}: column {d.label!r} ({label_field}) has type {label_type}; {what}")
-
-    if d.image is not None:
-        t = need(d.image.column, "data.image.column")
-        if _is_list(t) and _is_number(t.value_type):
-            source = "array"
-        elif _is_text(t):
-            source = "path"
-        elif pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_binary_view(t):
-            source = "bytes"
-        else:
-            raise DataError(
-                f"{src}: column {d.image.column!r} (data.image.column) has type {t}; it must be a list of numbers, "
-                "an image file path (a string) or an encoded image file (binary)"
-            )
-        if source != "array" and d.image.shape[0] not in (1, 3, 4):
-            raise DataError(
-                f"{src}: data.image.shape {d.image.shape}: image files decode to 1 (grey), 3 (RGB) or 4 (RGBA) channels, "
-                f"not {d.image.shape[0]}"
-            )
-        return Columns(task=task, numeric=[], categorical=[], image=d.image.column, image_source=source)
-    if d.text is not None:
-        t = need(d.text.column, "data.text.column")
-        if not _is_text(t):
-            if pa.types.is_binary(t) or pa.types.is_large_binary(t):  # what pyarrow makes of a CSV column that is not UTF-8
-                where = locate_non_utf8(spec, src, d.text.column)
-                raise DataError(f"{where or src}: column {d.text.column!r} (data.text.column) holds bytes that are not UTF-8 text; "
-                                "save the file as UTF-8")
-            raise DataError(f"{src}: column {d.text.column!r} (data.text.column) has type {t}; it must hold strings")
-        return Columns(task=task, numeric=[], categorical=[], image=None, text=d.text.column)
-    if d.sequence is not None:
-        t = need(d.sequence.column, "data.sequence.column")
-        inner = t.value_type if _is_list(t) else None
-        if inner is not None and _is_list(inner):
-            inner = inner.value_type
-        if inner is None or not _is_number(inner):
-            raise DataError(
-                f"{src}: column {d.sequence.column!r} (data.sequence.column) has type {t}; it must hold lists of numbers "
-                "or lists of equal-length vectors (lists of numbers)"
-            )
-        return Columns(task=task, numeric=[], categorical=[], image=None, sequence=d.sequence.column)
-    if d.series is not None:
-        t = need(d.series.column, "data.series.column")
-        if not _is_number(t):
-            raise DataError(f"{src}: column {d.series.column!r} (data.series.column) has type {t}; a series must hold numbers")
-        need(d.series.order_by, "data.series.order_by")
-        return Columns(task="regression", numeric=[], categorical=[], image=None, series=d.series.column)
-
-    features = d.features if d.features is not None else [c for c in schema.names if c != d.label]
-    numeric, categorical, auto = [], [], []
-    for col in features:
-        t = need(col, "data.features")
-        if col in d.categorical:
-            categorical.append(col)
-        elif pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
-            numeric.append(col)
-        elif _is_text(t):  # as documented (data.categorical): string columns are one-hot encoded
-            categorical.append(col)
-            auto.append(col)
-        else:
-            where = "data.features" if d.features is not None else "every column but the label, as data.features is omitted"
-            raise DataError(
-                f"{src}: column {col!r} ({where}) has type {t}; a feature must hold numbers, booleans or strings "
-                f"(strings are one-hot encoded): convert it, or leave it out of data.features"
-            )
-    return Columns(task=task, numeric=numeric, categorical=categorical, image=None, auto_categorical=auto)
-
-
-def _is_list(t: pa.DataType) -> bool:
-    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
-
-
-def _is_number(t: pa.DataType) -> bool:
-    return pa.types.is_integer(t) or pa.types.is_floating(t)
-
-
-def _is_text(t: pa.DataType) -> bool:
-    if pa.types.is_dictionary(t):
-        t = t.value_type
-    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
-
-
-# ------------------------------------------------------------------------- split, fit, transform
 
 
 def _add_split(df: pd.DataFrame, *, seed: int, fractions: tuple, label: str, keep: list[str]) -> pd.DataFrame:

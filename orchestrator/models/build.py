@@ -5,7 +5,9 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
-from typing import Any, Optional, Union
+import os
+import sys
+from typing import Any, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -46,16 +48,35 @@ def build_cnn(input_shape: list[int], num_outputs: int, channels: list[int], hid
     return nn.Sequential(*layers)
 
 
-def load_factory(path: str):
+def load_factory(path: str, code_dirs: Sequence[str] = ()):
+    """The callable `module:attr` names. The module is imported from Python's path, else from
+    `code_dirs`: the spec's folder, recorded in the loop config and in every checkpoint's model.json,
+    so that the driver, evaluation, serving replicas and a submitted job's driver resolve it the
+    same way, from any working directory."""
     module_name, _, attr = path.partition(":")
+    top = module_name.split(".")[0]
     try:
         module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        extra = [d for d in dict.fromkeys(map(str, code_dirs)) if d and d not in sys.path and os.path.isdir(d)]
+        if e.name != top or not extra:
+            raise OrchestratorError(f"model.factory {path!r}: cannot import module {module_name!r}: {e}{_looked_in(code_dirs)}") from None
+        sys.path.extend(extra)  # after the rest: a folder of the spec's never shadows an installed module
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as e2:
+            raise OrchestratorError(f"model.factory {path!r}: cannot import module {module_name!r}: {e2}{_looked_in(code_dirs)}") from None
     except ImportError as e:
         raise OrchestratorError(f"model.factory {path!r}: cannot import module {module_name!r}: {e}") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise OrchestratorError(f"model.factory {path!r}: {module_name} has no callable {attr!r}")
     return fn
+
+
+def _looked_in(code_dirs: Sequence[str]) -> str:
+    dirs = ", ".join(dict.fromkeys(map(str, code_dirs)))
+    return f" (looked in Python's path{' and in ' + dirs if dirs else ''})"
 
 
 SEQUENCE_ARCHS = ("rnn", "transformer")
@@ -95,12 +116,13 @@ def build_sequence_model(model_spec: dict[str, Any], input_shape: list[int], num
 
 
 def build_model(model_spec: dict[str, Any], input_shape: list[int], num_outputs: int, dropout: float, *,
-                vocab_size: Optional[int] = None, max_length: Optional[int] = None) -> nn.Module:
+                vocab_size: Optional[int] = None, max_length: Optional[int] = None, code_dirs: Sequence[str] = ()) -> nn.Module:
     """Build from the spec's `model` section as a plain dict (so checkpoints can rebuild it too).
 
     `vocab_size` (text input: token ids are below it) and `max_length` (text, sequence and series:
     the longest input in tokens or steps) come from the fitted preprocessing; rnn and transformer
-    need them, a custom factory gets them when it takes them by name or has **kwargs.
+    need them, a custom factory gets them when it takes them by name or has **kwargs. `code_dirs`:
+    where a custom factory's module is looked for after Python's path (load_factory).
     """
     arch = model_spec["arch"]
     if arch in SEQUENCE_ARCHS:
@@ -115,7 +137,7 @@ def build_model(model_spec: dict[str, Any], input_shape: list[int], num_outputs:
             raise OrchestratorError("model.arch cnn needs image input [channels, height, width] (data.image)")
         return build_cnn(input_shape, num_outputs, list(model_spec["channels"]), int(model_spec["hidden"]), dropout)
     if arch == "custom":
-        fn = load_factory(model_spec["factory"])
+        fn = load_factory(model_spec["factory"], code_dirs)
         kwargs = dict(model_spec.get("kwargs", {}))
         kwargs.update(_factory_extras(fn, {"vocab_size": vocab_size, "max_length": max_length}, kwargs))
         model = fn(input_shape=list(input_shape), num_outputs=num_outputs, dropout=dropout, **kwargs)

@@ -126,9 +126,16 @@ def plan_submission(spec_path: Path, *, address: str, storage: Optional[str] = N
     run_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     sid = submission_id or run_name
     run_dir = f"{output_dir.rstrip('/')}/{run_name}"
+    command = ["orchestrator", "run", shlex.quote(spec_path.name), "-o", shlex.quote(output_dir), "--run-name", run_name]
+    if spec.serve is not None:
+        # A job ends when its run does, as a RayJob does (k8s/render.py drops the section too): a
+        # job that went on serving would stay RUNNING until stopped, and Serve would outlive it.
+        command.append("--no-serve")
+        notes.append("the spec's serve section is not served by a submitted job (the job ends with its run); serve the "
+                     f"promoted model afterwards with: orchestrator serve {run_dir} (--address to serve it on the cluster)")
     return SubmissionPlan(
         spec_name=spec.name, spec_file=spec_path.name, files=files,
-        entrypoint=" ".join(["orchestrator", "run", shlex.quote(spec_path.name), "-o", shlex.quote(output_dir), "--run-name", run_name]),
+        entrypoint=" ".join(command),
         output_dir=output_dir, submission_id=sid, run_name=run_name, run_dir=run_dir,
         # PYTHONPATH stays out: init_ray sets it in the driver's runtime_env, and Ray refuses to merge a
         # variable that both the job and the driver set.

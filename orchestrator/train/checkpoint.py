@@ -3,7 +3,8 @@
 A checkpoint is a directory:
   state.pt            model/optimizer/scheduler state and epoch counters (tensors and plain values only)
   model.json          how to rebuild the network: the spec's model section, input shape, outputs, dropout,
-                      the input kind (table, image, text, sequence, series), vocabulary size and max length
+                      the input kind (table, image, text, sequence, series), vocabulary size and max length,
+                      and where a custom factory's module was looked for (code_dirs: the spec's folder)
   preprocessing.json  the preprocessing fitted on the training split
   metrics.json        the metrics of the epoch that wrote it
 
@@ -86,7 +87,7 @@ def load_model(directory: str | os.PathLike) -> LoadedModel:
     meta = _read_json_file(d / MODEL_FILE)
     try:
         model = build_model(meta["model"], meta["input_shape"], meta["num_outputs"], meta.get("dropout", 0.0),
-                            vocab_size=meta.get("vocab_size"), max_length=meta.get("max_length"))
+                            vocab_size=meta.get("vocab_size"), max_length=meta.get("max_length"), code_dirs=meta.get("code_dirs") or ())
     except Exception as e:  # a missing key or a value build_model cannot use
         raise CheckpointError(f"{d / MODEL_FILE}: cannot rebuild the network ({describe_error(e)})") from None
     try:

@@ -204,7 +204,7 @@ class WorkerLoop:
         self.device = session.device()
 
         model = build_model(self.model_spec, config.input_shape, config.num_outputs, t.dropout,
-                            vocab_size=config.vocab_size, max_length=config.max_length)
+                            vocab_size=config.vocab_size, max_length=config.max_length, code_dirs=config.code_dirs)
         self.optimizer = make_optimizer(model.parameters(), t)
         r = restore(session, model, self.optimizer)
         self.start_epoch, self.restored_from = r.start_epoch, r.restored_from
@@ -349,7 +349,8 @@ class WorkerLoop:
                     tmp,
                     state={"model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": epoch, "best": stopper.best, "since_best": stopper.since_best},
                     model_meta={"model": self.model_spec, "input_shape": config.input_shape, "num_outputs": config.num_outputs, "dropout": self.t.dropout, "task": self.task, "job": config.job_name,
-                                "input_kind": config.input_kind, "vocab_size": config.vocab_size, "max_length": config.max_length},
+                                "input_kind": config.input_kind, "vocab_size": config.vocab_size, "max_length": config.max_length,
+                                "code_dirs": config.code_dirs},
                     preprocessing=config.preprocessing,
                     metrics=metrics,
                 )

@@ -12,10 +12,10 @@ front with a clear message instead of hanging.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
-from orchestrator.errors import ResourceError
+from orchestrator.errors import ResourceError, counted
 from orchestrator.spec import JobSpec, ScalingSpec, TrainSpec
 
 if TYPE_CHECKING:  # ingest imports Ray; the plan only reads PreparedData's fields
@@ -83,7 +83,7 @@ def plan_workers(scaling: ScalingSpec, cluster: ClusterResources, *, concurrent_
         need = cpus * n * runs + DATA_RESERVE_CPUS
         if need > cluster.cpus + 1e-9:
             raise ResourceError(
-                f"scaling asks for {n} workers x {cpus:g} CPUs"
+                f"scaling asks for {counted(n, 'worker')} x {counted(cpus, 'CPU')}"
                 + (f" x {runs} concurrent trials" if runs > 1 else "")
                 + f" + {DATA_RESERVE_CPUS} CPU for Ray Data = {need:g} CPUs, but the cluster has {cluster.cpus:g}; "
                 "lower scaling.workers or scaling.cpus_per_worker (or use 'auto')"
@@ -97,7 +97,7 @@ def plan_workers(scaling: ScalingSpec, cluster: ClusterResources, *, concurrent_
         need_gpus = gpus * n * runs
         if need_gpus > cluster.gpus + 1e-9:
             raise ResourceError(
-                f"scaling asks for {n} workers x {gpus:g} GPUs = {need_gpus:g} GPUs, but the cluster has {cluster.gpus:g}"
+                f"scaling asks for {counted(n, 'worker')} x {counted(gpus, 'GPU')} = {counted(need_gpus, 'GPU')}, but the cluster has {cluster.gpus:g}"
                 + ("; set scaling.gpus_per_worker: 0 to train on CPU" if cluster.gpus == 0 else "")
             )
         if cluster.node_gpus and gpus > max(cluster.node_gpus) + 1e-9:
@@ -130,6 +130,8 @@ class LoopConfig:
     # the training split is materialised (data.cache memory, or auto on a small source): each worker
     # then takes its shard as tensors once per run and shuffles it with a permutation per epoch
     in_memory: bool = False
+    # where model.factory's module is looked for after Python's path: the spec's folder (models/build.py)
+    code_dirs: list[str] = field(default_factory=list)
 
 
 def is_materialised(dataset: Any) -> bool:
@@ -170,6 +172,7 @@ def build_loop_config(spec: JobSpec, prepared: PreparedData, plan: WorkerPlan) -
         vocab_size=pre.vocab_size,
         max_length=pre.max_length,
         in_memory=hold_in_memory(materialised, train_bytes, plan.workers),
+        code_dirs=[str(spec.base_dir)],
     )
 
 

@@ -1,0 +1,157 @@
+"""The spec's data checked before Ray starts: `validate` reports its problems beside the spec's own,
+and `run`/`train` refuse a job with any of them within seconds instead of after Ray's start.
+
+What is checked, with no Ray and without reading the rows: the source exists and its files are of
+data.format (check_source_files); its schema, read from the Parquet footers or the first block of
+the first CSV file, has the label and every input column with a usable type (check_columns, every
+problem at once); there are rows enough for each split, and two classes or more for a
+classification (the label column alone is read, for sources up to LABEL_READ_MAX_BYTES). A
+source behind a URI is checked where it can be reached from here; where it cannot (no credentials
+on this machine, a network only the cluster reaches), that is a note, not a problem: the job's own
+read checks it again.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+import pyarrow as pa
+
+from orchestrator.data.checks import (
+    EXTENSIONS,
+    Columns,
+    _csv_problem,
+    check_columns,
+    check_source_files,
+)
+from orchestrator.data.files import list_files, source_bytes
+from orchestrator.errors import DataError, one_line
+from orchestrator.spec import JobSpec, is_uri, resolve_source
+
+LABEL_READ_MAX_BYTES = 1 << 30  # larger sources: the class count is left to the job's own read
+SPLIT_NAMES = ("train", "validation", "test")
+
+
+@dataclass
+class DataCheck:
+    source: str
+    problems: list[str] = field(default_factory=list)  # each names the file (and column)
+    notes: list[str] = field(default_factory=list)  # what was not checked, and why
+    rows: Optional[int] = None
+    columns: Optional[Columns] = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check_data(spec: JobSpec) -> DataCheck:
+    src = resolve_source(spec)
+    d = spec.data
+    out = DataCheck(source=src)
+    if d.prepare and not is_uri(src) and not os.path.exists(src):
+        out.notes.append(f"{src}: written by data.prepare {d.prepare} when the job runs (the project's own data): not checked")
+        return out
+    if not is_uri(src) and not os.path.exists(src):
+        out.problems.append(f"{src}: data file not found (data.source in the spec)")
+        return out
+    try:
+        if check_source_files(src, d.format) is None and is_uri(src):
+            out.notes.append(f"{src}: cannot be listed from here; the job checks it when it reads it")
+            return out
+        schema, rows = _schema_and_rows(src, d.format)
+    except DataError as e:
+        out.problems += e.problems
+        return out
+    except Exception as e:  # unreachable store, no credentials here, a file pyarrow cannot open
+        if is_uri(src):
+            out.notes.append(f"{src}: cannot be read from here ({one_line(e, 160)}); the job checks it when it reads it")
+        else:
+            out.problems.append(f"{src}: cannot read as {d.format}: {one_line(e, 200)}")
+        return out
+    out.rows = rows
+    try:
+        out.columns = check_columns(spec, src, schema)
+    except DataError as e:
+        out.problems += e.problems
+        return out
+    if d.series is None:  # a series is split into windows in time order, checked when it is read
+        out.problems += _split_problems(spec, src, rows)
+        if out.columns.task == "classification":
+            out.problems += _class_problems(spec, src)
+    return out
+
+
+def _parquet(src: str):
+    """The source as pyarrow sees it, with hive-style `key=value` folders as columns (as Ray Data reads them)."""
+    import pyarrow.dataset as pads
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(src) if is_uri(src) else (pafs.LocalFileSystem(), os.path.abspath(src))
+    return pads.dataset(path, filesystem=fs, format="parquet", partitioning="hive", ignore_prefixes=[".", "_"])
+
+
+def _schema_and_rows(src: str, fmt: str) -> tuple[pa.Schema, Optional[int]]:
+    """The schema Ray Data will see, and the row count where the files' metadata holds it (Parquet)."""
+    if fmt == "parquet":
+        dataset = _parquet(src)
+        return dataset.schema, dataset.count_rows()
+    import pyarrow.csv as pacsv
+
+    files = list_files(src)
+    if not files:
+        raise DataError(f"{src}: no {'/'.join('.' + e for e in EXTENSIONS[fmt])} files")
+    shown_path, fs, path = files[0]
+    # what Ray Data's CSV reader does: one thread, the first block's types
+    try:
+        with fs.open_input_stream(path, compression="detect") as f:
+            return pacsv.open_csv(f, read_options=pacsv.ReadOptions(use_threads=False)).schema, None
+    except pa.ArrowInvalid as e:  # a parse error in the first block: pyarrow's own words, with the row
+        raise DataError(f"{shown_path}: cannot read as CSV: {_csv_problem(src, path) or one_line(e, 200)}") from None
+
+
+def _split_problems(spec: JobSpec, src: str, rows: Optional[int]) -> list[str]:
+    if rows is None:
+        return []
+    if rows == 0:
+        return [f"{src}: no rows"]
+    fractions = (spec.data.split.train, spec.data.split.validation, spec.data.split.test)
+    short = [f"{name} {frac:g} x {rows} = {rows * frac:.1f}" for name, frac in zip(SPLIT_NAMES, fractions) if frac and rows * frac < 1]
+    if short:
+        return [f"{src}: {rows} rows are too few for data.split ({', '.join(short)} rows): every split needs rows"]
+    return []
+
+
+def _class_problems(spec: JobSpec, src: str) -> list[str]:
+    """Two classes or more in the label column (read alone), for sources up to LABEL_READ_MAX_BYTES."""
+    label = spec.data.label
+    size = source_bytes(src)
+    if size is None or size > LABEL_READ_MAX_BYTES:
+        return []
+    try:
+        values = set(_label_values(spec, src, label))
+    except Exception:  # the column's own read reports what is wrong with it
+        return []
+    if not values:
+        return [f"{src}: column {label!r} (data.label) holds no values: nothing to learn"]
+    if len(values) == 1:
+        return [f"{src}: column {label!r} (data.label) holds one class only ({next(iter(values))!r}); a classification needs two or more"]
+    return []
+
+
+def _label_values(spec: JobSpec, src: str, label: str) -> list:
+    if spec.data.format == "parquet":
+        return _parquet(src).to_table(columns=[label]).column(label).drop_null().unique().to_pylist()
+    import pyarrow.csv as pacsv
+
+    values: set = set()
+    for _, fs, path in list_files(src):
+        with fs.open_input_stream(path, compression="detect") as f:
+            col = pacsv.read_csv(f, read_options=pacsv.ReadOptions(use_threads=False),
+                                 convert_options=pacsv.ConvertOptions(include_columns=[label])).column(label)
+        values |= set(col.drop_null().unique().to_pylist())
+        if len(values) > 1:
+            break
+    return list(values)
