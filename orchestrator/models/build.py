@@ -54,29 +54,29 @@ def load_factory(path: str, code_dirs: Sequence[str] = ()):
     so that the driver, evaluation, serving replicas and a submitted job's driver resolve it the
     same way, from any working directory."""
     module_name, _, attr = path.partition(":")
-    top = module_name.split(".")[0]
+    dirs = list(dict.fromkeys(str(d) for d in code_dirs if d))
+
+    def cannot(e: ImportError, where: str = "") -> OrchestratorError:
+        return OrchestratorError(f"model.factory {path!r}: cannot import module {module_name!r}: {e}{where}")
+
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
-        extra = [d for d in dict.fromkeys(map(str, code_dirs)) if d and d not in sys.path and os.path.isdir(d)]
-        if e.name != top or not extra:
-            raise OrchestratorError(f"model.factory {path!r}: cannot import module {module_name!r}: {e}{_looked_in(code_dirs)}") from None
+        extra = [d for d in dirs if d not in sys.path and os.path.isdir(d)]
+        looked = f" (looked in Python's path{' and in ' + ', '.join(dirs) if dirs else ''})"
+        if e.name != module_name.split(".")[0] or not extra:
+            raise cannot(e, looked) from None
         sys.path.extend(extra)  # after the rest: a folder of the spec's never shadows an installed module
         try:
             module = importlib.import_module(module_name)
         except ImportError as e2:
-            raise OrchestratorError(f"model.factory {path!r}: cannot import module {module_name!r}: {e2}{_looked_in(code_dirs)}") from None
+            raise cannot(e2, looked) from None
     except ImportError as e:
-        raise OrchestratorError(f"model.factory {path!r}: cannot import module {module_name!r}: {e}") from None
+        raise cannot(e) from None
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise OrchestratorError(f"model.factory {path!r}: {module_name} has no callable {attr!r}")
     return fn
-
-
-def _looked_in(code_dirs: Sequence[str]) -> str:
-    dirs = ", ".join(dict.fromkeys(map(str, code_dirs)))
-    return f" (looked in Python's path{' and in ' + dirs if dirs else ''})"
 
 
 SEQUENCE_ARCHS = ("rnn", "transformer")
