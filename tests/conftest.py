@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -58,3 +57,20 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
         [str(exe), *args], cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout,
         env={**os.environ, "COLUMNS": "200", **(env or {})},
     )
+
+
+def run_here(command: str, spec_path: Path, output: Path):
+    """`orchestrator train|run SPEC -o OUTPUT` in this process, on the test session's Ray (start
+    `ray_session` first): what the command does after its own Ray start, which the CLI tests
+    cover. Returns the pipeline's RunResult; its console output is kept in `.console_text`."""
+    import io
+
+    from orchestrator.pipeline import run_job, train_job
+    from orchestrator.spec import load_spec
+    from orchestrator.ui import make_console
+
+    text = io.StringIO()
+    job = {"train": train_job, "run": run_job}[command]
+    result = job(load_spec(spec_path), spec_path, output=output, console=make_console(file=text, width=200))
+    result.console_text = text.getvalue()
+    return result

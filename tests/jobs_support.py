@@ -62,11 +62,11 @@ def build(input_shape, num_outputs, dropout, width=8):
 """
 
 
-def custom_spec(folder: Path, data_dir: Path | None, module: str) -> Path:
+def custom_spec(folder: Path, data_dir: Path | None, module: str, workers: int = 1) -> Path:
     """breast-cancer-mlp with a custom model whose module sits beside the spec (in `folder`)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{module}.py").write_text(FACTORY)
-    d = spec_dict("breast-cancer-mlp.yaml", train={"epochs": 2, "early_stopping": None}, scaling={"workers": 1})
+    d = spec_dict("breast-cancer-mlp.yaml", train={"epochs": 2, "early_stopping": None}, scaling={"workers": workers})
     d["model"] = {"arch": "custom", "factory": f"{module}:build", "kwargs": {"width": 16}}
     if data_dir is not None:
         d["data"]["source"] = str(data_dir / "breast_cancer.parquet")

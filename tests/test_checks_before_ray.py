@@ -103,3 +103,23 @@ def test_version_and_help_read_plainly():
         assert h.returncode == 0, h.stderr
         assert "<bool>" not in h.stdout and "╭" not in h.stdout, h.stdout  # flags show no type; plain text, no boxes
         assert all(len(line) <= 80 for line in h.stdout.splitlines()), h.stdout
+
+
+def test_missing_image_files_of_a_csv_are_named_before_ray(tmp_path):
+    from orchestrator.data.preflight import MISSING_SHOWN, check_data
+    from orchestrator.spec import load_spec
+
+    (tmp_path / "imgs").mkdir()
+    paths = [f"imgs/{i:03d}.png" for i in range(30)]
+    for p in paths[:20]:
+        (tmp_path / p).write_bytes(b"not read here: only whether it exists")
+    pd.DataFrame({"path": paths, "label": ["a", "b"] * 15}).to_csv(tmp_path / "images.csv", index=False)
+    d = {"name": "images", "data": {"source": "images.csv", "format": "csv", "label": "label",
+                                    "image": {"column": "path", "shape": [1, 8, 8]}},
+         "model": {"arch": "cnn"}, "train": {"epochs": 1}, "scaling": {"workers": 1}}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(d))
+    check = check_data(load_spec(tmp_path / "job.yaml"))
+    (problem,) = check.problems
+    shown = [str(tmp_path / p) for p in paths[20:20 + MISSING_SHOWN]]
+    assert problem == (f"{tmp_path / 'images.csv'}: image file not found (column 'path'): {', '.join(shown)} "
+                       f"(and {10 - MISSING_SHOWN} more of 30 rows)"), problem

@@ -16,7 +16,7 @@ from PIL import Image
 from orchestrator.data.ingest import prepare_data
 from orchestrator.spec import parse_spec
 from orchestrator.train.checkpoint import load_model
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_here
 
 pytestmark = pytest.mark.ray
 
@@ -65,17 +65,17 @@ def _train(tmp_path: Path, d: dict):
     return run_cli("train", str(p), "-o", str(tmp_path / "runs"), timeout=400)
 
 
-def test_image_file_job_reads_png_paths_through_the_cli(tmp_path):
-    """A third of the PNGs are 16-bit, and four rows have no label."""
+def test_image_file_job_reads_png_paths(ray_session, tmp_path):
+    """A third of the PNGs are 16-bit, and four rows have no label (the job runs in this process)."""
     df = _table(tmp_path, sixteen_bit=True)
     df["label"] = df["label"].astype(float)
     df.loc[[5, 17, 40, 66], "label"] = None
     df.to_parquet(tmp_path / "images.parquet")
     d = _spec(tmp_path / "images.parquet")
     d["data"]["task"] = "classification"  # a label with gaps is read as float
-    r = _train(tmp_path, d)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "note: 4 of 80 rows have no 'label' (data.label) and are left out of every split" in r.stdout, r.stdout
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(d))
+    out = run_here("train", tmp_path / "job.yaml", tmp_path / "runs").console_text
+    assert "note: 4 of 80 rows have no 'label' (data.label) and are left out of every split" in out, out
     (run,) = (tmp_path / "runs").iterdir()
     assert json.loads((run / "test_metrics.json").read_text())["test_rows"] > 0
     pre = load_model(run / "best_checkpoint").preprocessor
@@ -114,4 +114,6 @@ def test_a_missing_or_unreadable_image_file_is_named(tmp_path, broken):
     (line,) = [l for l in err.splitlines() if l.startswith("error:")]
     assert str(bad) in line and "'path'" in line, err
     assert ("image file not found" if broken == "missing" else "not a readable image") in line, err
+    if broken == "missing":  # found by the checks before Ray starts: no run directory
+        assert not (tmp_path / "runs").exists(), list((tmp_path / "runs").rglob("*"))
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").glob("*/best_checkpoint"))

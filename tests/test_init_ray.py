@@ -1,7 +1,9 @@
 """`orchestrator init DATA` on each example's data and on a CSV of our own (a regression with a
-categorical column, missing values and an id): the spec it writes validates with its data and
-trains. Training uses the spec as written but for train.epochs (1 here, 20 as written); the text
-and image-file corpora are cut to their first rows of each class."""
+categorical column, missing values and an id): the spec it writes validates with its data, and
+three of them train (the CSV, the text and the series: the kinds whose settings init chooses most
+of; the image and table examples' jobs train in their own tests). Training uses the spec as written
+but for train.epochs (1 here, 20 as written); the text and image-file corpora are cut to their
+first rows of each class."""
 
 from __future__ import annotations
 
@@ -43,6 +45,8 @@ EXPECTED = {
     "digits-png.parquet": ("cnn", "classification", "image"),
     "houses.csv": ("mlp", "regression", "table"),
 }
+# each training run costs a worker group's start (about 30 s here): these three, not all seven
+TRAINED = ("houses.csv", "docstrings.parquet", "elnino.parquet")
 
 
 def test_init_writes_a_spec_that_validates_and_trains_for_each_example_and_a_csv(ray_session, data_dir, tmp_path):
@@ -71,6 +75,8 @@ def test_init_writes_a_spec_that_validates_and_trains_for_each_example_and_a_csv
         assert (spec.model.arch, spec.data.input_kind) == (arch, kind), (file, spec.model.arch, spec.data.input_kind)
         if file == "houses.csv":
             assert "left out: 'customer_id': an id" in r.output and spec.data.categorical == ["city"] and spec.data.label == "price"
+        if file not in TRAINED:
+            continue
         d = yaml.safe_load(out.read_text())
         d["train"]["epochs"] = 1
         short = out.with_name(out.stem + "-1epoch.yaml")

@@ -1,5 +1,6 @@
 """Time series and numeric sequences on a real local Ray: a chronological split with no leakage, a
-forecasting job, a variable-length sequence job and an rnn search with ASHA, through the CLI."""
+forecasting job, a variable-length sequence job and an rnn search with ASHA (the jobs run in this
+process, on the session's Ray)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from orchestrator.data.preprocess import SERIES_TARGET
 from orchestrator.errors import DataError
 from orchestrator.spec import parse_spec
 from orchestrator.train.checkpoint import load_model
-from tests.conftest import run_cli
+from tests.conftest import run_here
 
 pytestmark = pytest.mark.ray
 
@@ -86,10 +87,9 @@ def test_series_refuses_repeated_times_and_gaps_naming_the_column(ray_session, t
         prepare_data(parse_spec(_series_spec(tmp_path / "gap.parquet")))
 
 
-def test_series_forecasting_job_trains_through_the_cli(tmp_path):
+def test_series_forecasting_job_trains(ray_session, tmp_path):
     spec = _write(tmp_path, _series_spec(_series(tmp_path)), "series.yaml")
-    r = run_cli("train", str(spec), "-o", str(tmp_path / "runs"), timeout=400)
-    assert r.returncode == 0, r.stdout + r.stderr
+    run_here("train", spec, tmp_path / "runs")
     (run,) = (tmp_path / "runs").iterdir()
     test = json.loads((run / "test_metrics.json").read_text())
     assert test["test_rmse"] > 0 and test["test_rows"] > 0
@@ -129,10 +129,9 @@ def _sequence_spec(path: Path, **sections) -> dict:
             "scaling": {"workers": 1}, "checkpoint": {"metric": "val_accuracy"}, **sections}
 
 
-def test_variable_length_sequence_job_trains_through_the_cli(tmp_path):
+def test_variable_length_sequence_job_trains(ray_session, tmp_path):
     path = _sequences(tmp_path)
-    r = run_cli("train", str(_write(tmp_path, _sequence_spec(path), "seq.yaml")), "-o", str(tmp_path / "runs"), timeout=400)
-    assert r.returncode == 0, r.stdout + r.stderr
+    run_here("train", _write(tmp_path, _sequence_spec(path), "seq.yaml"), tmp_path / "runs")
     (run,) = (tmp_path / "runs").iterdir()
     assert 0.0 <= json.loads((run / "test_metrics.json").read_text())["test_accuracy"] <= 1.0
     loaded = load_model(run / "best_checkpoint")
@@ -146,12 +145,11 @@ def test_variable_length_sequence_job_trains_through_the_cli(tmp_path):
     assert not out["x"][0, out["len"][0]:].any()  # padding stays zero after standardising
 
 
-def test_an_rnn_search_over_hidden_runs_to_the_end_with_asha(tmp_path):
+def test_an_rnn_search_over_hidden_runs_to_the_end_with_asha(ray_session, tmp_path):
     d = _sequence_spec(_sequences(tmp_path, 160), tune={
         "num_samples": 3, "search": "random", "space": {"model.hidden": {"choice": [8, 16, 32]}},
         "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2}})
-    r = run_cli("run", str(_write(tmp_path, d, "search.yaml")), "-o", str(tmp_path / "runs"), timeout=500)
-    assert r.returncode == 0, r.stdout + r.stderr
+    run_here("run", _write(tmp_path, d, "search.yaml"), tmp_path / "runs")
     (run,) = (tmp_path / "runs").iterdir()
     trials = json.loads((run / "trials.json").read_text())
     assert len(trials) == 3 and {t["status"] for t in trials} <= {"TERMINATED", "PRUNED"}, trials

@@ -63,32 +63,37 @@ def test_up_prints_addresses_and_keeps_the_token_private(cluster):
     assert again.returncode == 1 and "already up" in again.stderr and "Traceback" not in again.stderr
 
 
-def test_submit_digits_and_follow_to_succeeded(cluster, tmp_path):
-    """Submit, follow to SUCCEEDED, then read the job back; with a serve token in the submitter's
-    environment, neither it nor the cluster's Ray token reaches the job's metadata, its logs, its
-    run directory or the cluster's processes and files."""
+def test_submit_a_custom_model_from_another_folder_and_follow_to_succeeded(cluster, tmp_path):
+    """Submit, follow to SUCCEEDED, then read the job back. The spec's model.factory module sits
+    beside it, not in the folder we submit from: it travels with the job, and the job's driver
+    rebuilds the winner from it. With a serve token in the submitter's environment, neither it nor
+    the cluster's Ray token reaches the job's metadata, its logs, its run directory or the
+    cluster's processes and files."""
     from ray.job_submission import JobSubmissionClient
 
     state: ClusterState = cluster["state"]
     tokens = {"serve token": "serve-" + secrets.token_hex(24), "Ray token": state.token()}
-    spec = small_digits_spec(tmp_path / "job")
+    spec = custom_spec(tmp_path / "project", None, "mymodels_job", workers=2)  # data made by data.prepare on the cluster
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
     t0 = time.monotonic()
     # relative output.dir ("runs") on a cluster on this machine: under the directory we submit from
-    r = orch("submit", str(spec), "--address", cluster["url"], "--follow", home=cluster["home"], cwd=tmp_path, timeout=400,
+    r = orch("submit", str(spec), "--address", cluster["url"], "--follow", home=cluster["home"], cwd=elsewhere, timeout=400,
              env={SERVE_TOKEN_ENV: tokens["serve token"]})
     took = time.monotonic() - t0
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     job_id = r.stdout.splitlines()[0]
-    assert job_id.startswith("digits-cnn-")
+    assert job_id.startswith("breast-cancer-mlp-")
     assert "epoch   2" in r.stdout  # the driver's output, streamed
     assert f"job {job_id}: SUCCEEDED" in r.stderr
     run_dir = Path(r.stderr.split("run directory: ")[1].splitlines()[0])
-    assert run_dir == tmp_path / "runs" / job_id  # named by the submitter (`run --run-name`), read from the job's metadata
+    assert run_dir == elsewhere / "runs" / job_id  # named by the submitter (`run --run-name`), read from the job's metadata
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert [m["epoch"] for m in metrics] == [1, 2] and all(m["world_size"] == 2 for m in metrics)
-    assert json.loads((run_dir / "summary.json").read_text())["status"] == "succeeded"
-    assert (run_dir / "best_checkpoint").is_dir()
-    print(f"digits job submitted and followed to SUCCEEDED in {took:.1f} s")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "succeeded" and summary["test"]["test_accuracy"] > 0.5, summary
+    assert json.loads((run_dir / "best_checkpoint" / "model.json").read_text())["model"]["arch"] == "custom"
+    print(f"custom-model job submitted and followed to SUCCEEDED in {took:.1f} s")
 
     info = json.loads(orch("jobs", "status", job_id, "--address", cluster["url"], "--json", home=cluster["home"]).stdout)
     assert info["status"] == "SUCCEEDED" and info["run_dir"] == str(run_dir) and info["driver_exit_code"] == 0
@@ -106,19 +111,6 @@ def test_submit_digits_and_follow_to_succeeded(cluster, tmp_path):
     leaks += processes_holding(tokens, cluster_processes(state))
     leaks += files_holding(tokens, run_dir, Path(state.temp_dir))
     assert not leaks, "\n".join(leaks)
-
-
-def test_submitted_custom_model_beside_the_spec_runs_from_another_folder(cluster, tmp_path):
-    """model.factory's module travels with the job and the job's driver rebuilds the winner from it."""
-    spec = custom_spec(tmp_path / "project", None, "mymodels_job")  # data made by data.prepare on the cluster
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    r = orch("submit", str(spec), "--address", cluster["url"], "--follow", "--storage", str(tmp_path / "store"),
-             home=cluster["home"], cwd=elsewhere, timeout=400)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    run_dir = Path(r.stderr.split("run directory: ")[1].splitlines()[0])
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "succeeded" and summary["test"]["test_accuracy"] > 0.5, summary
 
 
 def test_stop_a_running_job(cluster, tmp_path):

@@ -16,7 +16,7 @@ from orchestrator.data.preprocess import assign_splits
 from orchestrator.data.text import BpeTokenizer, tokenizer_from_state
 from orchestrator.models.build import forward
 from orchestrator.train.checkpoint import load_model
-from tests.conftest import run_cli
+from tests.conftest import run_here
 
 pytestmark = pytest.mark.ray
 
@@ -60,10 +60,9 @@ def _vocab(state: dict) -> set[str]:
     return set(json.loads(state["tokenizer_json"])["model"]["vocab"])
 
 
-def test_bpe_text_job_trains_on_two_workers_and_its_tokenizer_never_saw_the_test_rows(tmp_path):
+def test_bpe_text_job_trains_on_two_workers_and_its_tokenizer_never_saw_the_test_rows(ray_session, tmp_path):
     df = _texts()
-    r = run_cli("train", str(_spec(tmp_path, df, scaling={"workers": 2})), "-o", str(tmp_path / "runs"), timeout=400)
-    assert r.returncode == 0, r.stdout + r.stderr
+    run_here("train", _spec(tmp_path, df, scaling={"workers": 2}), tmp_path / "runs")
     (run,) = (tmp_path / "runs").iterdir()
     test = json.loads((run / "test_metrics.json").read_text())
     assert test["test_rows"] > 0 and 0.0 <= test["test_accuracy"] <= 1.0
@@ -88,12 +87,11 @@ def test_bpe_text_job_trains_on_two_workers_and_its_tokenizer_never_saw_the_test
     assert out.shape == (8, 2)
 
 
-def test_a_transformer_search_over_layers_runs_to_the_end_with_asha(tmp_path):
+def test_a_transformer_search_over_layers_runs_to_the_end_with_asha(ray_session, tmp_path):
     spec = _spec(tmp_path, _texts(), model={"arch": "transformer", "d_model": 16, "heads": 2, "layers": 1, "ff": 32},
                  tune={"num_samples": 3, "search": "random", "space": {"model.layers": {"choice": [1, 2]}},
                        "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2}})
-    r = run_cli("run", str(spec), "-o", str(tmp_path / "runs"), timeout=500)
-    assert r.returncode == 0, r.stdout + r.stderr
+    run_here("run", spec, tmp_path / "runs")
     (run,) = (tmp_path / "runs").iterdir()
     trials = json.loads((run / "trials.json").read_text())
     assert len(trials) == 3 and {t["status"] for t in trials} <= {"TERMINATED", "PRUNED"}, trials

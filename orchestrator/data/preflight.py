@@ -5,7 +5,9 @@ What is checked, with no Ray and without reading the rows: the source exists and
 data.format (check_source_files); its schema, read from the Parquet footers or the first block of
 the first CSV file, has the label and every input column with a usable type (check_columns, every
 problem at once); there are rows enough for each split, and two classes or more for a
-classification (the label column alone is read, for sources up to LABEL_READ_MAX_BYTES). A
+classification (the label column alone is read, for sources up to LABEL_READ_MAX_BYTES); every
+local image file that an image-path column names exists (that column alone is read, for the same
+sources; whether each file decodes is checked when it is read). A
 source behind a URI is checked where it can be reached from here; where it cannot (no credentials
 on this machine, a network only the cluster reaches), that is a note, not a problem: the job's own
 read checks it again.
@@ -31,6 +33,7 @@ from orchestrator.errors import DataError, one_line
 from orchestrator.spec import JobSpec, is_uri, resolve_source
 
 LABEL_READ_MAX_BYTES = 1 << 30  # larger sources: the class count is left to the job's own read
+MISSING_SHOWN = 5
 SPLIT_NAMES = ("train", "validation", "test")
 
 
@@ -81,6 +84,8 @@ def check_data(spec: JobSpec) -> DataCheck:
         out.problems += _split_problems(spec, src, rows)
         if out.columns.task == "classification":
             out.problems += _class_problems(spec, src)
+    if out.columns.image_source == "path" and (source_bytes(src) or LABEL_READ_MAX_BYTES + 1) <= LABEL_READ_MAX_BYTES:
+        out.problems += _missing_image_files(spec, src, out.columns.image)
     return out
 
 
@@ -141,16 +146,54 @@ def _class_problems(spec: JobSpec, src: str) -> list[str]:
     return []
 
 
+def _missing_image_files(spec: JobSpec, src: str, column: str) -> list[str]:
+    """Local image files the column names that do not exist (the first MISSING_SHOWN, and how many)."""
+    from orchestrator.data.files import image_root
+    from orchestrator.data.preprocess import resolve_image_path
+
+    root = image_root(src)
+    try:
+        values = _column(spec, src, column).to_pylist()
+    except Exception:  # the column's own read reports what is wrong with it
+        return []
+    missing, problems = [], []
+    for v in values:
+        if not isinstance(v, str) or is_uri(v):
+            continue  # a null is reported by the job's read; a URI's object is read where the job runs
+        try:
+            path = resolve_image_path(v, root)
+        except ValueError as e:
+            problems.append(f"{e} (column {column!r})")
+            continue
+        if not is_uri(path) and not os.path.exists(path):
+            missing.append(path)
+    if missing:
+        more = f" (and {len(missing) - MISSING_SHOWN} more of {len(values)} rows)" if len(missing) > MISSING_SHOWN else ""
+        problems.append(f"{src}: image file not found (column {column!r}): {', '.join(missing[:MISSING_SHOWN])}{more}")
+    return problems[: MISSING_SHOWN + 1]
+
+
+def _csv_columns(src: str, column: str):
+    """One column of each CSV file of the source, file by file."""
+    import pyarrow.csv as pacsv
+
+    for _, fs, path in list_files(src):
+        with fs.open_input_stream(path, compression="detect") as f:
+            yield pacsv.read_csv(f, read_options=pacsv.ReadOptions(use_threads=False),
+                                 convert_options=pacsv.ConvertOptions(include_columns=[column])).column(column)
+
+
+def _column(spec: JobSpec, src: str, column: str) -> pa.ChunkedArray:
+    if spec.data.format == "parquet":
+        return _parquet(src).to_table(columns=[column]).column(column)
+    return pa.chunked_array([c.cast(pa.string()) for col in _csv_columns(src, column) for c in col.chunks], type=pa.string())
+
+
 def _label_values(spec: JobSpec, src: str, label: str) -> list:
     if spec.data.format == "parquet":
         return _parquet(src).to_table(columns=[label]).column(label).drop_null().unique().to_pylist()
-    import pyarrow.csv as pacsv
-
     values: set = set()
-    for _, fs, path in list_files(src):
-        with fs.open_input_stream(path, compression="detect") as f:
-            col = pacsv.read_csv(f, read_options=pacsv.ReadOptions(use_threads=False),
-                                 convert_options=pacsv.ConvertOptions(include_columns=[label])).column(label)
+    for col in _csv_columns(src, label):
         values |= set(col.drop_null().unique().to_pylist())
         if len(values) > 1:
             break
