@@ -1,35 +1,27 @@
 """A custom model (`model.factory`) in a module beside the spec, run from another folder: the
 driver's evaluation and a Serve replica rebuild it as the Train workers do (issue: the driver
-could not import it and the run failed after training). Trained in this process on the test
-session's Ray (whose workers have the spec's folder only from the job); the CLI's path, in a
-process of its own, is the submitted job's in tests/test_submit_ray.py."""
+could not import it and the run failed after training)."""
 
 from __future__ import annotations
 
-import io
 import json
-import sys
 
 import httpx
 import pytest
 
-from orchestrator.pipeline import train_job
-from orchestrator.spec import load_spec
-from orchestrator.ui import make_console
+from tests.conftest import run_cli
 from tests.jobs_support import custom_spec
 from tests.serve_support import free_port
 
 pytestmark = pytest.mark.ray
 
 
-def test_custom_model_beside_the_spec_trains_evaluates_and_serves_from_another_folder(ray_session, data_dir, tmp_path, monkeypatch):
+def test_custom_model_beside_the_spec_trains_evaluates_and_serves_from_another_folder(ray_session, data_dir, tmp_path):
     spec = custom_spec(tmp_path / "project", data_dir, "mymodels_local")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    monkeypatch.chdir(elsewhere)
-    assert "mymodels_local" not in sys.modules and str(spec.parent) not in sys.path
-    result = train_job(load_spec(spec), spec, output=tmp_path / "runs", console=make_console(file=io.StringIO()))
-    assert result.test_metrics["test_accuracy"] > 0.5, result.test_metrics
+    r = run_cli("train", str(spec), "-o", str(tmp_path / "runs"), cwd=elsewhere, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     (run,) = (tmp_path / "runs").iterdir()
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "succeeded" and summary["test"]["test_accuracy"] > 0.5, summary
