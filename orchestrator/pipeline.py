@@ -145,7 +145,7 @@ def _train_once(spec: JobSpec, run: Path, prepared, plan, console: Console, timi
             timings.epoch_event(event["metrics"])
         progress.on_event(event)
 
-    with EpochProgress(console, spec.train.epochs) as progress:
+    with EpochProgress(console, spec.train.epochs, metric=spec.checkpoint.metric) as progress:
         started = time.perf_counter()
         outcome = run_training(spec, run, plan, prepared=prepared, on_event=on_event)
         timings.split_training(started, time.perf_counter())
@@ -168,6 +168,7 @@ def _finish(spec: JobSpec, run: Path, best_checkpoint: str, test_metrics: dict, 
 def _write_outcome(spec: JobSpec, run: Path, best_checkpoint: str, test_metrics: dict, trials: list[dict], winner: Optional[str], extra: dict, console: Console) -> RunResult:
     from orchestrator.promote import decide
     from orchestrator.report import write_report
+    from orchestrator.train.metrics import TEST_DETAILS_FILE
     from orchestrator.ui import metrics_table
 
     decision = decide(spec.promote, test_metrics)
@@ -176,8 +177,11 @@ def _write_outcome(spec: JobSpec, run: Path, best_checkpoint: str, test_metrics:
     summary = {"name": spec.name, "status": "succeeded", "best_checkpoint": in_run(run, best_checkpoint), "metric": spec.tune_metric,
                "test": test_metrics, "promoted": decision.promoted, "promotion": decision.reason, **extra}
     write_json(run / "summary.json", summary)
+    details_file = run / TEST_DETAILS_FILE
+    details = json.loads(details_file.read_text()) if details_file.exists() else None
     write_report(run, title=f"{spec.name}: {run.name}", trials=trials, metric=spec.tune_metric, winner=winner,
-                 summary={"run": run.name, "winner": winner, **{k: v for k, v in test_metrics.items()}, "promotion": decision.reason})
+                 summary={"run": run.name, "winner": winner, **{k: v for k, v in test_metrics.items()}, "promotion": decision.reason},
+                 details=details)
     console.print(metrics_table("winner on the held-out test split", test_metrics))
     style = "green" if decision.promoted else "red"
     console.print(Text.assemble(("PROMOTED" if decision.promoted else "NOT PROMOTED", style), f": {decision.reason}"), highlight=False)
@@ -301,6 +305,7 @@ def _status(run_dir: Path) -> Optional[str]:
 def _search(spec: JobSpec, run: Path, prepared, search_plan: tuple, console: Console, timings: Timings, *, restore: bool) -> RunResult:
     """The search with the plan_search result (trials at once, each trial's workers) it was planned with."""
     from orchestrator.train.driver import evaluate_checkpoint
+    from orchestrator.train.metrics import TEST_DETAILS_FILE
     from orchestrator.tune.plan import expected_trials
     from orchestrator.tune.search import run_search
     from orchestrator.ui import TrialTable
@@ -326,7 +331,7 @@ def _search(spec: JobSpec, run: Path, prepared, search_plan: tuple, console: Con
         shutil.rmtree(best_dir)
     shutil.copytree(outcome.winner_checkpoint, best_dir)
     with console.status("evaluating the winner on the held-out test split"), timings.phase("evaluation"):
-        test = evaluate_checkpoint(str(best_dir), prepared.transformed["test"])
+        test = evaluate_checkpoint(str(best_dir), prepared.transformed["test"], run / TEST_DETAILS_FILE)
     w = outcome.winner
     epochs_run = sum(len(r.epochs) for r in outcome.records)
     budget = len(outcome.records) * spec.train.epochs

@@ -44,17 +44,27 @@ MAX_IMAGE_VALUES = 1 << 26  # 64 Mi numbers per image (256 MiB as float32), e.g.
 
 # Every metric a run reports, spelled here once. Each split reports them under its prefix:
 # train_ (per epoch), val_ (per epoch, ranks checkpoints and trials) and test_ (once, at the end).
+# F1, precision and recall are macro averages over the classes (scikit-learn's average="macro");
+# ROC AUC is the binary AUC for two classes, else the macro average of one-vs-rest AUCs. They
+# need the whole split's predictions, so validation and test report them and training does not.
 LOSS, ACCURACY, RMSE, MAE = "loss", "accuracy", "rmse", "mae"
+F1, PRECISION, RECALL, ROC_AUC = "f1", "precision", "recall", "roc_auc"
 METRICS: dict[str, tuple[str, Optional[str]]] = {  # name -> (better when, the only task it fits; None: both)
     LOSS: ("min", None),
     ACCURACY: ("max", "classification"),
+    F1: ("max", "classification"),
+    PRECISION: ("max", "classification"),
+    RECALL: ("max", "classification"),
+    ROC_AUC: ("max", "classification"),
     RMSE: ("min", "regression"),
     MAE: ("min", "regression"),
 }
 METRIC_NAMES = tuple(METRICS)
+WHOLE_SPLIT_METRICS = (F1, PRECISION, RECALL, ROC_AUC)  # not reported for the training split
+FRACTIONS = (ACCURACY, *WHOLE_SPLIT_METRICS)  # between 0 and 1
 TRAIN_PREFIX, VAL_PREFIX, TEST_PREFIX = "train_", "val_", "test_"
 VAL_LOSS = VAL_PREFIX + LOSS  # the default checkpoint metric
-TRAIN_METRICS = tuple(TRAIN_PREFIX + n for n in METRIC_NAMES)
+TRAIN_METRICS = tuple(TRAIN_PREFIX + n for n in METRIC_NAMES if n not in WHOLE_SPLIT_METRICS)
 VAL_METRICS = tuple(VAL_PREFIX + n for n in METRIC_NAMES)
 TEST_METRICS = tuple(TEST_PREFIX + n for n in METRIC_NAMES)
 ValMetric = Literal[VAL_METRICS]  # type: ignore[valid-type]  # Literal["val_loss", "val_accuracy", ...]
@@ -391,6 +401,12 @@ class TrainSpec(_Model):
         "before the head (a custom factory gets `dropout`).",
     )
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Fraction, 0 to below 1, of the target probability spread over all classes (classification only).")
+    class_weights: Optional[Union[Literal["balanced"], dict[Union[int, str], Annotated[float, Field(gt=0, le=1e6)]]]] = Field(
+        None,
+        description="Weights of the classes in the training loss, for imbalanced labels (classification only): balanced "
+        "(rows / (classes x the class's rows in the training split), scikit-learn's rule) or a map from label to weight, "
+        "above 0 (a class not listed weighs 1); validation and test metrics stay unweighted.",
+    )
     grad_clip: Optional[float] = Field(None, gt=0, le=1e6, description="Max global L2 norm of the gradients, clipped before each step; omit to disable.")
     early_stopping: Optional[EarlyStopping] = Field(
         None, description="Stop a run when checkpoint.metric stops improving; omit to train all epochs."
@@ -555,11 +571,11 @@ def parse_promote(rule: str) -> tuple[str, str, float]:
     # A gate no model can pass (or every model passes) is a typo, found now rather than after training.
     if not math.isfinite(value):
         raise ValueError(f"threshold {m.group(4)} is not a finite number")
-    if name == ACCURACY and not 0 <= value <= 1:
-        raise ValueError(f"{ACCURACY} is a fraction between 0 and 1; the threshold {value:g} is outside it")
-    if name != ACCURACY and value < 0:
+    if name in FRACTIONS and not 0 <= value <= 1:
+        raise ValueError(f"{name} is a fraction between 0 and 1; the threshold {value:g} is outside it")
+    if name not in FRACTIONS and value < 0:
         raise ValueError(f"{name} is never negative; the threshold {value:g} is below 0")
-    if (op == ">" and name == ACCURACY and value == 1) or (op == "<" and value == 0):
+    if (op == ">" and name in FRACTIONS and value == 1) or (op == "<" and value == 0):
         raise ValueError(f"'{name} {op} {value:g}' can never pass")
     return TEST_PREFIX + name, op, value
 
@@ -664,7 +680,7 @@ PREPARED_TASKS = {
 }
 # What only makes sense for one task (the loss fits both), as _metric_uses names it.
 TASK_ONLY = {task: {n for n, (_, only) in METRICS.items() if only == task} for task in ("classification", "regression")}
-TASK_ONLY["classification"].add("label_smoothing")
+TASK_ONLY["classification"] |= {"label_smoothing", "class_weights"}
 
 
 def _metric_uses(spec: JobSpec) -> list[tuple[str, str]]:
@@ -676,6 +692,8 @@ def _metric_uses(spec: JobSpec) -> list[tuple[str, str]]:
         uses.append(("promote", parse_promote(spec.promote)[0].removeprefix(TEST_PREFIX)))
     if spec.train.label_smoothing:
         uses.append(("train.label_smoothing", "label_smoothing"))
+    if spec.train.class_weights is not None:
+        uses.append(("train.class_weights", "class_weights"))
     return uses
 
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.spec import ACCURACY, LOSS, RMSE, TRAIN_PREFIX, VAL_METRICS, VAL_PREFIX
+from orchestrator.spec import ACCURACY, F1, LOSS, MAE, RMSE, TRAIN_PREFIX, VAL_PREFIX
 
 
 def make_console(**kwargs) -> Console:
@@ -19,7 +19,8 @@ def make_console(**kwargs) -> Console:
     return Console(markup=False, emoji=False, **kwargs)
 
 
-SHOWN = (TRAIN_PREFIX + LOSS, TRAIN_PREFIX + ACCURACY, *VAL_METRICS)  # in each epoch's log line
+# in each epoch's log line, with the checkpoint metric when it is none of these (metrics.json has all)
+SHOWN = (TRAIN_PREFIX + LOSS, TRAIN_PREFIX + ACCURACY, *(VAL_PREFIX + n for n in (LOSS, ACCURACY, F1, RMSE, MAE)))
 IN_BAR = tuple(VAL_PREFIX + n for n in (LOSS, ACCURACY, RMSE))  # beside the progress bar
 
 
@@ -30,8 +31,9 @@ def fmt_metrics(m: dict[str, Any], keys=SHOWN) -> str:
 class EpochProgress:
     """A progress bar over epochs plus one log line per epoch (kept in non-interactive logs too)."""
 
-    def __init__(self, console: Console, epochs: int, label: str = "training"):
+    def __init__(self, console: Console, epochs: int, label: str = "training", metric: Optional[str] = None):
         self.console = console
+        self.shown = SHOWN + ((metric,) if metric and metric not in SHOWN else ())
         self.progress = Progress(
             # TextColumn reads its text as markup unless told not to
             TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -51,7 +53,7 @@ class EpochProgress:
             m = event["metrics"]
             resumed = m.get("restored_from_epoch", -1)
             note = f"  (resumed after epoch {resumed})" if resumed >= 0 and m["epoch"] == resumed + 1 else ""
-            line = Text.assemble(f"epoch {m['epoch']:>3}  {fmt_metrics(m)}  ", (f"{m.get('epoch_time_s', 0):.1f}s", "dim"), note)
+            line = Text.assemble(f"epoch {m['epoch']:>3}  {fmt_metrics(m, self.shown)}  ", (f"{m.get('epoch_time_s', 0):.1f}s", "dim"), note)
             self.progress.console.print(line, highlight=False)
             self.progress.update(self.task, completed=m["epoch"], info=fmt_metrics(m, IN_BAR))
             if m.get("early_stopped"):

@@ -123,3 +123,14 @@ def test_missing_image_files_of_a_csv_are_named_before_ray(tmp_path):
     shown = [str(tmp_path / p) for p in paths[20:20 + MISSING_SHOWN]]
     assert problem == (f"{tmp_path / 'images.csv'}: image file not found (column 'path'): {', '.join(shown)} "
                        f"(and {10 - MISSING_SHOWN} more of 30 rows)"), problem
+
+
+def test_class_weights_that_name_no_label_value_are_refused_before_ray(tmp_path):
+    spec = _spec(tmp_path)
+    d = yaml.safe_load(spec.read_text())
+    d["train"]["class_weights"] = {"p": 2.0, "r": 3.0}
+    spec.write_text(yaml.safe_dump(d))
+    r = run_cli("validate", str(spec))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert (f"    {tmp_path / 'table.parquet'}: train.class_weights names 'r', no value of column 'label' (data.label); "
+            "its values: 'p', 'q'") in r.stderr.splitlines(), r.stderr

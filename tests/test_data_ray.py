@@ -15,8 +15,8 @@ from tests.conftest import spec_dict
 pytestmark = pytest.mark.ray
 
 
-def _spec(data_dir, job, **data):
-    d = spec_dict(job)
+def _spec(data_dir, job, train=None, **data):
+    d = spec_dict(job, **({"train": train} if train else {}))
     d["data"] = {k: v for k, v in {**d["data"], **data}.items() if v is not None}
     return parse_spec(d, base_dir=data_dir)
 
@@ -158,7 +158,8 @@ def test_pq_file_and_folder_are_read_as_parquet(ray_session, data_dir, tmp_path)
 def test_a_small_file_prepared_on_the_driver_equals_ray_datas_preparation(ray_session, data_dir, tmp_path):
     """A small local file is read, split, fitted and transformed on the driver; the same rows as a
     folder go through Ray Data's tasks. Both must give the same fitted state and the same rows, with
-    missing values, strings, categories and a boolean feature (0/1 on both paths)."""
+    missing values, strings, categories and a boolean feature (0/1 on both paths), and the class
+    counts that train.class_weights: balanced weighs the loss by."""
     df = pd.read_csv(data_dir / "breast_cancer.csv")
     df["site"] = np.where(df.index % 3 == 0, "north", "south")
     df["big"] = df["mean_radius"] > df["mean_radius"].median()
@@ -169,7 +170,8 @@ def test_a_small_file_prepared_on_the_driver_equals_ray_datas_preparation(ray_se
     features = ["mean_radius", "mean_texture", "big", "site"]
     prepared = {}
     for name, src in (("driver", tmp_path / "one.parquet"), ("ray data", tmp_path / "folder")):
-        spec = _spec(tmp_path, "breast-cancer-mlp.yaml", source=str(src), prepare=None, format="parquet", features=features, categorical=["site"])
+        spec = _spec(tmp_path, "breast-cancer-mlp.yaml", train={"class_weights": "balanced"}, source=str(src), prepare=None,
+                     format="parquet", features=features, categorical=["site"])
         prepared[name] = prepare_data(spec)
     driver, ray_data = prepared["driver"], prepared["ray data"]
     a, b = driver.preprocessor.to_dict(), ray_data.preprocessor.to_dict()
@@ -177,6 +179,15 @@ def test_a_small_file_prepared_on_the_driver_equals_ray_datas_preparation(ray_se
     for k in a:
         assert a[k] == pytest.approx(b[k], rel=1e-9) if isinstance(a[k], list) and a[k] and isinstance(a[k][0], float) else a[k] == b[k], k
     assert driver.preprocessor.input_shape == [1 + 1 + 1 + 2]
+    labels = driver.raw["train"].to_pandas()["label"]
+    pre = driver.preprocessor
+    assert pre.class_counts == [int((labels == c).sum()) for c in pre.classes] and sum(pre.class_counts) == pre.train_rows
+    from sklearn.utils.class_weight import compute_class_weight
+
+    from orchestrator.train.plan import class_weight_vector
+
+    want = compute_class_weight("balanced", classes=np.array(pre.classes), y=labels.to_numpy())
+    assert class_weight_vector("balanced", pre.classes, pre.class_counts) == pytest.approx(list(want))
     for split in SPLITS:
         on_driver, in_tasks = (p.transformed[split].to_pandas() for p in (driver, ray_data))
         assert len(on_driver) == len(in_tasks) > 0

@@ -66,19 +66,27 @@ def _train(tmp_path: Path, d: dict):
 
 
 def test_image_file_job_reads_png_paths(ray_session, tmp_path):
-    """A third of the PNGs are 16-bit, and four rows have no label (the job runs in this process)."""
+    """A third of the PNGs are 16-bit, and four rows have no label (the job runs in this process).
+    The job also weighs its classes (balanced), ranks checkpoints by macro F1 and gates on it."""
     df = _table(tmp_path, sixteen_bit=True)
     df["label"] = df["label"].astype(float)
     df.loc[[5, 17, 40, 66], "label"] = None
     df.to_parquet(tmp_path / "images.parquet")
     d = _spec(tmp_path / "images.parquet")
     d["data"]["task"] = "classification"  # a label with gaps is read as float
+    d["train"]["class_weights"] = "balanced"
+    d["checkpoint"] = {"metric": "val_f1"}
+    d["promote"] = "f1 >= 0"
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(d))
-    out = run_here("train", tmp_path / "job.yaml", tmp_path / "runs").console_text
+    result = run_here("train", tmp_path / "job.yaml", tmp_path / "runs")
+    out = result.console_text
     assert "note: 4 of 80 rows have no 'label' (data.label) and are left out of every split" in out, out
+    assert result.decision["metric"] == "test_f1" and result.decision["value"] == result.test_metrics["test_f1"]
+    assert {"test_f1", "test_precision", "test_recall", "test_roc_auc"} <= set(result.test_metrics)
     (run,) = (tmp_path / "runs").iterdir()
     assert json.loads((run / "test_metrics.json").read_text())["test_rows"] > 0
     pre = load_model(run / "best_checkpoint").preprocessor
+    assert sum(pre.class_counts) == pre.train_rows and len(pre.class_counts) == 2
     assert pre.image_source == "path" and pre.image_root == str(tmp_path) and pre.image_shape == [1, 8, 8]
     # every image, 8 or 16 bits, holds values of mean 30 on one half and 210 on the other: 120 on
     # the 8-bit scale. 16-bit images clipped to 8 bits (as before) pulled it towards 255.

@@ -72,7 +72,7 @@ MISTAKES = [
     ("image shape not 3-d", _with("data.image.shape", [8, 8]), "data.image.shape", "channels, height, width"),
     ("unknown format", _with("data.source", "digits.txt"), "data", "parquet or csv"),
     ("cnn without image data", _with("data.image", DELETE), "model.arch", "needs image data"),
-    ("unknown checkpoint metric", _with("checkpoint.metric", "val_f1"), "checkpoint.metric", "val_loss"),
+    ("unknown checkpoint metric", _with("checkpoint.metric", "val_auc"), "checkpoint.metric", "val_loss"),
     ("bad custom factory path", _with("model", {"arch": "custom", "factory": "not a path"}), "model.factory", "pattern"),
     ("early stopping without patience", _with("train.early_stopping", {"min_delta": 0.1}), "train.early_stopping.patience", "missing"),
     ("serve port out of range", _with("serve", {"port": 70000}), "serve.port", "less than 65536"),
@@ -175,11 +175,21 @@ def test_search_space_mistakes_name_their_dimension(what, tune, field, reason):
     assert any(p.startswith(field) and reason in p for p in info.value.problems), info.value.problems
 
 
-@pytest.mark.parametrize("rule", ["accuracy >= 1.5x", "f1 > 0.5", "accuracy => 0.9"])
+@pytest.mark.parametrize("rule", ["accuracy >= 1.5x", "auc > 0.5", "accuracy => 0.9"])
 def test_bad_promote_rule(rule):
     with pytest.raises(SpecError) as info:
         parse_spec(_with("promote", rule))
     assert info.value.problems[0].startswith("promote:")
+
+
+def test_the_metrics_people_gate_on_are_accepted_for_a_classification_only():
+    spec = parse_spec(_with("checkpoint.metric", "val_roc_auc") | {"promote": "f1 >= 0.9"})
+    assert (spec.checkpoint.metric, spec.checkpoint.mode, spec.promote) == ("val_roc_auc", "max", "f1 >= 0.9")
+    for rule, words in (("recall >= 1.2", "recall is a fraction between 0 and 1"), ("precision > 1", "can never pass")):
+        with pytest.raises(SpecError, match=words):
+            parse_spec(_with("promote", rule))
+    with pytest.raises(SpecError, match="checkpoint.metric: f1 needs a classification task"):
+        parse_spec(_with("data.task", "regression") | {"checkpoint": {"metric": "val_f1"}})
 
 
 def test_promote_metric_must_fit_the_task():

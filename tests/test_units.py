@@ -13,6 +13,7 @@ import pickle
 import sys
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -191,11 +192,48 @@ def test_empty_sums_do_not_divide_by_zero():
 
 
 def test_the_loop_reports_the_metric_names_the_spec_defines():
+    from orchestrator.train.loop import evaluate, make_loss
+
     c, r = Sums(CPU), Sums(CPU)
-    assert set(c.metrics("classification", "val_")) | set(r.metrics("regression", "val_")) == set(VAL_METRICS)
     assert set(c.metrics("classification", "train_")) | set(r.metrics("regression", "train_")) == set(TRAIN_METRICS)
-    assert set(c.metrics("classification", "test_")) | set(r.metrics("regression", "test_")) == set(TEST_METRICS)
+
+    def scored(task, prefix):  # validation and test go through evaluate(), over a whole split
+        model = torch.nn.Linear(3, 2 if task == "classification" else 1)
+        y = torch.tensor([0, 1, 1, 0]) if task == "classification" else torch.rand(4)
+        batches = [{"x": torch.rand(4, 3), "y": y}]
+        return evaluate(model, batches, task, {"arch": "mlp"}, CPU, make_loss(task, 0.0), 1.0, prefix)
+
+    for prefix, names in (("val_", VAL_METRICS), ("test_", TEST_METRICS)):
+        assert set(scored("classification", prefix)) | set(scored("regression", prefix)) == set(names)
     assert {n for n in METRIC_NAMES if METRICS[n][1] == "regression"} == {k[4:] for k in r.metrics("regression", "val_")} - {"loss"}
+
+
+def test_whole_split_metrics_equal_scikit_learns():
+    from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
+
+    from orchestrator.train.metrics import softmax, whole_split_metrics
+
+    rng = np.random.default_rng(0)
+    for classes in (2, 3, 5):
+        y = rng.integers(0, classes, 200)
+        logits = rng.normal(size=(200, classes)) + 1.5 * np.eye(classes)[y]  # better than chance, not perfect
+        m = whole_split_metrics(y, logits, "test_")
+        pred = logits.argmax(axis=1)
+        assert m["test_f1"] == pytest.approx(f1_score(y, pred, average="macro"))
+        assert m["test_precision"] == pytest.approx(precision_score(y, pred, average="macro"))
+        assert m["test_recall"] == pytest.approx(recall_score(y, pred, average="macro"))
+        probs = softmax(logits)
+        want = roc_auc_score(y, probs[:, 1]) if classes == 2 else roc_auc_score(y, probs, multi_class="ovr", average="macro")
+        assert m["test_roc_auc"] == pytest.approx(want)
+        assert 0.5 < m["test_roc_auc"] < 1 and 0 < m["test_f1"] < 1
+
+    # a label the training split never had (-1) is nobody's class: its prediction is a false positive
+    y, logits = np.array([0, 1, -1, 1]), np.array([[2.0, 0.0], [0.0, 2.0], [0.0, 2.0], [0.0, 2.0]])
+    m = whole_split_metrics(y, logits, "val_")
+    assert m["val_precision"] == pytest.approx((1 + 2 / 3) / 2) and m["val_recall"] == 1.0
+    # a class with no rows in the split has no AUC; with no class that has both, the AUC is NaN
+    assert np.isnan(whole_split_metrics(np.array([1, 1]), np.zeros((2, 2)), "val_")["val_roc_auc"])
+    assert whole_split_metrics(np.array([0, 1, 1]), np.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0.5, 0]]), "val_")["val_roc_auc"] == 1.0
 
 
 def test_losses_are_sums_and_skip_unknown_labels():
@@ -627,11 +665,14 @@ def test_every_spec_field_has_a_one_line_description():
 
 
 def test_metric_names_come_from_one_definition():
-    assert METRIC_NAMES == ("loss", "accuracy", "rmse", "mae")
-    assert VAL_METRICS == ("val_loss", "val_accuracy", "val_rmse", "val_mae")
+    assert METRIC_NAMES == ("loss", "accuracy", "f1", "precision", "recall", "roc_auc", "rmse", "mae")
+    assert VAL_METRICS == tuple("val_" + n for n in METRIC_NAMES)
     assert TEST_METRICS == tuple("test_" + n for n in METRIC_NAMES)
-    assert METRIC_MODES == {"val_loss": "min", "val_accuracy": "max", "val_rmse": "min", "val_mae": "min"}
-    assert TASK_ONLY == {"classification": {"accuracy", "label_smoothing"}, "regression": {"rmse", "mae"}}
+    assert TRAIN_METRICS == ("train_loss", "train_accuracy", "train_rmse", "train_mae")
+    assert METRIC_MODES == {"val_loss": "min", "val_accuracy": "max", "val_f1": "max", "val_precision": "max", "val_recall": "max",
+                            "val_roc_auc": "max", "val_rmse": "min", "val_mae": "min"}
+    assert TASK_ONLY == {"classification": {"accuracy", "f1", "precision", "recall", "roc_auc", "label_smoothing", "class_weights"},
+                         "regression": {"rmse", "mae"}}
     schema = JobSpec.model_json_schema()["$defs"]
     assert schema["CheckpointSpec"]["properties"]["metric"]["enum"] == list(VAL_METRICS)
     assert CheckpointSpec(metric="val_mae").mode == "min"
@@ -780,3 +821,25 @@ def test_poll_until_gives_the_last_result_after_the_timeout_and_passes_errors_on
 
     with pytest.raises(OSError, match="gone"):
         poll_until(broken, lambda _: True, timeout=5, interval=0.01)
+
+
+def test_class_weights_weigh_the_training_loss_and_follow_scikit_learns_balanced_rule():
+    from sklearn.utils.class_weight import compute_class_weight
+
+    from orchestrator.errors import DataError
+    from orchestrator.train.loop import make_loss
+    from orchestrator.train.plan import class_weight_vector
+
+    y = np.array(["a"] * 10 + ["b"] * 30 + ["c"] * 60)
+    want = compute_class_weight("balanced", classes=np.array(["a", "b", "c"]), y=y)
+    assert class_weight_vector("balanced", ["a", "b", "c"], [10, 30, 60]) == pytest.approx(list(want))
+    assert class_weight_vector({"b": 3, 7: 2.0}, ["a", "b", 7], None) == [1.0, 3.0, 2.0]  # YAML keys: labels of any type
+    assert class_weight_vector(None, ["a", "b"], None) is None
+    with pytest.raises(DataError, match=r"train.class_weights: 'z' is no class of the training split \(its classes: 'a', 'b'\)"):
+        class_weight_vector({"z": 3}, ["a", "b"], None)
+
+    logits, target = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), torch.tensor([0, 1, -1])  # -1: unseen label
+    per_row = torch.nn.functional.cross_entropy(logits[:2], target[:2], reduction="none")
+    weighted = make_loss("classification", 0.0, [1.0, 4.0])(logits, target)
+    assert weighted.item() == pytest.approx((per_row[0] + 4 * per_row[1]).item())
+    assert make_loss("classification", 0.0)(logits, target).item() == pytest.approx(per_row.sum().item())

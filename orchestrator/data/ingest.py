@@ -370,10 +370,21 @@ def fit_preprocessor(spec: JobSpec, cols: Columns, train) -> Preprocessor:
         pre.classes = sorted((plain_value(v) for v in stats["uniq:__label"]), key=lambda v: (str(type(v)), v))
         if len(pre.classes) < 2:
             raise DataError(f"{d.source}: column {d.label!r} has fewer than 2 classes in the training split")
+        searched = spec.tune is not None and "train.class_weights" in spec.tune.space
+        if spec.train.class_weights == "balanced" or searched:
+            names = [f"__class{i}" for i in range(len(pre.classes))]
+            counts = train.sums(_class_counts, [d.label], names, label=d.label, classes=pre.classes)
+            pre.class_counts = [int(counts[f"sum({n})"] or 0) for n in names]
     else:
         pre.target_mean = float(stats["mean:__label"])
         pre.target_std = float(stats["std:__label"] or 1.0) or 1.0
     return pre
+
+
+def _class_counts(df: pd.DataFrame, *, label: str, classes: list) -> pd.DataFrame:
+    """One row: the batch's rows of each class, as columns __class0, __class1, ..."""
+    values = df[label].map(plain_value)
+    return pd.DataFrame({f"__class{i}": [int((values == c).sum())] for i, c in enumerate(classes)})
 
 
 def _mark_infinite(df: pd.DataFrame, *, columns: list[str]) -> pd.DataFrame:

@@ -143,6 +143,13 @@ def _class_problems(spec: JobSpec, src: str) -> list[str]:
         return [f"{src}: column {label!r} (data.label) holds no values: nothing to learn"]
     if len(values) == 1:
         return [f"{src}: column {label!r} (data.label) holds one class only ({next(iter(values))!r}); a classification needs two or more"]
+    weights = spec.train.class_weights
+    if isinstance(weights, dict):
+        known = {str(v) for v in values}
+        unknown = [k for k in weights if str(k) not in known]
+        if unknown:
+            return [f"{src}: train.class_weights names {', '.join(repr(k) for k in unknown)}, no value of column {label!r} "
+                    f"(data.label); its values: {', '.join(repr(v) for v in sorted(values, key=str)[:20])}"]
     return []
 
 
@@ -195,6 +202,6 @@ def _label_values(spec: JobSpec, src: str, label: str) -> list:
     values: set = set()
     for col in _csv_columns(src, label):
         values |= set(col.drop_null().unique().to_pylist())
-        if len(values) > 1:
+        if len(values) > 1 and not isinstance(spec.train.class_weights, dict):  # a map's labels: every file's
             break
     return list(values)

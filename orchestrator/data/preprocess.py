@@ -106,6 +106,7 @@ class Preprocessor:
     series_mean: float = 0.0  # of the training period's points
     series_std: float = 1.0
     classes: Optional[list[Any]] = None
+    class_counts: Optional[list[int]] = None  # rows of each class in the training split (counted for train.class_weights: balanced)
     target_mean: float = 0.0
     target_std: float = 1.0
     train_rows: int = 0

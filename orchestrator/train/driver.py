@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
@@ -26,6 +27,7 @@ from orchestrator.errors import DivergedError, OrchestratorError, last_line
 from orchestrator.spec import LOSS, TEST_PREFIX, JobSpec
 from orchestrator.train.checkpoint import load_model
 from orchestrator.train.loop import batch_dtypes, evaluate, make_loss, run_loop
+from orchestrator.train.metrics import TEST_DETAILS_FILE, split_details
 from orchestrator.train.plan import WorkerPlan, build_loop_config
 
 CONTROLLER_FAILURE_LIMIT = 2
@@ -194,18 +196,25 @@ def fit_with_progress(trainer: TorchTrainer, queue: Queue, on_event: Callable[[d
     return box["result"]
 
 
-def evaluate_checkpoint(checkpoint_dir: str, dataset: ray.data.Dataset) -> dict[str, float]:
-    """Score a saved checkpoint on a transformed dataset (the held-out test split) on the driver."""
+def evaluate_checkpoint(checkpoint_dir: str, dataset: ray.data.Dataset, details_path: Optional[Path] = None) -> dict[str, float]:
+    """Score a saved checkpoint on a transformed dataset (the held-out test split) on the driver;
+    with `details_path`, also write what the report draws of the split there (metrics.split_details)."""
     loaded = load_model(checkpoint_dir)
     task = loaded.meta["task"]
     device = torch.device("cpu")
     dtypes = batch_dtypes(loaded.meta.get("input_kind") or loaded.preprocessor.kind, task)
+    pre = loaded.preprocessor
+    outputs: Optional[dict] = {} if details_path is not None else None
     m = evaluate(
         loaded.model, dataset.iter_torch_batches(batch_size=512, dtypes=dtypes, device="cpu"), task,
         loaded.meta["model"], device, make_loss(task, 0.0),
-        loaded.preprocessor.target_std if task == "regression" else 1.0, TEST_PREFIX,
+        pre.target_std if task == "regression" else 1.0, TEST_PREFIX, outputs=outputs,
     )
     m["test_rows"] = int(dataset.count())
+    if details_path is not None:
+        details = split_details(task, outputs["y"], outputs["outputs"], classes=pre.classes or [],
+                                target_mean=pre.target_mean, target_std=pre.target_std)
+        details_path.write_text(json.dumps(details))
     return m
 
 
@@ -246,10 +255,8 @@ def run_training(spec: JobSpec, run_dir: Path, plan: WorkerPlan, *, prepared: Op
     if best_dir.exists():
         shutil.rmtree(best_dir)
     best.to_directory(str(best_dir))
-    import json
-
     best_metrics = json.loads((best_dir / "metrics.json").read_text())
-    test_metrics = evaluate_checkpoint(str(best_dir), prepared.transformed["test"])
+    test_metrics = evaluate_checkpoint(str(best_dir), prepared.transformed["test"], run_dir / TEST_DETAILS_FILE)
     return TrainOutcome(
         epochs=[epochs[k] for k in sorted(epochs)], best_checkpoint=str(best_dir), best_metrics=best_metrics,
         test_metrics=test_metrics, failures=failures, wall_time_s=time.perf_counter() - t0,

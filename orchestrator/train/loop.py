@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -23,6 +24,7 @@ from orchestrator.data.preprocess import UNKNOWN_LABEL
 from orchestrator.models.build import build_model, forward
 from orchestrator.spec import ACCURACY, LOSS, MAE, RMSE, TRAIN_PREFIX, VAL_PREFIX, TrainSpec
 from orchestrator.train.checkpoint import read_state, write_checkpoint
+from orchestrator.train.metrics import whole_split_metrics
 from orchestrator.train.plan import EarlyStopper, LoopConfig, autocast_dtype
 
 TRAIN_LOSS = TRAIN_PREFIX + LOSS
@@ -57,9 +59,10 @@ def lr_factor(t: TrainSpec, epoch: int) -> float:
     return 1.0
 
 
-def make_loss(task: str, label_smoothing: float) -> nn.Module:
+def make_loss(task: str, label_smoothing: float, class_weights: Optional[list[float]] = None) -> nn.Module:
     if task == "classification":
-        return nn.CrossEntropyLoss(ignore_index=UNKNOWN_LABEL, label_smoothing=label_smoothing, reduction="sum")
+        weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
+        return nn.CrossEntropyLoss(weight=weight, ignore_index=UNKNOWN_LABEL, label_smoothing=label_smoothing, reduction="sum")
     return nn.MSELoss(reduction="sum")
 
 
@@ -117,15 +120,29 @@ def model_inputs(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in batch.items() if k != "y"}
 
 
-def evaluate(model: nn.Module, batches, task: str, model_spec: dict, device: torch.device, loss_fn: nn.Module, target_std: float, prefix: str) -> dict[str, float]:
+def evaluate(model: nn.Module, batches, task: str, model_spec: dict, device: torch.device, loss_fn: nn.Module, target_std: float, prefix: str,
+             outputs: Optional[dict] = None) -> dict[str, float]:
+    """A whole split's metrics in one process: the Sums ones, and for a classification the ones
+    that need every prediction (train/metrics.py). `outputs`, when given, receives the split's
+    labels and model outputs as numpy arrays ("y", "outputs")."""
     sums = Sums(device)
+    labels, logits = [], []
     model.eval()
     with torch.no_grad():
         for b in batches:
             y = b["y"].to(device)
             out = forward(model, model_inputs(b, device), model_spec).float()
             sums.add(task, batch_loss(loss_fn, task, out, y), out, y)
-    return sums.metrics(task, prefix, target_std)
+            if task == "classification" or outputs is not None:
+                labels.append(y.cpu())
+                logits.append(out.cpu())
+    metrics = sums.metrics(task, prefix, target_std)
+    if task == "classification" and labels:
+        metrics.update(whole_split_metrics(torch.cat(labels).numpy(), torch.cat(logits).numpy(), prefix, UNKNOWN_LABEL))
+    if outputs is not None:
+        outputs["y"] = torch.cat(labels).numpy() if labels else np.zeros(0)
+        outputs["outputs"] = torch.cat(logits).numpy() if logits else np.zeros((0, 1))
+    return metrics
 
 
 def in_memory_batches(columns: dict[str, torch.Tensor], batch_size: int):
@@ -212,8 +229,9 @@ class WorkerLoop:
 
         self.model = session.prepare_model(model)
         self.raw_model = self.model.module if hasattr(self.model, "module") else self.model
-        self.loss_fn = make_loss(self.task, t.label_smoothing)
-        self.eval_loss_fn = make_loss(self.task, 0.0)  # validation loss is comparable across label-smoothing settings
+        self.loss_fn = make_loss(self.task, t.label_smoothing, config.class_weights).to(self.device)
+        # validation loss is comparable across label-smoothing and class-weight settings
+        self.eval_loss_fn = make_loss(self.task, 0.0)
         self.amp_dtype = amp_dtype(t.mixed_precision, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.target_std = config.target_std

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
-from orchestrator.errors import ResourceError, counted
+from orchestrator.errors import DataError, ResourceError, counted
 from orchestrator.spec import JobSpec, ScalingSpec, TrainSpec
 
 if TYPE_CHECKING:  # ingest imports Ray; the plan only reads PreparedData's fields
@@ -132,6 +132,7 @@ class LoopConfig:
     in_memory: bool = False
     # where model.factory's module is looked for after Python's path: the spec's folder (models/build.py)
     code_dirs: list[str] = field(default_factory=list)
+    class_weights: Optional[list[float]] = None  # per class, in the preprocessor's class order (train.class_weights)
 
 
 def is_materialised(dataset: Any) -> bool:
@@ -173,7 +174,31 @@ def build_loop_config(spec: JobSpec, prepared: PreparedData, plan: WorkerPlan) -
         max_length=pre.max_length,
         in_memory=hold_in_memory(materialised, train_bytes, plan.workers),
         code_dirs=[str(spec.base_dir)],
+        class_weights=class_weight_vector(spec.train.class_weights, pre.classes or [], pre.class_counts),
     )
+
+
+def class_weight_vector(setting, classes: list, counts: Optional[list[int]]) -> Optional[list[float]]:
+    """train.class_weights as one weight per class (the preprocessor's order), or None for none.
+    balanced: rows / (classes x the class's rows), scikit-learn's compute_class_weight("balanced").
+    A map: its weights, 1 for a class it does not name; a label that is no class of the training
+    split is refused (a typo would otherwise weigh nothing)."""
+    if setting is None:
+        return None
+    if setting == "balanced":
+        if not counts or len(counts) != len(classes):
+            raise ValueError("train.class_weights: balanced needs the training split's class counts")
+        total = sum(counts)
+        return [total / (len(classes) * c) if c else 0.0 for c in counts]
+    by_name = {str(c): i for i, c in enumerate(classes)}
+    unknown = [k for k in setting if str(k) not in by_name]
+    if unknown:
+        raise DataError(f"train.class_weights: {', '.join(repr(k) for k in unknown)} is no class of the training split "
+                        f"(its classes: {', '.join(repr(c) for c in classes)})")
+    weights = [1.0] * len(classes)
+    for k, w in setting.items():
+        weights[by_name[str(k)]] = float(w)
+    return weights
 
 
 # ------------------------------------------------------------------------ the loop's decisions
