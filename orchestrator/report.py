@@ -258,10 +258,10 @@ def write_report(run_dir: Path, *, title: str, trials: list[dict], metric: str, 
         return (min(vals) if mode == "min" else max(vals)) if vals else None
 
     # best first (a trial with no metric last), the winner highlighted
-    ranked = sorted(trials, key=lambda t: (best_of(t) is None, 0 if best_of(t) is None else (best_of(t) if mode == "min" else -best_of(t))))
+    scored = [(best_of(t), t) for t in trials]
+    ranked = sorted(scored, key=lambda bt: (bt[0] is None, 0 if bt[0] is None else (bt[0] if mode == "min" else -bt[0])))
     rows = []
-    for rank, t in enumerate(ranked, 1):
-        best = best_of(t)
+    for rank, (best, t) in enumerate(ranked, 1):
         cfg = ", ".join(f"{k}={_fmt(v)}" for k, v in t["config"].items())
         rows.append(
             f"<tr{' class=win' if t['trial_id'] == winner else ''}><td>{rank}</td><td>{html.escape(t['trial_id'])}</td><td>{html.escape(t['status'])}</td>"
