@@ -29,12 +29,12 @@ from orchestrator.data.checks import (
     check_source_files,
 )
 from orchestrator.data.files import list_files, source_bytes
+from orchestrator.data.preprocess import SPLITS
 from orchestrator.errors import DataError, one_line
 from orchestrator.spec import JobSpec, is_uri, resolve_source
 
 LABEL_READ_MAX_BYTES = 1 << 30  # larger sources: the class count is left to the job's own read
 MISSING_SHOWN = 5
-SPLIT_NAMES = ("train", "validation", "test")
 
 
 @dataclass
@@ -80,11 +80,13 @@ def check_data(spec: JobSpec) -> DataCheck:
     except DataError as e:
         out.problems += e.problems
         return out
+    size = source_bytes(src)  # a column is read alone for sources up to LABEL_READ_MAX_BYTES
+    readable = size is not None and size <= LABEL_READ_MAX_BYTES
     if d.series is None:  # a series is split into windows in time order, checked when it is read
         out.problems += _split_problems(spec, src, rows)
-        if out.columns.task == "classification":
+        if out.columns.task == "classification" and readable:
             out.problems += _class_problems(spec, src)
-    if out.columns.image_source == "path" and (source_bytes(src) or LABEL_READ_MAX_BYTES + 1) <= LABEL_READ_MAX_BYTES:
+    if out.columns.image_source == "path" and readable:
         out.problems += _missing_image_files(spec, src, out.columns.image)
     return out
 
@@ -123,7 +125,7 @@ def _split_problems(spec: JobSpec, src: str, rows: Optional[int]) -> list[str]:
     if rows == 0:
         return [f"{src}: no rows"]
     fractions = (spec.data.split.train, spec.data.split.validation, spec.data.split.test)
-    short = [f"{name} {frac:g} x {rows} = {rows * frac:.1f}" for name, frac in zip(SPLIT_NAMES, fractions) if frac and rows * frac < 1]
+    short = [f"{name} {frac:g} x {rows} = {rows * frac:.1f}" for name, frac in zip(SPLITS, fractions) if frac and rows * frac < 1]
     if short:
         return [f"{src}: {rows} rows are too few for data.split ({', '.join(short)} rows): every split needs rows"]
     return []
@@ -132,9 +134,6 @@ def _split_problems(spec: JobSpec, src: str, rows: Optional[int]) -> list[str]:
 def _class_problems(spec: JobSpec, src: str) -> list[str]:
     """Two classes or more in the label column (read alone), for sources up to LABEL_READ_MAX_BYTES."""
     label = spec.data.label
-    size = source_bytes(src)
-    if size is None or size > LABEL_READ_MAX_BYTES:
-        return []
     try:
         values = set(_label_values(spec, src, label))
     except Exception:  # the column's own read reports what is wrong with it
