@@ -76,7 +76,7 @@ def _errors(outcomes: Counter) -> int:
     return sum(n for k, n in outcomes.items() if k != 200)
 
 
-# 2,000 in CI (about 40 s on 2 CPUs); ORCHESTRATOR_LOAD_REQUESTS=10000 for the documented figure
+# 2,000 in CI; ORCHESTRATOR_LOAD_REQUESTS=10000 for the documented figure
 REQUESTS = int(os.environ.get("ORCHESTRATOR_LOAD_REQUESTS", "2000"))
 
 
