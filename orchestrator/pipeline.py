@@ -12,7 +12,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from rich.console import Console
 from rich.text import Text
@@ -202,8 +202,9 @@ def _failure_recorded(spec: JobSpec, run: Path, stage: str):
 
 
 def train_job(spec: JobSpec, spec_path: Path, *, output: Optional[Path] = None, address: Optional[str] = None, verbose: bool = False, console: Optional[Console] = None,
-              run_name: Optional[str] = None) -> RunResult:
-    """Train once (the spec's own settings, even if it has a tune section)."""
+              run_name: Optional[str] = None, on_run_dir: Callable[[Path], None] = lambda run: None) -> RunResult:
+    """Train once (the spec's own settings, even if it has a tune section). `on_run_dir` is told
+    the run directory as soon as it exists (the CLI moves its log there)."""
     from orchestrator.train.plan import plan_workers
 
     timings = Timings("train")
@@ -214,6 +215,7 @@ def train_job(spec: JobSpec, spec_path: Path, *, output: Optional[Path] = None, 
         resources = _start(spec, address, verbose, console)
     plan = plan_workers(spec.scaling, resources)  # refuses an infeasible spec before any work
     run = new_run_dir(spec, spec_path, output, run_name, kind="train")
+    on_run_dir(run)
     console.print(Text.assemble("run ", (str(run), "bold")), f"\ncluster: {resources.cpus:g} CPUs, {resources.gpus:g} GPUs -> {counted(plan.workers, 'worker')} x {plan.cpus_per_worker:g} CPU"
                   + (f" + {plan.gpus_per_worker:g} GPU" if plan.gpus_per_worker else ""), sep="", highlight=False, soft_wrap=True)
     with _failure_recorded(spec, run, "train"):
@@ -224,10 +226,11 @@ def train_job(spec: JobSpec, spec_path: Path, *, output: Optional[Path] = None, 
 
 
 def run_job(spec: JobSpec, spec_path: Path, *, output: Optional[Path] = None, address: Optional[str] = None, verbose: bool = False, console: Optional[Console] = None,
-            run_name: Optional[str] = None) -> RunResult:
+            run_name: Optional[str] = None, on_run_dir: Callable[[Path], None] = lambda run: None) -> RunResult:
     """Validate, plan, search (or train once without a tune section), evaluate, apply the promotion gate."""
     if spec.tune is None:
-        return train_job(spec, spec_path, output=output, address=address, verbose=verbose, console=console, run_name=run_name)
+        return train_job(spec, spec_path, output=output, address=address, verbose=verbose, console=console, run_name=run_name,
+                         on_run_dir=on_run_dir)
     from orchestrator.tune.plan import expected_trials, in_process_trials, plan_search
 
     timings = Timings("search")
@@ -238,6 +241,7 @@ def run_job(spec: JobSpec, spec_path: Path, *, output: Optional[Path] = None, ad
         resources = _start(spec, address, verbose, console)
     concurrent, plan = plan_search(spec, resources)
     run = new_run_dir(spec, spec_path, output, run_name)
+    on_run_dir(run)
     if not in_process_trials(plan):
         each = f"each {counted(plan.workers, 'worker')} x {plan.cpus_per_worker:g} CPU"
     elif spec.scaling.workers > 1:  # one_process_plan merged the spec's workers
@@ -254,7 +258,8 @@ def run_job(spec: JobSpec, spec_path: Path, *, output: Optional[Path] = None, ad
         return _search(spec, run, prepared, (concurrent, plan), console, timings, restore=False)
 
 
-def resume_job(run_dir: Path, *, address: Optional[str] = None, verbose: bool = False, console: Optional[Console] = None) -> RunResult:
+def resume_job(run_dir: Path, *, address: Optional[str] = None, verbose: bool = False, console: Optional[Console] = None,
+               on_run_dir: Callable[[Path], None] = lambda run: None) -> RunResult:
     """Continue an interrupted search; finished trials are kept, not run again."""
     timings = Timings("resume")
     console = console or make_console()
@@ -285,6 +290,7 @@ def resume_job(run_dir: Path, *, address: Optional[str] = None, verbose: bool = 
         console.print(Text(f"warning: {warning}", style="yellow"), highlight=False, soft_wrap=True)
     from orchestrator.tune.plan import plan_search
 
+    on_run_dir(run_dir)
     with timings.phase("ray_start"):
         resources = _start(spec, address, verbose, console)
     search_plan = plan_search(spec, resources)
@@ -339,7 +345,7 @@ def _search(spec: JobSpec, run: Path, prepared, search_plan: tuple, console: Con
     console.print(f"search: {len(outcome.records)} trials in {outcome.wall_time_s:.0f} s, {pruned} pruned by the scheduler, "
                   f"{epochs_run} of {budget} epochs run ({100 * epochs_run / max(budget, 1):.0f}%)", highlight=False, soft_wrap=True)
     console.print(f"winner: trial {w.trial_id}  best {spec.tune_metric}={w.best(spec.tune_metric):.4f}  "
-                  + ", ".join(f"{k}={v}" for k, v in w.config.items()), highlight=False, soft_wrap=True)
+                  + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in w.config.items()), highlight=False, soft_wrap=True)
     write_json(run / "winner.json", {"trial_id": w.trial_id, "config": w.config, f"best_{spec.tune_metric}": w.best(spec.tune_metric), "checkpoint": in_run(run, outcome.winner_checkpoint)})
     extra = {"trials": len(outcome.records), "failed_trials": len(failed),
              "pruned_by_scheduler": pruned, "epochs_run": epochs_run, "epochs_without_pruning": budget,

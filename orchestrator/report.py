@@ -220,6 +220,12 @@ def _png(fig, path: Path) -> str:
     return base64.b64encode(data).decode()
 
 
+def save_png(fig, path: Path) -> Path:
+    """Write one chart as a PNG file (evaluate's plots)."""
+    _png(fig, path)
+    return path
+
+
 def write_report(run_dir: Path, *, title: str, trials: list[dict], metric: str, winner: Optional[str], summary: dict,
                  details: Optional[dict] = None) -> Path:
     """Writes report.html and, where they have something to draw, learning_curves.png, losses.png,

@@ -79,6 +79,11 @@ def metrics_table(title: str, metrics: dict[str, Any]) -> Table:
     return t
 
 
+def _config(config: dict) -> str:
+    """A trial's sampled values, rounded to what a reader needs (lr=0.00274)."""
+    return ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}" for k, v in config.items())
+
+
 class TrialTable:
     """Live table of trials with a progress bar over completed trials."""
 
@@ -87,21 +92,42 @@ class TrialTable:
 
         self.console, self.metric, self.total = console, metric, total
         self.tracker = None
-        self.live = Live(self._render(), console=console, refresh_per_second=2, transient=False)
+        # to a terminal, a live table; to a file or pipe (CI, nohup), a plain line per finished trial
+        # as it finishes, and the whole table once at the end
+        self.live = Live(self._render(), console=console, refresh_per_second=2, transient=False) if console.is_terminal else None
+        self.reported: set[str] = set()
 
     def __enter__(self) -> "TrialTable":
-        self.live.start()
+        if self.live is not None:
+            self.live.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.live.update(self._render())
-        self.live.stop()
-        if not self.live.console.is_terminal:
-            self.live.console.line()  # to a file or pipe the last render ends without a newline
+        if self.live is not None:
+            self.live.update(self._render())
+            self.live.stop()
+        else:
+            self.console.print(self._render())
 
     def update(self, tracker) -> None:
         self.tracker = tracker
-        self.live.update(self._render())
+        if self.live is not None:
+            self.live.update(self._render())
+        else:
+            self._print_finished()
+
+    def _print_finished(self) -> None:
+        from orchestrator.tune.plan import FINAL_STATUSES
+
+        records = list(self.tracker.records.values()) if self.tracker else []
+        done = sum(r.status in FINAL_STATUSES for r in records)
+        for r in records:
+            if r.status in FINAL_STATUSES and r.trial_id not in self.reported:
+                self.reported.add(r.trial_id)
+                best = r.best(self.metric)
+                shown = f"best {self.metric}={best:.4f}" if best is not None else f"no {self.metric}"
+                line = f"trial {r.trial_id} {r.status.lower()} ({done}/{self.total} done): {len(r.epochs)} epochs, {shown}, {_config(r.config)}"
+                self.console.print(Text(line + (f": {r.error[:200]}" if r.error else "")), highlight=False, soft_wrap=True)
 
     def _render(self):
         from rich.console import Group
@@ -117,7 +143,7 @@ class TrialTable:
         colors = {"RUNNING": "cyan", "TERMINATED": "green", "PRUNED": "yellow", "EARLY_STOPPED": "yellow", "ERROR": "red"}
         for r in records:
             best = r.best(self.metric)
-            cfg = ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}" for k, v in r.config.items())
+            cfg = _config(r.config)
             # cells are Text so that trial errors and config values are never read as markup
             t.add_row(Text(r.trial_id), Text(r.status, style=colors.get(r.status, "white")), str(len(r.epochs)),
                       "" if best is None else f"{best:.4f}", Text.assemble(cfg, (f"  {r.error[:80]}", "red") if r.error else ""))

@@ -74,3 +74,63 @@ def run_here(command: str, spec_path: Path, output: Path):
     result = job(load_spec(spec_path), spec_path, output=output, console=make_console(file=text, width=200))
     result.console_text = text.getvalue()
     return result
+
+
+# What Ray, Tune, Optuna and Ray Data print themselves: kept out of the console (in RUN/logs/ray.log)
+RAY_NOISE = ("View detailed results", "Configuration for experiment", "A new study created", "Progress bars disabled",
+             "TensorBoard", "tensorboard", "Tuner.restore", "graceful_shutdown", "(raylet)", "StreamingExecutor",
+             "Execution plan", "Running Dataset", " INFO ", " WARNING ", "RAY_AUTH")
+
+
+def noise_in(output: str) -> list[str]:
+    """The lines of `output` that Ray, Tune, Optuna or Ray Data printed."""
+    return [line for line in output.splitlines() if any(n in line for n in RAY_NOISE)]
+
+
+def run_in_pty(args: list[str], *, cwd: Path | None = None, timeout: float = 300, columns: int = 200) -> tuple[int, str]:
+    """A command with a pseudo-terminal (of `columns` columns) as its stdin, stdout and stderr, as a
+    user's shell runs it: (exit code, everything it wrote)."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import subprocess
+    import termios
+    import time
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "NO_COLOR", "CI")}
+    proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, cwd=cwd or ROOT, env={**env, "TERM": "xterm-256color"},
+                            close_fds=True, start_new_session=True)
+    os.close(slave)
+    chunks, deadline = [], time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # EIO: every holder of the terminal's other side has closed it
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+            elif proc.poll() is not None and not select.select([master], [], [], 0.2)[0]:
+                break
+        else:
+            proc.kill()
+            raise AssertionError(f"{' '.join(args)} did not finish within {timeout:.0f} s:\n{b''.join(chunks).decode(errors='replace')[-3000:]}")
+        rc = proc.wait(timeout=60)
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+    return rc, b"".join(chunks).decode(errors="replace")
+
+
+def plain(text: str) -> str:
+    """Terminal output without its colour and cursor escape sequences."""
+    import re
+
+    return re.sub(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07|\r", "", text)

@@ -10,11 +10,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import typer
 import yaml
 from PIL import Image
+from typer.testing import CliRunner
 
+from orchestrator.cli import serve as serve_cli
 from orchestrator.data.ingest import prepare_data
-from orchestrator.spec import parse_spec
+from orchestrator.data.preprocess import assign_splits
+from orchestrator.spec import load_spec, parse_spec
 from orchestrator.train.checkpoint import load_model
 from tests.conftest import run_cli, run_here
 
@@ -91,6 +95,25 @@ def test_image_file_job_reads_png_paths(ray_session, tmp_path):
     # every image, 8 or 16 bits, holds values of mean 30 on one half and 210 on the other: 120 on
     # the 8-bit scale. 16-bit images clipped to 8 bits (as before) pulled it towards 255.
     assert 110 < pre.image_mean < 130, pre.image_mean
+
+    # `orchestrator evaluate RUN FILE` on the test split written as a CSV beside the images: its
+    # metrics are the run's test metrics
+    spec = load_spec(tmp_path / "job.yaml")
+    labelled = df[df["label"].notna()][["path", "label"]]
+    split = spec.data.split
+    codes = assign_splits(labelled, spec.data.seed, (split.train, split.validation, split.test))
+    labelled[codes == 2].to_csv(tmp_path / "test-split.csv", index=False)
+    app = typer.Typer()
+    serve_cli.register(app)
+    r = CliRunner().invoke(app, ["evaluate", str(run), str(tmp_path / "test-split.csv")])
+    assert r.exit_code == 0, r.output
+    evaluation = run / "evaluations" / "test-split"
+    metrics = json.loads((evaluation / "metrics.json").read_text())
+    expected = json.loads((run / "test_metrics.json").read_text())
+    for k in ("accuracy", "f1", "precision", "recall", "roc_auc", "loss"):
+        assert metrics[k] == pytest.approx(expected["test_" + k], abs=1e-6), k
+    assert metrics["rows"] == expected["test_rows"] and (evaluation / "confusion_matrix.png").stat().st_size > 0
+    assert "per class" in r.output
 
 
 def test_image_bytes_and_rgb_are_decoded_and_resized(ray_session, tmp_path):

@@ -18,7 +18,8 @@ PACKAGE = ROOT / "orchestrator"
 # Planning and rendering that must run anywhere (no cluster, no accelerator libraries), and be testable without Ray.
 PURE = ("orchestrator.spec", "orchestrator.train.plan", "orchestrator.tune.plan", "orchestrator.serve.plan",
         "orchestrator.submit.plan", "orchestrator.k8s.render", "orchestrator.data.preprocess", "orchestrator.data.text",
-        "orchestrator.data.sequences", "orchestrator.train.metrics", "orchestrator.data.preflight", "orchestrator.data.starter")
+        "orchestrator.data.sequences", "orchestrator.train.metrics", "orchestrator.data.preflight", "orchestrator.data.starter",
+        "orchestrator.batch.plan")
 HEAVY = ("ray", "kubernetes", "torch")
 
 

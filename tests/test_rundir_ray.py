@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, run_cli, spec_dict
+from tests.conftest import ROOT, noise_in, plain, run_cli, run_in_pty, spec_dict
 from tests.processes import (
     alive,
     describe,
@@ -69,12 +69,19 @@ def test_sigkilled_search_resumes_from_a_copy_of_its_run_dir(data_dir, tmp_path)
     spec_path = tmp_path / "search.yaml"
     spec_path.write_text(yaml.safe_dump(_spec(data_dir)))
 
-    reference = run_cli("run", str(spec_path), "-o", str(tmp_path / "reference"), timeout=300)
-    assert reference.returncode == 0, reference.stdout + reference.stderr
-    ref_winner = json.loads(next((tmp_path / "reference").glob("*/winner.json")).read_text())
+    # the reference run in a pseudo-terminal, as a user's shell runs it: the live trial table and
+    # the orchestrator's own lines; Ray's, Tune's and Ray Data's output in the run's log file
+    exe = Path(sys.executable).parent / "orchestrator"
+    rc, shown = run_in_pty([str(exe), "run", str(spec_path), "-o", str(tmp_path / "reference")], timeout=300)
+    shown = plain(shown)
+    assert rc == 0, shown
+    assert not noise_in(shown), noise_in(shown)
+    assert "PROMOTED" in shown and "trials (" in shown and "winner: trial" in shown, shown
+    (ref_run,) = (tmp_path / "reference").iterdir()
+    assert (ref_run / "logs" / "ray.log").is_file()
+    ref_winner = json.loads((ref_run / "winner.json").read_text())
 
     out = tmp_path / "runs"
-    exe = Path(sys.executable).parent / "orchestrator"
     proc = subprocess.Popen([str(exe), "run", str(spec_path), "-o", str(out)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

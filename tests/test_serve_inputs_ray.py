@@ -205,3 +205,80 @@ def test_predict_command_refuses_paths_that_are_no_image_files_and_sends_nothing
         result = CliRunner().invoke(app, ["predict", servers["image"], str(path)])
         assert result.exit_code == 1 and cause in " ".join(result.output.split()), (cell, result.output)
         assert "Traceback" not in result.output and time.monotonic() - t0 < 10
+
+
+# ------------------------------------------------------------------ offline: `orchestrator predict RUN|CHECKPOINT FILE|DIR -o OUT`
+
+
+def _predict_offline(*args: str):
+    app = typer.Typer()
+    serve_cli.register(app)
+    return CliRunner().invoke(app, ["predict", *args])
+
+
+def _served(url: str, records: list[dict]) -> dict:
+    resp = httpx.post(f"{url}/predict", json={"records": records}, timeout=60)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def test_offline_predict_over_a_multi_file_parquet_folder_equals_the_server(servers, models, tmp_path):
+    import pandas as pd
+
+    ckpt, test = models["text"]
+    folder = tmp_path / "texts"
+    (folder / "more").mkdir(parents=True)
+    names, parts = ["a.parquet", "b.parquet", "more/c.parquet"], [test.iloc[:15], test.iloc[15:30], test.iloc[30:]]
+    for name, part in zip(names, parts):
+        part.to_parquet(folder / name, index=False)
+    result = _predict_offline(str(ckpt), str(folder), "-o", str(tmp_path / "preds.parquet"), "--batch-size", "8")
+    assert result.exit_code == 0, result.output
+    assert f"predicted {len(test)} rows" in result.output
+
+    out = pd.read_parquet(tmp_path / "preds.parquet")
+    served = _served(servers["text"], [{"text": t} for t in test["text"]])
+    assert list(out["prediction"]) == served["predictions"]
+    for c in ("neg", "pos"):
+        assert np.allclose(out[f"probability_{c}"], [p[c] for p in served["probabilities"]], atol=1e-5)
+    assert list(out["source_file"]) == [n for n, p in zip(names, parts) for _ in range(len(p))]
+    assert list(out["source_row"]) == [i for p in parts for i in range(len(p))]
+    assert list(out["text"]) == list(test["text"]) and list(out["label"]) == list(test["label"])  # the input's columns kept
+    assert out["error"].isna().all()
+
+
+def test_offline_predict_of_image_paths_to_a_folder_fails_a_missing_file_alone(servers, models, tmp_path):
+    import pandas as pd
+
+    ckpt, test = models["image"]
+    path = models["root"] / "offline-images.csv"  # paths relative to the CSV's folder, as in training
+    rows = test.assign(path=["digits/" + p for p in test["path"]], id=range(len(test)))
+    rows.loc[3, "path"] = "digits/missing.png"
+    rows.to_csv(path, index=False)
+    result = _predict_offline(str(ckpt), str(path), "-o", str(tmp_path / "preds"), "--format", "csv")
+    assert result.exit_code == 0, result.output
+    assert "1 rows could not be predicted" in result.output and "missing.png" in result.output
+
+    out = pd.read_csv(tmp_path / "preds" / "offline-images.csv")
+    assert out.loc[3, "error"].startswith("row 3: ") and "missing.png" in out.loc[3, "error"]
+    served = _served(servers["image"], [{"path": _b64(models["root"] / "digits" / p)} for p in test["path"]])
+    good = [i for i in range(len(test)) if i != 3]
+    assert [int(out.loc[i, "prediction"]) for i in good] == [served["predictions"][i] for i in good]
+    assert list(out["id"]) == list(range(len(test))) and out["error"].drop(index=3).isna().all()
+
+
+def test_offline_predict_of_sequences_in_json_lines_fails_a_cell_of_the_wrong_type_alone(servers, models, tmp_path):
+    ckpt, test = models["sequence"]
+    records = [{"readings": r} for r in test["readings"]]
+    lines = [dict(r) for r in records]
+    lines[4] = {"readings": "abc"}
+    path = tmp_path / "seq.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    result = _predict_offline(str(ckpt), str(path), "-o", str(tmp_path / "preds.jsonl"))
+    assert result.exit_code == 0, result.output
+
+    out = [json.loads(x) for x in (tmp_path / "preds.jsonl").read_text().splitlines()]
+    assert out[4]["error"].startswith("row 4, column 'readings': expected a JSON list") and out[4]["prediction"] is None
+    served = _served(servers["sequence"], records)
+    for i, row in enumerate(out):
+        if i != 4:
+            assert row["prediction"] == pytest.approx(served["predictions"][i], rel=1e-5) and row["error"] is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import yaml
 from orchestrator.pipeline import run_job
 from orchestrator.promote import decide
 from orchestrator.spec import parse_spec
-from tests.conftest import ROOT, run_cli, spec_dict
+from tests.conftest import ROOT, noise_in, run_cli, spec_dict
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.ray
@@ -155,6 +156,12 @@ def test_resume_after_interrupt_skips_finished_trials(data_dir, tmp_path):
     assert proc.returncode == 130, output
     assert "orchestrator resume" in output
     assert not (run_dir / "summary.json").exists()
+    # stdout to a pipe: a plain line per finished trial as it finished; none of Ray's, Tune's or
+    # Optuna's own lines (Tune's Tuner.restore hint on Ctrl-C among them), which are in the run's log
+    assert not noise_in(output), noise_in(output)
+    for trial_id in done_before:
+        assert re.search(rf"^trial {trial_id} terminated \(\d/2 done\): 3 epochs, best \w+=\d+\.\d{{4}}, lr=0\.00\d", output, re.M), output
+    assert (run_dir / "logs" / "ray.log").stat().st_size > 0
 
     r = run_cli("resume", str(run_dir), timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr

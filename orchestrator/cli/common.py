@@ -20,6 +20,14 @@ console = make_console()
 err_console = make_console(stderr=True)
 
 
+def quiet(verbose: bool):
+    """The consoles keep the terminal; everything else written to stdout and stderr goes to a log
+    file (cli/output.py). With `verbose`, nothing is redirected."""
+    from orchestrator.cli.output import QuietOutput
+
+    return QuietOutput([console, err_console], enabled=not verbose)
+
+
 def command_group(help: str, name: Optional[str] = None) -> typer.Typer:
     """A typer app for a group of commands: without a command it shows its help; no shell-completion
     options; no pretty tracebacks (`friendly` reports user errors, anything else is a bug to see whole)."""

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from orchestrator.cli.common import console, err_console, friendly
+from orchestrator.cli.common import console, err_console, friendly, quiet
 from orchestrator.errors import NOT_PROMOTED_EXIT, counted
 
 # ------------------------------------------------------------------------------------ validate
@@ -140,7 +140,9 @@ def train(spec_path: Path = SPEC, output: Optional[Path] = OUTPUT, address: Opti
     from orchestrator.pipeline import train_job
     from orchestrator.spec import load_spec
 
-    train_job(load_spec(spec_path), spec_path, output=output, address=address, verbose=verbose, console=console, run_name=run_name)
+    spec = load_spec(spec_path)
+    with quiet(verbose) as log:
+        train_job(spec, spec_path, output=output, address=address, verbose=verbose, console=console, run_name=run_name, on_run_dir=log.attach)
 
 
 @friendly
@@ -159,12 +161,14 @@ def run(
     from orchestrator.spec import load_spec
 
     spec = load_spec(spec_path)
-    result = run_job(spec, spec_path, output=output, address=address, verbose=verbose, console=console, run_name=run_name)
-    if spec.serve is not None and not no_serve and not result.interrupted:
-        from orchestrator.cli.serve import serve_after_run
+    with quiet(verbose) as log:
+        result = run_job(spec, spec_path, output=output, address=address, verbose=verbose, console=console, run_name=run_name,
+                         on_run_dir=log.attach)
+        if spec.serve is not None and not no_serve and not result.interrupted:
+            from orchestrator.cli.serve import serve_after_run
 
-        serve_after_run(result, spec, console, force)
-        return
+            serve_after_run(result, spec, console, force)
+            return
     _exit_for(result)
 
 
@@ -177,7 +181,9 @@ def resume(
     """Continue an interrupted search without re-running finished trials."""
     from orchestrator.pipeline import resume_job
 
-    _exit_for(resume_job(run_dir, address=address, verbose=verbose, console=console))
+    with quiet(verbose) as log:
+        result = resume_job(run_dir, address=address, verbose=verbose, console=console, on_run_dir=log.attach)
+    _exit_for(result)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,4 +1,4 @@
-"""`orchestrator serve` and `orchestrator predict`, and serving at the end of `orchestrator run`.
+"""`orchestrator serve`, `orchestrator predict` and `orchestrator evaluate`, and serving at the end of `orchestrator run`.
 
 cli/main.py calls `register(app)`; the heavy imports (Ray, torch, FastAPI) happen only when a command runs.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -16,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.cli.common import console, err_console, friendly
+from orchestrator.cli.common import console, err_console, friendly, quiet
 from orchestrator.errors import NotPromotedError, OrchestratorError
 from orchestrator.serve.client import DEFAULT_CHUNK, ServeTarget, curl_example, predict_file, resolve_target, test_row
 
@@ -182,17 +183,42 @@ def serve_command(
 
         token_env = resolved.serve.auth_token_env
         init_ray(address, verbose=True, secret_env=[token_env] if token_env else ())
-    serve_target(resolved, name=name, console=console, address=address, version=version)
+    with quiet(verbose):
+        serve_target(resolved, name=name, console=console, address=address, version=version)
 
 
-def predict_command(
-    url: str = typer.Argument(..., metavar="URL", help="Server URL (http://127.0.0.1:8000, with the route prefix if any)."),
-    file: Path = typer.Argument(..., metavar="FILE", help="Records to predict: .csv, .json, .jsonl or .parquet."),
-    token_env: Optional[str] = typer.Option(None, "--token-env", help="Environment variable holding the bearer token."),
-    chunk: int = typer.Option(DEFAULT_CHUNK, "--chunk", min=1, help="Records per request."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON lines instead of a table."),
-) -> None:
-    """Send the records of a file to a model server and print the predictions."""
+def _is_url(target: str) -> bool:
+    return target.lower().startswith(("http://", "https://"))
+
+
+def _write_rows(rows: list[dict], out: Path, force: bool) -> None:
+    """The server's answers as a file: row, prediction and one probability column per class."""
+    import pandas as pd
+
+    from orchestrator.batch.plan import PREDICTION, output_format, probability_column
+    from orchestrator.batch.run import Sink
+
+    fmt, one_file = output_format(out, None)
+    if not one_file:
+        raise OrchestratorError(f"-o {out}: name a .csv, .jsonl or .parquet file")
+    if out.exists() and not force:
+        raise OrchestratorError(f"-o {out}: already exists; pass --force to replace it")
+    flat = []
+    for r in rows:
+        row = {"row": r["row"], PREDICTION: r["prediction"]}
+        row.update({probability_column(k): v for k, v in (r.get("probabilities") or {}).items()})
+        row["model_version"] = r.get("model_version")
+        flat.append(row)
+    sink = Sink(out, fmt)
+    try:
+        sink.write(pd.DataFrame(flat))
+        sink.close()
+    except BaseException:
+        sink.abort()
+        raise
+
+
+def _predict_from_server(url: str, file: Path, token_env: Optional[str], chunk: int, as_json: bool, out: Optional[Path], force: bool) -> None:
     import os
 
     token = None
@@ -201,14 +227,128 @@ def predict_command(
         if not token:
             raise OrchestratorError(f"--token-env {token_env}: that environment variable is not set")
     rows = predict_file(url, file, token=token, chunk=chunk, warn=lambda m: err_console.print(Text(m, style="yellow"), highlight=False))
-    if as_json:
+    if out is not None:
+        _write_rows(rows, out, force)
+        console.print(f"{len(rows)} predictions written to {out}", highlight=False, soft_wrap=True)
+    elif as_json:
         for r in rows:
             typer.echo(json.dumps(r))
     else:
         console.print(_predictions_table(rows))
 
 
+def _batch_target(target: str):
+    """RUN|CHECKPOINT -> its ServeTarget (a run that was not promoted: a warning, not a refusal)."""
+    from orchestrator.serve.client import resolve_target
+
+    resolved = resolve_target(Path(target), force=True)
+    if resolved.decision is not None and not resolved.decision.get("promoted"):
+        err_console.print(Text(f"note: this model was not promoted ({resolved.decision.get('reason')})", style="yellow"),
+                          highlight=False, soft_wrap=True)
+    return resolved
+
+
+def _progress(status):
+    started = time.monotonic()
+
+    def update(rows: int, failed: int) -> None:
+        rate = rows / max(1e-9, time.monotonic() - started)
+        status.update(Text(f"predicted {rows:,} rows ({failed:,} failed), {rate:,.0f} rows/s"))
+
+    return update
+
+
+def predict_command(
+    target: str = typer.Argument(..., metavar="URL|RUN|CHECKPOINT",
+                                 help="A model server's URL (http://127.0.0.1:8000), or a run directory or checkpoint to predict with offline (Ray Data)."),
+    file: Path = typer.Argument(..., metavar="FILE|DIR", help="Records to predict: .csv, .parquet, .jsonl or .json, or a folder of them (offline only)."),
+    out: Optional[Path] = typer.Option(None, "--output", "-o", metavar="OUT",
+                                       help="Write the input's rows with their predictions: a .csv, .parquet or .jsonl file, or a folder "
+                                            "(one output file per input file, in --format). Required offline."),
+    fmt: Optional[str] = typer.Option(None, "--format", metavar="FORMAT", help="Output format for a folder OUT: parquet (default), csv or jsonl."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
+    actors: int = typer.Option(1, "--actors", min=1, help="Offline: model copies predicting in parallel."),
+    batch_size: int = typer.Option(256, "--batch-size", min=1, help="Offline: records per forward pass."),
+    address: Optional[str] = typer.Option(None, "--address", help="Offline: Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)."),
+    token_env: Optional[str] = typer.Option(None, "--token-env", help="Server: environment variable holding the bearer token."),
+    chunk: int = typer.Option(DEFAULT_CHUNK, "--chunk", min=1, help="Server: records per request."),
+    as_json: bool = typer.Option(False, "--json", help="Server, without -o: print JSON lines instead of a table."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Ray's own logs."),
+) -> None:
+    """Predict the records of a file: through a model server (URL), or offline from a run or checkpoint
+    with Ray Data, writing every input row with its prediction, class probabilities and error (if any)."""
+    if _is_url(target):
+        _predict_from_server(target, file, token_env, chunk, as_json, out, force)
+        return
+    if out is None:
+        raise OrchestratorError("offline prediction writes a file: pass -o OUT (a .csv, .parquet or .jsonl file, or a folder)")
+    from orchestrator.batch.plan import plan_predict
+    from orchestrator.data.preprocess import Preprocessor
+
+    resolved = _batch_target(target)
+    pre = Preprocessor.load(resolved.checkpoint / "preprocessing.json")
+    plan = plan_predict(resolved.checkpoint, file, out, fmt=fmt, force=force, classes=pre.classes if pre.task == "classification" else None,
+                        batch_size=batch_size, actors=actors)
+    from orchestrator.batch.run import predict_files
+    from orchestrator.runtime import init_ray
+
+    with quiet(verbose):
+        with console.status("starting Ray"):
+            init_ray(address, verbose=verbose)
+        with console.status(Text(f"predicting {len(plan.files)} file(s) with {resolved.checkpoint}")) as status:
+            done = predict_files(plan, on_progress=_progress(status))
+    failed = done["failed"]
+    console.print(Text.assemble(("predicted", "bold green"), f" {done['rows']:,} rows in {done['seconds']:.1f} s -> {plan.out}"
+                                + (f" ({len(done['outputs'])} files)" if len(done["outputs"]) > 1 else "")), highlight=False, soft_wrap=True)
+    if failed:
+        err_console.print(Text(f"{failed:,} rows could not be predicted (their 'error' column says why); the first:", style="yellow"),
+                          highlight=False)
+        for e in done["errors"]:
+            err_console.print(f"  {e}", highlight=False, soft_wrap=True)
+
+
+def evaluate_command(
+    target: Path = typer.Argument(..., metavar="RUN|CHECKPOINT", help="Run directory (its best_checkpoint) or checkpoint directory."),
+    file: Path = typer.Argument(..., metavar="FILE|DIR", help="Labelled records: .csv, .parquet, .jsonl or .json, or a folder of them."),
+    out: Optional[Path] = typer.Option(None, "--output", "-o", metavar="DIR",
+                                       help="Where to write metrics.json, details.json and the plots (default: RUN/evaluations/<file>)."),
+    force: bool = typer.Option(False, "--force", help="Write into DIR even if it holds files."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Ray's own logs."),
+) -> None:
+    """Score a model on a labelled file (its label column as in training): the test metrics, per-class
+    scores and a confusion matrix (classification) or residuals (regression)."""
+    from orchestrator.batch.plan import default_evaluation_dir, plan_evaluate
+
+    resolved = _batch_target(str(target))
+    plan = plan_evaluate(resolved.checkpoint, file, out or default_evaluation_dir(resolved.run_dir, resolved.checkpoint, file), force=force)
+    from orchestrator.batch.run import evaluate_files
+    from orchestrator.runtime import init_ray
+
+    with quiet(verbose):
+        with console.status("starting Ray"):
+            init_ray(address, verbose=verbose)
+        with console.status(Text(f"scoring {resolved.checkpoint} on {file}")):
+            metrics, details = evaluate_files(plan)
+    table = Table(title=f"{file}: {metrics.get('rows', 0):,} labelled rows")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in metrics.items():
+        if k != "rows":
+            table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    console.print(table)
+    if details.get("per_class"):
+        per = Table(title="per class")
+        for c in ("class", "precision", "recall", "F1", "rows"):
+            per.add_column(c, justify="left" if c == "class" else "right")
+        for c in details["per_class"]:
+            per.add_row(str(c["class"]), f"{c['precision']:.4f}", f"{c['recall']:.4f}", f"{c['f1']:.4f}", str(c["support"]))
+        console.print(per)
+    console.print(f"written to {plan.out}: metrics.json, details.json and the plots", highlight=False, soft_wrap=True)
+
+
 def register(app: typer.Typer) -> None:
-    """Add `serve` and `predict` to the orchestrator CLI."""
+    """Add `serve`, `predict` and `evaluate` to the orchestrator CLI."""
     app.command("serve")(friendly(serve_command))
     app.command("predict")(friendly(predict_command))
+    app.command("evaluate")(friendly(evaluate_command))

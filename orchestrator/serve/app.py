@@ -537,6 +537,12 @@ class ModelRunner:
             raise ClientError(422, f"{field_path(prefix)}: no records to predict")
         if len(records) > self.max_records:
             raise ClientError(413, f"{len(records)} records in one request; the limit is {self.max_records}: split the request")
+        return self.check(records, prefix, single)
+
+    def check(self, records: list, prefix: tuple = (), single: bool = False) -> Records:
+        """Records (plain dicts keyed by column) -> validated, with image files decoded from base64,
+        or ClientError naming every field at fault. `prefix` and `single` say how to name a field:
+        `records[2].age` in a list under "records", `age` alone in a single record."""
         try:
             self._records.validate_python(records)
         except ValidationError as err:
@@ -550,6 +556,23 @@ class ModelRunner:
         if image_files(self.pre):
             self._decode_image_fields(out)
         return out
+
+    def check_each(self, records: list[dict]) -> tuple[dict[int, dict], dict[int, dict]]:
+        """Batch prediction's check: ({position: checked record}, {position: {"error", "column"}}),
+        so that one bad record fails alone. The whole list is checked at once; only when that
+        fails is each record checked by itself."""
+        try:
+            return dict(enumerate(self.check(records))), {}
+        except ClientError:
+            pass
+        good, bad = {}, {}
+        for i, rec in enumerate(records):
+            try:
+                good[i] = self.check([rec], single=True)[0]
+            except ClientError as e:
+                first = (e.errors or [{}])[0]
+                bad[i] = {"error": first.get("message", e.detail), "column": first.get("field")}
+        return good, bad
 
     def _decode_image_fields(self, records: Records) -> None:
         """base64 text -> the image file's bytes, in place; 422 for text that is not base64 or bytes that

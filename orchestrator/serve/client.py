@@ -288,17 +288,23 @@ def _image_cell(v: Any, source: str, base_dir: Path, path: Path, row: int, colum
 def request_records(df, info: dict, path: Path) -> Iterator[dict]:
     """The rows of `df` as request records for a model whose GET /metadata "input" is `info`:
     text as strings, sequences and windows as lists, image files read and base64-encoded."""
+    for i, r in enumerate(df.to_dict("records")):
+        yield request_record(r, info, path, i)
+
+
+def request_record(r: dict, info: dict, path: Path, row: int) -> dict:
+    """One row (column -> value, as pandas gives it) of the file `path` as a request record; an
+    OrchestratorError names the file, the row and the column of a cell that cannot be one."""
     from orchestrator.data.preprocess import plain_value
 
     kind, column = info.get("kind"), info.get("column")
-    for i, r in enumerate(df.to_dict("records")):
-        rec = {k: plain_value(v, nan_as_none=True) for k, v in r.items()}
-        if column in rec and rec[column] is not None:
-            if kind in ("sequence", "series") or (kind == "image" and info.get("source") == "array"):
-                rec[column] = _list_cell(rec[column], path, i, column)
-            elif kind == "image":
-                rec[column] = _image_cell(rec[column], info.get("source"), path.parent, path, i, column)
-        yield rec
+    rec = {k: plain_value(v, nan_as_none=True) for k, v in r.items()}
+    if column in rec and rec[column] is not None:
+        if kind in ("sequence", "series") or (kind == "image" and info.get("source") == "array"):
+            rec[column] = _list_cell(rec[column], path, row, column)
+        elif kind == "image":
+            rec[column] = _image_cell(rec[column], info.get("source"), path.parent, path, row, column)
+    return rec
 
 
 def _image_pixels(cell: Any) -> int:
