@@ -16,7 +16,7 @@ from orchestrator.runtime import cluster_resources
 from orchestrator.spec import parse_spec
 from orchestrator.train.checkpoint import load_model
 from orchestrator.train.driver import build_trainer
-from orchestrator.train.plan import plan_workers
+from orchestrator.train.plan import build_loop_config, plan_workers
 from tests.conftest import JOBS, run_cli, run_here, spec_dict
 
 pytestmark = pytest.mark.ray
@@ -47,11 +47,15 @@ def record_shard_loop(config):
 
 
 def test_workers_stream_disjoint_shards(ray_session, data_dir, tmp_path):
+    """A streamed split (data.cache stream): Ray Data's streaming split gives each worker its own
+    rows. A split held in memory reaches every worker whole and each keeps its share (loop.read_whole:
+    tests/test_units.py; its steps per rank: tests/test_step_parity_ray.py)."""
     import hashlib
 
-    spec = _spec(data_dir)
+    spec = _spec(data_dir, data={"cache": "stream"})
     prepared = prepare_data(spec)
     plan = plan_workers(spec.scaling, cluster_resources())
+    assert not build_loop_config(spec, prepared, plan).in_memory
     cloudpickle.register_pickle_by_value(__import__(__name__))
     trainer = build_trainer(spec, prepared, plan, storage_path=str(tmp_path), name="shards", callbacks=[],
                             extra_config={"out_dir": str(tmp_path)}, train_loop=record_shard_loop)

@@ -36,7 +36,7 @@ from orchestrator.spec import (
     parse_promote,
     parse_spec,
 )
-from orchestrator.train.loop import Sums, amp_dtype, evaluate, lr_factor, make_loss, make_optimizer, run_loop
+from orchestrator.train.loop import Sums, amp_dtype, evaluate, lr_factor, make_loss, make_optimizer, read_whole, run_loop
 from orchestrator.train.plan import (
     IN_MEMORY_MAX_SHARD_BYTES,
     ClusterResources,
@@ -843,3 +843,20 @@ def test_class_weights_weigh_the_training_loss_and_follow_scikit_learns_balanced
     weighted = make_loss("classification", 0.0, [1.0, 4.0])(logits, target)
     assert weighted.item() == pytest.approx((per_row[0] + 4 * per_row[1]).item())
     assert make_loss("classification", 0.0)(logits, target).item() == pytest.approx(per_row.sum().item())
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_each_rank_keeps_every_world_size_th_row_of_a_split_read_whole(monkeypatch, world_size):
+    """A split held in memory reaches every rank whole; the ranks' shares are disjoint, cover it,
+    and differ by at most one row, across batch boundaries that do not divide by world_size."""
+    import orchestrator.train.loop as loop
+
+    monkeypatch.setattr(loop, "IN_MEMORY_READ_BATCH", 7)
+    n = 50
+    data = ColumnBatches({"x": np.arange(n, dtype=np.float32).reshape(n, 1), "y": np.arange(n)})
+    shares = [read_whole(data, {"x": torch.float32, "y": torch.int64}, rank, world_size) for rank in range(world_size)]
+    rows = [s["y"].tolist() for s in shares]
+    assert sorted(sum(rows, [])) == list(range(n))
+    assert all(r == list(range(rank, n, world_size)) for rank, r in enumerate(rows))
+    assert all(torch.equal(s["x"][:, 0].long(), s["y"]) for s in shares)
+    assert max(map(len, rows)) - min(map(len, rows)) <= 1

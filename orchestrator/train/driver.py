@@ -132,9 +132,10 @@ def loop_datasets(prepared: PreparedData) -> dict:
 def build_trainer(spec: JobSpec, prepared: PreparedData, plan: WorkerPlan, *, storage_path: str, name: str, callbacks: list, train_loop=None, extra_config: Optional[dict] = None) -> TorchTrainer:
     """The TorchTrainer for one training run. `train_loop` and `extra_config`: a stand-in loop and
     what it reads beside the LoopConfig (tests)."""
+    loop_config = build_loop_config(spec, prepared, plan)
     return TorchTrainer(
         train_loop or train_loop_per_worker,
-        train_loop_config={LOOP_CONFIG_KEY: build_loop_config(spec, prepared, plan), **(extra_config or {})},
+        train_loop_config={LOOP_CONFIG_KEY: loop_config, **(extra_config or {})},
         scaling_config=ScalingConfig(
             num_workers=plan.workers, use_gpu=plan.gpus_per_worker > 0, resources_per_worker=plan.resources_per_worker()
         ),
@@ -152,9 +153,11 @@ def build_trainer(spec: JobSpec, prepared: PreparedData, plan: WorkerPlan, *, st
             callbacks=callbacks,
         ),
         datasets=loop_datasets(prepared),
-        # Each worker streams its own disjoint shard of train; validation goes whole to every worker
-        # (only rank 0 reads it, so metrics are exact rather than computed on equalised shards).
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        # A streamed train split: each worker streams its own disjoint shard (Ray Data's streaming
+        # split). A materialised one held in memory goes whole to every worker, which keeps its share
+        # (loop.read_whole). Validation goes whole to every worker (only rank 0 reads it, so metrics
+        # are exact rather than computed on equalised shards).
+        dataset_config=DataConfig(datasets_to_split=[] if loop_config.in_memory else ["train"]),
     )
 
 

@@ -152,10 +152,18 @@ def in_memory_batches(columns: dict[str, torch.Tensor], batch_size: int):
         yield {k: v[i : i + batch_size] for k, v in columns.items()}
 
 
-def read_whole(data, dtypes: dict[str, torch.dtype]) -> dict[str, torch.Tensor]:
-    """A dataset or shard read once, in order, as one CPU tensor per column ({} when it has no rows)."""
+def read_whole(data, dtypes: dict[str, torch.dtype], rank: int = 0, world_size: int = 1) -> dict[str, torch.Tensor]:
+    """A dataset or shard read once, in order, as one CPU tensor per column ({} when it has no rows).
+    With `world_size` > 1, only this rank's share of a dataset every rank reads whole: the rows
+    whose index i has i % world_size == rank (disjoint, and equal to within a row)."""
     parts: dict[str, list[torch.Tensor]] = {}
+    start = 0
     for b in data.iter_torch_batches(batch_size=IN_MEMORY_READ_BATCH, dtypes=dtypes, device="cpu"):
+        n = len(next(iter(b.values()))) if b else 0
+        if world_size > 1:
+            first = (rank - start) % world_size
+            b = {k: v[first::world_size] for k, v in b.items()}
+        start += n
         for k, v in b.items():
             parts.setdefault(k, []).append(v)
     return {k: torch.cat(v) for k, v in parts.items()}
@@ -305,13 +313,15 @@ class WorkerLoop:
         return self._streamed_batches(epoch)
 
     def _in_memory_batches(self, epoch: int):
-        """The shard is read once per run (from the object store) into tensors. Ranks agree up front on
+        """The shard is read once per run (from the object store) into tensors: every rank reads the
+        materialised split and keeps every world_size-th row from its rank on, which spares a Train
+        run Ray Data's split coordinator (measured: about 5 s of a 2-epoch, 2-worker run). Ranks agree up front on
         the rows each uses per epoch (the fewest any rank holds; the equalised split makes that all of
         them, or all but a few), so they take the same ceil(rows / batch_size) steps. A rank holding
         more rows leaves out a different random few each epoch."""
         t = self.t
-        if self.train_tensors is None:
-            self.train_tensors = read_whole(self.train_shard, self.dtypes)
+        if self.train_tensors is None:  # the whole split reaches every rank (build_trainer): each keeps its share
+            self.train_tensors = read_whole(self.train_shard, self.dtypes, self.rank, getattr(self.session, "world_size", 1))
             local = len(self.train_tensors["y"]) if self.train_tensors else 0
             self.rows_per_epoch = agreed_min(local, self.device)
         if not self.rows_per_epoch:
