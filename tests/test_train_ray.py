@@ -30,32 +30,36 @@ def _spec(data_dir, job="breast-cancer-mlp.yaml", **sections):
 
 
 def record_shard_loop(config):
-    """Stand-in worker loop: writes the row keys its train shard yields, for the test to compare."""
+    """Stand-in worker loop: takes its share of the train split as the training loop does (the
+    split held in memory reaches every worker whole: loop.read_whole keeps this rank's rows) and
+    writes the row keys, for the test to compare."""
     import hashlib
 
     import ray.train
+    import torch
 
-    rank = ray.train.get_context().get_world_rank()
+    from orchestrator.train.loop import read_whole
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     keys = []
     for epoch in range(2):
-        seen = []
-        for b in ray.train.get_dataset_shard("train").iter_batches(batch_size=64, batch_format="numpy"):
-            seen += [hashlib.sha1(x.tobytes()).hexdigest() for x in b["x"]]
-        keys.append(seen)
+        share = read_whole(ray.train.get_dataset_shard("train"), {"x": torch.float32, "y": torch.int64}, rank, world)
+        keys.append([hashlib.sha1(x.numpy().tobytes()).hexdigest() for x in share["x"]])
     Path(config["out_dir"], f"rank{rank}.json").write_text(json.dumps(keys))
     ray.train.report({"rows": len(keys[0])})
 
 
-def test_workers_stream_disjoint_shards(ray_session, data_dir, tmp_path):
-    """A streamed split (data.cache stream): Ray Data's streaming split gives each worker its own
-    rows. A split held in memory reaches every worker whole and each keeps its share (loop.read_whole:
-    tests/test_units.py; its steps per rank: tests/test_step_parity_ray.py)."""
+def test_workers_take_disjoint_shards(ray_session, data_dir, tmp_path):
+    """The split held in memory (the default for small data) reaches every worker whole and each
+    keeps its own rows. A streamed split goes through Ray Data's streaming split instead (its steps
+    per rank: tests/test_step_parity_ray.py)."""
     import hashlib
 
-    spec = _spec(data_dir, data={"cache": "stream"})
+    spec = _spec(data_dir)
     prepared = prepare_data(spec)
     plan = plan_workers(spec.scaling, cluster_resources())
-    assert not build_loop_config(spec, prepared, plan).in_memory
+    assert build_loop_config(spec, prepared, plan).in_memory
     cloudpickle.register_pickle_by_value(__import__(__name__))
     trainer = build_trainer(spec, prepared, plan, storage_path=str(tmp_path), name="shards", callbacks=[],
                             extra_config={"out_dir": str(tmp_path)}, train_loop=record_shard_loop)
@@ -65,9 +69,8 @@ def test_workers_stream_disjoint_shards(ray_session, data_dir, tmp_path):
     for epoch in range(2):
         a, b = set(shards[0][epoch]), set(shards[1][epoch])
         assert a and b and not a & b, "two workers saw the same training row"
-        assert len(a) == len(b)  # equal shards keep DDP steps in lockstep
-        assert a | b <= set(train_keys)
-        assert len(a | b) >= len(train_keys) - 1  # equalising drops at most world_size - 1 rows
+        assert abs(len(a) - len(b)) <= 1  # the loop then agrees on the smaller: DDP steps in lockstep
+        assert a | b == set(train_keys)  # every row, each on one worker
 
 
 # A worker killed mid-run: the group restarts from its last checkpoint and ends like an unkilled run,
