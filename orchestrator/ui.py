@@ -73,7 +73,9 @@ class EpochProgress:
 
 
 def metrics_table(title: str, metrics: dict[str, Any]) -> Table:
-    t = Table(title=Text(title), show_header=False, title_justify="left")
+    # at least as wide as its title: a two-column table is narrower than "winner on the held-out
+    # test split", which would otherwise wrap mid-phrase
+    t = Table(title=Text(title), show_header=False, title_justify="left", min_width=len(title))
     for k, v in metrics.items():
         t.add_row(Text(str(k)), Text(f"{v:.4f}" if isinstance(v, float) else str(v)))
     return t

@@ -860,3 +860,14 @@ def test_each_rank_keeps_every_world_size_th_row_of_a_split_read_whole(monkeypat
     assert all(r == list(range(rank, n, world_size)) for rank, r in enumerate(rows))
     assert all(torch.equal(s["x"][:, 0].long(), s["y"]) for s in shares)
     assert max(map(len, rows)) - min(map(len, rows)) <= 1
+
+
+def test_the_metrics_table_keeps_its_title_on_one_line_at_80_columns():
+    import io
+
+    from orchestrator.ui import make_console, metrics_table
+
+    buf = io.StringIO()
+    make_console(file=buf, width=80).print(metrics_table("winner on the held-out test split", {"test_loss": 0.1019, "test_rows": 81}))
+    lines = buf.getvalue().splitlines()
+    assert lines[0].strip() == "winner on the held-out test split" and "0.1019" in buf.getvalue(), buf.getvalue()
