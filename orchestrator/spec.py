@@ -273,12 +273,8 @@ class DataSpec(_Model):
         if unknown:
             raise ValueError(f"categorical columns {unknown} are not in features")
         if self.format is None:
-            suffix = self.source.rstrip("/").rsplit(".", 1)[-1].lower()
-            if suffix in ("parquet", "pq"):
-                self.format = "parquet"
-            elif suffix in ("csv",):
-                self.format = "csv"
-            else:
+            self.format = format_from_name(self.source)
+            if self.format is None:
                 raise ValueError(
                     f"cannot infer the format of {self.source!r} from its extension; set data.format to parquet or csv"
                 )
@@ -1007,6 +1003,20 @@ def json_schema() -> dict:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "orchestrator job spec"
     return schema
+
+
+# The file name endings each data.format reads (compressed CSV as Ray Data and pyarrow read it).
+FORMAT_EXTENSIONS = {"parquet": ("parquet", "pq"), "csv": ("csv", "csv.gz", "csv.bz2", "csv.br", "csv.zst", "csv.lz4")}
+
+
+def format_from_name(name: str) -> str | None:
+    """parquet or csv from a file name's ending (`x.pq`, `x.csv.gz`), else None: the one rule for
+    data.format's default and for `orchestrator init`."""
+    base = name.rstrip("/").rsplit("/", 1)[-1].lower()
+    for fmt, endings in FORMAT_EXTENSIONS.items():
+        if any(base.endswith("." + e) for e in endings):
+            return fmt
+    return None
 
 
 def is_uri(source: str) -> bool:

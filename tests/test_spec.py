@@ -422,3 +422,13 @@ def test_odd_keys_are_quoted_on_one_line():
     problems = _problems(d)
     assert "train['a\\nb']: unknown field" in problems[0] and all("\n" not in p for p in problems)
     assert any(p.startswith("[true]: Keys should be strings") for p in problems), problems
+
+
+def test_the_format_is_inferred_from_the_file_name_by_one_rule_for_specs_and_init():
+    from orchestrator.spec import DataSpec, format_from_name
+
+    assert [format_from_name(n) for n in ("a.parquet", "s3://b/x.PQ", "t.csv", "t.csv.gz", "runs/x.csv.zst", "folder/", "x.json")] == [
+        "parquet", "parquet", "csv", "csv", "csv", None, None]
+    assert DataSpec(source="data/rows.csv.gz", label="y").format == "csv"
+    with pytest.raises(ValueError, match="cannot infer the format of 'data/rows' from its extension; set data.format"):
+        DataSpec(source="data/rows", label="y")

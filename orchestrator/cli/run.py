@@ -75,12 +75,12 @@ def init(
     from orchestrator.data.preflight import check_data
     from orchestrator.data.starter import plan_starter, read_sample
     from orchestrator.errors import DataError
-    from orchestrator.spec import load_spec
+    from orchestrator.spec import format_from_name, load_spec
 
     data = data.expanduser()
     if not data.exists():
         raise DataError(f"{data}: no such file or folder")
-    fmt = "csv" if ".csv" in data.name.lower() or (data.is_dir() and any(data.glob("*.csv"))) else "parquet"
+    fmt = format_from_name(data.name) or ("csv" if data.is_dir() and any(format_from_name(f.name) == "csv" for f in data.iterdir()) else "parquet")
     out = (output or Path(f"{data.name.split('.')[0] or 'job'}.yaml")).expanduser()
     if out.exists() and not force:
         raise DataError(f"{out}: already exists; choose another --output, or --force to overwrite it")

@@ -14,7 +14,7 @@ import pyarrow as pa
 from orchestrator.data.files import hidden, shown
 from orchestrator.data.rows import locate_non_utf8
 from orchestrator.errors import DataError
-from orchestrator.spec import JobSpec, is_uri, task_problems
+from orchestrator.spec import FORMAT_EXTENSIONS, JobSpec, is_uri, task_problems
 
 
 MAX_AUTO_CATEGORIES = 1000  # a string column with more distinct values is more likely an id than a category
@@ -44,7 +44,7 @@ class Columns:
 # The file name endings each format reads. Ray Data's own filter skips other files without a
 # word: a folder of Parquet and CSV read as Parquet silently lost the CSV rows, and `.pq`
 # (which the spec accepts as Parquet) was "no files found".
-EXTENSIONS = {"parquet": ("parquet", "pq"), "csv": ("csv", "csv.gz", "csv.bz2", "csv.br", "csv.zst", "csv.lz4")}
+EXTENSIONS = FORMAT_EXTENSIONS
 
 
 def check_source_files(src: str, fmt: str) -> Optional[bool]:
