@@ -128,6 +128,7 @@ def test_the_parquet_writer_widens_types_across_chunks_and_csv_holds_lists_as_js
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no partial files left behind
 
     csv = Sink(tmp_path / "out.csv", "csv")
+    csv.write(pd.DataFrame({"seq": [], "img": [], "n": []}))  # an empty chunk first (a header-only CSV file)
     csv.write(pd.DataFrame({"seq": [[1.0, 2.0]], "img": [b"\x89PNG"], "n": [1]}))
     csv.write(pd.DataFrame({"seq": [[3.0]], "img": [b"x"], "n": [2]}))
     csv.close()

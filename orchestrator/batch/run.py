@@ -232,6 +232,7 @@ class Sink:
         self.parts: list[Path] = []
         self.columns: Optional[list[str]] = None
         self.rows = 0
+        self._header_written = False
         if self.fmt == "parquet":
             self.tmp.mkdir(parents=True, exist_ok=True)
         else:
@@ -255,7 +256,8 @@ class Sink:
                 for c in plain.columns:  # lists as JSON text, as `predict` reads them back
                     if plain[c].dtype == object:
                         plain[c] = plain[c].map(lambda v: json.dumps(v) if isinstance(v, (list, dict)) else v)
-                plain.to_csv(f, index=False, header=self.rows == len(df))
+                plain.to_csv(f, index=False, header=not self._header_written)
+                self._header_written = True
             else:
                 text = plain.to_json(orient="records", lines=True, force_ascii=False)
                 f.write(text if text.endswith("\n") or not text else text + "\n")
