@@ -17,7 +17,7 @@ from typing import Callable, Optional
 from rich.console import Console
 from rich.text import Text
 
-from orchestrator.ui import make_console
+from orchestrator.ui import fmt_config, make_console
 
 from orchestrator.errors import DataError, OrchestratorError, RunDirError, counted, one_line
 from orchestrator.rundir import in_run, new_run_dir, write_json, write_metrics
@@ -345,7 +345,7 @@ def _search(spec: JobSpec, run: Path, prepared, search_plan: tuple, console: Con
     console.print(f"search: {len(outcome.records)} trials in {outcome.wall_time_s:.0f} s, {pruned} pruned by the scheduler, "
                   f"{epochs_run} of {budget} epochs run ({100 * epochs_run / max(budget, 1):.0f}%)", highlight=False, soft_wrap=True)
     console.print(f"winner: trial {w.trial_id}  best {spec.tune_metric}={w.best(spec.tune_metric):.4f}  "
-                  + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in w.config.items()), highlight=False, soft_wrap=True)
+                  + fmt_config(w.config, short=False), highlight=False, soft_wrap=True)
     write_json(run / "winner.json", {"trial_id": w.trial_id, "config": w.config, f"best_{spec.tune_metric}": w.best(spec.tune_metric), "checkpoint": in_run(run, outcome.winner_checkpoint)})
     extra = {"trials": len(outcome.records), "failed_trials": len(failed),
              "pruned_by_scheduler": pruned, "epochs_run": epochs_run, "epochs_without_pruning": budget,

@@ -81,9 +81,10 @@ def metrics_table(title: str, metrics: dict[str, Any]) -> Table:
     return t
 
 
-def _config(config: dict) -> str:
-    """A trial's sampled values, rounded to what a reader needs (lr=0.00274)."""
-    return ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}" for k, v in config.items())
+def fmt_config(config: dict, *, short: bool = True) -> str:
+    """A trial's sampled values, rounded to what a reader needs (lr=0.00274); `short`: each
+    parameter by its last name (lr), else by its spec path (train.lr)."""
+    return ", ".join(f"{k.split('.')[-1] if short else k}={f'{v:.3g}' if isinstance(v, float) else v}" for k, v in config.items())
 
 
 class TrialTable:
@@ -128,7 +129,7 @@ class TrialTable:
                 self.reported.add(r.trial_id)
                 best = r.best(self.metric)
                 shown = f"best {self.metric}={best:.4f}" if best is not None else f"no {self.metric}"
-                line = f"trial {r.trial_id} {r.status.lower()} ({done}/{self.total} done): {len(r.epochs)} epochs, {shown}, {_config(r.config)}"
+                line = f"trial {r.trial_id} {r.status.lower()} ({done}/{self.total} done): {len(r.epochs)} epochs, {shown}, {fmt_config(r.config)}"
                 self.console.print(Text(line + (f": {r.error[:200]}" if r.error else "")), highlight=False, soft_wrap=True)
 
     def _render(self):
@@ -145,7 +146,7 @@ class TrialTable:
         colors = {"RUNNING": "cyan", "TERMINATED": "green", "PRUNED": "yellow", "EARLY_STOPPED": "yellow", "ERROR": "red"}
         for r in records:
             best = r.best(self.metric)
-            cfg = _config(r.config)
+            cfg = fmt_config(r.config)
             # cells are Text so that trial errors and config values are never read as markup
             t.add_row(Text(r.trial_id), Text(r.status, style=colors.get(r.status, "white")), str(len(r.epochs)),
                       "" if best is None else f"{best:.4f}", Text.assemble(cfg, (f"  {r.error[:80]}", "red") if r.error else ""))

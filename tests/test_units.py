@@ -871,3 +871,11 @@ def test_the_metrics_table_keeps_its_title_on_one_line_at_80_columns():
     make_console(file=buf, width=80).print(metrics_table("winner on the held-out test split", {"test_loss": 0.1019, "test_rows": 81}))
     lines = buf.getvalue().splitlines()
     assert lines[0].strip() == "winner on the held-out test split" and "0.1019" in buf.getvalue(), buf.getvalue()
+
+
+def test_sampled_values_are_shown_rounded_by_short_or_full_name():
+    from orchestrator.ui import fmt_config
+
+    config = {"train.lr": 0.0027416563468954775, "model.channels": [48, 96], "train.batch_size": 64}
+    assert fmt_config(config) == "lr=0.00274, channels=[48, 96], batch_size=64"
+    assert fmt_config(config, short=False) == "train.lr=0.00274, model.channels=[48, 96], train.batch_size=64"
