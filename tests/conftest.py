@@ -76,6 +76,19 @@ def run_here(command: str, spec_path: Path, output: Path):
     return result
 
 
+def error_here(command: str, spec_path: Path, output: Path) -> str:
+    """run_here for a run that must fail with an OrchestratorError (what the CLI prints as its one
+    `error:` line, exit 2): returns the message, checked to be one line. For errors found after Ray
+    has started, which the CLI would otherwise meet only after its own Ray start."""
+    from orchestrator.errors import OrchestratorError
+
+    with pytest.raises(OrchestratorError) as e:
+        run_here(command, spec_path, output)
+    message = str(e.value)
+    assert e.value.exit_code == 2 and "\n" not in message and "Traceback" not in message, message
+    return message
+
+
 # What Ray, Tune, Optuna and Ray Data print themselves: kept out of the console (in RUN/logs/ray.log)
 RAY_NOISE = ("View detailed results", "Configuration for experiment", "A new study created", "Progress bars disabled",
              "TensorBoard", "tensorboard", "Tuner.restore", "graceful_shutdown", "(raylet)", "StreamingExecutor",

@@ -18,17 +18,22 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from orchestrator.errors import DataError
-from tests.conftest import run_cli
+from tests.conftest import error_here, run_cli
 
 pytestmark = pytest.mark.ray
 
 
-def _train(tmp_path: Path, data: dict, model: dict, timeout: float = 300):
+def _spec_file(tmp_path: Path, data: dict, model: dict) -> Path:
     spec = {"name": "hostile", "data": {"label": "label", **data}, "model": model,
             "train": {"epochs": 1, "batch_size": 16, "max_failures": 0}, "scaling": {"workers": 1},
             "checkpoint": {"metric": "val_loss"}}
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _train(tmp_path: Path, data: dict, model: dict, timeout: float = 300):
+    path = _spec_file(tmp_path, data, model)
     t0 = time.monotonic()
     r = run_cli("train", str(path), "-o", str(tmp_path / "runs"), timeout=timeout)
     return r, time.monotonic() - t0
@@ -63,15 +68,16 @@ def test_an_image_path_to_dev_zero_fails_the_run_naming_the_file_at_once(tmp_pat
     assert took < 120, took
 
 
-def test_a_ragged_sequence_is_named_by_its_row_in_the_file(tmp_path):
+def test_a_ragged_sequence_is_named_by_its_row_in_the_file(ray_session, tmp_path):
+    """Found after Ray has started: run in this process (the /dev/zero test above goes through the CLI)."""
     rng = np.random.default_rng(0)
     seqs = [rng.normal(size=(rng.integers(2, 6), 2)).tolist() for _ in range(60)]
     seqs[5] = [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]  # three values a step where every other row has two
     path = tmp_path / "seq.parquet"
     pd.DataFrame({"readings": seqs, "label": [i % 2 for i in range(60)]}).to_parquet(path)
-    r, _ = _train(tmp_path, {"source": str(path), "sequence": {"column": "readings"}}, {"arch": "rnn", "hidden": 8})
-    line = _one_error_line(r)
-    assert f"{path}: row 5, column 'readings': its steps hold 3 values, those of row 0 hold 2" in line, line
+    message = error_here("train", _spec_file(tmp_path, {"source": str(path), "sequence": {"column": "readings"}}, {"arch": "rnn", "hidden": 8}),
+                         tmp_path / "runs")
+    assert f"{path}: row 5, column 'readings': its steps hold 3 values, those of row 0 hold 2" in message, message
 
 
 # ------------------------------------------------------------------------------ generated data

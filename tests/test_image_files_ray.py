@@ -20,7 +20,7 @@ from orchestrator.data.ingest import prepare_data
 from orchestrator.data.preprocess import assign_splits
 from orchestrator.spec import load_spec, parse_spec
 from orchestrator.train.checkpoint import load_model
-from tests.conftest import run_cli, run_here
+from tests.conftest import error_here, run_cli, run_here
 
 pytestmark = pytest.mark.ray
 
@@ -129,22 +129,28 @@ def test_image_bytes_and_rgb_are_decoded_and_resized(ray_session, tmp_path):
     np.testing.assert_allclose(batch["x"][:, 0], batch["x"][:, 2])  # grey to RGB: equal channels
 
 
-@pytest.mark.parametrize("broken", ["missing", "not-an-image"])
-def test_a_missing_or_unreadable_image_file_is_named(tmp_path, broken):
+def test_a_missing_image_file_is_named_before_ray_starts(tmp_path):
     df = _table(tmp_path, 40)
     bad = tmp_path / "imgs" / "017.png"
-    if broken == "missing":
-        bad.unlink()
-    else:
-        bad.write_bytes(b"this is not a png")
+    bad.unlink()
     df.to_parquet(tmp_path / "images.parquet")
     r = _train(tmp_path, _spec(tmp_path / "images.parquet"))
     err = r.stderr
     assert r.returncode == 2, r.stdout + err
     assert "Traceback" not in err and len(err.strip().splitlines()) < 15, err
     (line,) = [l for l in err.splitlines() if l.startswith("error:")]
-    assert str(bad) in line and "'path'" in line, err
-    assert ("image file not found" if broken == "missing" else "not a readable image") in line, err
-    if broken == "missing":  # found by the checks before Ray starts: no run directory
-        assert not (tmp_path / "runs").exists(), list((tmp_path / "runs").rglob("*"))
-    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").glob("*/best_checkpoint"))
+    assert str(bad) in line and "'path'" in line and "image file not found" in line, err
+    assert not (tmp_path / "runs").exists(), list((tmp_path / "runs").rglob("*"))  # no run directory
+
+
+def test_an_unreadable_image_file_is_named(ray_session, tmp_path):
+    """Found while reading the images, after Ray has started: run in this process."""
+    df = _table(tmp_path, 40)
+    bad = tmp_path / "imgs" / "017.png"
+    bad.write_bytes(b"this is not a png")
+    df.to_parquet(tmp_path / "images.parquet")
+    p = tmp_path / "job.yaml"
+    p.write_text(yaml.safe_dump(_spec(tmp_path / "images.parquet")))
+    message = error_here("train", p, tmp_path / "runs")
+    assert str(bad) in message and "'path'" in message and "not a readable image" in message, message
+    assert not list((tmp_path / "runs").glob("*/best_checkpoint"))
