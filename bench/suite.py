@@ -169,12 +169,12 @@ def plain_train(work: Path, spec: Path, workers: int, threads: int, timeout: flo
 MODELS = ("mlp", "cnn")
 
 
-def section_epoch(work: Path, quick: bool, say, models: tuple[str, ...] = MODELS) -> dict:
+def section_epoch(work: Path, quick: bool, say, models: tuple[str, ...] = MODELS, worker_counts: tuple[int, ...] = (1, 2)) -> dict:
     sizes = {"mlp": (3 if quick else 6, 12_000 if quick else 120_000), "cnn": (3 if quick else 10, 0)}
     sizes = {m: sizes[m] for m in models}
     out: dict[str, Any] = {"steady_state": "first epoch skipped, median of the rest", "runs": {}}
     for model, (epochs, rows) in sizes.items():
-        for workers in (1, 2):
+        for workers in worker_counts:
             plan = worker_plan(workers)
             spec = write_spec(work, model, workers, epochs, rows)
             say(f"epoch: {model}, {workers} worker(s) x {plan.torch_threads} thread(s): plain PyTorch, then orchestrator train")
@@ -185,7 +185,7 @@ def section_epoch(work: Path, quick: bool, say, models: tuple[str, ...] = MODELS
                                 "cpus_per_worker": plan.cpus_per_worker, "torch_threads_per_worker": plan.torch_threads,
                                 "orchestrator": orch, "plain": plain,
                                 "ratio_orchestrator_over_plain": round(orch["steady_epoch_s"] / plain["steady_epoch_s"], 4)}
-    for model in sizes:
+    for model in sizes if set(worker_counts) == {1, 2} else ():
         one, two = out["runs"][f"{model}_1w"], out["runs"][f"{model}_2w"]
         out[f"scaling_{model}"] = {
             "orchestrator_2w_over_1w": round(two["orchestrator"]["steady_epoch_s"] / one["orchestrator"]["steady_epoch_s"], 4),
@@ -410,6 +410,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes and few epochs: a smoke test of the suite, not a measurement")
     ap.add_argument("--out", type=Path, help="result file (default bench/results/speed[-quick]-<date>-<commit>.json)")
     ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated models of the epoch section, of: {','.join(MODELS)} (default: all)")
+    ap.add_argument("--workers", default="1,2", help="comma-separated worker counts of the epoch section, of: 1,2 (default: both; "
+                    "the scaling figure needs both)")
     ap.add_argument("--keep", action="store_true", help="keep the runs' folders and logs (their path is printed)")
     a = ap.parse_args(argv)
     only = [s.strip() for s in a.only.split(",") if s.strip()]
@@ -419,6 +421,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     models = tuple(m.strip() for m in a.models.split(",") if m.strip())
     if not models or any(m not in MODELS for m in models):
         ap.error(f"--models: choose from {', '.join(MODELS)}")
+    worker_counts = tuple(sorted({int(w) for w in a.workers.split(",") if w.strip().isdigit()}))
+    if not worker_counts or not set(worker_counts) <= {1, 2} or len(worker_counts) != len([w for w in a.workers.split(",") if w.strip()]):
+        ap.error("--workers: choose from 1,2")
 
     from rich.console import Console
 
@@ -431,6 +436,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     git = git_commit()
     res: dict[str, Any] = {"command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]), **git,
                            "date": datetime.datetime.now().isoformat(timespec="seconds"), "quick": a.quick, "sections": only, "models": list(models),
+                           "worker_counts": list(worker_counts),
                            "machine": machine(), "load_average_before": [round(x, 2) for x in os.getloadavg()]}
     say(f"suite: {', '.join(only)}{' (quick)' if a.quick else ''}; load average {res['load_average_before']} on {os.cpu_count()} CPUs; work in {work}")
     t0 = time.perf_counter()
@@ -439,7 +445,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             if name == "startup":
                 res["startup"] = section_startup(work, a.quick, say, res.get("epoch"))
             elif name == "epoch":
-                res["epoch"] = section_epoch(work, a.quick, say, models)
+                res["epoch"] = section_epoch(work, a.quick, say, models, worker_counts)
             else:
                 res[name] = globals()[f"section_{name}"](work, a.quick, say)
     except BaseException:

@@ -23,8 +23,9 @@ def _positive(v) -> bool:
 @pytest.mark.slow
 def test_quick_suite_writes_the_epoch_and_ingest_figures(tmp_path):
     out = tmp_path / "speed.json"
-    # the MLP alone: the CNN's runs go through the same code (and took half of this test's 210 s)
-    p = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", "epoch,ingest", "--models", "mlp", "--out", str(out)],
+    # the MLP on one worker alone: the CNN's runs and two workers' go through the same code (and
+    # took more than half of this test's 210 s)
+    p = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", "epoch,ingest", "--models", "mlp", "--workers", "1", "--out", str(out)],
                        cwd=ROOT, capture_output=True, text=True, timeout=1500)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     res = json.loads(out.read_text())
@@ -34,7 +35,7 @@ def test_quick_suite_writes_the_epoch_and_ingest_figures(tmp_path):
     assert res["sections"] == ["epoch", "ingest"] and "startup" not in res and "quickstart" not in res
 
     runs = res["epoch"]["runs"]
-    assert set(runs) == {"mlp_1w", "mlp_2w"} and res["models"] == ["mlp"]
+    assert set(runs) == {"mlp_1w"} and res["models"] == ["mlp"] and res["worker_counts"] == [1]
     for key, r in runs.items():
         for side in ("orchestrator", "plain"):
             times = r[side]["epoch_times_s"]
@@ -46,7 +47,7 @@ def test_quick_suite_writes_the_epoch_and_ingest_figures(tmp_path):
         phases = r["orchestrator"]["timings"]["phases_s"]
         assert {"ray_start", "data_preparation", "worker_group_start", "training_epochs", "after_last_epoch", "report"} <= set(phases)
         assert _positive(r["orchestrator"]["timings"]["start_to_first_step_s"])
-    assert all(_positive(v) for v in res["epoch"]["scaling_mlp"].values()) and "scaling_cnn" not in res["epoch"]
+    assert "scaling_mlp" not in res["epoch"] and "scaling_cnn" not in res["epoch"]  # needs both worker counts
 
     ing = res["ingest"]
     for k in ("ray_data_shard", "ray_data_shard_no_shuffle", "dataloader_in_memory", "dataloader_in_memory_batched"):
@@ -54,9 +55,9 @@ def test_quick_suite_writes_the_epoch_and_ingest_figures(tmp_path):
     assert _positive(ing["ratio_ray_data_over_dataloader"])
 
     figures = res["figures"]
-    for key in ("epoch_ratio_mlp_1w", "scaling_mlp_2w_over_1w", "ingest_ratio"):
+    for key in ("epoch_ratio_mlp_1w", "ingest_ratio"):
         assert _positive(figures[key]), key
-    assert "epoch_ratio_cnn_1w" not in figures
+    assert "epoch_ratio_cnn_1w" not in figures and "scaling_mlp_2w_over_1w" not in figures
     goals = {g["key"]: g for g in res["goals"]}
     assert goals["epoch_ratio_mlp_1w"]["value"] == figures["epoch_ratio_mlp_1w"]
     assert goals["quickstart_wall_s"]["value"] is None  # not selected: recorded as not run
