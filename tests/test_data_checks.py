@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -109,3 +111,32 @@ def test_infinite_values_are_counted_and_refused_by_the_transform():
     with pytest.raises(ValueError, match=r"column 'a': \+inf/-inf values cannot be standardised"):
         pre.transform_features(df)
     assert np.isfinite(pre.transform_features(df.iloc[[0, 3]])).all()  # NaN is still imputed
+
+
+def test_a_hive_partitioned_folder_is_checked_from_one_listing(tmp_path):
+    """`city=...` folders are a column, as Ray Data reads them; markers and hidden files are no data;
+    the rows and the label's classes are read from the files that one listing found."""
+    from orchestrator.data.files import list_source
+    from orchestrator.data.preflight import check_data
+
+    folder = tmp_path / "table"
+    for city in ("oslo", "rome"):
+        (folder / f"city={city}").mkdir(parents=True)
+        _frame().drop(columns="city").to_parquet(folder / f"city={city}" / "part-0.parquet")
+        (folder / f"city={city}" / ".part-0.parquet.crc").write_text("x")
+    (folder / "_SUCCESS").write_text("")
+    listing = list_source(str(folder))
+    assert listing.is_dir and [f.base_name for f in listing.files] == ["part-0.parquet"] * 2
+    assert listing.bytes == sum(p.stat().st_size for p in folder.rglob("part-0.parquet"))
+
+    spec = _spec(tmp_path, source=str(folder), format="parquet", features=["a", "city"], categorical=["city"])
+    check = check_data(spec)
+    assert check.ok, check.problems
+    assert check.rows == 40 and check.columns.categorical == ["city"]
+
+    # the partition column as the label: its classes are read from the listed files
+    by_city = _spec(tmp_path, source=str(folder), format="parquet", features=["a"], label="city", task="classification")
+    assert check_data(by_city).ok
+    shutil.rmtree(folder / "city=rome")
+    problems = check_data(by_city).problems
+    assert problems and "holds one class only ('oslo')" in problems[0], problems

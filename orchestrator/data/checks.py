@@ -4,14 +4,13 @@ types. `run` and `train` make them before Ray starts, `validate` with the spec's
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Optional
 
 import pyarrow as pa
 
-from orchestrator.data.files import hidden, shown
+from orchestrator.data.files import Listing, list_source, shown
 from orchestrator.data.rows import locate_non_utf8
 from orchestrator.errors import DataError
 from orchestrator.spec import FORMAT_EXTENSIONS, JobSpec, is_uri, task_problems
@@ -47,27 +46,19 @@ class Columns:
 EXTENSIONS = FORMAT_EXTENSIONS
 
 
-def check_source_files(src: str, fmt: str) -> Optional[bool]:
+def check_source_files(src: str, fmt: str, listing: Optional[Listing] = None) -> Optional[bool]:
     """Refuse, on the driver and before any Ray task, what Ray Data would skip or misreport.
 
     A folder must hold only `fmt` files (hidden ones aside), and no data file may be empty
     (Ray Data calls a 0-byte Parquet file "no files found" and fails on a 0-byte CSV with
     tracebacks). Returns whether `src` is a folder, or None when it cannot be listed (Ray
-    Data then reports what it finds).
+    Data then reports what it finds). `listing`: the source already listed.
     """
-    import pyarrow.fs as pafs
-
     try:
-        fs, path = pafs.FileSystem.from_uri(src) if is_uri(src) else (pafs.LocalFileSystem(), os.path.abspath(src))
-        info = fs.get_file_info(path)
-        is_dir = info.type == pafs.FileType.Directory
-        if is_dir:
-            files = [f for f in fs.get_file_info(pafs.FileSelector(path, recursive=True))
-                     if f.type == pafs.FileType.File and not hidden(f.path[len(path):])]
-        else:
-            files = [info] if info.type == pafs.FileType.File else []
+        listing = listing or list_source(src)
     except Exception:  # no rights to list, an unknown scheme...: the read itself will say
         return None
+    is_dir, files = listing.is_dir, listing.files
     exts = EXTENSIONS[fmt]
     if is_dir:
         kinds = Counter(_kind(f.base_name, exts) for f in files)

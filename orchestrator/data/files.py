@@ -5,6 +5,7 @@ the source's size."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Optional
 
 from orchestrator.spec import is_uri
@@ -29,29 +30,51 @@ def image_root(src: str) -> str:
     return src if os.path.isdir(src) else os.path.dirname(src)
 
 
-def source_bytes(src: str) -> Optional[int]:
-    """Total size of the source's files, or None when it cannot be listed."""
-    import pyarrow.fs as pafs
+@dataclass(frozen=True)
+class Listing:
+    """One listing of a source: each check that needs its files reads this rather than listing
+    the folder again (on an object store, every listing is a round trip)."""
 
-    try:
-        fs, path = pafs.FileSystem.from_uri(src) if is_uri(src) else (pafs.LocalFileSystem(), src)
-        info = fs.get_file_info(path)
-        if info.type == pafs.FileType.File:
-            return info.size
-        return sum(f.size or 0 for f in fs.get_file_info(pafs.FileSelector(path, recursive=True)) if f.type == pafs.FileType.File)
-    except Exception:
-        return None
+    src: str
+    fs: object  # pyarrow filesystem
+    path: str  # the source in `fs`
+    is_dir: bool
+    files: tuple  # pyarrow FileInfo of its data files (hidden ones aside), sorted by path; a file source: itself, if it is a file
+
+    @property
+    def bytes(self) -> int:
+        return sum(f.size or 0 for f in self.files)
+
+    def entries(self) -> list[tuple[str, object, str]]:
+        """list_files's rows."""
+        if not self.is_dir:
+            return [(self.src, self.fs, self.path)]
+        return [(shown(self.src, f.path) if is_uri(self.src) else f.path, self.fs, f.path) for f in self.files]
 
 
-def list_files(src: str) -> list[tuple[str, object, str]]:
-    """(path as the user would write it, pyarrow filesystem, path in it) of the source's data files
-    (hidden ones aside), in sorted order; a file source is its own one file."""
+def list_source(src: str) -> Listing:
+    """The source listed once (raises what pyarrow raises when it cannot be)."""
     import pyarrow.fs as pafs
 
     fs, path = pafs.FileSystem.from_uri(src) if is_uri(src) else (pafs.LocalFileSystem(), os.path.abspath(src))
     info = fs.get_file_info(path)
     if info.type != pafs.FileType.Directory:
-        return [(src, fs, path)]
-    found = sorted(f.path for f in fs.get_file_info(pafs.FileSelector(path, recursive=True))
-                   if f.type == pafs.FileType.File and not hidden(f.path[len(path):]))
-    return [(shown(src, f) if is_uri(src) else f, fs, f) for f in found]
+        return Listing(src, fs, path, False, (info,) if info.type == pafs.FileType.File else ())
+    found = sorted((f for f in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+                    if f.type == pafs.FileType.File and not hidden(f.path[len(path):])), key=lambda f: f.path)
+    return Listing(src, fs, path, True, tuple(found))
+
+
+def source_bytes(src: str, listing: Optional[Listing] = None) -> Optional[int]:
+    """Total size of the source's data files, or None when it cannot be listed (or is not there)."""
+    try:
+        listing = listing or list_source(src)
+    except Exception:
+        return None
+    return listing.bytes if listing.is_dir or listing.files else None
+
+
+def list_files(src: str, listing: Optional[Listing] = None) -> list[tuple[str, object, str]]:
+    """(path as the user would write it, pyarrow filesystem, path in it) of the source's data files
+    (hidden ones aside), in sorted order; a file source is its own one file."""
+    return (listing or list_source(src)).entries()

@@ -28,7 +28,7 @@ from orchestrator.data.checks import (
     check_columns,
     check_source_files,
 )
-from orchestrator.data.files import list_files, source_bytes
+from orchestrator.data.files import Listing, list_source
 from orchestrator.data.preprocess import SPLITS
 from orchestrator.errors import DataError, one_line
 from orchestrator.spec import JobSpec, is_uri, resolve_source
@@ -60,11 +60,18 @@ def check_data(spec: JobSpec) -> DataCheck:
     if not is_uri(src) and not os.path.exists(src):
         out.problems.append(f"{src}: data file not found (data.source in the spec)")
         return out
+    listing: Optional[Listing] = None
     try:
-        if check_source_files(src, d.format) is None and is_uri(src):
+        listing = list_source(src)  # once: every check below reads this listing
+    except Exception as e:
+        list_error = e
+    try:
+        if check_source_files(src, d.format, listing) is None and is_uri(src):
             out.notes.append(f"{src}: cannot be listed from here; the job checks it when it reads it")
             return out
-        schema, rows = _schema_and_rows(src, d.format)
+        if listing is None:  # a local source that cannot be listed (no rights...): pyarrow's reason
+            raise list_error
+        schema, rows = _schema_and_rows(listing, d.format)
     except DataError as e:
         out.problems += e.problems
         return out
@@ -80,34 +87,40 @@ def check_data(spec: JobSpec) -> DataCheck:
     except DataError as e:
         out.problems += e.problems
         return out
-    size = source_bytes(src)  # a column is read alone for sources up to LABEL_READ_MAX_BYTES
-    readable = size is not None and size <= LABEL_READ_MAX_BYTES
+    readable = listing.bytes <= LABEL_READ_MAX_BYTES  # a column is read alone for sources up to this size
     if d.series is None:  # a series is split into windows in time order, checked when it is read
         out.problems += _split_problems(spec, src, rows)
         if out.columns.task == "classification" and readable:
-            out.problems += _class_problems(spec, src)
+            out.problems += _class_problems(spec, listing)
     if out.columns.image_source == "path" and readable:
-        out.problems += _missing_image_files(spec, src, out.columns.image)
+        out.problems += _missing_image_files(spec, listing, out.columns.image)
     return out
 
 
-def _parquet(src: str):
-    """The source as pyarrow sees it, with hive-style `key=value` folders as columns (as Ray Data reads them)."""
+def _parquet(source: str | Listing):
+    """The source as pyarrow sees it, with hive-style `key=value` folders as columns (as Ray Data
+    reads them); from a listing, without listing it again."""
     import pyarrow.dataset as pads
     import pyarrow.fs as pafs
 
-    fs, path = pafs.FileSystem.from_uri(src) if is_uri(src) else (pafs.LocalFileSystem(), os.path.abspath(src))
+    if isinstance(source, Listing):
+        if not source.is_dir:
+            return pads.dataset(source.path, filesystem=source.fs, format="parquet")
+        return pads.dataset([f.path for f in source.files], filesystem=source.fs, format="parquet", partitioning="hive",
+                            partition_base_dir=source.path)
+    fs, path = pafs.FileSystem.from_uri(source) if is_uri(source) else (pafs.LocalFileSystem(), os.path.abspath(source))
     return pads.dataset(path, filesystem=fs, format="parquet", partitioning="hive", ignore_prefixes=[".", "_"])
 
 
-def _schema_and_rows(src: str, fmt: str) -> tuple[pa.Schema, Optional[int]]:
+def _schema_and_rows(listing: Listing, fmt: str) -> tuple[pa.Schema, Optional[int]]:
     """The schema Ray Data will see, and the row count where the files' metadata holds it (Parquet)."""
+    src = listing.src
     if fmt == "parquet":
-        dataset = _parquet(src)
+        dataset = _parquet(listing)
         return dataset.schema, dataset.count_rows()
     import pyarrow.csv as pacsv
 
-    files = list_files(src)
+    files = listing.entries()
     if not files:
         raise DataError(f"{src}: no {'/'.join('.' + e for e in EXTENSIONS[fmt])} files")
     shown_path, fs, path = files[0]
@@ -131,11 +144,11 @@ def _split_problems(spec: JobSpec, src: str, rows: Optional[int]) -> list[str]:
     return []
 
 
-def _class_problems(spec: JobSpec, src: str) -> list[str]:
+def _class_problems(spec: JobSpec, listing: Listing) -> list[str]:
     """Two classes or more in the label column (read alone), for sources up to LABEL_READ_MAX_BYTES."""
-    label = spec.data.label
+    label, src = spec.data.label, listing.src
     try:
-        values = set(_label_values(spec, src, label))
+        values = set(_label_values(spec, listing, label))
     except Exception:  # the column's own read reports what is wrong with it
         return []
     if not values:
@@ -152,14 +165,15 @@ def _class_problems(spec: JobSpec, src: str) -> list[str]:
     return []
 
 
-def _missing_image_files(spec: JobSpec, src: str, column: str) -> list[str]:
+def _missing_image_files(spec: JobSpec, listing: Listing, column: str) -> list[str]:
     """Local image files the column names that do not exist (the first MISSING_SHOWN, and how many)."""
     from orchestrator.data.files import image_root
     from orchestrator.data.preprocess import resolve_image_path
 
+    src = listing.src
     root = image_root(src)
     try:
-        values = _column(spec, src, column).to_pylist()
+        values = _column(spec, listing, column).to_pylist()
     except Exception:  # the column's own read reports what is wrong with it
         return []
     missing, problems = [], []
@@ -179,27 +193,27 @@ def _missing_image_files(spec: JobSpec, src: str, column: str) -> list[str]:
     return problems[: MISSING_SHOWN + 1]
 
 
-def _csv_columns(src: str, column: str):
+def _csv_columns(listing: Listing, column: str):
     """One column of each CSV file of the source, file by file."""
     import pyarrow.csv as pacsv
 
-    for _, fs, path in list_files(src):
+    for _, fs, path in listing.entries():
         with fs.open_input_stream(path, compression="detect") as f:
             yield pacsv.read_csv(f, read_options=pacsv.ReadOptions(use_threads=False),
                                  convert_options=pacsv.ConvertOptions(include_columns=[column])).column(column)
 
 
-def _column(spec: JobSpec, src: str, column: str) -> pa.ChunkedArray:
+def _column(spec: JobSpec, listing: Listing, column: str) -> pa.ChunkedArray:
     if spec.data.format == "parquet":
-        return _parquet(src).to_table(columns=[column]).column(column)
-    return pa.chunked_array([c.cast(pa.string()) for col in _csv_columns(src, column) for c in col.chunks], type=pa.string())
+        return _parquet(listing).to_table(columns=[column]).column(column)
+    return pa.chunked_array([c.cast(pa.string()) for col in _csv_columns(listing, column) for c in col.chunks], type=pa.string())
 
 
-def _label_values(spec: JobSpec, src: str, label: str) -> list:
+def _label_values(spec: JobSpec, listing: Listing, label: str) -> list:
     if spec.data.format == "parquet":
-        return _parquet(src).to_table(columns=[label]).column(label).drop_null().unique().to_pylist()
+        return _parquet(listing).to_table(columns=[label]).column(label).drop_null().unique().to_pylist()
     values: set = set()
-    for col in _csv_columns(src, label):
+    for col in _csv_columns(listing, label):
         values |= set(col.drop_null().unique().to_pylist())
         if len(values) > 1 and not isinstance(spec.train.class_weights, dict):  # a map's labels: every file's
             break
