@@ -102,7 +102,7 @@ def main() -> None:
         t0 = time.perf_counter()
         outcome = run_search(spec, run_dir, prepared, concurrent, plan, scheduler_override=scheduler)
         wall = time.perf_counter() - t0
-        test = evaluate_checkpoint(outcome.winner_checkpoint, prepared.transformed["test"])
+        test, _ = evaluate_checkpoint(outcome.winner_checkpoint, prepared.transformed["test"])
         epoch_times = [e["epoch_time_s"] for r in outcome.records for e in r.epochs if e.get("epoch_time_s")]
         startups = startup_times(run_dir, outcome.records)
         rows[scheduler] = {

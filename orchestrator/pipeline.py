@@ -135,7 +135,7 @@ def _prepare(spec: JobSpec, console: Console):
     return prepared
 
 
-def _train_once(spec: JobSpec, run: Path, prepared, plan, console: Console, timings: Timings) -> tuple[str, dict, list, dict]:
+def _train_once(spec: JobSpec, run: Path, prepared, plan, console: Console, timings: Timings) -> tuple[str, dict, Optional[dict], list, dict]:
     with timings.phase("training_imports"):
         from orchestrator.train.driver import run_training
         from orchestrator.ui import EpochProgress
@@ -154,21 +154,21 @@ def _train_once(spec: JobSpec, run: Path, prepared, plan, console: Console, timi
     extra = {"epochs_run": len(outcome.epochs), "best_epoch": outcome.best_metrics.get("epoch"),
              "best_validation": {k: v for k, v in outcome.best_metrics.items() if k.startswith(VAL_PREFIX)},
              "worker_failures": outcome.failures, "train_wall_time_s": round(outcome.wall_time_s, 1)}
-    return outcome.best_checkpoint, outcome.test_metrics, [trial], extra
+    return outcome.best_checkpoint, outcome.test_metrics, outcome.test_details, [trial], extra
 
 
-def _finish(spec: JobSpec, run: Path, best_checkpoint: str, test_metrics: dict, trials: list[dict], winner: Optional[str], extra: dict, console: Console,
-            timings: Timings) -> RunResult:
+def _finish(spec: JobSpec, run: Path, best_checkpoint: str, test_metrics: dict, test_details: Optional[dict], trials: list[dict], winner: Optional[str],
+            extra: dict, console: Console, timings: Timings) -> RunResult:
     with timings.phase("report"):
-        result = _write_outcome(spec, run, best_checkpoint, test_metrics, trials, winner, extra, console)
+        result = _write_outcome(spec, run, best_checkpoint, test_metrics, test_details, trials, winner, extra, console)
     timings.write(run)
     return result
 
 
-def _write_outcome(spec: JobSpec, run: Path, best_checkpoint: str, test_metrics: dict, trials: list[dict], winner: Optional[str], extra: dict, console: Console) -> RunResult:
+def _write_outcome(spec: JobSpec, run: Path, best_checkpoint: str, test_metrics: dict, details: Optional[dict], trials: list[dict], winner: Optional[str],
+                   extra: dict, console: Console) -> RunResult:
     from orchestrator.promote import decide
     from orchestrator.report import write_report
-    from orchestrator.train.metrics import TEST_DETAILS_FILE
     from orchestrator.ui import metrics_table
 
     decision = decide(spec.promote, test_metrics)
@@ -177,8 +177,6 @@ def _write_outcome(spec: JobSpec, run: Path, best_checkpoint: str, test_metrics:
     summary = {"name": spec.name, "status": "succeeded", "best_checkpoint": in_run(run, best_checkpoint), "metric": spec.tune_metric,
                "test": test_metrics, "promoted": decision.promoted, "promotion": decision.reason, **extra}
     write_json(run / "summary.json", summary)
-    details_file = run / TEST_DETAILS_FILE
-    details = json.loads(details_file.read_text()) if details_file.exists() else None
     write_report(run, title=f"{spec.name}: {run.name}", trials=trials, metric=spec.tune_metric, winner=winner,
                  summary={"run": run.name, "winner": winner, **{k: v for k, v in test_metrics.items()}, "promotion": decision.reason},
                  details=details)
@@ -221,8 +219,8 @@ def train_job(spec: JobSpec, spec_path: Path, *, output: Optional[Path] = None, 
     with _failure_recorded(spec, run, "train"):
         with timings.phase("data_preparation"):
             prepared = _prepare(spec, console)
-        best, test, trials, extra = _train_once(spec, run, prepared, plan, console, timings)
-        return _finish(spec, run, best, test, trials, "train", extra, console, timings)
+        best, test, details, trials, extra = _train_once(spec, run, prepared, plan, console, timings)
+        return _finish(spec, run, best, test, details, trials, "train", extra, console, timings)
 
 
 def run_job(spec: JobSpec, spec_path: Path, *, output: Optional[Path] = None, address: Optional[str] = None, verbose: bool = False, console: Optional[Console] = None,
@@ -337,7 +335,7 @@ def _search(spec: JobSpec, run: Path, prepared, search_plan: tuple, console: Con
         shutil.rmtree(best_dir)
     shutil.copytree(outcome.winner_checkpoint, best_dir)
     with console.status("evaluating the winner on the held-out test split"), timings.phase("evaluation"):
-        test = evaluate_checkpoint(str(best_dir), prepared.transformed["test"], run / TEST_DETAILS_FILE)
+        test, details = evaluate_checkpoint(str(best_dir), prepared.transformed["test"], run / TEST_DETAILS_FILE)
     w = outcome.winner
     epochs_run = sum(len(r.epochs) for r in outcome.records)
     budget = len(outcome.records) * spec.train.epochs
@@ -351,4 +349,4 @@ def _search(spec: JobSpec, run: Path, prepared, search_plan: tuple, console: Con
              "pruned_by_scheduler": pruned, "epochs_run": epochs_run, "epochs_without_pruning": budget,
              "early_stopped": sum(r.status == "EARLY_STOPPED" for r in outcome.records),
              "winner": w.trial_id, "winner_config": w.config, "search_wall_time_s": round(outcome.wall_time_s, 1)}
-    return _finish(spec, run, str(best_dir), test, trials, w.trial_id, extra, console, timings)
+    return _finish(spec, run, str(best_dir), test, details, trials, w.trial_id, extra, console, timings)

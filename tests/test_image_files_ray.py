@@ -89,6 +89,8 @@ def test_image_file_job_reads_png_paths(ray_session, tmp_path):
     assert {"test_f1", "test_precision", "test_recall", "test_roc_auc"} <= set(result.test_metrics)
     (run,) = (tmp_path / "runs").iterdir()
     assert json.loads((run / "test_metrics.json").read_text())["test_rows"] > 0
+    # the test split's details reach the report: its confusion matrix and per-class table
+    assert (run / "confusion_matrix.png").stat().st_size > 0 and "per class, test split" in (run / "report.html").read_text()
     pre = load_model(run / "best_checkpoint").preprocessor
     assert sum(pre.class_counts) == pre.train_rows and len(pre.class_counts) == 2
     assert pre.image_source == "path" and pre.image_root == str(tmp_path) and pre.image_shape == [1, 8, 8]

@@ -67,7 +67,7 @@ def test_failing_trials_do_not_abort_the_search_and_the_gate_refuses(ray_session
     assert summary["failed_trials"] == 2 and summary["promoted"] is False
     report = (result.run_dir / "report.html").read_text()
     assert "boom: this model cannot be built" in report and "data:image/png;base64," in report
-    for png in ("learning_curves.png", "best_so_far.png", "params.png"):
+    for png in ("learning_curves.png", "best_so_far.png", "params.png", "confusion_matrix.png"):
         assert (result.run_dir / png).stat().st_size > 1000
 
 

@@ -436,12 +436,11 @@ def evaluate_files(plan: EvaluatePlan) -> tuple[dict, dict]:
     plan.out.mkdir(parents=True, exist_ok=True)
     details_path = plan.out / "details.json"
     with data_errors(src, plan.input_format):
-        raw = evaluate_checkpoint(str(plan.checkpoint), ds, details_path)
+        raw, details = evaluate_checkpoint(str(plan.checkpoint), ds, details_path, loaded=loaded)
     if not raw.get("test_rows"):
         raise DataError(f"{src}: no labelled rows to score (column {pre.label!r} is empty)")
     metrics = {k.removeprefix("test_"): v for k, v in raw.items()}
     (plan.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    details = json.loads(details_path.read_text())
     fig = confusion_matrix(details) if details.get("task") == "classification" else residuals(details)
     if fig is not None:
         save_png(fig, plan.out / ("confusion_matrix.png" if details.get("task") == "classification" else "residuals.png"))

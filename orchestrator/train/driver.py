@@ -169,6 +169,7 @@ class TrainOutcome:
     test_metrics: dict
     failures: list[dict] = field(default_factory=list)
     wall_time_s: float = 0.0
+    test_details: Optional[dict] = None  # metrics.split_details of the test split, for the report
 
 
 def fit_with_progress(trainer: TorchTrainer, queue: Queue, on_event: Callable[[dict], None]):
@@ -199,10 +200,13 @@ def fit_with_progress(trainer: TorchTrainer, queue: Queue, on_event: Callable[[d
     return box["result"]
 
 
-def evaluate_checkpoint(checkpoint_dir: str, dataset: ray.data.Dataset, details_path: Optional[Path] = None) -> dict[str, float]:
-    """Score a saved checkpoint on a transformed dataset (the held-out test split) on the driver;
-    with `details_path`, also write what the report draws of the split there (metrics.split_details)."""
-    loaded = load_model(checkpoint_dir)
+def evaluate_checkpoint(checkpoint_dir: str, dataset: ray.data.Dataset, details_path: Optional[Path] = None, *,
+                        loaded=None) -> tuple[dict[str, float], Optional[dict]]:
+    """Score a saved checkpoint on a transformed dataset (the held-out test split) on the driver:
+    (metrics, details). With `details_path`, details is what the report draws of the split
+    (metrics.split_details), also written there; else None. `loaded`: the checkpoint's load_model,
+    where the caller has it already."""
+    loaded = loaded or load_model(checkpoint_dir)
     task = loaded.meta["task"]
     device = torch.device("cpu")
     dtypes = batch_dtypes(loaded.meta.get("input_kind") or loaded.preprocessor.kind, task)
@@ -214,11 +218,12 @@ def evaluate_checkpoint(checkpoint_dir: str, dataset: ray.data.Dataset, details_
         pre.target_std if task == "regression" else 1.0, TEST_PREFIX, outputs=outputs,
     )
     m["test_rows"] = int(dataset.count())
+    details = None
     if details_path is not None:
         details = split_details(task, outputs["y"], outputs["outputs"], classes=pre.classes or [],
                                 target_mean=pre.target_mean, target_std=pre.target_std)
         details_path.write_text(json.dumps(details))
-    return m
+    return m, details
 
 
 def run_training(spec: JobSpec, run_dir: Path, plan: WorkerPlan, *, prepared: Optional[PreparedData] = None, on_event: Callable[[dict], None] = lambda e: None) -> TrainOutcome:
@@ -259,10 +264,10 @@ def run_training(spec: JobSpec, run_dir: Path, plan: WorkerPlan, *, prepared: Op
         shutil.rmtree(best_dir)
     best.to_directory(str(best_dir))
     best_metrics = json.loads((best_dir / "metrics.json").read_text())
-    test_metrics = evaluate_checkpoint(str(best_dir), prepared.transformed["test"], run_dir / TEST_DETAILS_FILE)
+    test_metrics, test_details = evaluate_checkpoint(str(best_dir), prepared.transformed["test"], run_dir / TEST_DETAILS_FILE)
     return TrainOutcome(
         epochs=[epochs[k] for k in sorted(epochs)], best_checkpoint=str(best_dir), best_metrics=best_metrics,
-        test_metrics=test_metrics, failures=failures, wall_time_s=time.perf_counter() - t0,
+        test_metrics=test_metrics, failures=failures, wall_time_s=time.perf_counter() - t0, test_details=test_details,
     )
 
 
