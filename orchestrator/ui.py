@@ -72,10 +72,14 @@ class EpochProgress:
             self.progress.console.print(then, style="yellow", highlight=False)
 
 
+def titled_table(title: str, **options) -> Table:
+    """A table at least as wide as its title: a narrow table (two short columns) would otherwise
+    wrap a title such as "winner on the held-out test split" mid-phrase. The title is plain text."""
+    return Table(title=Text(title), min_width=len(title), **options)
+
+
 def metrics_table(title: str, metrics: dict[str, Any]) -> Table:
-    # at least as wide as its title: a two-column table is narrower than "winner on the held-out
-    # test split", which would otherwise wrap mid-phrase
-    t = Table(title=Text(title), show_header=False, title_justify="left", min_width=len(title))
+    t = titled_table(title, show_header=False, title_justify="left")
     for k, v in metrics.items():
         t.add_row(Text(str(k)), Text(f"{v:.4f}" if isinstance(v, float) else str(v)))
     return t
@@ -140,7 +144,7 @@ class TrialTable:
         from orchestrator.tune.plan import FINAL_STATUSES
 
         done = sum(r.status in FINAL_STATUSES for r in records)
-        t = Table(title=f"trials ({done}/{self.total} done)", title_justify="left")
+        t = titled_table(f"trials ({done}/{self.total} done)", title_justify="left")
         for col in ("trial", "status", "epochs", f"best {self.metric}", "config"):
             t.add_column(col)
         colors = {"RUNNING": "cyan", "TERMINATED": "green", "PRUNED": "yellow", "EARLY_STOPPED": "yellow", "ERROR": "red"}

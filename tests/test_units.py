@@ -873,6 +873,20 @@ def test_the_metrics_table_keeps_its_title_on_one_line_at_80_columns():
     assert lines[0].strip() == "winner on the held-out test split" and "0.1019" in buf.getvalue(), buf.getvalue()
 
 
+def test_the_predictions_table_keeps_its_title_on_one_line():
+    import io
+
+    from orchestrator.cli.serve import _predictions_table
+    from orchestrator.ui import make_console
+
+    rows = [{"row": i, "prediction": "malignant", "probabilities": {"benign": 0.1, "malignant": 0.9}, "model_version": "f9af6a27cad4"}
+            for i in range(2)]
+    buf = io.StringIO()
+    make_console(file=buf, width=80).print(_predictions_table(rows))
+    assert buf.getvalue().splitlines()[0].strip() == "2 predictions (model version f9af6a27cad4)", buf.getvalue()
+    assert "0.900" in buf.getvalue()
+
+
 def test_sampled_values_are_shown_rounded_by_short_or_full_name():
     from orchestrator.ui import fmt_config
 

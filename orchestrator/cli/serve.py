@@ -20,6 +20,7 @@ from rich.text import Text
 from orchestrator.cli.common import console, err_console, friendly, quiet
 from orchestrator.errors import NotPromotedError, OrchestratorError
 from orchestrator.serve.client import DEFAULT_CHUNK, ServeTarget, curl_example, predict_file, resolve_target, test_row
+from orchestrator.ui import titled_table
 
 
 def _print_ready(console: Console, url: str, target: ServeTarget, name: str) -> None:
@@ -145,7 +146,7 @@ def serve_after_run(result, spec, console: Console, force: bool) -> None:
 
 
 def _predictions_table(rows: list[dict]) -> Table:
-    table = Table(title=f"{len(rows)} predictions (model version {rows[0].get('model_version')})" if rows else "no predictions")
+    table = titled_table(f"{len(rows)} predictions (model version {rows[0].get('model_version')})" if rows else "no predictions")
     table.add_column("row", justify="right")
     table.add_column("prediction")
     has_probs = any("probabilities" in r for r in rows)
@@ -330,7 +331,7 @@ def evaluate_command(
             init_ray(address, verbose=verbose)
         with console.status(Text(f"scoring {resolved.checkpoint} on {file}")):
             metrics, details = evaluate_files(plan)
-    table = Table(title=f"{file}: {metrics.get('rows', 0):,} labelled rows")
+    table = titled_table(f"{file}: {metrics.get('rows', 0):,} labelled rows")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in metrics.items():
@@ -338,7 +339,7 @@ def evaluate_command(
             table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
     console.print(table)
     if details.get("per_class"):
-        per = Table(title="per class")
+        per = titled_table("per class")
         for c in ("class", "precision", "recall", "F1", "rows"):
             per.add_column(c, justify="left" if c == "class" else "right")
         for c in details["per_class"]:
