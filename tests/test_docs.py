@@ -2,12 +2,11 @@
 code blocks parses (its subcommand, options and arguments, as the CLI would parse them, without
 running it), every command and option the README's table names exists, and every job-spec YAML
 they show is a valid spec or, for a partial one, names only fields the spec has. No Ray here;
-running the commands is the subject of the end-to-end tests."""
+`python -m tests.doc_commands` runs the commands (about 20 minutes)."""
 
 from __future__ import annotations
 
 import re
-import shlex
 
 import pytest
 import typer
@@ -16,10 +15,8 @@ import yaml
 from orchestrator.cli.main import app
 from orchestrator.spec import JobSpec, parse_spec
 from tests.conftest import JOBS, ROOT
+from tests.doc_commands import BLOCK, DOCS, doc_commands, orchestrator_argv
 
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-BLOCK = re.compile(r"```(\w*)\n(.*?)```", re.S)
-SHELL = ("bash", "sh", "console", "")
 
 
 def _blocks(langs) -> list[tuple[str, str]]:
@@ -27,27 +24,13 @@ def _blocks(langs) -> list[tuple[str, str]]:
 
 
 def _commands() -> list[tuple[str, list[str]]]:
-    """(where, argv after `orchestrator`) of each orchestrator command in a shell block: a line of a
-    bash block, or a `$ ` line of a console block (the others are output)."""
+    """(where, argv after `orchestrator`) of each orchestrator command the docs show (doc_commands)."""
     found = []
-    for where, body in _blocks(SHELL):
-        console = any(line.startswith("$ ") for line in body.splitlines())
-        for line in body.replace("\\\n", " ").splitlines():
-            if console:
-                if not line.startswith("$ "):
-                    continue
-                line = line[2:]
-            line = re.sub(r"\s#\s.*$", "", line).strip()  # a trailing comment
-            for part in re.split(r"&&|;|\|(?!\|)", line):
-                if not re.search(r"(^|[\s/])orchestrator\s", part):
-                    continue
-                words = shlex.split(part.replace("[", " ").replace("]", " "))
-                if "--" in words:  # `ray job submit ... -- orchestrator run ...`
-                    words = words[words.index("--") + 1:]
-                while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):  # VAR=value before the command
-                    words = words[1:]
-                if words and words[0].endswith("orchestrator"):
-                    found.append((f"{where}: {part.strip()}", words[1:]))
+    for c in doc_commands():
+        for part in re.split(r"&&|;|\|(?!\|)", c.line):
+            argv = orchestrator_argv(part)
+            if argv is not None:
+                found.append((f"{c.doc}: {part.strip()}", argv))
     return found
 
 
