@@ -65,16 +65,16 @@ def list_source(src: str) -> Listing:
     return Listing(src, fs, path, True, tuple(found))
 
 
-def source_bytes(src: str, listing: Optional[Listing] = None) -> Optional[int]:
+def source_bytes(src: str) -> Optional[int]:
     """Total size of the source's data files, or None when it cannot be listed (or is not there)."""
     try:
-        listing = listing or list_source(src)
+        listing = list_source(src)
     except Exception:
         return None
     return listing.bytes if listing.is_dir or listing.files else None
 
 
-def list_files(src: str, listing: Optional[Listing] = None) -> list[tuple[str, object, str]]:
+def list_files(src: str) -> list[tuple[str, object, str]]:
     """(path as the user would write it, pyarrow filesystem, path in it) of the source's data files
     (hidden ones aside), in sorted order; a file source is its own one file."""
-    return (listing or list_source(src)).entries()
+    return list_source(src).entries()
