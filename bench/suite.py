@@ -185,12 +185,13 @@ def section_epoch(work: Path, quick: bool, say, models: tuple[str, ...] = MODELS
                                 "cpus_per_worker": plan.cpus_per_worker, "torch_threads_per_worker": plan.torch_threads,
                                 "orchestrator": orch, "plain": plain,
                                 "ratio_orchestrator_over_plain": round(orch["steady_epoch_s"] / plain["steady_epoch_s"], 4)}
-    for model in sizes if set(worker_counts) == {1, 2} else ():
-        one, two = out["runs"][f"{model}_1w"], out["runs"][f"{model}_2w"]
-        out[f"scaling_{model}"] = {
-            "orchestrator_2w_over_1w": round(two["orchestrator"]["steady_epoch_s"] / one["orchestrator"]["steady_epoch_s"], 4),
-            "plain_2w_over_1w": round(two["plain"]["steady_epoch_s"] / one["plain"]["steady_epoch_s"], 4),
-        }
+    if set(worker_counts) == {1, 2}:  # the scaling figure compares the two
+        for model in sizes:
+            one, two = out["runs"][f"{model}_1w"], out["runs"][f"{model}_2w"]
+            out[f"scaling_{model}"] = {
+                "orchestrator_2w_over_1w": round(two["orchestrator"]["steady_epoch_s"] / one["orchestrator"]["steady_epoch_s"], 4),
+                "plain_2w_over_1w": round(two["plain"]["steady_epoch_s"] / one["plain"]["steady_epoch_s"], 4),
+            }
     return out
 
 
@@ -421,9 +422,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     models = tuple(m.strip() for m in a.models.split(",") if m.strip())
     if not models or any(m not in MODELS for m in models):
         ap.error(f"--models: choose from {', '.join(MODELS)}")
-    worker_counts = tuple(sorted({int(w) for w in a.workers.split(",") if w.strip().isdigit()}))
-    if not worker_counts or not set(worker_counts) <= {1, 2} or len(worker_counts) != len([w for w in a.workers.split(",") if w.strip()]):
+    counts = [w.strip() for w in a.workers.split(",") if w.strip()]
+    if not counts or any(w not in ("1", "2") for w in counts) or len(set(counts)) != len(counts):
         ap.error("--workers: choose from 1,2")
+    worker_counts = tuple(sorted(map(int, counts)))
 
     from rich.console import Console
 

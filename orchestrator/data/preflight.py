@@ -97,19 +97,15 @@ def check_data(spec: JobSpec) -> DataCheck:
     return out
 
 
-def _parquet(source: str | Listing):
+def _parquet(listing: Listing):
     """The source as pyarrow sees it, with hive-style `key=value` folders as columns (as Ray Data
-    reads them); from a listing, without listing it again."""
+    reads them), from its listing (hidden files already left out) rather than listing it again."""
     import pyarrow.dataset as pads
-    import pyarrow.fs as pafs
 
-    if isinstance(source, Listing):
-        if not source.is_dir:
-            return pads.dataset(source.path, filesystem=source.fs, format="parquet")
-        return pads.dataset([f.path for f in source.files], filesystem=source.fs, format="parquet", partitioning="hive",
-                            partition_base_dir=source.path)
-    fs, path = pafs.FileSystem.from_uri(source) if is_uri(source) else (pafs.LocalFileSystem(), os.path.abspath(source))
-    return pads.dataset(path, filesystem=fs, format="parquet", partitioning="hive", ignore_prefixes=[".", "_"])
+    if not listing.is_dir:
+        return pads.dataset(listing.path, filesystem=listing.fs, format="parquet")
+    return pads.dataset([f.path for f in listing.files], filesystem=listing.fs, format="parquet", partitioning="hive",
+                        partition_base_dir=listing.path)
 
 
 def _schema_and_rows(listing: Listing, fmt: str) -> tuple[pa.Schema, Optional[int]]:

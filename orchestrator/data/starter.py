@@ -208,15 +208,16 @@ def _first_image_shape(paths: pd.Series, source: str, spec_dir: str) -> list[int
 
 def read_sample(source: str, fmt: str) -> tuple[pa.Schema, pd.DataFrame]:
     """The schema Ray Data will see (data/preflight.py) and the first SAMPLE_ROWS rows."""
-    from orchestrator.data.files import list_files
+    from orchestrator.data.files import list_source
     from orchestrator.data.preflight import _parquet
 
+    listing = list_source(source)
     if fmt == "parquet":
-        dataset = _parquet(source)
+        dataset = _parquet(listing)
         return dataset.schema, dataset.head(SAMPLE_ROWS).to_pandas()
     import pyarrow.csv as pacsv
 
-    files = list_files(source)
+    files = listing.entries()
     if not files:
         raise DataError(f"{source}: no CSV files")
     _, fs, path = files[0]
