@@ -49,7 +49,7 @@ def main(out: Path) -> None:
         cluster.wait_for_nodes()
         result = train_job(load_spec(spec_path), spec_path, output=out / "runs", address=cluster.address, console=Console(stderr=True))
         nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
-        workers = list_actors(filters=[("class_name", "=", "RayTrainWorker")], detail=True, limit=100, raise_on_missing_output=False)
+        workers = list_actors(address=cluster.address, filters=[("class_name", "=", "RayTrainWorker")], detail=True, limit=100, raise_on_missing_output=False)
         (out / "result.json").write_text(json.dumps({
             "nodes": nodes,
             "worker_nodes": sorted(w.node_id for w in workers),

@@ -34,9 +34,13 @@ def _search_spec(data_dir, workers=2, **tune):
 
 
 def _actor_count(class_name: str) -> int:
+    import ray
     from ray.util.state import list_actors
 
-    return len(list_actors(filters=[("class_name", "=", class_name)], limit=10_000, raise_on_missing_output=False))
+    # this session's cluster by address: without one the State API looks for a Ray instance on the
+    # machine and refuses when it finds several (another test process's, a CLI run's)
+    return len(list_actors(address=ray.get_runtime_context().gcs_address, filters=[("class_name", "=", class_name)],
+                           limit=10_000, raise_on_missing_output=False))
 
 
 # workers=2: every trial runs a TorchTrainer with a DDP worker group; workers=1: every trial
