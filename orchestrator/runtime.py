@@ -10,6 +10,7 @@ import sys
 import tempfile
 from typing import Optional, Sequence
 
+from orchestrator.ports import free_port, unassigned_port
 from orchestrator.train.plan import ClusterResources
 
 HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
@@ -86,8 +87,8 @@ def init_ray(address: Optional[str] = None, *, verbose: bool = False, num_cpus: 
         # resolve_ip_for_localhost), and every listener that binds loopback for a loopback node
         # address (agents, metrics exporters, gRPC servers) then binds all interfaces. Ray's switch
         # for single-machine nodes (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, the default on macOS and
-        # Windows) keeps 127.0.0.1; the driver read it at import, hence the constant too.
-        from ray._private import ray_constants
+        # Windows) keeps 127.0.0.1 (ray_internals.start_embedded_node).
+        from orchestrator import ray_internals
 
         started_env[SINGLE_MACHINE_ENV] = "0"
         hidden = [*secret_env]
@@ -100,20 +101,16 @@ def init_ray(address: Optional[str] = None, *, verbose: bool = False, num_cpus: 
         os.environ.update(started_env)
         for k in hidden:
             os.environ.pop(k, None)
-        single_machine = ray_constants.ENABLE_RAY_CLUSTER
-        ray_constants.ENABLE_RAY_CLUSTER = False
         try:
-            # address="local": never join another cluster found on this machine by accident
-            ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=True, dashboard_host="127.0.0.1", num_cpus=num_cpus, **kwargs)
+            ray_internals.start_embedded_node(include_dashboard=True, dashboard_host="127.0.0.1", num_cpus=num_cpus, **kwargs)
         finally:
-            ray_constants.ENABLE_RAY_CLUSTER = single_machine
             for k, v in previous.items():
                 if v is None:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
         if watched:
-            watchdog.watch_session(ray._private.worker._global_node.get_session_dir_path())
+            watchdog.watch_session(ray_internals.session_dir())
         node_env = {**os.environ, **started_env}
         serve_ingress.clear()
         serve_ingress["haproxy"] = node_env.get(SERVE_HAPROXY_ENV) == "1"
@@ -180,8 +177,8 @@ def serve_ingress_env() -> dict[str, str]:
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": d,
         "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": os.path.join(d, "server-state"),
         "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": os.path.join(d, "metrics.sock"),
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(_unassigned_port()),
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(_unassigned_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(unassigned_port()),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(unassigned_port()),
         "RAY_SERVE_HAPROXY_NBTHREAD": str(max(1, min(4, os.cpu_count() or 1))),
         # the replica runs the app on its own event loop instead of handing every ASGI message to a
         # second loop in another thread (as RAY_SERVE_THROUGHPUT_OPTIMIZED does); the app never
@@ -193,33 +190,6 @@ def serve_ingress_env() -> dict[str, str]:
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5",
     }
     return {k: v for k, v in env.items() if k not in os.environ}
-
-
-def _unassigned_port(low: int = 20000, high: int = 30000) -> int:
-    """A free port below the kernel's ephemeral range (32768+ on Linux) and above Ray's worker
-    ports (10002-19999), so that no process of the Ray node starting next gets it by chance
-    before HAProxy binds it (which happened with free_port())."""
-    import random
-    import socket
-
-    for port in random.sample(range(low, high), 200):
-        with socket.socket() as s:
-            try:
-                s.bind(("0.0.0.0", port))
-            except OSError:
-                continue
-            return port
-    return free_port()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that nothing listens on at `host` now (the kernel picks it; "0.0.0.0": on no
-    interface). The one free-port helper of the package and its tests."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def quiet_ray_data(verbose: bool = False) -> None:

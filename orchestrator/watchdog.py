@@ -29,6 +29,8 @@ from pathlib import Path
 
 import psutil
 
+from orchestrator.processes import descendants, list_processes, send, wait_gone
+
 MARKER_ENV = "ORCHESTRATOR_RAY_NODE"
 GRACE_S = 3.0
 _held_write_ends: list[int] = []
@@ -74,11 +76,9 @@ def _tell(what: str, path: str) -> None:
 
 def node_processes(marker: str, session_dirs: list[str] = ()) -> list[int]:
     """Pids of the node started with `marker` and of everything below them, this process left out."""
-    from orchestrator.submit.local_cluster import _descendants, list_processes
-
     procs = list_processes()
     roots = {p.pid for p in procs.values() if not p.zombie and (p.environ.get(MARKER_ENV) == marker or _has_open_file_in(p.pid, session_dirs))}
-    return [pid for pid in _descendants(roots, procs) if pid != os.getpid()]
+    return [pid for pid in descendants(roots, procs) if pid != os.getpid()]
 
 
 def _has_open_file_in(pid: int, folders: list[str]) -> bool:
@@ -95,15 +95,13 @@ def _has_open_file_in(pid: int, folders: list[str]) -> bool:
 
 def stop_node(marker: str, session_dirs: list[str] = (), grace_s: float = GRACE_S) -> int:
     """SIGTERM every process of the node, SIGKILL what is left after `grace_s`; returns how many."""
-    from orchestrator.submit.local_cluster import _signal, _wait_gone
-
     pids = node_processes(marker, session_dirs)
-    _signal(pids, signal.SIGTERM)
-    left = _wait_gone(pids, grace_s)
+    send(pids, signal.SIGTERM)
+    left = wait_gone(pids, grace_s)
     # and whatever a dying raylet started meanwhile
     left = sorted(set(left) | set(node_processes(marker, session_dirs)))
-    _signal(left, signal.SIGKILL)
-    _wait_gone(left, 5.0)
+    send(left, signal.SIGKILL)
+    wait_gone(left, 5.0)
     return len(set(pids) | set(left))
 
 

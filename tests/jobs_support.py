@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from orchestrator.runtime import free_port  # noqa: F401  (the one free-port helper, for the tests too)
+from orchestrator.ports import free_port  # noqa: F401  (the one free-port helper, for the tests too)
 from tests.conftest import ROOT, spec_dict
 
 # Variables of the developer's shell that would change which cluster or token a command uses.

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from orchestrator.runtime import free_port
+from orchestrator.ports import free_port
 
 
 def main(out: Path) -> None:

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Optional
 
 import httpx
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -27,7 +26,7 @@ import torch
 from orchestrator.data.bundled import bundled_frame
 from orchestrator.data.preprocess import Preprocessor, assign_splits
 from orchestrator.models.build import build_model, forward
-from orchestrator.runtime import free_port  # noqa: F401  (the one free-port helper, for the tests too)
+from orchestrator.ports import free_port  # noqa: F401  (the one free-port helper, for the tests too)
 from orchestrator.train.checkpoint import load_model, write_checkpoint
 from tests.conftest import ROOT
 

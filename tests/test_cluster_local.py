@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import OrchestratorError
+from orchestrator.processes import Proc, list_processes
 from orchestrator.submit import local_cluster as cl
 from tests.conftest import ROOT
 from tests.jobs_support import invoker
@@ -85,17 +86,17 @@ def test_cluster_processes_are_its_own_and_their_descendants_only():
     st = _state()
     env = {"PATH": "/bin", cl.MARKER_ENV: "m1"}
     procs = {p.pid: p for p in [
-        cl.Proc(10, 1, "/x/ray/core/src/ray/gcs/gcs_server --log_dir=/tmp/orch-ray-aaa/session_1/logs", env, False),
-        cl.Proc(11, 1, "/x/raylet/raylet --session_dir=/tmp/orch-ray-aaa/session_1", {}, False),  # env unreadable: temp dir
-        cl.Proc(12, 11, "ray::IDLE", {}, False),                    # a worker: descendant of the raylet
-        cl.Proc(13, 12, "orchestrator run job.yaml", {}, False),     # a job driver below it
-        cl.Proc(14, 1, "python -m ray.util.client.server --address=10.0.0.1:6390", env, False),  # marker only
-        cl.Proc(15, 11, "ray::IDLE", {}, True),                     # zombie
+        Proc(10, 1, "/x/ray/core/src/ray/gcs/gcs_server --log_dir=/tmp/orch-ray-aaa/session_1/logs", env, False),
+        Proc(11, 1, "/x/raylet/raylet --session_dir=/tmp/orch-ray-aaa/session_1", {}, False),  # env unreadable: temp dir
+        Proc(12, 11, "ray::IDLE", {}, False),                    # a worker: descendant of the raylet
+        Proc(13, 12, "orchestrator run job.yaml", {}, False),     # a job driver below it
+        Proc(14, 1, "python -m ray.util.client.server --address=10.0.0.1:6390", env, False),  # marker only
+        Proc(15, 11, "ray::IDLE", {}, True),                     # zombie
         # another Ray on the same machine: other marker, other temp dir, its own workers
-        cl.Proc(20, 1, "/x/raylet/raylet --session_dir=/tmp/ray/session_9", {cl.MARKER_ENV: "m10"}, False),
-        cl.Proc(21, 20, "ray::IDLE", {}, False),
-        cl.Proc(22, 1, "/x/raylet/raylet --session_dir=/tmp/orch-ray-aaab/session_2", {}, False),  # temp dir prefix only
-        cl.Proc(23, 1, "tail -f /tmp/orch-ray-aaa/session_1/logs/raylet.out", {"PATH": "/bin"}, False),  # the user's, not Ray's
+        Proc(20, 1, "/x/raylet/raylet --session_dir=/tmp/ray/session_9", {cl.MARKER_ENV: "m10"}, False),
+        Proc(21, 20, "ray::IDLE", {}, False),
+        Proc(22, 1, "/x/raylet/raylet --session_dir=/tmp/orch-ray-aaab/session_2", {}, False),  # temp dir prefix only
+        Proc(23, 1, "tail -f /tmp/orch-ray-aaa/session_1/logs/raylet.out", {"PATH": "/bin"}, False),  # the user's, not Ray's
     ]}
     assert cl.cluster_processes(st, procs) == [10, 11, 12, 13, 14]
 
@@ -153,14 +154,14 @@ def test_remote_example_is_a_valid_launcher_config_with_auth_on_and_no_public_da
 
 
 def test_processes_of_this_machine_with_their_parent_command_line_and_environment(tmp_path):
-    """list_processes reads the real process table (psutil); a marked child is a cluster of its own and stops."""
+    """processes.list_processes reads the real process table (psutil); a marked child is a cluster of its own and stops."""
     import os
     import subprocess
     import sys
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env={**os.environ, cl.MARKER_ENV: "m-child"})
     try:
-        procs = cl.list_processes()
+        procs = list_processes()
         me, kid = procs[os.getpid()], procs[child.pid]
         assert me.ppid == os.getppid() and not me.zombie
         assert kid.ppid == os.getpid() and "time.sleep(60)" in kid.args and kid.environ[cl.MARKER_ENV] == "m-child"

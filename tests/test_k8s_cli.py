@@ -14,7 +14,7 @@ from orchestrator.cli.cluster import cluster_k8s_app
 from orchestrator.cli.k8s import k8s_app, submit_k8s
 from orchestrator.k8s import client as kc
 from orchestrator.k8s.render import RenderOptions, render, render_rayjob, to_yaml
-from orchestrator.runtime import free_port
+from orchestrator.ports import free_port
 from orchestrator.spec import load_spec
 from tests.k8s_support import FakeKubeAPI, validation_errors
 

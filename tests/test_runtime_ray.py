@@ -128,6 +128,9 @@ def test_embedded_node_with_serve_listens_on_loopback_but_for_the_documented_grp
 
     ckpt, _ = make_checkpoint(tmp_path / "ckpt")
     port = free_port()
+    # Serve left running on this session's node by a test before this one keeps its own port (deploy
+    # joins a running Serve): start this one's proxy at the spec's port, whatever ran before
+    serve.shutdown()
     url = deploy(ckpt, ServeSpec(port=port, cpus_per_replica=0.25), name="listen-test")
     try:
         assert url == f"http://127.0.0.1:{port}"

@@ -28,9 +28,9 @@ from orchestrator.data.checks import (
     EXTENSIONS,
     MAX_AUTO_CATEGORIES,
     Columns,
-    _csv_problem,
     check_columns,
     check_source_files,
+    csv_problem,
 )
 from orchestrator.data.files import image_root, shown, source_bytes
 from orchestrator.data.preprocess import (
@@ -108,14 +108,14 @@ def data_errors(src: str, fmt: str):
     retry advice; those records go to its log file only (`ray-data.log` in the session's logs),
     as do its INFO records unless Ray logs at INFO (--verbose).
     """
-    from ray.data._internal.logging import SessionFileHandler
+    from orchestrator.ray_internals import is_ray_data_log_file
 
     shown = logging.getLogger("ray").getEffectiveLevel()
 
     def not_errors(record: logging.LogRecord) -> bool:
         return shown <= record.levelno < logging.ERROR
 
-    console = [h for h in logging.getLogger("ray.data").handlers if not isinstance(h, SessionFileHandler)]
+    console = [h for h in logging.getLogger("ray.data").handlers if not is_ray_data_log_file(h)]
     for h in console:
         h.addFilter(not_errors)
     try:
@@ -143,8 +143,8 @@ def _describe_failure(src: str, fmt: str, e: BaseException) -> str:
     m = _CSV_FAILED.search(text)
     if m:  # Ray Data's message drops pyarrow's; parse that one file again here to recover it
         path = m.group(1)
-        return f"{shown(src, path)}: cannot read as CSV: {_csv_problem(src, path) or 'unknown parse error'}"
-    lines = [l.strip() for l in text.splitlines() if l.strip() and not l.strip().startswith(_RAY_NOISE)]
+        return f"{shown(src, path)}: cannot read as CSV: {csv_problem(src, path) or 'unknown parse error'}"
+    lines = [s.strip() for s in text.splitlines() if s.strip() and not s.strip().startswith(_RAY_NOISE)]
     reason = lines[0] if lines else type(cause).__name__
     if isinstance(cause, ray.exceptions.UserCodeException):
         # Our own transform refused a value. Ray Data wraps that error in "UDF failed to process
@@ -177,7 +177,7 @@ def _image_moments(df: pd.DataFrame, *, column: str) -> pd.DataFrame:
 
 def _file_image_moments(df: pd.DataFrame, *, pre: dict, key: str = "") -> pd.DataFrame:
     """_image_moments of image files or bytes, decoded as the transform decodes them."""
-    p = _built(pre, key)
+    p = cached_preprocessor(pre, key)
     flat = p.image_pixels(df[p.image_column]).astype(np.float64).reshape(len(df), int(np.prod(p.image_shape)))
     return pd.DataFrame({"__s": flat.sum(axis=1), "__ss": (flat * flat).sum(axis=1), "__n": [flat.shape[1]] * len(df)})
 
@@ -406,7 +406,7 @@ def preprocessor_key(pre: dict) -> str:
     return hashlib.sha256(json.dumps(pre, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _built(pre: dict, key: str) -> Preprocessor:
+def cached_preprocessor(pre: dict, key: str) -> Preprocessor:
     if not key:
         return Preprocessor.from_dict(pre)
     p = _BUILT.get(key)
@@ -418,7 +418,7 @@ def _built(pre: dict, key: str) -> Preprocessor:
 
 
 def _transform(df: pd.DataFrame, *, pre: dict, key: str = "") -> dict:
-    return _built(pre, key).transform(df)
+    return cached_preprocessor(pre, key).transform(df)
 
 
 def prepare_data(spec: JobSpec) -> PreparedData:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import tempfile
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 
 from orchestrator.errors import CheckpointError, OrchestratorError, last_line
+from orchestrator.ports import bind_error
 from orchestrator.serve.app import DEFAULT_MAX_RECORDS, Intake, ModelRunner, make_api, token_digest
 from orchestrator.serve.plan import DEPLOYMENT, serve_args
 from orchestrator.spec import Autoscaling, ServeSpec
@@ -273,26 +273,15 @@ def app_builder(args: dict):
 
 def _serve_http() -> Optional[tuple[str, int]]:
     """(host, port) of the running Serve proxy, or None when Serve is not running."""
-    from ray.serve.context import _get_global_client
+    from orchestrator.ray_internals import serve_http_address
 
-    try:
-        client = _get_global_client(raise_if_no_controller_running=False)
-    except Exception:
-        return None
-    if client is None:
-        return None
-    cfg = client.http_config
-    return cfg.host, int(cfg.port)
+    return serve_http_address()
 
 
 def _check_port(host: str, port: int) -> None:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError as e:
-            raise OrchestratorError(f"cannot serve on {host}:{port}: {e.strerror} (choose another serve.port or --port)") from None
+    error = bind_error(host, port, reuse=True)
+    if error is not None:
+        raise OrchestratorError(f"cannot serve on {host}:{port}: {error.strerror} (choose another serve.port or --port)")
 
 
 def _check_checkpoint(path: str | os.PathLike) -> str:
@@ -393,10 +382,9 @@ def deploy(checkpoint_dir: str | os.PathLike, serve_spec: Optional[ServeSpec] = 
 
 def metrics_url() -> Optional[str]:
     """Ray's Prometheus endpoint on this node (the serve metrics are exported there), if known."""
-    try:
-        import ray
+    from orchestrator.ray_internals import metrics_export_url
 
-        node = ray._private.worker.global_worker.node
-        return f"http://{node.node_ip_address}:{node.metrics_export_port}/metrics"
-    except Exception:
+    try:
+        return metrics_export_url()
+    except Exception:  # not connected, or another Ray (its message is for the command that needs Ray)
         return None

@@ -278,7 +278,9 @@ def _quiet_sdk() -> None:
     """The SDK logs every upload and websocket close at INFO; our commands say what matters themselves."""
     import logging
 
-    for name in ("ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk", "ray._private.runtime_env.packaging"):
+    from orchestrator.ray_internals import JOB_SDK_LOGGERS
+
+    for name in JOB_SDK_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 

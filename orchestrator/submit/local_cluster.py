@@ -22,7 +22,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,15 +29,15 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Optional
 
-import psutil
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from orchestrator.errors import OrchestratorError, last_line
 from orchestrator.polling import poll_until
-from orchestrator.runtime import free_port
+from orchestrator.ports import bind_error, free_port
+from orchestrator.processes import Proc, alive, descendants, list_processes, send, wait_gone
 
 MARKER_ENV = "ORCHESTRATOR_CLUSTER_ID"
 HOME_ENV = "ORCHESTRATOR_HOME"
@@ -190,26 +189,6 @@ def ensure_token(folder: Path) -> Path:
 # -------------------------------------------------------------------------------- processes
 
 
-@dataclass(frozen=True)
-class Proc:
-    pid: int
-    ppid: int
-    args: str  # the command line, arguments joined by spaces
-    environ: dict[str, str]  # empty where unreadable (another user's process; macOS hides most)
-    zombie: bool
-
-
-def list_processes() -> dict[int, Proc]:
-    procs: dict[int, Proc] = {}
-    for p in psutil.process_iter(["ppid", "cmdline", "environ", "status"], ad_value=None):
-        info = p.info
-        if info["ppid"] is None:  # unreadable
-            continue
-        procs[p.pid] = Proc(p.pid, info["ppid"], " ".join(info["cmdline"] or ()), info["environ"] or {},
-                            info["status"] in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD))
-    return procs
-
-
 def cluster_processes(state: ClusterState, procs: Optional[dict[int, Proc]] = None) -> list[int]:
     """Pids of this cluster: marked by its environment variable or naming its temp dir, plus every
     descendant of those (Ray workers, job drivers). Never another Ray's processes."""
@@ -218,45 +197,7 @@ def cluster_processes(state: ClusterState, procs: Optional[dict[int, Proc]] = No
     # The temp dir on the command line only counts where the environment cannot be read (not Linux):
     # a `tail -f <temp dir>/...` of the user must not be taken for part of the cluster.
     roots = {p.pid for p in procs.values() if not p.zombie and (p.environ.get(MARKER_ENV) == state.marker if p.environ else temp in p.args)}
-    return [pid for pid in _descendants(roots, procs) if pid != os.getpid()]
-
-
-def _descendants(roots: Iterable[int], procs: dict[int, Proc]) -> list[int]:
-    """`roots` and every process below them, zombies left out."""
-    children: dict[int, list[int]] = {}
-    for p in procs.values():
-        children.setdefault(p.ppid, []).append(p.pid)
-    found, stack = set(), list(roots)
-    while stack:
-        pid = stack.pop()
-        if pid not in found:
-            found.add(pid)
-            stack += children.get(pid, [])
-    return sorted(pid for pid in found if pid in procs and not procs[pid].zombie)
-
-
-def _alive(pids: Iterable[int]) -> list[int]:
-    procs = list_processes()
-    return [p for p in pids if p in procs and not procs[p].zombie]
-
-
-def _signal(pids: Iterable[int], sig: int) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-def _wait_gone(pids: list[int], timeout: float) -> list[int]:
-    """Wait until none of `pids` runs, at most `timeout` s; returns those still running."""
-    left = list(pids)
-
-    def still_alive() -> list[int]:
-        left[:] = _alive(left)
-        return left
-
-    return poll_until(still_alive, lambda alive: not alive, timeout=timeout, interval=0.2)
+    return [pid for pid in descendants(roots, procs) if pid != os.getpid()]
 
 
 def stop_cluster_processes(state: ClusterState, grace_s: float) -> tuple[int, int]:
@@ -273,33 +214,24 @@ def stop_cluster_processes(state: ClusterState, grace_s: float) -> tuple[int, in
     gcs = [p for p in pids if "gcs_server" in procs[p].args.split(" ", 1)[0]]
     rest = [p for p in pids if p not in gcs]
     raylets = [p for p in rest if procs[p].args.split(" ", 1)[0].endswith("/raylet")]
-    raylet_tree = _descendants(raylets, procs)
-    _signal(rest, signal.SIGTERM)
-    _wait_gone(raylet_tree, grace_s)
-    _signal(gcs, signal.SIGTERM)
-    _wait_gone(gcs, min(grace_s, 5.0))
-    left = _wait_gone(rest, 1.0)
-    killed = _alive(gcs) + left
-    _signal(killed, signal.SIGKILL)
+    raylet_tree = descendants(raylets, procs)
+    send(rest, signal.SIGTERM)
+    wait_gone(raylet_tree, grace_s)
+    send(gcs, signal.SIGTERM)
+    wait_gone(gcs, min(grace_s, 5.0))
+    left = wait_gone(rest, 1.0)
+    killed = alive(gcs) + left
+    send(killed, signal.SIGKILL)
     # anything started meanwhile (or reparented away from its parent) still carries the marker
     stragglers = [p for p in cluster_processes(state) if p not in killed]
-    _signal(stragglers, signal.SIGKILL)
-    still = _wait_gone(killed + stragglers, 10)
+    send(stragglers, signal.SIGKILL)
+    still = wait_gone(killed + stragglers, 10)
     if still:
         raise OrchestratorError(f"could not stop processes {still} of local cluster {state.name!r}")
     return len(set(pids) | set(stragglers)), len(killed) + len(stragglers)
 
 
 # ---------------------------------------------------------------------------------- up/down
-
-
-def _port_free(port: int, host: str) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-        return True
 
 
 def _ray_executable() -> str:
@@ -384,7 +316,7 @@ def up(cfg: LocalClusterConfig, log=lambda line: None) -> ClusterState:
     token_file = ensure_token(folder)
     ports = {}
     for key, host, wanted in (("gcs", "0.0.0.0", cfg.port), ("dashboard", "127.0.0.1", cfg.dashboard_port)):
-        if wanted and not _port_free(wanted, host):
+        if wanted and bind_error(host, wanted) is not None:
             raise OrchestratorError(f"port {wanted} ({key}) is in use; choose another with --{'port' if key == 'gcs' else 'dashboard-port'} (0 picks a free one)")
         ports[key] = wanted or free_port(host)
     for key in ("client_server", "dashboard_agent_http", "dashboard_agent_grpc", "runtime_env_agent", "metrics_export", "node_manager", "object_manager"):

@@ -163,10 +163,10 @@ def _error_summary(trial) -> str:
     except Exception:
         pass
     text = text or str(getattr(trial, "error_msg", "") or "")
-    lines = [l.strip() for l in text.strip().splitlines() if l.strip()]
-    for l in reversed(lines):
-        if ("Error" in l or "Exception" in l) and not l.startswith(("File ", "raise ", "^")):
-            return l[:400]
+    lines = [s.strip() for s in text.strip().splitlines() if s.strip()]
+    for line in reversed(lines):
+        if ("Error" in line or "Exception" in line) and not line.startswith(("File ", "raise ", "^")):
+            return line[:400]
     return last_line(text, "unknown error")[:400]
 
 
@@ -202,8 +202,8 @@ def build_tuner(spec: JobSpec, prepared: PreparedData, plan: WorkerPlan, concurr
     # search can only match or beat the untuned config on validation.
     point = spec_point(spec) if t.include_spec_config and not has_grid else {}
     if t.search == "optuna":
-        from ray.tune.search.optuna import OptunaSearch
         from optuna.samplers import TPESampler
+        from ray.tune.search.optuna import OptunaSearch
 
         searcher = OptunaSearch(metric=metric, mode=mode, points_to_evaluate=[point] if point else None,
                                 sampler=TPESampler(seed=t.seed, n_startup_trials=min(4, t.num_samples)))
@@ -257,43 +257,6 @@ def _checkpoint_problem(d: Path) -> Optional[str]:
     return None
 
 
-def _rebase_storage(obj: Any, storage_fs_path: str) -> bool:
-    """Point every Ray StorageContext inside `obj` at `storage_fs_path`; True if one was found."""
-    from ray.train._internal.storage import StorageContext
-
-    stack, seen, found = [obj], set(), False
-    while stack:
-        o = stack.pop()
-        if id(o) in seen or isinstance(o, (str, bytes, int, float, bool, type(None))):
-            continue
-        seen.add(id(o))
-        if isinstance(o, StorageContext):
-            o.storage_fs_path, found = storage_fs_path, True
-        elif isinstance(o, dict):
-            stack += o.values()
-        elif isinstance(o, (list, tuple, set, frozenset)):
-            stack += o
-        elif hasattr(o, "__dict__") and not isinstance(o, type):
-            stack += vars(o).values()
-    return found
-
-
-def _forget_live(searcher_state: dict, trial_ids: set[str]) -> bool:
-    """Tell the saved search algorithm that these trials ended: it still counts them as running
-    (towards max_concurrent, so it would never start another trial) when Tune saved it before they did."""
-    changed = False
-    for d in [searcher_state, *(v for v in searcher_state.values() if isinstance(v, dict))]:
-        for key in ("_live_trials", "live_trials"):  # BasicVariantGenerator, ConcurrencyLimiter
-            live = d.get(key)
-            if isinstance(live, set) and live & trial_ids:
-                gone = live & trial_ids
-                d[key] = live - gone
-                if isinstance(d.get("num_unfinished_live_trials"), int):
-                    d["num_unfinished_live_trials"] = max(0, d["num_unfinished_live_trials"] - len(gone))
-                changed = True
-    return changed
-
-
 def _repair_train_snapshot(snapshot: Path, warnings: list[str]) -> None:
     """Drop missing, torn or altered checkpoints from a trial's Ray Train run (which resumes from
     its latest checkpoint, and refuses to start when a listed one is missing)."""
@@ -335,7 +298,8 @@ def prepare_restore(run_dir: Path) -> list[str]:
     - a torn or altered checkpoint would fail the trial that resumes from it.
     """
     import ray.cloudpickle as cloudpickle
-    from ray._common.utils import binary_to_hex, hex_to_binary
+
+    from orchestrator import ray_internals
 
     records = load_records(run_dir / "trials.json")
     tune_dir = run_dir / TUNE_DIR
@@ -363,24 +327,24 @@ def prepare_restore(run_dir: Path) -> list[str]:
         if not (isinstance(blob, dict) and "value" in blob):
             continue
         try:
-            manager = cloudpickle.loads(hex_to_binary(blob["value"]))
+            manager = ray_internals.load_checkpoint_manager(blob["value"])
         except Exception as e:
             raise RunDirError(f"{path}: damaged search state (the checkpoints of trial {t['trial_id']}: {type(e).__name__}); "
                               "the search cannot be resumed, run its spec again") from None
         trial_dir = tune_dir / t["relative_logdir"]
+        results, latest = ray_internals.checkpoint_results(manager)  # latest: always one of the results, Tune never deletes it
         kept = []
-        for r in manager._checkpoint_results:
+        for r in results:
             problem = _checkpoint_problem(trial_dir / Path(r.checkpoint.path).name)
             if problem is None:
                 kept.append(r)
             elif problem != "missing":  # a missing one was deleted by Tune itself after its last save
                 warnings.append(f"trial {t['trial_id']}: skipping checkpoint {problem}")
-        latest = manager._latest_checkpoint_result  # always one of the results: Tune never deletes it
         if latest is not None and not any(r is latest for r in kept):
             # resume from the newest good checkpoint, or from scratch when there is none
             latest = max(kept, key=lambda r: Path(r.checkpoint.path).name, default=None)
-        manager._checkpoint_results, manager._latest_checkpoint_result = kept, latest
-        meta["checkpoint_manager"] = {**blob, "value": binary_to_hex(cloudpickle.dumps(manager))}
+        ray_internals.set_checkpoint_results(manager, kept, latest)
+        meta["checkpoint_manager"] = {**blob, "value": ray_internals.dump_checkpoint_manager(manager)}
     for snapshot in sorted((run_dir / TRIALS_DIR).glob("trial-*/checkpoint_manager_snapshot.json")):
         _repair_train_snapshot(snapshot, warnings)
     state["trial_data"] = [[json.dumps(t, indent=2), json.dumps(m, indent=2)] for t, m in trials]
@@ -394,7 +358,7 @@ def prepare_restore(run_dir: Path) -> list[str]:
             searcher_state = cloudpickle.loads(f.read_bytes())
         except Exception as e:
             raise RunDirError(f"{f}: damaged search algorithm state ({type(e).__name__}); the search cannot be resumed, run its spec again") from None
-        if _rebase_storage(searcher_state, str(run_dir)) | _forget_live(searcher_state, finished):
+        if ray_internals.rebase_storage(searcher_state, str(run_dir)) | ray_internals.forget_live_trials(searcher_state, finished):
             tmp = f.with_suffix(".tmp")
             tmp.write_bytes(cloudpickle.dumps(searcher_state))
             tmp.replace(f)
