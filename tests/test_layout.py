@@ -136,3 +136,93 @@ def test_nothing_imports_the_cli_entry_point():
             continue
         imported = _imported_modules(path)
         assert "orchestrator.cli.main" not in imported, path
+
+
+def _import_graph(root: Path = ROOT) -> dict[str, set[str]]:
+    """module -> the package's modules it imports anywhere in its file (inside functions too)."""
+    package = root / "orchestrator"
+    modules = {_module_name(p, root) for p in package.rglob("*.py")}
+    return {_module_name(p, root): {m for m in _imported_modules(p, root) if m in modules} - {_module_name(p, root)}
+            for p in package.rglob("*.py")}
+
+
+def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_circle_counting_imports_inside_functions():
+    """A function-level import only postpones a circle: the modules still depend on each other."""
+    circles = _circles(_import_graph())
+    assert not circles, "\n".join(" <-> ".join(c) for c in circles)
+
+
+def test_the_circle_check_sees_one_through_a_function_level_import(tmp_path):
+    pkg = tmp_path / "orchestrator"
+    pkg.mkdir()
+    (pkg / "a.py").write_text("from orchestrator import b\n")
+    (pkg / "b.py").write_text("def f():\n    from orchestrator.c import g\n")
+    (pkg / "c.py").write_text("import orchestrator.a\n")
+    (pkg / "d.py").write_text("import orchestrator.a\n")
+    assert _circles(_import_graph(tmp_path)) == [["orchestrator.a", "orchestrator.b", "orchestrator.c"]]
+
+
+def _private_imports(path: Path) -> list[str]:
+    """`from orchestrator.x import _name` anywhere in the file (dunders such as __version__ aside)."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("orchestrator"):
+            out += [f"{node.module}.{a.name} (line {node.lineno})" for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+    return out
+
+
+def test_no_module_imports_a_private_name_of_another():
+    found = {str(p.relative_to(ROOT)): _private_imports(p) for p in PACKAGE.rglob("*.py")}
+    assert not {k: v for k, v in found.items() if v}
+
+
+# Ray's private modules and private ray.init arguments: reached from orchestrator/ray_internals.py only
+RAY_PRIVATE = ("ray._private", "ray._common", "ray._raylet", "._internal", "_node_ip_address=", "_system_config=", "_temp_dir=")
+
+
+def test_only_ray_internals_reaches_rays_private_apis():
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        if path == PACKAGE / "ray_internals.py":
+            continue
+        text = path.read_text()
+        imported = _imported_modules(path)
+        found += [f"{path.relative_to(ROOT)}: imports {m}" for m in sorted(imported)
+                  if m.startswith("ray") and ("._" in m or m.startswith("ray._"))]
+        found += [f"{path.relative_to(ROOT)}: {s}" for s in RAY_PRIVATE if s in text and "ray" in text]
+    assert not found, "\n".join(found)

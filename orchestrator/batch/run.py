@@ -23,8 +23,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from orchestrator.batch.plan import (ERROR, PREDICTION, READ_ROWS, SOURCE_FILE, SOURCE_ROW, SUFFIXES, EvaluatePlan, PredictPlan,
-                                     column_clashes, probability_column)
+from orchestrator.batch.plan import (
+    ERROR,
+    PREDICTION,
+    READ_ROWS,
+    SOURCE_FILE,
+    SOURCE_ROW,
+    SUFFIXES,
+    EvaluatePlan,
+    PredictPlan,
+    column_clashes,
+    probability_column,
+)
 from orchestrator.errors import DataError, OrchestratorError, shown_value
 
 FILE, ROW = "__file", "__row"  # where each row came from, carried beside the data until the output is written
@@ -383,9 +393,9 @@ def predict_files(plan: PredictPlan, on_progress: Callable[[int, int], None] = l
 def _labelled(df: pd.DataFrame, *, pre: dict, key: str, absolute_images: bool) -> dict:
     """Ray Data: rows of a labelled file -> the model's inputs and the encoded label (as training
     transforms its splits); rows without a label are left out; a bad cell names its file and row."""
-    from orchestrator.data.ingest import _built
+    from orchestrator.data.ingest import cached_preprocessor
 
-    p = _built(pre, key)
+    p = cached_preprocessor(pre, key)
     df = df[df[p.label].notna()].reset_index(drop=True)
     files, rows = df.pop(FILE), df.pop(ROW)
     if absolute_images:  # relative image paths resolve against their own file's folder

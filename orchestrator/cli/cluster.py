@@ -17,21 +17,24 @@ from typing import Optional
 import typer
 from rich.text import Text
 
-from orchestrator.cli.common import command_group, console, err_console, friendly, option_group
-from orchestrator.cli.k8s import (
-    _check_namespace,
-    _opt_context,
-    _opt_dry_run,
-    _opt_gpu_image,
-    _opt_image,
-    _opt_kubeconfig,
-    _opt_namespace,
-    _opt_storage_pvc,
-    _out,
-    _warn,
-    ownership_note,
-    render_options,
+from orchestrator.cli.common import (
+    check_namespace,
+    command_group,
+    console,
+    echo_out,
+    err_console,
+    friendly,
+    opt_context,
+    opt_dry_run,
+    opt_gpu_image,
+    opt_image,
+    opt_kubeconfig,
+    opt_namespace,
+    opt_storage_pvc,
+    option_group,
+    warn_each,
 )
+from orchestrator.cli.k8s import ownership_note, render_options
 from orchestrator.errors import OrchestratorError
 
 DEFAULT_CLUSTER_NAME = "orchestrator"
@@ -49,9 +52,9 @@ def _cluster_group() -> None:
 class KubeAPI:
     """Which namespace, through which kubeconfig and context: the options of every `cluster k8s` command."""
 
-    namespace: str = _opt_namespace()
-    kubeconfig: Optional[str] = _opt_kubeconfig()
-    context: Optional[str] = _opt_context()
+    namespace: str = opt_namespace()
+    kubeconfig: Optional[str] = opt_kubeconfig()
+    context: Optional[str] = opt_context()
 
     def connect(self):
         from orchestrator.k8s import client as kc
@@ -188,10 +191,10 @@ def up(
         None, metavar="SPEC", help="Size the cluster for this job spec's scaling section (default: 2 CPU workers)."
     ),
     name: Optional[str] = typer.Option(None, "--name", help=f"RayCluster name (default: the spec's name, else {DEFAULT_CLUSTER_NAME!r})."),
-    storage_pvc: Optional[str] = _opt_storage_pvc(),
-    image: Optional[str] = _opt_image(),
-    gpu_image: Optional[str] = _opt_gpu_image(),
-    dry_run: bool = _opt_dry_run(),
+    storage_pvc: Optional[str] = opt_storage_pvc(),
+    image: Optional[str] = opt_image(),
+    gpu_image: Optional[str] = opt_gpu_image(),
+    dry_run: bool = opt_dry_run(),
     *,
     kube: KubeAPI,
 ) -> None:
@@ -207,11 +210,11 @@ def up(
     namespace = kube.namespace
     opts = render_options(namespace=namespace, storage_pvc=storage_pvc, image=image, gpu_image=gpu_image, name=name)
     rendered = render_raycluster(base, scaling, opts, trials=trials)
-    _warn(rendered.warnings)
+    warn_each(rendered.warnings)
     cluster = rendered.main
     cname = cluster["metadata"]["name"]
     if dry_run:
-        _out(rendered.yaml() + ownership_note(rendered.objects))
+        echo_out(rendered.yaml() + ownership_note(rendered.objects))
         return
 
     from orchestrator.k8s import client as kc
@@ -254,7 +257,7 @@ def _hints(cname: str, namespace: str) -> list[str]:
 @kube_options
 def down(
     name: str = typer.Argument(DEFAULT_CLUSTER_NAME, help="RayCluster name."),
-    dry_run: bool = _opt_dry_run("Print the objects that would be deleted, as YAML, and contact nothing."),
+    dry_run: bool = opt_dry_run("Print the objects that would be deleted, as YAML, and contact nothing."),
     *,
     kube: KubeAPI,
 ) -> None:
@@ -262,13 +265,13 @@ def down(
     from orchestrator.k8s.render import RAY_API_VERSION
 
     namespace = kube.namespace
-    _check_namespace(namespace)
+    check_namespace(namespace)
     targets = [
         (RAY_API_VERSION, "RayCluster", name, namespace),
         ("networking.k8s.io/v1", "NetworkPolicy", f"{name}-ray-ingress", namespace),
     ]
     if dry_run:
-        _out("# would delete:\n" + _targets_yaml(targets))
+        echo_out("# would delete:\n" + _targets_yaml(targets))
         return
 
     from orchestrator.k8s import client as kc
@@ -289,7 +292,7 @@ def down(
 @kube_options
 def status(
     name: Optional[str] = typer.Argument(None, help="RayCluster name (default: list the namespace's RayClusters)."),
-    dry_run: bool = _opt_dry_run("Print the API request that would be made and contact nothing."),
+    dry_run: bool = opt_dry_run("Print the API request that would be made and contact nothing."),
     *,
     kube: KubeAPI,
 ) -> None:
@@ -297,7 +300,7 @@ def status(
     from orchestrator.k8s import client as kc
 
     namespace = kube.namespace
-    _check_namespace(namespace)
+    check_namespace(namespace)
     path = f"/apis/{kc.RAY_GROUP}/{kc.RAY_API_VERSION}/namespaces/{namespace}/rayclusters" + (f"/{name}" if name else "")
     if dry_run:
         typer.echo(f"GET {path}")
@@ -368,7 +371,7 @@ def scale(
     group: Optional[str] = typer.Option(None, "--group", help="Worker group (default: the only one)."),
     min_workers: Optional[int] = typer.Option(None, "--min", min=0, help="New minReplicas (default: lowered to --workers if needed)."),
     max_workers: Optional[int] = typer.Option(None, "--max", min=0, help="New maxReplicas (default: raised to --workers if needed)."),
-    dry_run: bool = _opt_dry_run("Read the RayCluster, print the JSON patch that would be sent, change nothing."),
+    dry_run: bool = opt_dry_run("Read the RayCluster, print the JSON patch that would be sent, change nothing."),
     *,
     kube: KubeAPI,
 ) -> None:
@@ -377,7 +380,7 @@ def scale(
     from orchestrator.k8s.render import scale_patch, to_yaml
 
     namespace = kube.namespace
-    _check_namespace(namespace)
+    check_namespace(namespace)
     conn = kube.connect()
     try:
         obj = kc.get(conn, "RayCluster", namespace, name)
@@ -385,7 +388,7 @@ def scale(
         raise kc.K8sError(f"no RayCluster {name} in namespace {namespace}") from None
     ops = scale_patch(obj, workers, group=group, min_replicas=min_workers, max_replicas=max_workers)
     if dry_run:
-        _out(f"# JSON patch (application/json-patch+json) for RayCluster {name} in namespace {namespace}:\n" + to_yaml([ops]))
+        echo_out(f"# JSON patch (application/json-patch+json) for RayCluster {name} in namespace {namespace}:\n" + to_yaml([ops]))
         return
     kc.patch(conn, "RayCluster", namespace, name, ops, json_patch=True)
     group_name, lo, hi = ops[0]["value"], ops[1]["value"], ops[2]["value"]

@@ -6,14 +6,21 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import re
 import typing
 from typing import Callable, Optional
 
 import typer
 from rich.text import Text
 
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import INTERRUPTED_EXIT, OrchestratorError
 from orchestrator.ui import make_console  # noqa: F401  (the CLI's consoles are made there, for pipeline too)
+
+# where the Kubernetes commands (cli/k8s.py, cli/cluster.py, submit --k8s) take their defaults from
+ENV_IMAGE = "ORCHESTRATOR_K8S_IMAGE"
+ENV_GPU_IMAGE = "ORCHESTRATOR_K8S_GPU_IMAGE"
+ENV_STORAGE_PVC = "ORCHESTRATOR_K8S_STORAGE_PVC"
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 console = make_console()
@@ -35,7 +42,7 @@ def command_group(help: str, name: Optional[str] = None) -> typer.Typer:
 
 
 def friendly(fn: Callable) -> Callable:
-    """OrchestratorError -> `error: <message>` on stderr and its exit code; Ctrl-C -> exit 130."""
+    """OrchestratorError -> `error: <message>` on stderr and its exit code; Ctrl-C -> INTERRUPTED_EXIT (130)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -43,10 +50,10 @@ def friendly(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except OrchestratorError as e:
             err_console.print(Text.assemble(("error:", "bold red"), " ", str(e)), highlight=False, soft_wrap=True)
-            raise typer.Exit(e.exit_code)
+            raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("interrupted", style="yellow")
-            raise typer.Exit(130)
+            raise typer.Exit(INTERRUPTED_EXIT) from None
 
     return wrapper
 
@@ -72,3 +79,61 @@ def option_group(name: str, group: type) -> Callable[[Callable], Callable]:
 
     return decorate
 
+
+# --------------------------------------------------- options and output shared by command groups
+
+_NS_HELP = "Kubernetes namespace."
+_KUBECONFIG_HELP = "kubeconfig file (default: $KUBECONFIG, ~/.kube/config, else in-cluster credentials)."
+
+
+def opt_namespace(default: Optional[str] = "default"):
+    return typer.Option(default, "--namespace", "-n", help=_NS_HELP)
+
+
+def opt_kubeconfig():
+    return typer.Option(None, "--kubeconfig", help=_KUBECONFIG_HELP, show_default=False)
+
+
+def opt_context():
+    return typer.Option(None, "--context", help="kubeconfig context (default: the current one).", show_default=False)
+
+
+def opt_dry_run(what: str = "Print the objects that would be sent, as YAML, and contact nothing."):
+    return typer.Option(False, "--dry-run", help=what)
+
+
+def opt_storage_pvc():
+    return typer.Option(
+        None,
+        "--storage-pvc",
+        envvar=ENV_STORAGE_PVC,
+        help="ReadWriteMany PersistentVolumeClaim mounted at /mnt/storage in every Ray pod; relative data.source, "
+        "output.dir and --checkpoint paths live there.",
+        show_default=False,
+    )
+
+
+def opt_image():
+    return typer.Option(None, "--image", envvar=ENV_IMAGE, help="Container image for the head and CPU workers.", show_default=False)
+
+
+def opt_gpu_image():
+    return typer.Option(None, "--gpu-image", envvar=ENV_GPU_IMAGE, help="Container image for GPU workers.", show_default=False)
+
+
+def echo_out(text: str) -> None:
+    typer.echo(text, nl=False)
+
+
+def echo_err(line: str) -> None:
+    typer.echo(line, err=True)
+
+
+def warn_each(warnings: list[str]) -> None:
+    for w in warnings:
+        echo_err(f"warning: {w}")
+
+
+def check_namespace(namespace: Optional[str]) -> None:
+    if namespace is not None and not _DNS1123_LABEL.match(namespace):
+        raise OrchestratorError(f"--namespace {namespace!r} is not a valid namespace name (lower-case letters, digits, '-')")

@@ -12,9 +12,19 @@ from typing import Optional
 
 import typer
 
-from orchestrator.cli.common import command_group, err_console, friendly, option_group
-from orchestrator.cli.k8s import _opt_context, _opt_gpu_image, _opt_image, _opt_kubeconfig, _opt_namespace, _opt_storage_pvc
-from orchestrator.errors import OrchestratorError
+from orchestrator.cli.common import (
+    command_group,
+    err_console,
+    friendly,
+    opt_context,
+    opt_gpu_image,
+    opt_image,
+    opt_kubeconfig,
+    opt_namespace,
+    opt_storage_pvc,
+    option_group,
+)
+from orchestrator.errors import INTERRUPTED_EXIT, OrchestratorError
 
 jobs_app = command_group("Jobs on a Ray cluster, through its Jobs API: list, status, logs, stop.")
 
@@ -82,7 +92,7 @@ def _follow(client, job_id: str) -> None:
         view = client.follow(job_id, _out)
     except KeyboardInterrupt:
         _info(f"stopped following; job {job_id} keeps running (`orchestrator jobs stop {job_id} --address {client.address}` stops it)")
-        raise typer.Exit(130)
+        raise typer.Exit(INTERRUPTED_EXIT) from None
     if view.status not in ("SUCCEEDED", "FAILED", "STOPPED"):
         _info(f"the log stream ended while job {job_id} is {view.status}; `orchestrator jobs logs {job_id} --follow` picks it up again")
         raise typer.Exit(1)
@@ -103,12 +113,12 @@ def submit(
                                           "if absolute, else the local cluster's storage or, for a cluster on this machine, output.dir here."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be sent and contact nothing."),
     k8s: bool = typer.Option(False, "--k8s", help="Run it as a KubeRay RayJob on Kubernetes instead (docs/kubernetes.md)."),
-    namespace: Optional[str] = _opt_namespace(),
-    kubeconfig: Optional[str] = _opt_kubeconfig(),
-    context: Optional[str] = _opt_context(),
-    storage_pvc: Optional[str] = _opt_storage_pvc(),
-    image: Optional[str] = _opt_image(),
-    gpu_image: Optional[str] = _opt_gpu_image(),
+    namespace: Optional[str] = opt_namespace(),
+    kubeconfig: Optional[str] = opt_kubeconfig(),
+    context: Optional[str] = opt_context(),
+    storage_pvc: Optional[str] = opt_storage_pvc(),
+    image: Optional[str] = opt_image(),
+    gpu_image: Optional[str] = opt_gpu_image(),
     *,
     api: JobsAPI,
 ) -> None:

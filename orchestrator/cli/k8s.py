@@ -16,14 +16,22 @@ from typing import Optional
 
 import typer
 
-from orchestrator.cli.common import command_group, friendly
-from orchestrator.errors import OrchestratorError
+from orchestrator.cli.common import (
+    ENV_GPU_IMAGE,
+    ENV_IMAGE,
+    ENV_STORAGE_PVC,
+    check_namespace,
+    command_group,
+    echo_err,
+    echo_out,
+    friendly,
+    opt_gpu_image,
+    opt_image,
+    opt_storage_pvc,
+    warn_each,
+)
+from orchestrator.errors import INTERRUPTED_EXIT, OrchestratorError
 
-ENV_IMAGE = "ORCHESTRATOR_K8S_IMAGE"
-ENV_GPU_IMAGE = "ORCHESTRATOR_K8S_GPU_IMAGE"
-ENV_STORAGE_PVC = "ORCHESTRATOR_K8S_STORAGE_PVC"
-
-_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
 
@@ -44,24 +52,6 @@ def _k8s_group() -> None:
 # ----------------------------------------------------------------------------------- helpers
 
 
-def _out(text: str) -> None:
-    typer.echo(text, nl=False)
-
-
-def _err(line: str) -> None:
-    typer.echo(line, err=True)
-
-
-def _warn(warnings: list[str]) -> None:
-    for w in warnings:
-        _err(f"warning: {w}")
-
-
-def _check_namespace(namespace: Optional[str]) -> None:
-    if namespace is not None and not _DNS1123_LABEL.match(namespace):
-        raise OrchestratorError(f"--namespace {namespace!r} is not a valid namespace name (lower-case letters, digits, '-')")
-
-
 def render_options(
     *,
     namespace: Optional[str],
@@ -74,7 +64,7 @@ def render_options(
     """RenderOptions from CLI values, falling back to the ORCHESTRATOR_K8S_* environment variables."""
     from orchestrator.k8s.render import RenderOptions
 
-    _check_namespace(namespace)
+    check_namespace(namespace)
     storage_pvc = storage_pvc or os.environ.get(ENV_STORAGE_PVC) or None
     if storage_pvc and not _DNS1123_SUBDOMAIN.match(storage_pvc):
         raise OrchestratorError(f"--storage-pvc {storage_pvc!r} is not a valid PersistentVolumeClaim name")
@@ -102,47 +92,6 @@ def ownership_note(objects: list[dict]) -> str:
     )
 
 
-# Shared option definitions ---------------------------------------------------------------
-
-_NS_HELP = "Kubernetes namespace."
-_KUBECONFIG_HELP = "kubeconfig file (default: $KUBECONFIG, ~/.kube/config, else in-cluster credentials)."
-
-
-def _opt_namespace(default: Optional[str] = "default"):
-    return typer.Option(default, "--namespace", "-n", help=_NS_HELP)
-
-
-def _opt_kubeconfig():
-    return typer.Option(None, "--kubeconfig", help=_KUBECONFIG_HELP, show_default=False)
-
-
-def _opt_context():
-    return typer.Option(None, "--context", help="kubeconfig context (default: the current one).", show_default=False)
-
-
-def _opt_dry_run(what: str = "Print the objects that would be sent, as YAML, and contact nothing."):
-    return typer.Option(False, "--dry-run", help=what)
-
-
-def _opt_storage_pvc():
-    return typer.Option(
-        None,
-        "--storage-pvc",
-        envvar=ENV_STORAGE_PVC,
-        help="ReadWriteMany PersistentVolumeClaim mounted at /mnt/storage in every Ray pod; relative data.source, "
-        "output.dir and --checkpoint paths live there.",
-        show_default=False,
-    )
-
-
-def _opt_image():
-    return typer.Option(None, "--image", envvar=ENV_IMAGE, help="Container image for the head and CPU workers.", show_default=False)
-
-
-def _opt_gpu_image():
-    return typer.Option(None, "--gpu-image", envvar=ENV_GPU_IMAGE, help="Container image for GPU workers.", show_default=False)
-
-
 # ------------------------------------------------------------------------------------ render
 
 
@@ -154,9 +103,9 @@ def render(
     namespace: Optional[str] = typer.Option(None, "--namespace", "-n", help="Namespace to write into the objects (default: none; kubectl -n decides)."),
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="rayservice: the promoted checkpoint, a path on the storage volume or a URI."),
     name: Optional[str] = typer.Option(None, "--name", help="Object name (default: from the spec's name)."),
-    storage_pvc: Optional[str] = _opt_storage_pvc(),
-    image: Optional[str] = _opt_image(),
-    gpu_image: Optional[str] = _opt_gpu_image(),
+    storage_pvc: Optional[str] = opt_storage_pvc(),
+    image: Optional[str] = opt_image(),
+    gpu_image: Optional[str] = opt_gpu_image(),
 ) -> None:
     """Print a RayCluster, RayJob or RayService (with its NetworkPolicy and, for a RayJob, the spec's
     ConfigMap) for SPEC as YAML. Contacts nothing."""
@@ -170,8 +119,8 @@ def render(
     if checkpoint and kind is not Kind.rayservice:
         raise OrchestratorError("--checkpoint applies to --kind rayservice only")
     rendered = render_objects(kind.value, spec, opts)
-    _warn(rendered.warnings)
-    _out(rendered.yaml())
+    warn_each(rendered.warnings)
+    echo_out(rendered.yaml())
 
 
 # ------------------------------------------------------------------------------------ submit
@@ -201,10 +150,10 @@ def submit_k8s(
         spec = load_spec(spec_path)
         opts = render_options(namespace=namespace, storage_pvc=storage_pvc, image=image, gpu_image=gpu_image)
         rendered = render_rayjob(spec, opts, suffix=suffix or new_suffix())
-        _warn(rendered.warnings)
+        warn_each(rendered.warnings)
         name = rendered.main["metadata"]["name"]
         if dry_run:
-            _out(rendered.yaml() + ownership_note(rendered.objects))
+            echo_out(rendered.yaml() + ownership_note(rendered.objects))
             return 0
 
         from orchestrator.k8s import client as kc
@@ -220,11 +169,11 @@ def submit_k8s(
         final = kc.follow_rayjob(conn, namespace, name, lambda st: typer.echo(_rayjob_line(name, st)))
         return 0 if final.get("jobStatus") == "SUCCEEDED" else 1
     except OrchestratorError as e:
-        _err(f"error: {e}")
+        echo_err(f"error: {e}")
         return e.exit_code
     except KeyboardInterrupt:
-        _err(f"stopped following; RayJob {name} keeps running (kubectl -n {namespace} delete rayjob {name} cancels it)")
-        return 130
+        echo_err(f"stopped following; RayJob {name} keeps running (kubectl -n {namespace} delete rayjob {name} cancels it)")
+        return INTERRUPTED_EXIT
 
 
 def _rayjob_line(name: str, status: dict) -> str:

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from orchestrator.cli.common import console, err_console, friendly, quiet
-from orchestrator.errors import NOT_PROMOTED_EXIT, counted
+from orchestrator.errors import INTERRUPTED_EXIT, NOT_PROMOTED_EXIT, counted
 
 # ------------------------------------------------------------------------------------ validate
 
@@ -126,9 +126,9 @@ RUN_NAME = typer.Option(None, "--run-name", show_default=False,
 
 
 def _exit_for(result) -> None:
-    """130 for an interrupted search, 3 for a winner that failed the promotion gate."""
+    """INTERRUPTED_EXIT for an interrupted search, 3 for a winner that failed the promotion gate."""
     if result.interrupted:
-        raise typer.Exit(130)
+        raise typer.Exit(INTERRUPTED_EXIT)
     if not result.promoted:
         raise typer.Exit(NOT_PROMOTED_EXIT)
 

@@ -15,7 +15,6 @@ from orchestrator.data.rows import locate_non_utf8
 from orchestrator.errors import DataError
 from orchestrator.spec import FORMAT_EXTENSIONS, JobSpec, is_uri, task_problems
 
-
 MAX_AUTO_CATEGORIES = 1000  # a string column with more distinct values is more likely an id than a category
 
 
@@ -83,7 +82,7 @@ def _kind(name: str, exts: tuple) -> str:
     return f".{ext}" if ext else "(no extension)"
 
 
-def _csv_problem(src: str, path: str) -> Optional[str]:
+def csv_problem(src: str, path: str) -> Optional[str]:
     """pyarrow's own parse error for one CSV file, e.g. "Row #8: Expected 3 columns, got 4: 1,2,3,4"."""
     import pyarrow.csv as pacsv
     import pyarrow.fs as pafs
@@ -140,9 +139,9 @@ def check_columns(spec: JobSpec, src: str, schema: pa.Schema) -> Columns:
 
     if d.image is not None:
         t = need(d.image.column, "data.image.column")
-        if _is_list(t) and _is_number(t.value_type):
+        if is_list_type(t) and is_number_type(t.value_type):
             source = "array"
-        elif _is_text(t):
+        elif is_text_type(t):
             source = "path"
         elif pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_binary_view(t):
             source = "bytes"
@@ -159,7 +158,7 @@ def check_columns(spec: JobSpec, src: str, schema: pa.Schema) -> Columns:
         return Columns(task=task, numeric=[], categorical=[], image=d.image.column, image_source=source)
     if d.text is not None:
         t = need(d.text.column, "data.text.column")
-        if not _is_text(t):
+        if not is_text_type(t):
             if pa.types.is_binary(t) or pa.types.is_large_binary(t):  # what pyarrow makes of a CSV column that is not UTF-8
                 where = locate_non_utf8(spec, src, d.text.column)
                 raise DataError(f"{where or src}: column {d.text.column!r} (data.text.column) holds bytes that are not UTF-8 text; "
@@ -168,10 +167,10 @@ def check_columns(spec: JobSpec, src: str, schema: pa.Schema) -> Columns:
         return Columns(task=task, numeric=[], categorical=[], image=None, text=d.text.column)
     if d.sequence is not None:
         t = need(d.sequence.column, "data.sequence.column")
-        inner = t.value_type if _is_list(t) else None
-        if inner is not None and _is_list(inner):
+        inner = t.value_type if is_list_type(t) else None
+        if inner is not None and is_list_type(inner):
             inner = inner.value_type
-        if inner is None or not _is_number(inner):
+        if inner is None or not is_number_type(inner):
             raise DataError(
                 f"{src}: column {d.sequence.column!r} (data.sequence.column) has type {t}; it must hold lists of numbers "
                 "or lists of equal-length vectors (lists of numbers)"
@@ -179,7 +178,7 @@ def check_columns(spec: JobSpec, src: str, schema: pa.Schema) -> Columns:
         return Columns(task=task, numeric=[], categorical=[], image=None, sequence=d.sequence.column)
     if d.series is not None:
         t = need(d.series.column, "data.series.column")
-        if not _is_number(t):
+        if not is_number_type(t):
             raise DataError(f"{src}: column {d.series.column!r} (data.series.column) has type {t}; a series must hold numbers")
         need(d.series.order_by, "data.series.order_by")
         return Columns(task="regression", numeric=[], categorical=[], image=None, series=d.series.column)
@@ -195,7 +194,7 @@ def check_columns(spec: JobSpec, src: str, schema: pa.Schema) -> Columns:
             categorical.append(col)
         elif pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
             numeric.append(col)
-        elif _is_text(t):  # as documented (data.categorical): string columns are one-hot encoded
+        elif is_text_type(t):  # as documented (data.categorical): string columns are one-hot encoded
             categorical.append(col)
             auto.append(col)
         else:
@@ -209,15 +208,15 @@ def check_columns(spec: JobSpec, src: str, schema: pa.Schema) -> Columns:
     return Columns(task=task, numeric=numeric, categorical=categorical, image=None, auto_categorical=auto)
 
 
-def _is_list(t: pa.DataType) -> bool:
+def is_list_type(t: pa.DataType) -> bool:
     return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
 
 
-def _is_number(t: pa.DataType) -> bool:
+def is_number_type(t: pa.DataType) -> bool:
     return pa.types.is_integer(t) or pa.types.is_floating(t)
 
 
-def _is_text(t: pa.DataType) -> bool:
+def is_text_type(t: pa.DataType) -> bool:
     if pa.types.is_dictionary(t):
         t = t.value_type
     return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)

@@ -24,9 +24,9 @@ import pyarrow as pa
 from orchestrator.data.checks import (
     EXTENSIONS,
     Columns,
-    _csv_problem,
     check_columns,
     check_source_files,
+    csv_problem,
 )
 from orchestrator.data.files import Listing, list_source
 from orchestrator.data.preprocess import SPLITS
@@ -97,7 +97,7 @@ def check_data(spec: JobSpec) -> DataCheck:
     return out
 
 
-def _parquet(listing: Listing):
+def parquet_dataset(listing: Listing):
     """The source as pyarrow sees it, with hive-style `key=value` folders as columns (as Ray Data
     reads them), from its listing (hidden files already left out) rather than listing it again."""
     import pyarrow.dataset as pads
@@ -112,7 +112,7 @@ def _schema_and_rows(listing: Listing, fmt: str) -> tuple[pa.Schema, Optional[in
     """The schema Ray Data will see, and the row count where the files' metadata holds it (Parquet)."""
     src = listing.src
     if fmt == "parquet":
-        dataset = _parquet(listing)
+        dataset = parquet_dataset(listing)
         return dataset.schema, dataset.count_rows()
     import pyarrow.csv as pacsv
 
@@ -125,7 +125,7 @@ def _schema_and_rows(listing: Listing, fmt: str) -> tuple[pa.Schema, Optional[in
         with fs.open_input_stream(path, compression="detect") as f:
             return pacsv.open_csv(f, read_options=pacsv.ReadOptions(use_threads=False)).schema, None
     except pa.ArrowInvalid as e:  # a parse error in the first block: pyarrow's own words, with the row
-        raise DataError(f"{shown_path}: cannot read as CSV: {_csv_problem(src, path) or one_line(e, 200)}") from None
+        raise DataError(f"{shown_path}: cannot read as CSV: {csv_problem(src, path) or one_line(e, 200)}") from None
 
 
 def _split_problems(spec: JobSpec, src: str, rows: Optional[int]) -> list[str]:
@@ -201,13 +201,13 @@ def _csv_columns(listing: Listing, column: str):
 
 def _column(spec: JobSpec, listing: Listing, column: str) -> pa.ChunkedArray:
     if spec.data.format == "parquet":
-        return _parquet(listing).to_table(columns=[column]).column(column)
+        return parquet_dataset(listing).to_table(columns=[column]).column(column)
     return pa.chunked_array([c.cast(pa.string()) for col in _csv_columns(listing, column) for c in col.chunks], type=pa.string())
 
 
 def _label_values(spec: JobSpec, listing: Listing, label: str) -> list:
     if spec.data.format == "parquet":
-        return _parquet(listing).to_table(columns=[label]).column(label).drop_null().unique().to_pylist()
+        return parquet_dataset(listing).to_table(columns=[label]).column(label).drop_null().unique().to_pylist()
     values: set = set()
     for col in _csv_columns(listing, label):
         values |= set(col.drop_null().unique().to_pylist())

@@ -72,14 +72,14 @@ class _SequenceCheck:
         self.width: Optional[tuple[int, str]] = None  # (values per step, where that was first seen)
 
     def __call__(self, v: Any, where: str) -> Optional[str]:
-        from orchestrator.data.sequences import SequenceInputError, _row_array
+        from orchestrator.data.sequences import SequenceInputError, row_array
 
         if _missing(v):
             return "missing sequence (every row needs one)"
         if isinstance(v, np.ndarray) and v.dtype == object:
             v = v.tolist()
         try:
-            a = _row_array(0, v)
+            a = row_array(0, v)
         except SequenceInputError as e:
             return str(e).split(": ", 1)[1]
         if self.width is None:

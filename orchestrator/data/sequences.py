@@ -33,7 +33,7 @@ def _is_vector(step: Any) -> bool:
     return isinstance(step, (Sequence, np.ndarray)) and not isinstance(step, (str, bytes))
 
 
-def _row_array(i: int, row: Any) -> np.ndarray:
+def row_array(i: int, row: Any) -> np.ndarray:
     """One row -> float64 [steps, features], or a SequenceInputError naming the row (and step)."""
     if not _is_vector(row):
         raise SequenceInputError(i, f"expected a list of numbers or a list of equal-length vectors, got {type(row).__name__}")
@@ -95,7 +95,7 @@ def pad_sequences(
     arrays = []
     features = num_features
     for i, row in enumerate(rows):
-        a = _row_array(i, row)
+        a = row_array(i, row)
         if features is None:
             features = a.shape[1]
         elif a.shape[1] != features:

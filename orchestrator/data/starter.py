@@ -29,7 +29,7 @@ from typing import Any, Optional
 import pandas as pd
 import pyarrow as pa
 
-from orchestrator.data.checks import MAX_AUTO_CATEGORIES, _is_list, _is_number, _is_text
+from orchestrator.data.checks import MAX_AUTO_CATEGORIES, is_list_type, is_number_type, is_text_type
 from orchestrator.errors import DataError
 
 SAMPLE_ROWS = 5000
@@ -56,11 +56,11 @@ def _column_kind(name: str, typ: pa.DataType, values: pd.Series) -> tuple[Option
     present = values.dropna()
     if pa.types.is_boolean(typ):
         return "numeric", "booleans"
-    if _is_number(typ):
+    if is_number_type(typ):
         if _is_id(name, values):
             return None, "an id (every value distinct)"
         return "numeric", "numbers"
-    if _is_text(typ):
+    if is_text_type(typ):
         text = present.astype(str)
         if len(text) and text.str.lower().str.endswith(IMAGE_EXTENSIONS).mean() >= 0.9:
             return "image_path", "image file paths"
@@ -72,11 +72,11 @@ def _column_kind(name: str, typ: pa.DataType, values: pd.Series) -> tuple[Option
         if _is_id(name, values):
             return None, "an id (every value distinct)"
         return "categorical", f"{distinct} distinct values in the sample"
-    if _is_list(typ):
+    if is_list_type(typ):
         inner = typ.value_type
-        if _is_list(inner) and _is_number(inner.value_type):
+        if is_list_type(inner) and is_number_type(inner.value_type):
             return "sequence", "lists of vectors"
-        if _is_number(inner):
+        if is_number_type(inner):
             lengths = present.map(len)
             if len(lengths) and lengths.nunique() == 1 and int(math.isqrt(int(lengths.iloc[0]))) ** 2 == int(lengths.iloc[0]) >= 16:
                 return "image_array", f"flat images of {int(lengths.iloc[0])} values"
@@ -159,7 +159,7 @@ def plan_starter(source: str, spec_dir: str, schema: pa.Schema, sample: pd.DataF
         else:
             data["sequence"] = {"column": col}
             model = {"arch": "rnn", "cell": "gru", "hidden": 64}
-    elif kinds.get("time") and not kinds.get("numeric") and not kinds.get("categorical") and _is_number(types[label]):
+    elif kinds.get("time") and not kinds.get("numeric") and not kinds.get("categorical") and is_number_type(types[label]):
         # one numeric column and a time column: a series that forecasts itself
         order_by = kinds["time"][0]
         window = max(2, min(24, len(sample) // 10))
@@ -209,11 +209,11 @@ def _first_image_shape(paths: pd.Series, source: str, spec_dir: str) -> list[int
 def read_sample(source: str, fmt: str) -> tuple[pa.Schema, pd.DataFrame]:
     """The schema Ray Data will see (data/preflight.py) and the first SAMPLE_ROWS rows."""
     from orchestrator.data.files import list_source
-    from orchestrator.data.preflight import _parquet
+    from orchestrator.data.preflight import parquet_dataset
 
     listing = list_source(source)
     if fmt == "parquet":
-        dataset = _parquet(listing)
+        dataset = parquet_dataset(listing)
         return dataset.schema, dataset.head(SAMPLE_ROWS).to_pandas()
     import pyarrow.csv as pacsv
 
