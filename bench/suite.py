@@ -76,9 +76,8 @@ def git_commit() -> dict:
 
 
 def machine() -> dict:
-    import torch
-
     import ray
+    import torch
 
     return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
             "torch": torch.__version__, "ray": ray.__version__, "cuda": torch.cuda.is_available(),
@@ -87,10 +86,10 @@ def machine() -> dict:
 
 def worker_plan(workers: int, gpus_per_worker: float = 0):
     """The orchestrator's own plan for this machine (as an embedded Ray sees it): CPUs and torch threads per worker."""
+    import torch
+
     from orchestrator.spec import ScalingSpec
     from orchestrator.train.plan import ClusterResources, plan_workers
-
-    import torch
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     return plan_workers(ScalingSpec(workers=workers, gpus_per_worker=gpus_per_worker), ClusterResources(cpus=float(os.cpu_count() or 1), gpus=float(gpus)))

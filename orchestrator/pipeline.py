@@ -17,11 +17,10 @@ from typing import Callable, Optional
 from rich.console import Console
 from rich.text import Text
 
-from orchestrator.ui import fmt_config, make_console
-
 from orchestrator.errors import DataError, OrchestratorError, RunDirError, counted, one_line
 from orchestrator.rundir import in_run, new_run_dir, write_json, write_metrics
 from orchestrator.spec import VAL_PREFIX, JobSpec, load_spec
+from orchestrator.ui import fmt_config, make_console
 
 
 @dataclass

@@ -431,7 +431,7 @@ class FakeKubeAPI:
                     {"method": method, "path": url.path, "query": query,
                      "content_type": self.headers.get("Content-Type"), "body": body}
                 )
-                for rx, api in ROUTES:
+                for rx, api in ROUTES:  # noqa: B007  (api is read after the loop breaks)
                     m = rx.match(url.path)
                     if m:
                         break

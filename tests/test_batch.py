@@ -11,8 +11,17 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator.batch.plan import (ERROR, PREDICTION, SOURCE_ROW, added_columns, input_files, output_format, plan_evaluate,
-                                     plan_predict, probability_column)
+from orchestrator.batch.plan import (
+    ERROR,
+    PREDICTION,
+    SOURCE_ROW,
+    added_columns,
+    input_files,
+    output_format,
+    plan_evaluate,
+    plan_predict,
+    probability_column,
+)
 from orchestrator.batch.run import FILE, ROW, Predictor, Sink, coerce_table, read_chunks
 from orchestrator.errors import OrchestratorError
 from tests.serve_support import make_checkpoint, offline_predictions

@@ -18,7 +18,6 @@ from tests.conftest import JOBS, ROOT
 from tests.doc_commands import BLOCK, DOCS, doc_commands, orchestrator_argv
 
 
-
 def _blocks(langs) -> list[tuple[str, str]]:
     return [(f"{doc.relative_to(ROOT)}", body) for doc in DOCS for lang, body in BLOCK.findall(doc.read_text()) if lang in langs]
 

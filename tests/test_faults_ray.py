@@ -102,7 +102,7 @@ class CliRun:
             rc = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.stop()
-            raise AssertionError(f"the run did not finish within {timeout:.0f} s:\n{self.output()}")
+            raise AssertionError(f"the run did not finish within {timeout:.0f} s:\n{self.output()}") from None
         while (line := self._q.get(timeout=10)) is not None:
             self.lines.append(line)
         return rc

@@ -140,7 +140,7 @@ def test_a_missing_image_file_is_named_before_ray_starts(tmp_path):
     err = r.stderr
     assert r.returncode == 2, r.stdout + err
     assert "Traceback" not in err and len(err.strip().splitlines()) < 15, err
-    (line,) = [l for l in err.splitlines() if l.startswith("error:")]
+    (line,) = [s for s in err.splitlines() if s.startswith("error:")]
     assert str(bad) in line and "'path'" in line and "image file not found" in line, err
     assert not (tmp_path / "runs").exists(), list((tmp_path / "runs").rglob("*"))  # no run directory
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 import copy
 import os
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 
 from orchestrator.k8s import render as r

@@ -14,6 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from orchestrator.errors import OrchestratorError
+from orchestrator.k8s import render as r
+from orchestrator.k8s.render import RenderOptions, render, to_yaml
+from orchestrator.spec import ScalingSpec, load_spec, parse_spec
 from tests.k8s_support import (
     cluster_problems,
     crd_errors,
@@ -21,10 +25,6 @@ from tests.k8s_support import (
     pod_templates,
     validation_errors,
 )
-from orchestrator.errors import OrchestratorError
-from orchestrator.k8s import render as r
-from orchestrator.k8s.render import RenderOptions, render, to_yaml
-from orchestrator.spec import ScalingSpec, load_spec, parse_spec
 
 HERE = Path(__file__).resolve().parent
 SPECS = HERE / "k8s_specs"

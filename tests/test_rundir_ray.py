@@ -116,7 +116,7 @@ def test_sigkilled_search_resumes_from_a_copy_of_its_run_dir(data_dir, tmp_path)
     assert _tree_hash(run_dir) == before, "resuming the copy changed the original run directory"
     wait_for(lambda: not alive(seen), 30, "the resuming command's node to end after its normal exit")
 
-    starts = [json.loads(l)["trial_id"] for l in (copy / "trials" / "trial_starts.jsonl").read_text().splitlines()]
+    starts = [json.loads(s)["trial_id"] for s in (copy / "trials" / "trial_starts.jsonl").read_text().splitlines()]
     for trial_id in done_before:
         assert starts.count(trial_id) == 1, f"finished trial {trial_id} ran again: {starts}"
     recs = json.loads((copy / "trials.json").read_text())

@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from orchestrator.data.sequences import SequenceInputError, chronological_split, make_windows, pad_sequences
-from orchestrator.data.text import (CLS, NUM_SPECIALS, PAD, SPECIAL_TOKENS, BpeTokenizer, ByteTokenizer, TextInputError,
-                                    tokenizer_from_state)
+from orchestrator.data.text import CLS, NUM_SPECIALS, PAD, SPECIAL_TOKENS, BpeTokenizer, ByteTokenizer, TextInputError, tokenizer_from_state
 from orchestrator.models.sequence import build_rnn, build_transformer
 
 TRAIN_TEXTS = [

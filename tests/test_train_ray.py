@@ -43,7 +43,7 @@ def record_shard_loop(config):
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     keys = []
-    for epoch in range(2):
+    for _ in range(2):
         share = read_whole(ray.train.get_dataset_shard("train"), {"x": torch.float32, "y": torch.int64}, rank, world)
         keys.append([hashlib.sha1(x.numpy().tobytes()).hexdigest() for x in share["x"]])
     Path(config["out_dir"], f"rank{rank}.json").write_text(json.dumps(keys))

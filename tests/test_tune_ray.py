@@ -169,7 +169,7 @@ def test_resume_after_interrupt_skips_finished_trials(data_dir, tmp_path):
 
     r = run_cli("resume", str(run_dir), timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
-    starts = [json.loads(l)["trial_id"] for l in (run_dir / "trials" / "trial_starts.jsonl").read_text().splitlines()]
+    starts = [json.loads(s)["trial_id"] for s in (run_dir / "trials" / "trial_starts.jsonl").read_text().splitlines()]
     for trial_id in done_before:
         assert starts.count(trial_id) == 1, f"finished trial {trial_id} ran again: {starts}"
     recs = json.loads((run_dir / "trials.json").read_text())

@@ -13,7 +13,6 @@ from typing import Any, Callable, Iterator, Optional
 
 from orchestrator.errors import NotPromotedError, OrchestratorError
 
-
 DEFAULT_CHUNK = 256
 RETRIES_ON_503 = 5
 
