@@ -43,8 +43,17 @@ def make_tabular(dest: Path) -> None:
     import pandas as pd
     from sklearn.datasets import make_classification
 
-    X, y = make_classification(n_samples=120_000, n_features=40, n_informative=24, n_redundant=8, n_classes=5,
-                               n_clusters_per_class=3, class_sep=1.0, flip_y=0.03, random_state=0)
+    X, y = make_classification(
+        n_samples=120_000,
+        n_features=40,
+        n_informative=24,
+        n_redundant=8,
+        n_classes=5,
+        n_clusters_per_class=3,
+        class_sep=1.0,
+        flip_y=0.03,
+        random_state=0,
+    )
     df = pd.DataFrame(X.astype(np.float32), columns=[f"f{i:02d}" for i in range(X.shape[1])])
     df["label"] = y.astype(np.int64)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -123,8 +132,12 @@ def main() -> None:
         "command": "bench/bench_asha.py " + " ".join(sys.argv[1:]),
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
         "spec": str(spec_path.relative_to(ROOT) if spec_path.is_relative_to(ROOT) else spec_path),
-        "machine": {"cpus": resources.cpus, "gpus": resources.gpus, "python": platform.python_version(),
-                    "load_average_1m_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)]},
+        "machine": {
+            "cpus": resources.cpus,
+            "gpus": resources.gpus,
+            "python": platform.python_version(),
+            "load_average_1m_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        },
         "trials": spec.tune.num_samples,
         "epochs_per_trial": spec.train.epochs,
         "concurrent_trials": concurrent,

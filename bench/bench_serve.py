@@ -108,8 +108,14 @@ def summarize(server: str, concurrency: int, runs: list[dict]) -> dict:
             errors[k] = errors.get(k, 0) + v
     q = statistics.quantiles(lat, n=100, method="inclusive") if len(lat) >= 2 else [lat[0] if lat else float("nan")] * 99
     return {
-        "server": server, "concurrency": concurrency, "ok": len(lat), "errors": errors, "seconds": round(seconds, 2),
-        "throughput_rps": round(len(lat) / seconds, 1), "p50_ms": round(q[49] * 1000, 2), "p99_ms": round(q[98] * 1000, 2),
+        "server": server,
+        "concurrency": concurrency,
+        "ok": len(lat),
+        "errors": errors,
+        "seconds": round(seconds, 2),
+        "throughput_rps": round(len(lat) / seconds, 1),
+        "p50_ms": round(q[49] * 1000, 2),
+        "p99_ms": round(q[98] * 1000, 2),
         "rounds_rps": [round(len(r["latencies"]) / r["seconds"], 1) for r in runs],
     }
 
@@ -127,7 +133,10 @@ def measure(urls: dict[str, str], bodies: list[bytes], *, rounds: int, duration:
                 r = asyncio.run(_load(url, bodies, c, duration, max_requests))
                 runs.setdefault((name, c), []).append(r)
                 rps = len(r["latencies"]) / r["seconds"]
-                print(f"  round {rnd + 1}  {name:8s} C={c:<3d} {rps:8.1f} req/s" + (f"  errors {r['errors']}" if r["errors"] else ""), flush=True)
+                print(
+                    f"  round {rnd + 1}  {name:8s} C={c:<3d} {rps:8.1f} req/s" + (f"  errors {r['errors']}" if r["errors"] else ""),
+                    flush=True,
+                )
     return [summarize(name, c, runs[(name, c)]) for name in names for c in CONCURRENCY]
 
 
@@ -219,13 +228,27 @@ def main() -> None:
 
     print("ceiling (model alone, in-process) ...", flush=True)
     ceil = ceiling(ckpt, a.threads)
-    print(f"  forward: batch 1 {ceil['forward_batch1_rows_per_s']} rows/s, batch 64 {ceil['forward_batch64_rows_per_s']} rows/s", flush=True)
+    print(
+        f"  forward: batch 1 {ceil['forward_batch1_rows_per_s']} rows/s, batch 64 {ceil['forward_batch64_rows_per_s']} rows/s", flush=True
+    )
 
     cores = os.cpu_count() or 1
     load_before = os.getloadavg()
     port = free_port()
-    proc = subprocess.Popen([sys.executable, __file__, "--baseline-server", str(ckpt), str(port), "--threads", str(a.threads),
-                             "--baseline-pool", str(a.baseline_pool)], cwd=ROOT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            "--baseline-server",
+            str(ckpt),
+            str(port),
+            "--threads",
+            str(a.threads),
+            "--baseline-pool",
+            str(a.baseline_pool),
+        ],
+        cwd=ROOT,
+    )
     from orchestrator.runtime import init_ray, serve_ingress
 
     # Serve's HTTP ingress: HAProxy, the opt-in fast path (RAY_SERVE_ENABLE_HA_PROXY=0 on the command
@@ -233,16 +256,25 @@ def main() -> None:
     os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
     init_ray(num_cpus=cores)  # as `orchestrator serve` starts it
     ingress = "haproxy" if serve_ingress.get("haproxy") else "python-proxy"
-    spec = ServeSpec(port=free_port(), max_batch_size=a.max_batch_size, batch_wait_timeout_s=a.batch_wait_ms / 1000,
-                     max_ongoing_requests=max(128, 2 * a.max_batch_size), max_queued_requests=-1, cpus_per_replica=1)
+    spec = ServeSpec(
+        port=free_port(),
+        max_batch_size=a.max_batch_size,
+        batch_wait_timeout_s=a.batch_wait_ms / 1000,
+        max_ongoing_requests=max(128, 2 * a.max_batch_size),
+        max_queued_requests=-1,
+        cpus_per_replica=1,
+    )
     try:
         urls = {"baseline": f"http://127.0.0.1:{port}"}  # (b) plain FastAPI + uvicorn, its own process
         urls["serve"] = deploy(ckpt, spec, name="bench", torch_threads=a.threads)  # (a) Ray Serve
         for url in urls.values():
             wait_ready(url)
             check_answers(url, records, expected)
-        print(f"baseline: FastAPI + uvicorn, 1 worker, per-request forward on {a.baseline_pool} threads\n"
-              f"serve:    Ray Serve ({ingress} ingress), 1 replica, @serve.batch(max_batch_size={a.max_batch_size}, wait {a.batch_wait_ms:g} ms)", flush=True)
+        print(
+            f"baseline: FastAPI + uvicorn, 1 worker, per-request forward on {a.baseline_pool} threads\n"
+            f"serve:    Ray Serve ({ingress} ingress), 1 replica, @serve.batch(max_batch_size={a.max_batch_size}, wait {a.batch_wait_ms:g} ms)",
+            flush=True,
+        )
         results = measure(urls, bodies, rounds=a.rounds, duration=a.duration, warmup=a.warmup, max_requests=a.max_requests)
     finally:
         proc.terminate()
@@ -259,14 +291,30 @@ def main() -> None:
     speedup = {c: round(by[("serve", c)]["throughput_rps"] / max(by[("baseline", c)]["throughput_rps"], 1e-9), 2) for c in CONCURRENCY}
     report = {
         "command": "bench/bench_serve.py " + " ".join(sys.argv[1:]),
-        "machine": {"cpus": cores, "platform": platform.platform(), "python": platform.python_version(),
-                    "torch": torch.__version__, "ray": ray.__version__,
-                    "load_average_1m_before_after": [round(load_before[0], 2), round(load_after[0], 2)]},
+        "machine": {
+            "cpus": cores,
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "ray": ray.__version__,
+            "load_average_1m_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
+        },
         "model": {"arch": "mlp", "hidden": a.hidden, "parameters": n_params, "inputs": len(columns)},
-        "settings": {"torch_threads": a.threads, "duration_s": a.duration, "warmup_s": a.warmup, "rounds": a.rounds,
-                     "serve": {"ingress": ingress, "replicas": 1, "cpus_per_replica": 1, "max_batch_size": a.max_batch_size,
-                               "batch_wait_timeout_s": a.batch_wait_ms / 1000, "max_ongoing_requests": spec.max_ongoing_requests},
-                     "baseline": {"uvicorn_workers": 1, "forward_threads": a.baseline_pool}},
+        "settings": {
+            "torch_threads": a.threads,
+            "duration_s": a.duration,
+            "warmup_s": a.warmup,
+            "rounds": a.rounds,
+            "serve": {
+                "ingress": ingress,
+                "replicas": 1,
+                "cpus_per_replica": 1,
+                "max_batch_size": a.max_batch_size,
+                "batch_wait_timeout_s": a.batch_wait_ms / 1000,
+                "max_ongoing_requests": spec.max_ongoing_requests,
+            },
+            "baseline": {"uvicorn_workers": 1, "forward_threads": a.baseline_pool},
+        },
         "ceiling": ceil,
         "results": results,
         "serve_over_baseline": speedup,
@@ -278,10 +326,17 @@ def main() -> None:
     print()
     print(f"{'server':9s} {'C':>3s} {'req/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} {'errors':>7s}")
     for r in results:
-        print(f"{r['server']:9s} {r['concurrency']:3d} {r['throughput_rps']:9.1f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {sum(r['errors'].values()):7d}")
-    print(f"ceiling: forward {ceil['forward_batch1_rows_per_s']} rows/s at batch 1, {ceil['forward_batch64_rows_per_s']} rows/s at batch 64")
-    print("serve / baseline throughput: " + ", ".join(f"C={c}: {s}x" for c, s in speedup.items())
-          + f"  (goal at C=64: 2x -> {'met' if report['goal_2x_at_64_met'] else 'NOT met'})")
+        print(
+            f"{r['server']:9s} {r['concurrency']:3d} {r['throughput_rps']:9.1f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {sum(r['errors'].values()):7d}"
+        )
+    print(
+        f"ceiling: forward {ceil['forward_batch1_rows_per_s']} rows/s at batch 1, {ceil['forward_batch64_rows_per_s']} rows/s at batch 64"
+    )
+    print(
+        "serve / baseline throughput: "
+        + ", ".join(f"C={c}: {s}x" for c, s in speedup.items())
+        + f"  (goal at C=64: 2x -> {'met' if report['goal_2x_at_64_met'] else 'NOT met'})"
+    )
     print(f"load average (1 min) before/after: {load_before[0]:.2f} / {load_after[0]:.2f} on {cores} CPUs")
     print(f"wrote {a.out.relative_to(ROOT) if a.out.is_relative_to(ROOT) else a.out}")
 

@@ -26,8 +26,21 @@ import yaml
 from bench.loop_inprocess import one_worker_spec
 
 ROOT = Path(__file__).resolve().parent.parent
-KNOWN = ("RayTrainWorker", "TrainController", "_QueueActor", "SynchronizationActor", "PlacementGroupCleaner", "AutoscalingCoordinator",
-         "SplitCoordinator", "DatasetManager", "_StatsActor", "DashboardAgent", "dashboard", "raylet", "gcs_server")
+KNOWN = (
+    "RayTrainWorker",
+    "TrainController",
+    "_QueueActor",
+    "SynchronizationActor",
+    "PlacementGroupCleaner",
+    "AutoscalingCoordinator",
+    "SplitCoordinator",
+    "DatasetManager",
+    "_StatsActor",
+    "DashboardAgent",
+    "dashboard",
+    "raylet",
+    "gcs_server",
+)
 
 
 def _label(proc: psutil.Process, driver_pid: int):
@@ -50,8 +63,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         spec = Path(tmp) / "spec.yaml"
         spec.write_text(yaml.safe_dump(d))
-        run = subprocess.Popen([str(Path(sys.executable).with_name("orchestrator")), "train", str(spec), "-o", str(Path(tmp) / "runs")],
-                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        run = subprocess.Popen(
+            [str(Path(sys.executable).with_name("orchestrator")), "train", str(spec), "-o", str(Path(tmp) / "runs")],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         samples = []
         while run.poll() is None:
             used = collections.Counter()

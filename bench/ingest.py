@@ -65,7 +65,11 @@ def main() -> None:
     results: dict[str, dict] = {}
     for name, shuffle in (("ray_data_shard", True), ("ray_data_shard_no_shuffle", False)):
         runs = [ray_epoch(e, shuffle) for e in range(args.epochs)]
-        results[name] = {"rows": runs[0][0], "epoch_s": [round(s, 4) for _, s in runs], "rows_per_s": round(_rate(runs[0][0], [s for _, s in runs]), 1)}
+        results[name] = {
+            "rows": runs[0][0],
+            "epoch_s": [round(s, 4) for _, s in runs],
+            "rows_per_s": round(_rate(runs[0][0], [s for _, s in runs]), 1),
+        }
 
     parts = list(train.iter_batches(batch_size=None, batch_format="numpy"))
     x = torch.from_numpy(np.concatenate([p["x"] for p in parts])).float()
@@ -81,18 +85,32 @@ def main() -> None:
     g = torch.Generator().manual_seed(seed)
     loaders = {
         "dataloader_in_memory": DataLoader(tensors, batch_size=bs, shuffle=True, generator=g),
-        "dataloader_in_memory_batched": DataLoader(tensors, sampler=BatchSampler(RandomSampler(tensors, generator=g), bs, drop_last=False), batch_size=None),
+        "dataloader_in_memory_batched": DataLoader(
+            tensors, sampler=BatchSampler(RandomSampler(tensors, generator=g), bs, drop_last=False), batch_size=None
+        ),
     }
     for name, loader in loaders.items():
         runs = [loader_epoch(loader) for _ in range(args.epochs)]
-        results[name] = {"rows": runs[0][0], "epoch_s": [round(s, 4) for _, s in runs], "rows_per_s": round(_rate(runs[0][0], [s for _, s in runs]), 1)}
+        results[name] = {
+            "rows": runs[0][0],
+            "epoch_s": [round(s, 4) for _, s in runs],
+            "rows_per_s": round(_rate(runs[0][0], [s for _, s in runs]), 1),
+        }
 
     base = results["dataloader_in_memory"]["rows_per_s"]
-    out = {"batch_size": bs, "epochs": args.epochs, "torch_threads": args.threads, "train_rows": len(y),
-           "blocks": train.num_blocks() if hasattr(train, "num_blocks") else None, **results,
-           "ratio_ray_data_over_dataloader": round(results["ray_data_shard"]["rows_per_s"] / base, 4),
-           "ratio_ray_data_no_shuffle_over_dataloader": round(results["ray_data_shard_no_shuffle"]["rows_per_s"] / base, 4),
-           "ratio_ray_data_over_batched_dataloader": round(results["ray_data_shard"]["rows_per_s"] / results["dataloader_in_memory_batched"]["rows_per_s"], 4)}
+    out = {
+        "batch_size": bs,
+        "epochs": args.epochs,
+        "torch_threads": args.threads,
+        "train_rows": len(y),
+        "blocks": train.num_blocks() if hasattr(train, "num_blocks") else None,
+        **results,
+        "ratio_ray_data_over_dataloader": round(results["ray_data_shard"]["rows_per_s"] / base, 4),
+        "ratio_ray_data_no_shuffle_over_dataloader": round(results["ray_data_shard_no_shuffle"]["rows_per_s"] / base, 4),
+        "ratio_ray_data_over_batched_dataloader": round(
+            results["ray_data_shard"]["rows_per_s"] / results["dataloader_in_memory_batched"]["rows_per_s"], 4
+        ),
+    }
     args.out.write_text(json.dumps(out, indent=2))
     import ray
 

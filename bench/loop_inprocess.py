@@ -60,7 +60,9 @@ def main() -> None:
             worker(0, 1, argparse.Namespace(spec=one, threads=1, epochs=a.epochs, device="cpu", amp="off", out=out), 0)
             plain = statistics.median(json.loads(out.read_text())["epoch_times_s"][1:])
             splits, pre = fitted_splits(spec)
-            config = build_loop_config(spec, SimpleNamespace(preprocessor=pre), plan_workers(spec.scaling, ClusterResources(cpus=2, gpus=0)))
+            config = build_loop_config(
+                spec, SimpleNamespace(preprocessor=pre), plan_workers(spec.scaling, ClusterResources(cpus=2, gpus=0))
+            )
             config = dataclasses.replace(config, in_memory=True, torch_threads=1)
             data = {n: ColumnBatches({"x": torch.from_numpy(x), "y": torch.from_numpy(y)}) for n, (x, y) in splits.items()}
             session = StandInSession(data["train"], splits=data)

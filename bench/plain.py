@@ -119,11 +119,11 @@ def worker(rank: int, world: int, args: argparse.Namespace, port: int) -> None:
         for g in optimizer.param_groups:
             g["lr"] = t.lr * lr_factor(t, epoch)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(t.seed * 1000 + epoch)).to(device)
-        mine = perm[rank * per_rank:(rank + 1) * per_rank]
+        mine = perm[rank * per_rank : (rank + 1) * per_rank]
         model.train()
         sums = torch.zeros(2, dtype=torch.float64, device=device)
         for i in range(0, per_rank, t.batch_size):
-            idx = mine[i:i + t.batch_size]
+            idx = mine[i : i + t.batch_size]
             x, y = x_train[idx], y_train[idx]
             with torch.autocast(device_type=device.type, dtype=amp or torch.float32, enabled=amp is not None):
                 out = forward(model, x, model_spec)
@@ -145,7 +145,7 @@ def worker(rank: int, world: int, args: argparse.Namespace, port: int) -> None:
             correct, total = 0.0, 0.0
             with torch.no_grad():
                 for i in range(0, len(x_val), 512):
-                    x, y = x_val[i:i + 512], y_val[i:i + 512]
+                    x, y = x_val[i : i + 512], y_val[i : i + 512]
                     out = forward(raw, x, model_spec).float()
                     total += (eval_loss(out, y) if classify else eval_loss(out.reshape(-1), y)).item()
                     if classify:
@@ -157,11 +157,23 @@ def worker(rank: int, world: int, args: argparse.Namespace, port: int) -> None:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     if rank == 0:
-        Path(args.out).write_text(json.dumps({
-            "epoch_times_s": times, "workers": world, "torch_threads": args.threads, "device": args.device, "amp": args.amp if amp else None,
-            "train_rows": n, "rows_per_worker": per_rank, "steps_per_epoch": -(-per_rank // t.batch_size),
-            "train_loss": train_loss, "val_accuracy": val_acc,
-        }, indent=2))
+        Path(args.out).write_text(
+            json.dumps(
+                {
+                    "epoch_times_s": times,
+                    "workers": world,
+                    "torch_threads": args.threads,
+                    "device": args.device,
+                    "amp": args.amp if amp else None,
+                    "train_rows": n,
+                    "rows_per_worker": per_rank,
+                    "steps_per_epoch": -(-per_rank // t.batch_size),
+                    "train_loss": train_loss,
+                    "val_accuracy": val_acc,
+                },
+                indent=2,
+            )
+        )
     if world > 1:
         dist.destroy_process_group()
 

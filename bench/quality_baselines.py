@@ -59,8 +59,9 @@ RESULTS = ROOT / "bench" / "results" / "quality_baselines.json"
 RESULTS_WITH_JOBS = ROOT / "bench" / "results" / "quality.json"
 
 
-def chronological_windows(values: np.ndarray, window: int = WINDOW, horizon: int = HORIZON,
-                          fractions: tuple[float, float, float] = FRACTIONS) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def chronological_windows(
+    values: np.ndarray, window: int = WINDOW, horizon: int = HORIZON, fractions: tuple[float, float, float] = FRACTIONS
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The project's series split: windows over the whole series, cut in time order by `fractions`,
     with the window + horizon - 1 windows after each boundary dropped, so no validation or test window
     touches a training-period point (orchestrator.data.sequences). Returns {split: (X [m, window], y [m])}.
@@ -69,8 +70,7 @@ def chronological_windows(values: np.ndarray, window: int = WINDOW, horizon: int
 
     x, y = make_windows(values, window, horizon)
     ranges = chronological_split(len(x), fractions, window, horizon)
-    return {name: (x[r.start : r.stop, :, 0].astype(np.float64), y[r.start : r.stop].astype(np.float64))
-            for name, r in ranges.items()}
+    return {name: (x[r.start : r.stop, :, 0].astype(np.float64), y[r.start : r.stop].astype(np.float64)) for name, r in ranges.items()}
 
 
 def _rmse(pred: np.ndarray, y: np.ndarray) -> float:
@@ -144,8 +144,7 @@ def image_baseline(folder: Path | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(folder or tmp)
         table = digits_png_folder(root)
-        x = np.stack([np.asarray(Image.open(root / p).convert("L"), dtype=np.float64).ravel() / 255.0
-                      for p in table["path"]])
+        x = np.stack([np.asarray(Image.open(root / p).convert("L"), dtype=np.float64).ravel() / 255.0 for p in table["path"]])
     y = table["label"].to_numpy()
     split = assign_splits(table, SEED, FRACTIONS)
     best = None
@@ -159,8 +158,11 @@ def image_baseline(folder: Path | None = None) -> dict:
         "dataset": "images:digits-png",
         "rows": {name: int((split == code).sum()) for code, name in enumerate(("train", "validation", "test"))},
         "image_size": [int(np.sqrt(x.shape[1]))] * 2,
-        "logreg_pixels": {"C": c, "validation_accuracy": val_acc,
-                          "test_accuracy": float((model.predict(x[split == 2]) == y[split == 2]).mean())},
+        "logreg_pixels": {
+            "C": c,
+            "validation_accuracy": val_acc,
+            "test_accuracy": float((model.predict(x[split == 2]) == y[split == 2]).mean()),
+        },
         "seconds": round(time.perf_counter() - t0, 1),
     }
 
@@ -189,8 +191,12 @@ def train_job(job: str, out: Path, timeout_s: float = 3600) -> dict:
         tail = (r.stdout + r.stderr)[-2000:]
         raise RuntimeError(f"{' '.join(cmd)} exited {r.returncode} without test metrics:\n{tail}")
     run = runs[-1]
-    return {"test": json.loads((run / "test_metrics.json").read_text()),
-            "summary": json.loads((run / "summary.json").read_text()), "seconds": seconds, "exit_code": r.returncode}
+    return {
+        "test": json.loads((run / "test_metrics.json").read_text()),
+        "summary": json.loads((run / "summary.json").read_text()),
+        "seconds": seconds,
+        "exit_code": r.returncode,
+    }
 
 
 def judge(job: str, baselines: dict, outcome: dict) -> dict:
@@ -199,24 +205,47 @@ def judge(job: str, baselines: dict, outcome: dict) -> dict:
     base = baselines[JOBS[job]]
     if JOBS[job] == "text":
         b = base["tfidf_logreg"]["test_accuracy"]
-        row = {"metric": "test accuracy", "baseline": "TF-IDF + logistic regression", "baseline_value": b,
-               "orchestrator": test["test_accuracy"], "bar": f">= {b - TEXT_MARGIN:.4f} (baseline - {TEXT_MARGIN})",
-               "passed": test["test_accuracy"] >= b - TEXT_MARGIN}
+        row = {
+            "metric": "test accuracy",
+            "baseline": "TF-IDF + logistic regression",
+            "baseline_value": b,
+            "orchestrator": test["test_accuracy"],
+            "bar": f">= {b - TEXT_MARGIN:.4f} (baseline - {TEXT_MARGIN})",
+            "passed": test["test_accuracy"] >= b - TEXT_MARGIN,
+        }
     elif JOBS[job].startswith("series"):
         b = base["naive_last_value"]["test_rmse"]
-        row = {"metric": "test RMSE", "baseline": "naive last value", "baseline_value": b,
-               "orchestrator": test["test_rmse"], "bar": f"<= {SERIES_RATIO * b:.4f} ({SERIES_RATIO} x baseline)",
-               "passed": test["test_rmse"] <= SERIES_RATIO * b,
-               "ridge_on_window_test_rmse": base["ridge_on_window"]["test_rmse"]}
+        row = {
+            "metric": "test RMSE",
+            "baseline": "naive last value",
+            "baseline_value": b,
+            "orchestrator": test["test_rmse"],
+            "bar": f"<= {SERIES_RATIO * b:.4f} ({SERIES_RATIO} x baseline)",
+            "passed": test["test_rmse"] <= SERIES_RATIO * b,
+            "ridge_on_window_test_rmse": base["ridge_on_window"]["test_rmse"],
+        }
     else:
         b = base["logreg_pixels"]["test_accuracy"]
-        row = {"metric": "test accuracy", "baseline": "logistic regression on pixels", "baseline_value": b,
-               "orchestrator": test["test_accuracy"], "bar": f">= {IMAGE_BAR}", "passed": test["test_accuracy"] >= IMAGE_BAR}
+        row = {
+            "metric": "test accuracy",
+            "baseline": "logistic regression on pixels",
+            "baseline_value": b,
+            "orchestrator": test["test_accuracy"],
+            "bar": f">= {IMAGE_BAR}",
+            "passed": test["test_accuracy"] >= IMAGE_BAR,
+        }
     counts = base.get("rows") or base.get("windows")  # the baseline's split, to check it is the same one
     best_val = outcome["summary"].get("best_validation") or {}  # the checkpoint the job kept, chosen on validation
-    row.update(job=job, test_rows=test.get("test_rows"), baseline_test_rows=counts["test"], epochs_run=outcome["summary"].get("epochs_run"),
-               best_epoch=outcome["summary"].get("best_epoch"), best_validation=best_val,
-               train_seconds=outcome["seconds"], promoted_by_job_gate=outcome["summary"].get("promoted"))
+    row.update(
+        job=job,
+        test_rows=test.get("test_rows"),
+        baseline_test_rows=counts["test"],
+        epochs_run=outcome["summary"].get("epochs_run"),
+        best_epoch=outcome["summary"].get("best_epoch"),
+        best_validation=best_val,
+        train_seconds=outcome["seconds"],
+        promoted_by_job_gate=outcome["summary"].get("promoted"),
+    )
     return row
 
 
@@ -232,16 +261,30 @@ def print_table(row: dict) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=None,
-                    help=f"results file (default {RESULTS.relative_to(ROOT)}, or {RESULTS_WITH_JOBS.relative_to(ROOT)} with --with-orchestrator)")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"results file (default {RESULTS.relative_to(ROOT)}, or {RESULTS_WITH_JOBS.relative_to(ROOT)} with --with-orchestrator)",
+    )
     ap.add_argument("--with-orchestrator", action="store_true", help="also train the example jobs and compare")
-    ap.add_argument("--jobs", nargs="+", choices=sorted(JOBS), default=sorted(JOBS), metavar="NAME",
-                    help=f"example jobs to train with --with-orchestrator (default all: {', '.join(sorted(JOBS))})")
+    ap.add_argument(
+        "--jobs",
+        nargs="+",
+        choices=sorted(JOBS),
+        default=sorted(JOBS),
+        metavar="NAME",
+        help=f"example jobs to train with --with-orchestrator (default all: {', '.join(sorted(JOBS))})",
+    )
     a = ap.parse_args(argv)
     out = a.out or (RESULTS_WITH_JOBS if a.with_orchestrator else RESULTS)
     needed = {JOBS[j] for j in a.jobs} if a.with_orchestrator else {"text", "series_co2", "series_elnino", "images"}
-    builders = {"text": text_baseline, "series_co2": lambda: series_baseline("co2"),
-                "series_elnino": lambda: series_baseline("elnino"), "images": image_baseline}
+    builders = {
+        "text": text_baseline,
+        "series_co2": lambda: series_baseline("co2"),
+        "series_elnino": lambda: series_baseline("elnino"),
+        "images": image_baseline,
+    }
     results = {key: build() for key, build in builders.items() if key in needed}
     for key, r in results.items():
         print(key, json.dumps(r, indent=None))

@@ -64,8 +64,9 @@ def bpe_ids(texts, train_texts, vocab_size: int = 8000, max_length: int = 128) -
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<pad>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
     tok.train_from_iterator(list(train_texts), trainer)
     out = np.zeros((len(texts), max_length), dtype=np.int64)
     for i, enc in enumerate(tok.encode_batch(list(texts))):
@@ -75,8 +76,7 @@ def bpe_ids(texts, train_texts, vocab_size: int = 8000, max_length: int = 128) -
 
 
 class ByteLSTM(nn.Module):
-    def __init__(self, classes: int, emb: int = 64, hidden: int = 128, layers: int = 2, dropout: float = 0.2,
-                 vocab: int = 257):
+    def __init__(self, classes: int, emb: int = 64, hidden: int = 128, layers: int = 2, dropout: float = 0.2, vocab: int = 257):
         super().__init__()
         self.emb = nn.Embedding(vocab, emb, padding_idx=0)
         self.rnn = nn.LSTM(emb, hidden, layers, batch_first=True, bidirectional=True, dropout=dropout)
@@ -93,8 +93,17 @@ class ByteLSTM(nn.Module):
 
 
 class ByteTransformer(nn.Module):
-    def __init__(self, classes: int, d_model: int = 128, heads: int = 4, layers: int = 2, ff: int = 256,
-                 dropout: float = 0.1, vocab: int = 257, max_length: int = MAX_LENGTH):
+    def __init__(
+        self,
+        classes: int,
+        d_model: int = 128,
+        heads: int = 4,
+        layers: int = 2,
+        ff: int = 256,
+        dropout: float = 0.1,
+        vocab: int = 257,
+        max_length: int = MAX_LENGTH,
+    ):
         super().__init__()
         self.emb = nn.Embedding(vocab, d_model, padding_idx=0)
         self.pos = nn.Embedding(max_length, d_model)
@@ -140,8 +149,12 @@ def _fit_classifier(model: nn.Module, data: dict, epochs: int, lr: float, batch:
         print(history[-1], flush=True)
         if best is None or val > best["validation_accuracy"]:
             best = {"epoch": epoch + 1, "validation_accuracy": val, "test_accuracy": accuracy(*data["test"])}
-    return {"best": best, "history": history, "train_seconds": round(time.perf_counter() - t0, 1),
-            "parameters": sum(p.numel() for p in model.parameters())}
+    return {
+        "best": best,
+        "history": history,
+        "train_seconds": round(time.perf_counter() - t0, 1),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
 
 
 def _text_splits():
@@ -197,8 +210,10 @@ def probe_series(name: str, norm: str, epochs: int) -> dict:
 
     def encode(x, y):
         ref = x[:, -1:] if norm == "last" else mean
-        return (torch.tensor((x - ref) / std, dtype=torch.float32),
-                torch.tensor((y - np.ravel(ref) if norm == "last" else y - ref) / std, dtype=torch.float32))
+        return (
+            torch.tensor((x - ref) / std, dtype=torch.float32),
+            torch.tensor((y - np.ravel(ref) if norm == "last" else y - ref) / std, dtype=torch.float32),
+        )
 
     def decode(x, pred):
         return pred * std + (x[:, -1] if norm == "last" else mean)
@@ -227,9 +242,16 @@ def probe_series(name: str, norm: str, epochs: int) -> dict:
         if best is None or val < best["validation_rmse"]:
             best = {"epoch": epoch + 1, "validation_rmse": val, "test_rmse": rmse("test")}
     naive = _rmse(w["test"][0][:, -1], w["test"][1])
-    return {"dataset": f"series:{name}", "model": "lstm-2x64", "normalise": norm, "epochs": epochs, "best": best,
-            "naive_test_rmse": naive, "test_rmse_vs_naive": best["test_rmse"] / naive,
-            "train_seconds": round(time.perf_counter() - t0, 1)}
+    return {
+        "dataset": f"series:{name}",
+        "model": "lstm-2x64",
+        "normalise": norm,
+        "epochs": epochs,
+        "best": best,
+        "naive_test_rmse": naive,
+        "test_rmse_vs_naive": best["test_rmse"] / naive,
+        "train_seconds": round(time.perf_counter() - t0, 1),
+    }
 
 
 # ---- probes through the project's own tokenizer and models, one field per job-spec field ------------------------
@@ -239,28 +261,38 @@ def probe_series(name: str, norm: str, epochs: int) -> dict:
 # (lowercased when asked) training texts. Batches are cut to their longest row, which changes no
 # output (the models are padding-invariant) but saves time.
 SPEC_TEXT = {"tokenizer": "bpe", "vocab_size": 8000, "max_length": 256, "lowercase": False}
-SPEC_TRAIN = {"epochs": 10, "batch_size": 32, "lr": 2e-3, "optimizer": "adamw", "weight_decay": 0.05, "dropout": 0.1,
-              "label_smoothing": 0.1, "schedule": "cosine", "warmup_epochs": 1, "grad_clip": None}
+SPEC_TRAIN = {
+    "epochs": 10,
+    "batch_size": 32,
+    "lr": 2e-3,
+    "optimizer": "adamw",
+    "weight_decay": 0.05,
+    "dropout": 0.1,
+    "label_smoothing": 0.1,
+    "schedule": "cosine",
+    "warmup_epochs": 1,
+    "grad_clip": None,
+}
 SPEC_PROBES: dict[str, dict] = {
-    "spec-transformer-mean-1x64": {
-        "model": {"type": "transformer", "d_model": 64, "heads": 4, "layers": 1, "ff": 128, "pooling": "mean"}},
+    "spec-transformer-mean-1x64": {"model": {"type": "transformer", "d_model": 64, "heads": 4, "layers": 1, "ff": 128, "pooling": "mean"}},
     "spec-lstm-mean-bi128": {
-        "model": {"type": "rnn", "cell": "lstm", "hidden": 128, "layers": 1, "bidirectional": True,
-                  "embedding": 128, "pooling": "mean"}},
+        "model": {"type": "rnn", "cell": "lstm", "hidden": 128, "layers": 1, "bidirectional": True, "embedding": 128, "pooling": "mean"}
+    },
     # the best of the probes run so far (bench/results/quality_probe.json "spec-sweep/*")
     "spec-transformer-mean-1x64-lc16k": {
         "data.text": {"vocab_size": 16000, "lowercase": True},
         "model": {"type": "transformer", "d_model": 64, "heads": 4, "layers": 1, "ff": 128, "pooling": "mean"},
-        "train": {"lr": 4e-3, "weight_decay": 0.01, "dropout": 0.3}},
+        "train": {"lr": 4e-3, "weight_decay": 0.01, "dropout": 0.3},
+    },
     "spec-lstm-mean-bi64": {
-        "model": {"type": "rnn", "cell": "lstm", "hidden": 64, "layers": 1, "bidirectional": True,
-                  "embedding": 64, "pooling": "mean"},
-        "train": {"epochs": 8, "lr": 3e-3}},
+        "model": {"type": "rnn", "cell": "lstm", "hidden": 64, "layers": 1, "bidirectional": True, "embedding": 64, "pooling": "mean"},
+        "train": {"epochs": 8, "lr": 3e-3},
+    },
     # jobs/text-lstm.yaml since the corpus grew to 1100 texts per library ("spec-sweep-6600/*")
     "spec-lstm-max-bi64": {
-        "model": {"type": "rnn", "cell": "lstm", "hidden": 64, "layers": 1, "bidirectional": True,
-                  "embedding": 64, "pooling": "max"},
-        "train": {"epochs": 8, "lr": 3e-3}},
+        "model": {"type": "rnn", "cell": "lstm", "hidden": 64, "layers": 1, "bidirectional": True, "embedding": 64, "pooling": "max"},
+        "train": {"epochs": 8, "lr": 3e-3},
+    },
 }
 
 
@@ -278,8 +310,11 @@ def spec_setting(name: str, **overrides) -> dict:
     """The full setting of a named probe, {"data.text": ..., "model": ..., "train": ...}; `overrides`
     are dotted keys such as train__lr=3e-3 or model__layers=2."""
     base = SPEC_PROBES[name]
-    s = {"data.text": {**SPEC_TEXT, **base.get("data.text", {})}, "model": dict(base["model"]),
-         "train": {**SPEC_TRAIN, **base.get("train", {})}}
+    s = {
+        "data.text": {**SPEC_TEXT, **base.get("data.text", {})},
+        "model": dict(base["model"]),
+        "train": {**SPEC_TRAIN, **base.get("train", {})},
+    }
     for key, v in overrides.items():
         part, field = key.split("__")
         s["data.text" if part == "text" else part][field] = v
@@ -301,16 +336,31 @@ def probe_spec(setting: dict, max_epochs_below: dict | None = None) -> dict:
     ids, lengths = tok.encode(texts, tx["max_length"], add_cls=True)
     ids, lengths = torch.from_numpy(ids), torch.from_numpy(lengths)
     tok_seconds = round(time.perf_counter() - t0, 1)
-    data = {name: (ids[split == code], lengths[split == code], y[split == code])
-            for code, name in enumerate(("train", "validation", "test"))}
+    data = {
+        name: (ids[split == code], lengths[split == code], y[split == code]) for code, name in enumerate(("train", "validation", "test"))
+    }
     torch.manual_seed(SEED)
     common = {"vocab_size": tok.vocab_size, "input_dim": None, "num_outputs": len(classes), "dropout": t["dropout"]}
     if m["type"] == "transformer":
-        model = build_transformer(**common, d_model=m["d_model"], heads=m["heads"], layers=m["layers"], ff=m["ff"],
-                                  max_length=tx["max_length"], pooling=m["pooling"])
+        model = build_transformer(
+            **common,
+            d_model=m["d_model"],
+            heads=m["heads"],
+            layers=m["layers"],
+            ff=m["ff"],
+            max_length=tx["max_length"],
+            pooling=m["pooling"],
+        )
     else:
-        model = build_rnn(**common, cell=m["cell"], hidden=m["hidden"], layers=m["layers"],
-                          bidirectional=m["bidirectional"], embedding=m["embedding"], pooling=m["pooling"])
+        model = build_rnn(
+            **common,
+            cell=m["cell"],
+            hidden=m["hidden"],
+            layers=m["layers"],
+            bidirectional=m["bidirectional"],
+            embedding=m["embedding"],
+            pooling=m["pooling"],
+        )
     opt = torch.optim.AdamW(model.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
     loss_fn = nn.CrossEntropyLoss(label_smoothing=t["label_smoothing"])
     gen = torch.Generator().manual_seed(SEED)
@@ -344,25 +394,37 @@ def probe_spec(setting: dict, max_epochs_below: dict | None = None) -> dict:
             opt.step()
         train_s = time.perf_counter() - e0
         val = accuracy(*data["validation"])
-        history.append({"epoch": epoch + 1, "train_loss": round(loss_sum / len(ytr), 4),
-                        "validation_accuracy": round(val, 4), "train_seconds": round(train_s, 1)})
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": round(loss_sum / len(ytr), 4),
+                "validation_accuracy": round(val, 4),
+                "train_seconds": round(train_s, 1),
+            }
+        )
         print(history[-1], flush=True)
         if best is None or val > best["validation_accuracy"]:
             best = {"epoch": epoch + 1, "validation_accuracy": val, "test_accuracy": accuracy(*data["test"])}
         if max_epochs_below and epoch + 1 in max_epochs_below and val < max_epochs_below[epoch + 1]:
             stopped = f"validation accuracy {val:.3f} < {max_epochs_below[epoch + 1]} at epoch {epoch + 1}"
             break
-    last = {"epoch": len(history), "validation_accuracy": history[-1]["validation_accuracy"],
-            "test_accuracy": accuracy(*data["test"])}
-    return {"setting": setting, "vocab": tok.vocab_size, "best": best, "last": last, "stopped_early": stopped,
-            "seconds_per_epoch": round(sum(h["train_seconds"] for h in history) / len(history), 1),
-            "tokenizer_seconds": tok_seconds, "train_seconds": round(time.perf_counter() - t1, 1),
-            "parameters": sum(p.numel() for p in model.parameters()), "threads": torch.get_num_threads(),
-            "history": history}
+    last = {"epoch": len(history), "validation_accuracy": history[-1]["validation_accuracy"], "test_accuracy": accuracy(*data["test"])}
+    return {
+        "setting": setting,
+        "vocab": tok.vocab_size,
+        "best": best,
+        "last": last,
+        "stopped_early": stopped,
+        "seconds_per_epoch": round(sum(h["train_seconds"] for h in history) / len(history), 1),
+        "tokenizer_seconds": tok_seconds,
+        "train_seconds": round(time.perf_counter() - t1, 1),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "threads": torch.get_num_threads(),
+        "history": history,
+    }
 
 
-PROBES = ("text-lstm", "text-transformer", "text-bpe-lstm", "text-bpe-transformer", "text-bow", "series-lstm",
-          *SPEC_PROBES)
+PROBES = ("text-lstm", "text-transformer", "text-bpe-lstm", "text-bpe-transformer", "text-bow", "series-lstm", *SPEC_PROBES)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -385,8 +447,7 @@ def main(argv: list[str] | None = None) -> None:
         elif probe.startswith("text-"):
             runs = {probe: probe_text(probe.split("-", 1)[1], a.epochs)}
         else:
-            runs = {f"series-lstm-{s}-{n}": probe_series(s, n, a.series_epochs)
-                    for s in ("co2", "elnino") for n in ("global", "last")}
+            runs = {f"series-lstm-{s}-{n}": probe_series(s, n, a.series_epochs) for s in ("co2", "elnino") for n in ("global", "last")}
         for key, r in runs.items():
             print(key, json.dumps({k: v for k, v in r.items() if k != "history"}), flush=True)
         results.update(runs)

@@ -79,9 +79,15 @@ def machine() -> dict:
     import ray
     import torch
 
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
-            "torch": torch.__version__, "ray": ray.__version__, "cuda": torch.cuda.is_available(),
-            "gpus": torch.cuda.device_count() if torch.cuda.is_available() else 0}
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "ray": ray.__version__,
+        "cuda": torch.cuda.is_available(),
+        "gpus": torch.cuda.device_count() if torch.cuda.is_available() else 0,
+    }
 
 
 def worker_plan(workers: int, gpus_per_worker: float = 0):
@@ -92,7 +98,9 @@ def worker_plan(workers: int, gpus_per_worker: float = 0):
     from orchestrator.train.plan import ClusterResources, plan_workers
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return plan_workers(ScalingSpec(workers=workers, gpus_per_worker=gpus_per_worker), ClusterResources(cpus=float(os.cpu_count() or 1), gpus=float(gpus)))
+    return plan_workers(
+        ScalingSpec(workers=workers, gpus_per_worker=gpus_per_worker), ClusterResources(cpus=float(os.cpu_count() or 1), gpus=float(gpus))
+    )
 
 
 # --------------------------------------------------------------------------------- the specs
@@ -146,15 +154,39 @@ def orchestrator_train(work: Path, spec: Path, timeout: float) -> dict:
     epochs = json.loads((run_dir / "metrics.json").read_text())
     timings = json.loads((run_dir / "timings.json").read_text())
     times = [e["epoch_time_s"] for e in epochs]
-    return {"epoch_times_s": [round(t, 4) for t in times], "steady_epoch_s": round(steady(times), 4), "wall_s": round(wall, 2),
-            "val_accuracy": epochs[-1].get("val_accuracy"), "world_size": epochs[-1].get("world_size"), "timings": timings,
-            "run_dir": str(run_dir)}
+    return {
+        "epoch_times_s": [round(t, 4) for t in times],
+        "steady_epoch_s": round(steady(times), 4),
+        "wall_s": round(wall, 2),
+        "val_accuracy": epochs[-1].get("val_accuracy"),
+        "world_size": epochs[-1].get("world_size"),
+        "timings": timings,
+        "run_dir": str(run_dir),
+    }
 
 
 def plain_train(work: Path, spec: Path, workers: int, threads: int, timeout: float, device: str = "cpu", amp: str = "off") -> dict:
     out = work / f"{spec.stem}-plain.json"
-    wall = run([PY, "-m", "bench.plain", str(spec), "--workers", str(workers), "--threads", str(threads), "--device", device, "--amp", amp,
-                "--out", str(out)], work / f"{spec.stem}-plain.log", timeout)
+    wall = run(
+        [
+            PY,
+            "-m",
+            "bench.plain",
+            str(spec),
+            "--workers",
+            str(workers),
+            "--threads",
+            str(threads),
+            "--device",
+            device,
+            "--amp",
+            amp,
+            "--out",
+            str(out),
+        ],
+        work / f"{spec.stem}-plain.log",
+        timeout,
+    )
     r = json.loads(out.read_text())
     r["epoch_times_s"] = [round(t, 4) for t in r["epoch_times_s"]]
     r["steady_epoch_s"] = round(steady(r["epoch_times_s"]), 4)
@@ -180,10 +212,17 @@ def section_epoch(work: Path, quick: bool, say, models: tuple[str, ...] = MODELS
             plain = plain_train(work, spec, workers, plan.torch_threads, 900)
             orch = orchestrator_train(work, spec, 1200)
             key = f"{model}_{workers}w"
-            out["runs"][key] = {"model": model, "workers": workers, "epochs": epochs, "train_rows": plain["train_rows"],
-                                "cpus_per_worker": plan.cpus_per_worker, "torch_threads_per_worker": plan.torch_threads,
-                                "orchestrator": orch, "plain": plain,
-                                "ratio_orchestrator_over_plain": round(orch["steady_epoch_s"] / plain["steady_epoch_s"], 4)}
+            out["runs"][key] = {
+                "model": model,
+                "workers": workers,
+                "epochs": epochs,
+                "train_rows": plain["train_rows"],
+                "cpus_per_worker": plan.cpus_per_worker,
+                "torch_threads_per_worker": plan.torch_threads,
+                "orchestrator": orch,
+                "plain": plain,
+                "ratio_orchestrator_over_plain": round(orch["steady_epoch_s"] / plain["steady_epoch_s"], 4),
+            }
     if set(worker_counts) == {1, 2}:  # the scaling figure compares the two
         for model in sizes:
             one, two = out["runs"][f"{model}_1w"], out["runs"][f"{model}_2w"]
@@ -199,7 +238,11 @@ def section_ingest(work: Path, quick: bool, say) -> dict:
     threads = worker_plan(1).torch_threads
     say(f"ingest: Ray Data shard vs in-memory DataLoader ({'12k' if quick else '120k'} rows, batch 256)")
     out = work / "ingest.json"
-    run([PY, "-m", "bench.ingest", str(spec), "--epochs", "2" if quick else "4", "--threads", str(threads), "--out", str(out)], work / "ingest.log", 900)
+    run(
+        [PY, "-m", "bench.ingest", str(spec), "--epochs", "2" if quick else "4", "--threads", str(threads), "--out", str(out)],
+        work / "ingest.log",
+        900,
+    )
     return json.loads(out.read_text())
 
 
@@ -214,7 +257,9 @@ def import_times(work: Path, repeats: int) -> dict:
             subprocess.run([PY, "-c", f"import {module}" if module else "pass"], cwd=ROOT, check=True, capture_output=True)
             walls.append(time.perf_counter() - t0)
         res[f"{label}_s"] = round(statistics.median(walls), 3)
-    p = subprocess.run([PY, "-X", "importtime", "-c", "import orchestrator.train.driver"], cwd=ROOT, capture_output=True, text=True, check=True)
+    p = subprocess.run(
+        [PY, "-X", "importtime", "-c", "import orchestrator.train.driver"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
     direct = []  # the driver's own imports: one level (two spaces) below it in -X importtime's tree
     for line in p.stderr.splitlines():
         m = re.match(r"import time:\s+\d+ \|\s+(\d+) \| {3}(\S+)$", line)
@@ -235,11 +280,17 @@ def section_startup(work: Path, quick: bool, say, epoch: Optional[dict]) -> dict
     say("startup: import times")
     t = orch["timings"]
     after = t["total_s"] + t["process_start_s"]
-    return {"source": source, "timings": t, "command_wall_s": orch["wall_s"],
-            "start_to_first_step_s": t.get("start_to_first_step_s"),
-            "last_epoch_to_exit_s": round(t["last_epoch_to_end_s"] + max(0.0, orch["wall_s"] - after), 3) if "last_epoch_to_end_s" in t else None,
-            "after_pipeline_to_exit_s": round(max(0.0, orch["wall_s"] - after), 3),
-            "imports": import_times(work, 1 if quick else 3)}
+    return {
+        "source": source,
+        "timings": t,
+        "command_wall_s": orch["wall_s"],
+        "start_to_first_step_s": t.get("start_to_first_step_s"),
+        "last_epoch_to_exit_s": round(t["last_epoch_to_end_s"] + max(0.0, orch["wall_s"] - after), 3)
+        if "last_epoch_to_end_s" in t
+        else None,
+        "after_pipeline_to_exit_s": round(max(0.0, orch["wall_s"] - after), 3),
+        "imports": import_times(work, 1 if quick else 3),
+    }
 
 
 def section_quickstart(work: Path, quick: bool, say) -> dict:
@@ -253,13 +304,23 @@ def section_quickstart(work: Path, quick: bool, say) -> dict:
     say(f"quickstart: orchestrator run {spec.relative_to(ROOT) if spec.is_relative_to(ROOT) else spec}")
     from orchestrator.errors import NOT_PROMOTED_EXIT
 
-    wall = run([CLI, "run", str(spec), "-o", str(work / "runs"), "--run-name", "quickstart", "--no-serve"], work / "quickstart.log", 1800,
-               ok=(0, NOT_PROMOTED_EXIT))
+    wall = run(
+        [CLI, "run", str(spec), "-o", str(work / "runs"), "--run-name", "quickstart", "--no-serve"],
+        work / "quickstart.log",
+        1800,
+        ok=(0, NOT_PROMOTED_EXIT),
+    )
     run_dir = work / "runs" / "quickstart"
     summary = json.loads((run_dir / "summary.json").read_text())
-    return {"spec": str(spec.relative_to(ROOT) if spec.is_relative_to(ROOT) else spec), "wall_s": round(wall, 2),
-            "test_accuracy": summary["test"].get("test_accuracy"), "promoted": summary["promoted"], "trials": summary.get("trials"),
-            "epochs_run": summary.get("epochs_run"), "timings": json.loads((run_dir / "timings.json").read_text())}
+    return {
+        "spec": str(spec.relative_to(ROOT) if spec.is_relative_to(ROOT) else spec),
+        "wall_s": round(wall, 2),
+        "test_accuracy": summary["test"].get("test_accuracy"),
+        "promoted": summary["promoted"],
+        "trials": summary.get("trials"),
+        "epochs_run": summary.get("epochs_run"),
+        "timings": json.loads((run_dir / "timings.json").read_text()),
+    }
 
 
 def section_asha(work: Path, quick: bool, say) -> dict:
@@ -297,8 +358,11 @@ def section_gpu(work: Path, quick: bool, say) -> dict:
         say(f"gpu: mlp, {workers} worker(s), bf16: plain PyTorch, then orchestrator train")
         plain = plain_train(work, spec, workers, plan.torch_threads, 900, device="cuda", amp="bf16")
         orch = orchestrator_train(work, spec, 1200)
-        out["runs"][f"mlp_{workers}w"] = {"orchestrator": orch, "plain": plain,
-                                          "ratio_orchestrator_over_plain": round(orch["steady_epoch_s"] / plain["steady_epoch_s"], 4)}
+        out["runs"][f"mlp_{workers}w"] = {
+            "orchestrator": orch,
+            "plain": plain,
+            "ratio_orchestrator_over_plain": round(orch["steady_epoch_s"] / plain["steady_epoch_s"], 4),
+        }
     return out
 
 
@@ -337,8 +401,15 @@ def goals(f: dict) -> list[dict]:
     rows = []
     for key, label, op, goal in GOALS:
         v = f.get(key)
-        rows.append({"key": key, "measure": label, "value": v, "goal": f"{op} {goal:g}",
-                     "met": None if v is None else (v <= goal if op == "<=" else v >= goal)})
+        rows.append(
+            {
+                "key": key,
+                "measure": label,
+                "value": v,
+                "goal": f"{op} {goal:g}",
+                "met": None if v is None else (v <= goal if op == "<=" else v >= goal),
+            }
+        )
     return rows
 
 
@@ -352,12 +423,21 @@ def print_tables(res: dict, console) -> None:
         for c in ("model", "workers x threads", "rows", "orchestrator s", "plain PyTorch s", "ratio"):
             t.add_column(c, justify="right" if c != "model" else "left")
         for r in ep["runs"].values():
-            t.add_row(r["model"], f"{r['workers']} x {r['torch_threads_per_worker']}", str(r["train_rows"]), f"{r['orchestrator']['steady_epoch_s']:.3f}",
-                      f"{r['plain']['steady_epoch_s']:.3f}", f"{r['ratio_orchestrator_over_plain']:.2f}")
+            t.add_row(
+                r["model"],
+                f"{r['workers']} x {r['torch_threads_per_worker']}",
+                str(r["train_rows"]),
+                f"{r['orchestrator']['steady_epoch_s']:.3f}",
+                f"{r['plain']['steady_epoch_s']:.3f}",
+                f"{r['ratio_orchestrator_over_plain']:.2f}",
+            )
         console.print(t)
         for m in (m for m in MODELS if f"scaling_{m}" in ep):
             s = ep[f"scaling_{m}"]
-            console.print(f"2-worker / 1-worker epoch, {m}: orchestrator {s['orchestrator_2w_over_1w']:.2f}, plain PyTorch {s['plain_2w_over_1w']:.2f}", highlight=False)
+            console.print(
+                f"2-worker / 1-worker epoch, {m}: orchestrator {s['orchestrator_2w_over_1w']:.2f}, plain PyTorch {s['plain_2w_over_1w']:.2f}",
+                highlight=False,
+            )
     ing = res.get("ingest")
     if ing:
         t = Table(title=f"ingest, rows/s (batch {ing['batch_size']}, {ing['train_rows']} rows)", title_justify="left")
@@ -375,11 +455,19 @@ def print_tables(res: dict, console) -> None:
         for k, v in st["timings"]["phases_s"].items():
             t.add_row(k, f"{v:.2f}")
         t.add_row("after the pipeline to exit (Ray shutdown)", f"{st['after_pipeline_to_exit_s']:.2f}")
-        t.add_row(Text("start to first step", style="bold"), f"{st['start_to_first_step_s']:.2f}" if st["start_to_first_step_s"] is not None else "-")
-        t.add_row(Text("last epoch to exit", style="bold"), f"{st['last_epoch_to_exit_s']:.2f}" if st["last_epoch_to_exit_s"] is not None else "-")
+        t.add_row(
+            Text("start to first step", style="bold"),
+            f"{st['start_to_first_step_s']:.2f}" if st["start_to_first_step_s"] is not None else "-",
+        )
+        t.add_row(
+            Text("last epoch to exit", style="bold"), f"{st['last_epoch_to_exit_s']:.2f}" if st["last_epoch_to_exit_s"] is not None else "-"
+        )
         console.print(t)
         im = st["imports"]
-        console.print(f"imports in a fresh interpreter: python alone {im['python_only_s']:.2f} s, CLI {im['cli_s']:.2f} s, training driver {im['train_driver_s']:.2f} s", highlight=False)
+        console.print(
+            f"imports in a fresh interpreter: python alone {im['python_only_s']:.2f} s, CLI {im['cli_s']:.2f} s, training driver {im['train_driver_s']:.2f} s",
+            highlight=False,
+        )
     if res.get("gpu", {}).get("skipped"):
         console.print(f"gpu: {res['gpu']['skipped']}: skipped", highlight=False)
     t = Table(title="goals (issue 14)", title_justify="left")
@@ -388,7 +476,12 @@ def print_tables(res: dict, console) -> None:
     for g in res["goals"]:
         v = g["value"]
         met = "-" if g["met"] is None else ("yes" if g["met"] else "no")
-        t.add_row(Text(g["measure"]), "not run" if v is None else f"{v:.2f}", g["goal"], Text(met, style={"yes": "green", "no": "red"}.get(met, "")))
+        t.add_row(
+            Text(g["measure"]),
+            "not run" if v is None else f"{v:.2f}",
+            g["goal"],
+            Text(met, style={"yes": "green", "no": "red"}.get(met, "")),
+        )
     console.print(t)
 
 
@@ -409,9 +502,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections to run, of: {','.join(SECTIONS)} (default: all)")
     ap.add_argument("--quick", action="store_true", help="small sizes and few epochs: a smoke test of the suite, not a measurement")
     ap.add_argument("--out", type=Path, help="result file (default bench/results/speed[-quick]-<date>-<commit>.json)")
-    ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated models of the epoch section, of: {','.join(MODELS)} (default: all)")
-    ap.add_argument("--workers", default="1,2", help="comma-separated worker counts of the epoch section, of: 1,2 (default: both; "
-                    "the scaling figure needs both)")
+    ap.add_argument(
+        "--models", default=",".join(MODELS), help=f"comma-separated models of the epoch section, of: {','.join(MODELS)} (default: all)"
+    )
+    ap.add_argument(
+        "--workers",
+        default="1,2",
+        help="comma-separated worker counts of the epoch section, of: 1,2 (default: both; the scaling figure needs both)",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the runs' folders and logs (their path is printed)")
     a = ap.parse_args(argv)
     only = [s.strip() for s in a.only.split(",") if s.strip()]
@@ -435,11 +533,20 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="bench-speed-"))
     git = git_commit()
-    res: dict[str, Any] = {"command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]), **git,
-                           "date": datetime.datetime.now().isoformat(timespec="seconds"), "quick": a.quick, "sections": only, "models": list(models),
-                           "worker_counts": list(worker_counts),
-                           "machine": machine(), "load_average_before": [round(x, 2) for x in os.getloadavg()]}
-    say(f"suite: {', '.join(only)}{' (quick)' if a.quick else ''}; load average {res['load_average_before']} on {os.cpu_count()} CPUs; work in {work}")
+    res: dict[str, Any] = {
+        "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+        **git,
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "quick": a.quick,
+        "sections": only,
+        "models": list(models),
+        "worker_counts": list(worker_counts),
+        "machine": machine(),
+        "load_average_before": [round(x, 2) for x in os.getloadavg()],
+    }
+    say(
+        f"suite: {', '.join(only)}{' (quick)' if a.quick else ''}; load average {res['load_average_before']} on {os.cpu_count()} CPUs; work in {work}"
+    )
     t0 = time.perf_counter()
     try:
         for name in only:
@@ -463,8 +570,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2) + "\n")
     print_tables(res, console)
-    console.print(f"load average before/after: {res['load_average_before']} / {res['load_average_after']} on {os.cpu_count()} CPUs; "
-                  f"commit {git['commit']}{' (uncommitted changes)' if git['dirty'] else ''}; wrote {out}", highlight=False)
+    console.print(
+        f"load average before/after: {res['load_average_before']} / {res['load_average_after']} on {os.cpu_count()} CPUs; "
+        f"commit {git['commit']}{' (uncommitted changes)' if git['dirty'] else ''}; wrote {out}",
+        highlight=False,
+    )
     if a.keep:
         console.print(f"runs and logs kept in {work}", highlight=False)
     return 0

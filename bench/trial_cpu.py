@@ -61,8 +61,14 @@ def main() -> None:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     t0 = time.perf_counter()
-    build_trainer(spec, prepared, plan, storage_path=str(ROOT / "bench" / "results" / "asha-runs" / "trial-cpu"),
-                  name=f"trial-cpu-{int(time.time())}", callbacks=[]).fit()
+    build_trainer(
+        spec,
+        prepared,
+        plan,
+        storage_path=str(ROOT / "bench" / "results" / "asha-runs" / "trial-cpu"),
+        name=f"trial-cpu-{int(time.time())}",
+        callbacks=[],
+    ).fit()
     wall = time.perf_counter() - t0
     stop.set()
     sampler.join()

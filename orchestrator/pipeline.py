@@ -86,8 +86,12 @@ class Timings:
 
     def write(self, run: Path) -> None:
         end = time.perf_counter()
-        data = {"kind": self.kind, "process_start_s": round(self.process_start_s, 3),
-                "phases_s": {k: round(v, 3) for k, v in self.phases.items()}, "total_s": round(end - self.t0, 3)}
+        data = {
+            "kind": self.kind,
+            "process_start_s": round(self.process_start_s, 3),
+            "phases_s": {k: round(v, 3) for k, v in self.phases.items()},
+            "total_s": round(end - self.t0, 3),
+        }
         if self.first_step is not None:
             data["start_to_first_step_s"] = round(self.process_start_s + self.first_step - self.t0, 3)
             data["last_epoch_to_end_s"] = round(end - self.last_epoch, 3)
@@ -107,7 +111,9 @@ def _check_data(spec: JobSpec, console: Console) -> None:
 def data_problems_error(problems: list[str]) -> DataError:
     if len(problems) == 1:
         return DataError(problems[0])
-    return DataError(f"the data does not fit the spec ({len(problems)} problems):\n" + "\n".join(f"  {p}" for p in problems), problems=problems)
+    return DataError(
+        f"the data does not fit the spec ({len(problems)} problems):\n" + "\n".join(f"  {p}" for p in problems), problems=problems
+    )
 
 
 def _start(spec: JobSpec, address: Optional[str], verbose: bool, console: Console):
@@ -127,14 +133,17 @@ def _prepare(spec: JobSpec, console: Console):
     pre = prepared.preprocessor
     console.print(
         f"data: {prepared.source}  task={pre.task}  train rows={pre.train_rows}  inputs={pre.input_shape}  outputs={pre.num_outputs}",
-        highlight=False, soft_wrap=True,
+        highlight=False,
+        soft_wrap=True,
     )
     for note in prepared.notes:
         console.print(f"note: {note}", highlight=False, soft_wrap=True)
     return prepared
 
 
-def _train_once(spec: JobSpec, run: Path, prepared, plan, console: Console, timings: Timings) -> tuple[str, dict, Optional[dict], list, dict]:
+def _train_once(
+    spec: JobSpec, run: Path, prepared, plan, console: Console, timings: Timings
+) -> tuple[str, dict, Optional[dict], list, dict]:
     with timings.phase("training_imports"):
         from orchestrator.train.driver import run_training
         from orchestrator.ui import EpochProgress
@@ -150,22 +159,45 @@ def _train_once(spec: JobSpec, run: Path, prepared, plan, console: Console, timi
         timings.split_training(started, time.perf_counter())
     write_metrics(run, outcome.epochs)
     trial = {"trial_id": "train", "config": {}, "status": "TERMINATED", "epochs": outcome.epochs, "error": None}
-    extra = {"epochs_run": len(outcome.epochs), "best_epoch": outcome.best_metrics.get("epoch"),
-             "best_validation": {k: v for k, v in outcome.best_metrics.items() if k.startswith(VAL_PREFIX)},
-             "worker_failures": outcome.failures, "train_wall_time_s": round(outcome.wall_time_s, 1)}
+    extra = {
+        "epochs_run": len(outcome.epochs),
+        "best_epoch": outcome.best_metrics.get("epoch"),
+        "best_validation": {k: v for k, v in outcome.best_metrics.items() if k.startswith(VAL_PREFIX)},
+        "worker_failures": outcome.failures,
+        "train_wall_time_s": round(outcome.wall_time_s, 1),
+    }
     return outcome.best_checkpoint, outcome.test_metrics, outcome.test_details, [trial], extra
 
 
-def _finish(spec: JobSpec, run: Path, best_checkpoint: str, test_metrics: dict, test_details: Optional[dict], trials: list[dict], winner: Optional[str],
-            extra: dict, console: Console, timings: Timings) -> RunResult:
+def _finish(
+    spec: JobSpec,
+    run: Path,
+    best_checkpoint: str,
+    test_metrics: dict,
+    test_details: Optional[dict],
+    trials: list[dict],
+    winner: Optional[str],
+    extra: dict,
+    console: Console,
+    timings: Timings,
+) -> RunResult:
     with timings.phase("report"):
         result = _write_outcome(spec, run, best_checkpoint, test_metrics, test_details, trials, winner, extra, console)
     timings.write(run)
     return result
 
 
-def _write_outcome(spec: JobSpec, run: Path, best_checkpoint: str, test_metrics: dict, details: Optional[dict], trials: list[dict], winner: Optional[str],
-                   extra: dict, console: Console) -> RunResult:
+def _write_outcome(
+    spec: JobSpec,
+    run: Path,
+    best_checkpoint: str,
+    test_metrics: dict,
+    details: Optional[dict],
+    trials: list[dict],
+    winner: Optional[str],
+    extra: dict,
+    console: Console,
+) -> RunResult:
     from orchestrator.promote import decide
     from orchestrator.report import write_report
     from orchestrator.ui import metrics_table
@@ -173,12 +205,26 @@ def _write_outcome(spec: JobSpec, run: Path, best_checkpoint: str, test_metrics:
     decision = decide(spec.promote, test_metrics)
     write_json(run / "test_metrics.json", test_metrics)
     write_json(run / "promotion.json", decision.to_dict())
-    summary = {"name": spec.name, "status": "succeeded", "best_checkpoint": in_run(run, best_checkpoint), "metric": spec.tune_metric,
-               "test": test_metrics, "promoted": decision.promoted, "promotion": decision.reason, **extra}
+    summary = {
+        "name": spec.name,
+        "status": "succeeded",
+        "best_checkpoint": in_run(run, best_checkpoint),
+        "metric": spec.tune_metric,
+        "test": test_metrics,
+        "promoted": decision.promoted,
+        "promotion": decision.reason,
+        **extra,
+    }
     write_json(run / "summary.json", summary)
-    write_report(run, title=f"{spec.name}: {run.name}", trials=trials, metric=spec.tune_metric, winner=winner,
-                 summary={"run": run.name, "winner": winner, **{k: v for k, v in test_metrics.items()}, "promotion": decision.reason},
-                 details=details)
+    write_report(
+        run,
+        title=f"{spec.name}: {run.name}",
+        trials=trials,
+        metric=spec.tune_metric,
+        winner=winner,
+        summary={"run": run.name, "winner": winner, **{k: v for k, v in test_metrics.items()}, "promotion": decision.reason},
+        details=details,
+    )
     console.print(metrics_table("winner on the held-out test split", test_metrics))
     style = "green" if decision.promoted else "red"
     console.print(Text.assemble(("PROMOTED" if decision.promoted else "NOT PROMOTED", style), f": {decision.reason}"), highlight=False)
@@ -193,13 +239,30 @@ def _failure_recorded(spec: JobSpec, run: Path, stage: str):
     try:
         yield
     except Exception as e:
-        write_json(run / "summary.json", {"name": spec.name, "status": "failed", "stage": stage,
-                                          "error": one_line(str(e) or type(e).__name__, 4000), "error_type": type(e).__name__})
+        write_json(
+            run / "summary.json",
+            {
+                "name": spec.name,
+                "status": "failed",
+                "stage": stage,
+                "error": one_line(str(e) or type(e).__name__, 4000),
+                "error_type": type(e).__name__,
+            },
+        )
         raise
 
 
-def train_job(spec: JobSpec, spec_path: Path, *, output: Optional[Path] = None, address: Optional[str] = None, verbose: bool = False, console: Optional[Console] = None,
-              run_name: Optional[str] = None, on_run_dir: Callable[[Path], None] = lambda run: None) -> RunResult:
+def train_job(
+    spec: JobSpec,
+    spec_path: Path,
+    *,
+    output: Optional[Path] = None,
+    address: Optional[str] = None,
+    verbose: bool = False,
+    console: Optional[Console] = None,
+    run_name: Optional[str] = None,
+    on_run_dir: Callable[[Path], None] = lambda run: None,
+) -> RunResult:
     """Train once (the spec's own settings, even if it has a tune section). `on_run_dir` is told
     the run directory as soon as it exists (the CLI moves its log there)."""
     from orchestrator.train.plan import plan_workers
@@ -213,8 +276,14 @@ def train_job(spec: JobSpec, spec_path: Path, *, output: Optional[Path] = None, 
     plan = plan_workers(spec.scaling, resources)  # refuses an infeasible spec before any work
     run = new_run_dir(spec, spec_path, output, run_name, kind="train")
     on_run_dir(run)
-    console.print(Text.assemble("run ", (str(run), "bold")), f"\ncluster: {resources.cpus:g} CPUs, {resources.gpus:g} GPUs -> {counted(plan.workers, 'worker')} x {plan.cpus_per_worker:g} CPU"
-                  + (f" + {plan.gpus_per_worker:g} GPU" if plan.gpus_per_worker else ""), sep="", highlight=False, soft_wrap=True)
+    console.print(
+        Text.assemble("run ", (str(run), "bold")),
+        f"\ncluster: {resources.cpus:g} CPUs, {resources.gpus:g} GPUs -> {counted(plan.workers, 'worker')} x {plan.cpus_per_worker:g} CPU"
+        + (f" + {plan.gpus_per_worker:g} GPU" if plan.gpus_per_worker else ""),
+        sep="",
+        highlight=False,
+        soft_wrap=True,
+    )
     with _failure_recorded(spec, run, "train"):
         with timings.phase("data_preparation"):
             prepared = _prepare(spec, console)
@@ -222,12 +291,22 @@ def train_job(spec: JobSpec, spec_path: Path, *, output: Optional[Path] = None, 
         return _finish(spec, run, best, test, details, trials, "train", extra, console, timings)
 
 
-def run_job(spec: JobSpec, spec_path: Path, *, output: Optional[Path] = None, address: Optional[str] = None, verbose: bool = False, console: Optional[Console] = None,
-            run_name: Optional[str] = None, on_run_dir: Callable[[Path], None] = lambda run: None) -> RunResult:
+def run_job(
+    spec: JobSpec,
+    spec_path: Path,
+    *,
+    output: Optional[Path] = None,
+    address: Optional[str] = None,
+    verbose: bool = False,
+    console: Optional[Console] = None,
+    run_name: Optional[str] = None,
+    on_run_dir: Callable[[Path], None] = lambda run: None,
+) -> RunResult:
     """Validate, plan, search (or train once without a tune section), evaluate, apply the promotion gate."""
     if spec.tune is None:
-        return train_job(spec, spec_path, output=output, address=address, verbose=verbose, console=console, run_name=run_name,
-                         on_run_dir=on_run_dir)
+        return train_job(
+            spec, spec_path, output=output, address=address, verbose=verbose, console=console, run_name=run_name, on_run_dir=on_run_dir
+        )
     from orchestrator.tune.plan import expected_trials, in_process_trials, plan_search
 
     timings = Timings("search")
@@ -242,21 +321,35 @@ def run_job(spec: JobSpec, spec_path: Path, *, output: Optional[Path] = None, ad
     if not in_process_trials(plan):
         each = f"each {counted(plan.workers, 'worker')} x {plan.cpus_per_worker:g} CPU"
     elif spec.scaling.workers > 1:  # one_process_plan merged the spec's workers
-        each = (f"each in one trial process on {plan.cpus_per_worker:g} CPU with the global batch of {spec.scaling.workers} workers x "
-                f"{spec.train.batch_size} rows (too few CPUs for {spec.scaling.workers} DDP workers per trial; an explicit "
-                "scaling.cpus_per_worker keeps them)")
+        each = (
+            f"each in one trial process on {plan.cpus_per_worker:g} CPU with the global batch of {spec.scaling.workers} workers x "
+            f"{spec.train.batch_size} rows (too few CPUs for {spec.scaling.workers} DDP workers per trial; an explicit "
+            "scaling.cpus_per_worker keeps them)"
+        )
     else:
         each = f"each training in its own trial process on {plan.cpus_per_worker:g} CPU (one worker: no Ray Train worker group to start)"
-    console.print(Text.assemble("run ", (str(run), "bold")), f"\nsearch: {expected_trials(spec.tune)} trials ({spec.tune.search}, scheduler {spec.tune.scheduler.type}), "
-                  f"{concurrent} at a time, {each}", sep="", highlight=False, soft_wrap=True)
+    console.print(
+        Text.assemble("run ", (str(run), "bold")),
+        f"\nsearch: {expected_trials(spec.tune)} trials ({spec.tune.search}, scheduler {spec.tune.scheduler.type}), "
+        f"{concurrent} at a time, {each}",
+        sep="",
+        highlight=False,
+        soft_wrap=True,
+    )
     with _failure_recorded(spec, run, "search"):
         with timings.phase("data_preparation"):
             prepared = _prepare(spec, console)
         return _search(spec, run, prepared, (concurrent, plan), console, timings, restore=False)
 
 
-def resume_job(run_dir: Path, *, address: Optional[str] = None, verbose: bool = False, console: Optional[Console] = None,
-               on_run_dir: Callable[[Path], None] = lambda run: None) -> RunResult:
+def resume_job(
+    run_dir: Path,
+    *,
+    address: Optional[str] = None,
+    verbose: bool = False,
+    console: Optional[Console] = None,
+    on_run_dir: Callable[[Path], None] = lambda run: None,
+) -> RunResult:
     """Continue an interrupted search; finished trials are kept, not run again."""
     timings = Timings("resume")
     console = console or make_console()
@@ -275,8 +368,10 @@ def resume_job(run_dir: Path, *, address: Optional[str] = None, verbose: bool = 
     spec = load_spec(run_dir / "spec.yaml")  # a damaged copy: SpecError, naming the file and the problem
     spec._base_dir = base_dir
     if meta.get("kind") == "train" or spec.tune is None:
-        raise OrchestratorError(f"{run_dir}: a run of `orchestrator train` (one training, no search) has nothing to resume; a failed "
-                                "worker already restarts from the last checkpoint within the run (train.max_failures). Train the spec again")
+        raise OrchestratorError(
+            f"{run_dir}: a run of `orchestrator train` (one training, no search) has nothing to resume; a failed "
+            "worker already restarts from the last checkpoint within the run (train.max_failures). Train the spec again"
+        )
     if not (run_dir / "tune").is_dir():
         raise OrchestratorError(f"{run_dir}: the search never started; run the spec again instead")
     if (run_dir / "summary.json").is_file() and _status(run_dir) != "failed":  # a failed search may be resumed
@@ -317,14 +412,30 @@ def _search(spec: JobSpec, run: Path, prepared, search_plan: tuple, console: Con
     with TrialTable(console, spec.tune_metric, expected_trials(spec.tune)) as table, timings.phase("search"):
         outcome = run_search(spec, run, prepared, concurrent, plan, restore=restore, on_change=table.update)
     trials = [r.__dict__ for r in outcome.records]
-    write_metrics(run, [{"trial_id": t["trial_id"], "status": t["status"], "error": t["error"], **t["config"],
-                         f"best_{spec.tune_metric}": r.best(spec.tune_metric), "epochs": len(t["epochs"])}
-                        for t, r in zip(trials, outcome.records)], stem="trial_summary")
+    write_metrics(
+        run,
+        [
+            {
+                "trial_id": t["trial_id"],
+                "status": t["status"],
+                "error": t["error"],
+                **t["config"],
+                f"best_{spec.tune_metric}": r.best(spec.tune_metric),
+                "epochs": len(t["epochs"]),
+            }
+            for t, r in zip(trials, outcome.records)
+        ],
+        stem="trial_summary",
+    )
     failed = [r for r in outcome.records if r.status == "ERROR"]
     for r in failed:
         console.print(Text(f"trial {r.trial_id} failed: {r.error}", style="yellow"), highlight=False, soft_wrap=True)
     if outcome.interrupted:
-        console.print(Text.assemble(("search interrupted", "yellow"), f"; continue it with: orchestrator resume {run}"), highlight=False, soft_wrap=True)
+        console.print(
+            Text.assemble(("search interrupted", "yellow"), f"; continue it with: orchestrator resume {run}"),
+            highlight=False,
+            soft_wrap=True,
+        )
         return RunResult(run, None, {}, {"promoted": False, "reason": "interrupted"}, interrupted=True)
     if outcome.winner is None:
         reasons = "; ".join(f"{r.trial_id}: {r.error}" for r in failed) or "no trial reported a metric"
@@ -339,13 +450,35 @@ def _search(spec: JobSpec, run: Path, prepared, search_plan: tuple, console: Con
     epochs_run = sum(len(r.epochs) for r in outcome.records)
     budget = len(outcome.records) * spec.train.epochs
     pruned = sum(r.status == "PRUNED" for r in outcome.records)
-    console.print(f"search: {len(outcome.records)} trials in {outcome.wall_time_s:.0f} s, {pruned} pruned by the scheduler, "
-                  f"{epochs_run} of {budget} epochs run ({100 * epochs_run / max(budget, 1):.0f}%)", highlight=False, soft_wrap=True)
-    console.print(f"winner: trial {w.trial_id}  best {spec.tune_metric}={w.best(spec.tune_metric):.4f}  "
-                  + fmt_config(w.config, short=False), highlight=False, soft_wrap=True)
-    write_json(run / "winner.json", {"trial_id": w.trial_id, "config": w.config, f"best_{spec.tune_metric}": w.best(spec.tune_metric), "checkpoint": in_run(run, outcome.winner_checkpoint)})
-    extra = {"trials": len(outcome.records), "failed_trials": len(failed),
-             "pruned_by_scheduler": pruned, "epochs_run": epochs_run, "epochs_without_pruning": budget,
-             "early_stopped": sum(r.status == "EARLY_STOPPED" for r in outcome.records),
-             "winner": w.trial_id, "winner_config": w.config, "search_wall_time_s": round(outcome.wall_time_s, 1)}
+    console.print(
+        f"search: {len(outcome.records)} trials in {outcome.wall_time_s:.0f} s, {pruned} pruned by the scheduler, "
+        f"{epochs_run} of {budget} epochs run ({100 * epochs_run / max(budget, 1):.0f}%)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print(
+        f"winner: trial {w.trial_id}  best {spec.tune_metric}={w.best(spec.tune_metric):.4f}  " + fmt_config(w.config, short=False),
+        highlight=False,
+        soft_wrap=True,
+    )
+    write_json(
+        run / "winner.json",
+        {
+            "trial_id": w.trial_id,
+            "config": w.config,
+            f"best_{spec.tune_metric}": w.best(spec.tune_metric),
+            "checkpoint": in_run(run, outcome.winner_checkpoint),
+        },
+    )
+    extra = {
+        "trials": len(outcome.records),
+        "failed_trials": len(failed),
+        "pruned_by_scheduler": pruned,
+        "epochs_run": epochs_run,
+        "epochs_without_pruning": budget,
+        "early_stopped": sum(r.status == "EARLY_STOPPED" for r in outcome.records),
+        "winner": w.trial_id,
+        "winner_config": w.config,
+        "search_wall_time_s": round(outcome.wall_time_s, 1),
+    }
     return _finish(spec, run, str(best_dir), test, details, trials, w.trial_id, extra, console, timings)

@@ -34,8 +34,13 @@ def list_processes() -> dict[int, Proc]:
         info = p.info
         if info["ppid"] is None:  # unreadable
             continue
-        procs[p.pid] = Proc(p.pid, info["ppid"], " ".join(info["cmdline"] or ()), info["environ"] or {},
-                            info["status"] in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD))
+        procs[p.pid] = Proc(
+            p.pid,
+            info["ppid"],
+            " ".join(info["cmdline"] or ()),
+            info["environ"] or {},
+            info["status"] in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD),
+        )
     return procs
 
 

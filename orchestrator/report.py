@@ -40,8 +40,15 @@ def learning_curves(trials: list[dict], metric: str, winner: Optional[str]):
     for t, pts in curves:
         x, y = zip(*pts)
         is_winner = t["trial_id"] == winner
-        ax.plot(x, y, marker="o", ms=3, lw=2.5 if is_winner else 1, alpha=1 if is_winner else 0.6,
-                label=f"{t['trial_id']}{' (winner)' if is_winner else ''}")
+        ax.plot(
+            x,
+            y,
+            marker="o",
+            ms=3,
+            lw=2.5 if is_winner else 1,
+            alpha=1 if is_winner else 0.6,
+            label=f"{t['trial_id']}{' (winner)' if is_winner else ''}",
+        )
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} per epoch, every trial" if len(curves) > 1 else f"{metric} per epoch")
@@ -58,8 +65,10 @@ def loss_curves(trials: list[dict], winner: Optional[str]):
     t = next((t for t in trials if t["trial_id"] == winner), trials[0] if len(trials) == 1 else None)
     if t is None:
         return None
-    lines = {name: [(e["epoch"], e[name]) for e in t["epochs"] if _finite(e.get(name)) and "epoch" in e]
-             for name in (TRAIN_PREFIX + LOSS, VAL_PREFIX + LOSS)}
+    lines = {
+        name: [(e["epoch"], e[name]) for e in t["epochs"] if _finite(e.get(name)) and "epoch" in e]
+        for name in (TRAIN_PREFIX + LOSS, VAL_PREFIX + LOSS)
+    }
     if not any(lines.values()):
         return None
     fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -153,7 +162,10 @@ def forecasts(details: dict, windows: int = 4):
 def best_so_far(trials: list[dict], metric: str):
     mode = METRIC_MODES[metric]
     pts = sorted(
-        (e["time_total_s_abs"], e[metric]) for t in trials for e in t["epochs"] if _finite(e.get(metric)) and _finite(e.get("time_total_s_abs"))
+        (e["time_total_s_abs"], e[metric])
+        for t in trials
+        for e in t["epochs"]
+        if _finite(e.get(metric)) and _finite(e.get("time_total_s_abs"))
     )
     if not pts:
         return None
@@ -226,8 +238,9 @@ def save_png(fig, path: Path) -> Path:
     return path
 
 
-def write_report(run_dir: Path, *, title: str, trials: list[dict], metric: str, winner: Optional[str], summary: dict,
-                 details: Optional[dict] = None) -> Path:
+def write_report(
+    run_dir: Path, *, title: str, trials: list[dict], metric: str, winner: Optional[str], summary: dict, details: Optional[dict] = None
+) -> Path:
     """Writes report.html and, where they have something to draw, learning_curves.png, losses.png,
     best_so_far.png, params.png, confusion_matrix.png, residuals.png and forecasts.png (each
     embedded in the page too). `details`: the test split's (train/metrics.py split_details)."""
@@ -275,20 +288,27 @@ def write_report(run_dir: Path, *, title: str, trials: list[dict], metric: str, 
             f"<td>{html.escape(t.get('error') or '')}</td></tr>"
         )
     summary_rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in summary.items())
-    imgs = "".join(f'<h2>{name[:-4].replace("_", " ")}</h2><img alt="{name}" src="data:image/png;base64,{b64}">' for name, b64 in images.items())
+    imgs = "".join(
+        f'<h2>{name[:-4].replace("_", " ")}</h2><img alt="{name}" src="data:image/png;base64,{b64}">' for name, b64 in images.items()
+    )
     per_class = ""
     if details and details.get("per_class"):
-        cells = "".join(f"<tr><td>{html.escape(c['class'])}</td><td>{c['precision']:.4f}</td><td>{c['recall']:.4f}</td><td>{c['f1']:.4f}</td>"
-                        f"<td>{c['support']}</td></tr>" for c in details["per_class"])
-        per_class = ("<h2>per class, test split</h2><table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>rows</th></tr>"
-                     f"{cells}</table>")
+        cells = "".join(
+            f"<tr><td>{html.escape(c['class'])}</td><td>{c['precision']:.4f}</td><td>{c['recall']:.4f}</td><td>{c['f1']:.4f}</td>"
+            f"<td>{c['support']}</td></tr>"
+            for c in details["per_class"]
+        )
+        per_class = (
+            "<h2>per class, test split</h2><table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>rows</th></tr>"
+            f"{cells}</table>"
+        )
     order = "best first" if len(trials) > 1 else "one run"
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left}}tr.win{{background:#e6ffe6}}img{{max-width:100%}}</style>
 </head><body><h1>{html.escape(title)}</h1><table>{summary_rows}</table>{per_class}
 <h2>trials by {html.escape(metric)} ({order})</h2><table><tr><th>#</th><th>trial</th><th>status</th><th>epochs</th><th>best {html.escape(metric)}</th><th>config</th><th>error</th></tr>
-{''.join(rows)}</table>{imgs}</body></html>"""
+{"".join(rows)}</table>{imgs}</body></html>"""
     out = run_dir / "report.html"
     out.write_text(page)
     return out

@@ -49,7 +49,9 @@ def new_run_dir(spec: JobSpec, spec_path: Path, root: Path | None = None, name: 
     write_json(run / "spec.resolved.json", spec.model_dump(mode="json"))
     # relative data paths resolve against the spec's folder, which `resume` needs to know
     # kind: "search" (orchestrator run of a spec with a tune section) or "train" (one training)
-    write_json(run / "run.json", {"spec_path": str(Path(spec_path).resolve()), "base_dir": str(spec.base_dir), "created": stamp, "kind": kind})
+    write_json(
+        run / "run.json", {"spec_path": str(Path(spec_path).resolve()), "base_dir": str(spec.base_dir), "created": stamp, "kind": kind}
+    )
     return run.resolve()
 
 

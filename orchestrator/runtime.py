@@ -24,8 +24,14 @@ RAY_TOKEN_ENV, RAY_TOKEN_PATH_ENV = "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"
 serve_ingress: dict = {}
 
 
-def init_ray(address: Optional[str] = None, *, verbose: bool = False, num_cpus: Optional[int] = None, code_dirs: Optional[list[str]] = None,
-             secret_env: Sequence[str] = ()) -> None:
+def init_ray(
+    address: Optional[str] = None,
+    *,
+    verbose: bool = False,
+    num_cpus: Optional[int] = None,
+    code_dirs: Optional[list[str]] = None,
+    secret_env: Sequence[str] = (),
+) -> None:
     """Start embedded Ray (dashboard on 127.0.0.1, token auth on) or join `address`/RAY_ADDRESS.
 
     The variables named in `secret_env` (serve.auth_token_env) are left out of the environment that

@@ -82,7 +82,9 @@ class Split(_Model):
     """Fractions of rows that go to each split. They must add up to 1."""
 
     train: _SplitFraction = Field(0.7, description="Fraction (0 to 1) of rows used for training.")
-    validation: _SplitFraction = Field(0.15, description="Fraction (0 to 1) of rows used for validation (per-epoch metrics, checkpoint score).")
+    validation: _SplitFraction = Field(
+        0.15, description="Fraction (0 to 1) of rows used for validation (per-epoch metrics, checkpoint score)."
+    )
     test: _SplitFraction = Field(0.15, description="Fraction (0 to 1) of rows held out and evaluated once at the end.")
 
     @model_validator(mode="after")
@@ -125,11 +127,19 @@ class TextSpec(_Model):
 
     column: str = Field(description="Column that holds each row's text (a string).")
     tokenizer: Literal["byte", "bpe"] = Field(
-        "bpe", description="byte: one token per UTF-8 byte (no fitting, 260 tokens); bpe: byte-level BPE learnt from the training split's texts."
+        "bpe",
+        description="byte: one token per UTF-8 byte (no fitting, 260 tokens); bpe: byte-level BPE learnt from the training split's texts.",
     )
-    vocab_size: int = Field(8000, ge=260, le=1_000_000, description="Most tokens a bpe vocabulary holds, in tokens (special and byte tokens included; bpe only).")
+    vocab_size: int = Field(
+        8000,
+        ge=260,
+        le=1_000_000,
+        description="Most tokens a bpe vocabulary holds, in tokens (special and byte tokens included; bpe only).",
+    )
     max_length: int = Field(
-        128, ge=2, le=MAX_TEXT_LENGTH,
+        128,
+        ge=2,
+        le=MAX_TEXT_LENGTH,
         description="Tokens kept per text, in tokens, the leading CLS token included; longer texts keep their first tokens, shorter ones are padded (and masked).",
     )
     lowercase: bool = Field(False, description="Lower-case every text before it is tokenized (in training and serving alike).")
@@ -138,9 +148,13 @@ class TextSpec(_Model):
 class SequenceSpec(_Model):
     """A variable-length numeric sequence per row."""
 
-    column: str = Field(description="Column that holds each row's sequence: a list of numbers, or a list of equal-length vectors (lists of numbers).")
+    column: str = Field(
+        description="Column that holds each row's sequence: a list of numbers, or a list of equal-length vectors (lists of numbers)."
+    )
     max_length: Optional[int] = Field(
-        None, gt=0, le=MAX_SEQUENCE_LENGTH,
+        None,
+        gt=0,
+        le=MAX_SEQUENCE_LENGTH,
         description="Steps kept per sequence, in steps; longer rows keep their most recent steps. Omit: the longest row of the training split.",
     )
 
@@ -151,7 +165,12 @@ class SeriesSpec(_Model):
     column: str = Field(description="Numeric column that holds the series' values; it is also the forecast target (data.label).")
     order_by: str = Field(description="Column whose order is time order (a date, a timestamp or a number); its values must be distinct.")
     window: int = Field(gt=0, le=100_000, description="Points each input window holds, in points (time steps).")
-    horizon: int = Field(1, gt=0, le=10_000, description="Points ahead to forecast, in points: the model predicts the next `horizon` values after each window.")
+    horizon: int = Field(
+        1,
+        gt=0,
+        le=10_000,
+        description="Points ahead to forecast, in points: the model predicts the next `horizon` values after each window.",
+    )
 
 
 INPUT_KINDS = ("image", "text", "sequence", "series")  # data fields of which a spec holds at most one
@@ -169,25 +188,34 @@ class DataSpec(_Model):
         description="Parquet/CSV file or directory: a local path (relative paths resolve against the spec "
         "file's folder) or any URI pyarrow understands (s3://, gs://, file://, ...)."
     )
-    format: Optional[Literal["parquet", "csv"]] = Field(
-        None, description="File format; inferred from the source's extension when omitted."
-    )
-    prepare: Optional[Literal[
-        "sklearn:digits", "sklearn:breast_cancer", "sklearn:wine", "sklearn:diabetes",
-        "text:docstrings", "series:co2", "series:elnino", "images:digits-png",
-    ]] = Field(
+    format: Optional[Literal["parquet", "csv"]] = Field(None, description="File format; inferred from the source's extension when omitted.")
+    prepare: Optional[
+        Literal[
+            "sklearn:digits",
+            "sklearn:breast_cancer",
+            "sklearn:wine",
+            "sklearn:diabetes",
+            "text:docstrings",
+            "series:co2",
+            "series:elnino",
+            "images:digits-png",
+        ]
+    ] = Field(
         None,
         description="Built-in prepare step: writes this bundled dataset to `source` (Parquet or CSV) if the file does "
         "not exist yet: scikit-learn's (sklearn:*), docstrings of installed libraries labelled by library "
         "(text:docstrings), a real series from statsmodels (series:co2, series:elnino), or the digits as PNG files "
         "beside the table (images:digits-png). Nothing is downloaded.",
     )
-    label: str = Field(description="Column to predict (required; with data.series it defaults to data.series.column, the only label a series has).")
+    label: str = Field(
+        description="Column to predict (required; with data.series it defaults to data.series.column, the only label a series has)."
+    )
     task: Optional[Literal["classification", "regression"]] = Field(
         None, description="classification or regression; inferred from the label column's type when omitted (float -> regression)."
     )
     features: Optional[list[str]] = Field(
-        None, description="Numeric and categorical feature columns (tabular data). Omit to use every other column.",
+        None,
+        description="Numeric and categorical feature columns (tabular data). Omit to use every other column.",
         json_schema_extra={"uniqueItems": True},
     )
     categorical: list[str] = Field(
@@ -197,9 +225,12 @@ class DataSpec(_Model):
     )
     image: Optional[ImageSpec] = Field(None, description="Image input instead of tabular features.")
     text: Optional[TextSpec] = Field(None, description="Text input (one string per row) instead of tabular features.")
-    sequence: Optional[SequenceSpec] = Field(None, description="Numeric sequence input (a variable-length list per row) instead of tabular features.")
+    sequence: Optional[SequenceSpec] = Field(
+        None, description="Numeric sequence input (a variable-length list per row) instead of tabular features."
+    )
     series: Optional[SeriesSpec] = Field(
-        None, description="Forecasting from one ordered series instead of rows: windows in, next values out (regression), split in time order."
+        None,
+        description="Forecasting from one ordered series instead of rows: windows in, next values out (regression), split in time order.",
     )
     split: Split = Field(default_factory=Split, description="Fractions of rows for train, validation and test; they add up to 1.")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of the deterministic train/validation/test split (0 to 2**32 - 1).")
@@ -275,9 +306,7 @@ class DataSpec(_Model):
         if self.format is None:
             self.format = format_from_name(self.source)
             if self.format is None:
-                raise ValueError(
-                    f"cannot infer the format of {self.source!r} from its extension; set data.format to parquet or csv"
-                )
+                raise ValueError(f"cannot infer the format of {self.source!r} from its extension; set data.format to parquet or csv")
         return self
 
 
@@ -286,7 +315,9 @@ class DataSpec(_Model):
 
 class MLPSpec(_Model):
     arch: Literal["mlp"] = Field("mlp", description="Architecture tag: mlp, a fully connected network on the flattened input.")
-    hidden: list[Annotated[int, Field(gt=0, le=65_536)]] = Field([128, 64], max_length=64, description="Width of each hidden layer, in units (neurons).")
+    hidden: list[Annotated[int, Field(gt=0, le=65_536)]] = Field(
+        [128, 64], max_length=64, description="Width of each hidden layer, in units (neurons)."
+    )
     activation: Literal["relu", "gelu", "tanh"] = Field("relu", description="Activation after each hidden layer.")
     batch_norm: bool = Field(False, description="Batch normalisation after each hidden layer's linear map, before its activation.")
 
@@ -294,39 +325,50 @@ class MLPSpec(_Model):
 class CNNSpec(_Model):
     arch: Literal["cnn"] = Field("cnn", description="Architecture tag: cnn, a convolutional network on image data (data.image).")
     channels: list[Annotated[int, Field(gt=0, le=8192)]] = Field(
-        [32, 64], max_length=32, description="Output channels of each 3x3 conv block (conv, batch norm, ReLU, 2x2 max-pool when the map allows)."
+        [32, 64],
+        max_length=32,
+        description="Output channels of each 3x3 conv block (conv, batch norm, ReLU, 2x2 max-pool when the map allows).",
     )
     hidden: int = Field(128, gt=0, le=65_536, description="Width of the dense layer before the output layer, in units (neurons).")
 
 
 class RNNSpec(_Model):
-    arch: Literal["rnn"] = Field("rnn", description="Architecture tag: rnn, a recurrent network (LSTM or GRU) over text, sequence or series input.")
+    arch: Literal["rnn"] = Field(
+        "rnn", description="Architecture tag: rnn, a recurrent network (LSTM or GRU) over text, sequence or series input."
+    )
     cell: Literal["lstm", "gru"] = Field("lstm", description="Recurrent cell: lstm or gru.")
     hidden: int = Field(128, gt=0, le=65_536, description="Hidden state width of each layer and direction, in units.")
     layers: int = Field(1, gt=0, le=64, description="Stacked recurrent layers, a count (train.dropout applies between them).")
     bidirectional: bool = Field(False, description="Also read each sequence backwards; the head sees both directions' states.")
-    embedding: int = Field(128, gt=0, le=65_536, description="Token embedding width, in units (data.text only; numeric steps go in as they are).")
+    embedding: int = Field(
+        128, gt=0, le=65_536, description="Token embedding width, in units (data.text only; numeric steps go in as they are)."
+    )
     pooling: Literal["last", "mean", "max"] = Field(
-        "last", description="last: the final state at each row's last real step; mean: the outputs averaged over real steps; "
-        "max: each output unit's largest value over real steps."
+        "last",
+        description="last: the final state at each row's last real step; mean: the outputs averaged over real steps; "
+        "max: each output unit's largest value over real steps.",
     )
 
 
 class TransformerSpec(_Model):
     arch: Literal["transformer"] = Field(
-        "transformer", description="Architecture tag: transformer, an encoder with sinusoidal positions over text, sequence or series input."
+        "transformer",
+        description="Architecture tag: transformer, an encoder with sinusoidal positions over text, sequence or series input.",
     )
     d_model: int = Field(128, gt=0, le=65_536, description="Width of the token/step representation, in units; even and divisible by heads.")
     heads: int = Field(4, gt=0, le=1024, description="Attention heads per layer, a count; d_model must be divisible by it.")
     layers: int = Field(2, gt=0, le=64, description="Encoder layers, a count.")
     ff: int = Field(256, gt=0, le=262_144, description="Hidden width of each layer's feed-forward block, in units.")
     max_length: Optional[int] = Field(
-        None, gt=0, le=MAX_SEQUENCE_LENGTH,
+        None,
+        gt=0,
+        le=MAX_SEQUENCE_LENGTH,
         description="Longest input the model accepts, in tokens or steps (positions it encodes); omit: the data's "
         "(data.text.max_length, data.sequence.max_length or the training split's longest row, data.series.window).",
     )
     pooling: Literal["cls", "mean"] = Field(
-        "cls", description="cls: the representation at position 0 (the CLS token for text, a learnt vector for numbers); mean: the average over real positions."
+        "cls",
+        description="cls: the representation at position 0 (the CLS token for text, a learnt vector for numbers); mean: the average over real positions.",
     )
 
     @field_validator("d_model")
@@ -366,11 +408,15 @@ SEQUENCE_KINDS = ("text", "sequence", "series")  # the inputs rnn and transforme
 
 class EarlyStopping(_Model):
     patience: int = Field(gt=0, le=10_000, description="Epochs in a row without improvement of checkpoint.metric before training stops.")
-    min_delta: float = Field(0.0, ge=0, le=1e6, description="Smallest change of checkpoint.metric, in that metric's units, that counts as an improvement.")
+    min_delta: float = Field(
+        0.0, ge=0, le=1e6, description="Smallest change of checkpoint.metric, in that metric's units, that counts as an improvement."
+    )
 
 
 class TrainSpec(_Model):
-    epochs: int = Field(10, gt=0, le=10_000, description="Epochs (full passes over the train split) each training run or trial runs at most.")
+    epochs: int = Field(
+        10, gt=0, le=10_000, description="Epochs (full passes over the train split) each training run or trial runs at most."
+    )
     batch_size: int = Field(64, gt=0, le=1_000_000, description="Rows per batch on each worker; a step sees workers x batch_size rows.")
     optimizer: Literal["adamw", "adam", "sgd"] = Field(
         "adamw", description="torch optimizer: adamw (decoupled weight decay), adam or sgd (with `momentum`); all use lr and weight_decay."
@@ -385,32 +431,44 @@ class TrainSpec(_Model):
     step_size: int = Field(10, gt=0, le=10_000, description="Epochs between lr decays (schedule: step).")
     gamma: float = Field(0.1, gt=0, le=1, description="Factor (0 to 1) the lr is multiplied by every step_size epochs (schedule: step).")
     warmup_epochs: int = Field(
-        0, ge=0, le=10_000,
+        0,
+        ge=0,
+        le=10_000,
         description="Epochs of linear warm-up at the start, epoch e at lr x (e + 1) / (warmup_epochs + 1); "
         "they replace the schedule's first epochs (cosine starts after them); 0: none.",
     )
-    weight_decay: float = Field(0.0, ge=0, le=1, description="Weight-decay coefficient, 0 to 1 (adamw: decoupled, adam and sgd: L2 on the gradient); 0: none.")
+    weight_decay: float = Field(
+        0.0, ge=0, le=1, description="Weight-decay coefficient, 0 to 1 (adamw: decoupled, adam and sgd: L2 on the gradient); 0: none."
+    )
     dropout: float = Field(
-        0.0, ge=0, lt=1,
+        0.0,
+        ge=0,
+        lt=1,
         description="Dropout probability, 0 to below 1, after each mlp hidden layer and the cnn dense layer; rnn: on "
         "embeddings, between layers and before the head; transformer: on embeddings, attention, feed-forward blocks and "
         "before the head (a custom factory gets `dropout`).",
     )
-    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Fraction, 0 to below 1, of the target probability spread over all classes (classification only).")
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=1, description="Fraction, 0 to below 1, of the target probability spread over all classes (classification only)."
+    )
     class_weights: Optional[Union[Literal["balanced"], dict[Union[int, str], Annotated[float, Field(gt=0, le=1e6)]]]] = Field(
         None,
         description="Weights of the classes in the training loss, for imbalanced labels (classification only): balanced "
         "(rows / (classes x the class's rows in the training split), scikit-learn's rule) or a map from label to weight, "
         "above 0 (a class not listed weighs 1); validation and test metrics stay unweighted.",
     )
-    grad_clip: Optional[float] = Field(None, gt=0, le=1e6, description="Max global L2 norm of the gradients, clipped before each step; omit to disable.")
+    grad_clip: Optional[float] = Field(
+        None, gt=0, le=1e6, description="Max global L2 norm of the gradients, clipped before each step; omit to disable."
+    )
     early_stopping: Optional[EarlyStopping] = Field(
         None, description="Stop a run when checkpoint.metric stops improving; omit to train all epochs."
     )
     mixed_precision: Literal["auto", "off", "bf16", "fp16"] = Field(
         "auto", description="Autocast dtype on GPU: auto (bf16 where the GPU supports it, else fp16), bf16, fp16 or off; always off on CPU."
     )
-    max_failures: int = Field(3, ge=0, le=1000, description="Worker-group restarts allowed per run (a count); each resumes from the latest checkpoint.")
+    max_failures: int = Field(
+        3, ge=0, le=1000, description="Worker-group restarts allowed per run (a count); each resumes from the latest checkpoint."
+    )
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed for weight initialisation and shuffling (0 to 2**32 - 1).")
 
     @model_validator(mode="after")
@@ -442,9 +500,7 @@ class ScalingSpec(_Model):
 
 class CheckpointSpec(_Model):
     keep: int = Field(2, gt=0, le=1000, description="Checkpoints kept per run (best by `metric`; the latest is always kept too).")
-    metric: ValMetric = Field(
-        VAL_LOSS, description="Validation metric that ranks checkpoints and picks the best one."
-    )
+    metric: ValMetric = Field(VAL_LOSS, description="Validation metric that ranks checkpoints and picks the best one.")
 
     @property
     def mode(self) -> str:
@@ -452,7 +508,12 @@ class CheckpointSpec(_Model):
 
 
 class OutputSpec(_Model):
-    dir: str = Field("runs", min_length=1, pattern=r"^[^\x00]*$", description="Folder under which each run gets its own directory (relative to the working directory).")
+    dir: str = Field(
+        "runs",
+        min_length=1,
+        pattern=r"^[^\x00]*$",
+        description="Folder under which each run gets its own directory (relative to the working directory).",
+    )
 
 
 # --------------------------------------------------------------------------------------- tune
@@ -469,7 +530,9 @@ class Param(_Model):
     uniform: Optional[Annotated[tuple[StrictFloat, StrictFloat], Field(strict=False)]] = Field(
         None, description="[low, high], in the field's units; sampled uniformly."
     )
-    randint: Optional[Annotated[tuple[StrictInt, StrictInt], Field(strict=False)]] = Field(None, description="[low, high] integers, both inclusive.")
+    randint: Optional[Annotated[tuple[StrictInt, StrictInt], Field(strict=False)]] = Field(
+        None, description="[low, high] integers, both inclusive."
+    )
     choice: Optional[list[Any]] = Field(None, min_length=1, description="Values to sample from.")
     grid: Optional[list[Any]] = Field(None, min_length=1, description="Values that are all tried (search: random only).")
 
@@ -504,8 +567,12 @@ class Param(_Model):
 class AshaSpec(_Model):
     type: Literal["asha"] = Field("asha", description="Scheduler tag: asha, which stops poorly scoring trials early.")
     grace_period: int = Field(1, gt=0, le=10_000, description="Epochs every trial runs before it can be stopped.")
-    reduction_factor: float = Field(2, gt=1, le=100, description="Ratio (> 1) between rungs: only 1/reduction_factor of the trials go on at each rung.")
-    max_epochs: Optional[int] = Field(None, gt=0, le=10_000, description="Epochs the longest trial runs (ASHA's max_t); defaults to train.epochs.")
+    reduction_factor: float = Field(
+        2, gt=1, le=100, description="Ratio (> 1) between rungs: only 1/reduction_factor of the trials go on at each rung."
+    )
+    max_epochs: Optional[int] = Field(
+        None, gt=0, le=10_000, description="Epochs the longest trial runs (ASHA's max_t); defaults to train.epochs."
+    )
 
 
 class NoScheduler(_Model):
@@ -518,9 +585,7 @@ class TuneSpec(_Model):
         "train.label_smoothing, train.early_stopping.patience, model.hidden, ...) -> distribution.",
         min_length=1,
     )
-    metric: Optional[ValMetric] = Field(
-        None, description="Validation metric to optimise; defaults to checkpoint.metric."
-    )
+    metric: Optional[ValMetric] = Field(None, description="Validation metric to optimise; defaults to checkpoint.metric.")
     num_samples: int = Field(8, gt=0, le=10_000, description="Trials to run, a count (each grid point runs once per sample).")
     search: Literal["optuna", "random"] = Field("optuna", description="optuna: TPE; random: random and grid search.")
     scheduler: Annotated[Union[AshaSpec, NoScheduler], Field(discriminator="type")] = Field(
@@ -529,7 +594,9 @@ class TuneSpec(_Model):
     max_concurrent: Union[Annotated[int, Field(ge=1, le=10_000)], Literal["auto"]] = Field(
         "auto", description="Trials running at once, a count; auto derives it from the cluster's CPUs/GPUs and scaling.workers."
     )
-    time_budget_s: Optional[float] = Field(None, gt=0, le=31_536_000, description="Wall-clock budget of the search in seconds; no new trials start after it.")
+    time_budget_s: Optional[float] = Field(
+        None, gt=0, le=31_536_000, description="Wall-clock budget of the search in seconds; no new trials start after it."
+    )
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of the search algorithm (0 to 2**32 - 1).")
     include_spec_config: bool = Field(True, description="Evaluate the spec's own settings as the first trial.")
 
@@ -551,9 +618,7 @@ class TuneSpec(_Model):
         return self
 
 
-PROMOTE_RE = re.compile(
-    rf"^\s*({TEST_PREFIX})?({'|'.join(METRIC_NAMES)})\s*(>=|<=|>|<)\s*([-+]?\d*\.?\d+(e[-+]?\d+)?)\s*$"
-)
+PROMOTE_RE = re.compile(rf"^\s*({TEST_PREFIX})?({'|'.join(METRIC_NAMES)})\s*(>=|<=|>|<)\s*([-+]?\d*\.?\d+(e[-+]?\d+)?)\s*$")
 
 
 def parse_promote(rule: str) -> tuple[str, str, float]:
@@ -594,26 +659,40 @@ class Autoscaling(_Model):
 class ServeSpec(_Model):
     """How the promoted model is served over HTTP by Ray Serve."""
 
-    host: str = Field("127.0.0.1", pattern=r"^[A-Za-z0-9.:-]{1,253}$", description="Bind address. Loopback by default; 0.0.0.0 exposes the server to the network.")
+    host: str = Field(
+        "127.0.0.1",
+        pattern=r"^[A-Za-z0-9.:-]{1,253}$",
+        description="Bind address. Loopback by default; 0.0.0.0 exposes the server to the network.",
+    )
     port: int = Field(8000, gt=0, lt=65536, description="TCP port of the HTTP server (1 to 65535).")
-    route_prefix: str = Field("/", pattern=r"^/[\w\-/]*$", description="URL path prefix the model's endpoints are served under, e.g. /digits.")
+    route_prefix: str = Field(
+        "/", pattern=r"^/[\w\-/]*$", description="URL path prefix the model's endpoints are served under, e.g. /digits."
+    )
     max_batch_size: int = Field(32, gt=0, le=4096, description="Dynamic batching: most requests per forward pass.")
     batch_wait_timeout_s: float = Field(0.005, ge=0, le=10, description="Dynamic batching: longest wait to fill a batch, in seconds.")
-    autoscaling: Autoscaling = Field(default_factory=Autoscaling, description="Replica count bounds and the load per replica the autoscaler aims for.")
+    autoscaling: Autoscaling = Field(
+        default_factory=Autoscaling, description="Replica count bounds and the load per replica the autoscaler aims for."
+    )
     max_ongoing_requests: int = Field(64, gt=0, le=100_000, description="Requests one replica works on at once.")
     max_queued_requests: int = Field(
-        256, ge=-1, le=1_000_000,
+        256,
+        ge=-1,
+        le=1_000_000,
         description="Requests left waiting, beyond max_ongoing_requests per replica, before the proxy answers HTTP 503; -1 is unbounded.",
     )
     cpus_per_replica: float = Field(0.5, gt=0, le=1024, description="CPUs (fractions allowed) reserved by each replica.")
     gpus_per_replica: float = Field(0, ge=0, le=64, description="GPUs (fractions share a GPU) reserved by each replica; > 0 serves on GPU.")
     max_body_bytes: int = Field(1 << 20, gt=0, le=1 << 30, description="Largest request body in bytes; larger ones get HTTP 413.")
     body_timeout_s: float = Field(
-        10.0, gt=0, le=600,
+        10.0,
+        gt=0,
+        le=600,
         description="Longest time, in seconds, a request's body may take to arrive; a slower client gets HTTP 408 and its place is freed.",
     )
     max_receiving_requests: int = Field(
-        256, ge=0, le=100_000,
+        256,
+        ge=0,
+        le=100_000,
         description="Requests one replica accepts beyond max_ongoing_requests while their bodies arrive or they wait for a slot: "
         "a slow client holds one of these, never one of the max_ongoing_requests slots.",
     )
@@ -631,15 +710,19 @@ class ServeSpec(_Model):
 class JobSpec(_Model):
     name: str = Field(pattern=NAME_RE, description="Job name: lower-case letters, digits and '-', at most 52 characters.")
     data: DataSpec = Field(description="The dataset: where it is, its label and features, how it splits.")
-    model: ModelSpec = Field(default_factory=MLPSpec, description="The architecture, by `arch`: mlp (default), cnn, rnn, transformer or custom.")
-    train: TrainSpec = Field(default_factory=TrainSpec, description="How each run trains: epochs, optimizer, learning-rate schedule, regularisation.")
+    model: ModelSpec = Field(
+        default_factory=MLPSpec, description="The architecture, by `arch`: mlp (default), cnn, rnn, transformer or custom."
+    )
+    train: TrainSpec = Field(
+        default_factory=TrainSpec, description="How each run trains: epochs, optimizer, learning-rate schedule, regularisation."
+    )
     scaling: ScalingSpec = Field(default_factory=ScalingSpec, description="Workers per run and the CPUs/GPUs each reserves.")
-    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Which checkpoints are kept and the metric that picks the best.")
+    checkpoint: CheckpointSpec = Field(
+        default_factory=CheckpointSpec, description="Which checkpoints are kept and the metric that picks the best."
+    )
     output: OutputSpec = Field(default_factory=OutputSpec, description="Where run directories are written.")
     tune: Optional[TuneSpec] = Field(None, description="Hyperparameter and regularisation search; omit to train once.")
-    promote: Optional[str] = Field(
-        None, description="Promotion gate on the held-out test split, e.g. 'accuracy >= 0.95' or 'rmse < 40'."
-    )
+    promote: Optional[str] = Field(None, description="Promotion gate on the held-out test split, e.g. 'accuracy >= 0.95' or 'rmse < 40'.")
     serve: Optional[ServeSpec] = Field(None, description="Serve the promoted model after `orchestrator run`.")
 
     @field_validator("promote")
@@ -711,11 +794,16 @@ def spec_problems(spec: JobSpec) -> list[str]:
     if isinstance(spec.model, MLPSpec) and kind in ("text", "sequence"):
         problems.append(f"model.arch: mlp cannot read data.{kind} (variable-length input); use arch rnn or transformer")
     if isinstance(spec.model, TransformerSpec) and spec.model.max_length is not None:
-        longest = {"text": d.text.max_length if d.text else None, "series": d.series.window if d.series else None,
-                   "sequence": d.sequence.max_length if d.sequence else None}.get(kind)
+        longest = {
+            "text": d.text.max_length if d.text else None,
+            "series": d.series.window if d.series else None,
+            "sequence": d.sequence.max_length if d.sequence else None,
+        }.get(kind)
         field = {"text": "data.text.max_length", "series": "data.series.window", "sequence": "data.sequence.max_length"}.get(kind)
         if longest is not None and spec.model.max_length < longest:
-            problems.append(f"model.max_length: {spec.model.max_length} is less than {field} ({longest}); the transformer must accept the longest input")
+            problems.append(
+                f"model.max_length: {spec.model.max_length} is less than {field} ({longest}); the transformer must accept the longest input"
+            )
     prepared = PREPARED_TASKS.get(d.prepare or "")
     if d.task and prepared and d.task != prepared:
         problems.append(f"data.task: {d.task}, but data.prepare {d.prepare} is a {prepared} dataset")
@@ -734,8 +822,10 @@ def spec_problems(spec: JobSpec) -> list[str]:
             # neither field is known to be wrong until the label column decides the task: name both
             c = next(i for i in implied if i[2] == "classification")
             r = next(i for i in implied if i[2] == "regression")
-            problems.append(f"{c[0]}, {r[0]}: {c[1]} needs a classification task and {r[1]} a regression task; change the one "
-                            "that does not fit the label column (or set data.task)")
+            problems.append(
+                f"{c[0]}, {r[0]}: {c[1]} needs a classification task and {r[1]} a regression task; change the one "
+                "that does not fit the label column (or set data.task)"
+            )
     t = spec.tune
     if t is not None and isinstance(t.scheduler, AshaSpec):
         epochs = spec.train.epochs
@@ -743,7 +833,9 @@ def spec_problems(spec: JobSpec) -> list[str]:
             epochs = max([epochs] + [v for v in t.space["train.epochs"].sample_values() if type(v) is int])
         sch = t.scheduler
         if sch.max_epochs and sch.max_epochs > epochs:
-            problems.append(f"tune.scheduler.max_epochs: {sch.max_epochs} is more than train.epochs ({epochs}); no trial trains longer than train.epochs")
+            problems.append(
+                f"tune.scheduler.max_epochs: {sch.max_epochs} is more than train.epochs ({epochs}); no trial trains longer than train.epochs"
+            )
         limit, name = (sch.max_epochs, "tune.scheduler.max_epochs") if sch.max_epochs else (epochs, "train.epochs")
         if sch.grace_period > limit:
             problems.append(f"tune.scheduler.grace_period: {sch.grace_period} is more than {name} ({limit}); ASHA could never stop a trial")
@@ -760,8 +852,15 @@ def _loc(loc: tuple) -> str:
     for i, part in enumerate(loc):
         if type(part) is int:
             out += f"[{part}]"
-        elif len(loc) > i + 1 and loc[i - 1 : i + 1] in (("model", "mlp"), ("model", "cnn"), ("model", "rnn"), ("model", "transformer"),
-                                                         ("model", "custom"), ("scheduler", "asha"), ("scheduler", "none")):
+        elif len(loc) > i + 1 and loc[i - 1 : i + 1] in (
+            ("model", "mlp"),
+            ("model", "cnn"),
+            ("model", "rnn"),
+            ("model", "transformer"),
+            ("model", "custom"),
+            ("scheduler", "asha"),
+            ("scheduler", "none"),
+        ):
             continue
         elif not re.fullmatch(r"[A-Za-z_][\w.-]*", str(part)):
             out += f"[{_yaml_scalar(part)}]"
@@ -893,7 +992,9 @@ class _SpecLoader(yaml.SafeLoader):
             part = "(key)" if parent is not None else ""
         if len(self._path) >= MAX_YAML_DEPTH:
             raise yaml.composer.ComposerError(
-                None, None, f"nested deeper than {MAX_YAML_DEPTH} levels (at {_join_path(self._path)})",
+                None,
+                None,
+                f"nested deeper than {MAX_YAML_DEPTH} levels (at {_join_path(self._path)})",
                 self.peek_event().start_mark,
             )
         self._path.append(part)
@@ -942,9 +1043,17 @@ def _expanded_size(node: yaml.Node, memo: dict, active: set, level: int = 1) -> 
         if id(node) in active:
             raise yaml.composer.ComposerError(None, None, "an alias refers to the collection that contains it", node.start_mark)
         active.add(id(node))
-        children = [n for kv in node.value for n in kv] if isinstance(node, yaml.MappingNode) else node.value if isinstance(node, yaml.SequenceNode) else []
+        children = (
+            [n for kv in node.value for n in kv]
+            if isinstance(node, yaml.MappingNode)
+            else node.value
+            if isinstance(node, yaml.SequenceNode)
+            else []
+        )
         if children and level >= MAX_YAML_DEPTH:
-            raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels once aliases are expanded", node.start_mark)
+            raise yaml.composer.ComposerError(
+                None, None, f"nested deeper than {MAX_YAML_DEPTH} levels once aliases are expanded", node.start_mark
+            )
         size = 1 + sum(_expanded_size(n, memo, active, level + 1) for n in children)
         height = 1 + max((memo[id(n)][1] for n in children), default=0)
         active.discard(id(node))
@@ -953,7 +1062,9 @@ def _expanded_size(node: yaml.Node, memo: dict, active: set, level: int = 1) -> 
     if size > MAX_YAML_NODES:
         raise yaml.composer.ComposerError(None, None, f"more than {MAX_YAML_NODES} values once aliases are expanded", node.start_mark)
     if level + height - 1 > MAX_YAML_DEPTH:
-        raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels once aliases are expanded", node.start_mark)
+        raise yaml.composer.ComposerError(
+            None, None, f"nested deeper than {MAX_YAML_DEPTH} levels once aliases are expanded", node.start_mark
+        )
     return size
 
 

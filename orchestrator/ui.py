@@ -36,8 +36,13 @@ class EpochProgress:
         self.shown = SHOWN + ((metric,) if metric and metric not in SHOWN else ())
         self.progress = Progress(
             # TextColumn reads its text as markup unless told not to
-            TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("{task.fields[info]}", markup=False), console=console, transient=True,
+            TextColumn("{task.description}", style="bold", markup=False),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}", markup=False),
+            console=console,
+            transient=True,
         )
         self.task = self.progress.add_task(label, total=epochs, info="starting workers")
 
@@ -53,7 +58,9 @@ class EpochProgress:
             m = event["metrics"]
             resumed = m.get("restored_from_epoch", -1)
             note = f"  (resumed after epoch {resumed})" if resumed >= 0 and m["epoch"] == resumed + 1 else ""
-            line = Text.assemble(f"epoch {m['epoch']:>3}  {fmt_metrics(m, self.shown)}  ", (f"{m.get('epoch_time_s', 0):.1f}s", "dim"), note)
+            line = Text.assemble(
+                f"epoch {m['epoch']:>3}  {fmt_metrics(m, self.shown)}  ", (f"{m.get('epoch_time_s', 0):.1f}s", "dim"), note
+            )
             self.progress.console.print(line, highlight=False)
             self.progress.update(self.task, completed=m["epoch"], info=fmt_metrics(m, IN_BAR))
             if m.get("early_stopped"):
@@ -66,7 +73,9 @@ class EpochProgress:
                 self.progress.console.print(Text(f"worker {rank} failed: {first}", style="yellow"), highlight=False)
             n, limit = event.get("failure", 1), event.get("max_failures")
             if event.get("restarting", True):
-                then = "restarting from the latest checkpoint" + (f" (restart {n} of {limit} allowed by train.max_failures)" if limit is not None else "")
+                then = "restarting from the latest checkpoint" + (
+                    f" (restart {n} of {limit} allowed by train.max_failures)" if limit is not None else ""
+                )
             else:
                 then = f"no restarts left: train.max_failures is {limit}"
             self.progress.console.print(then, style="yellow", highlight=False)
@@ -152,6 +161,11 @@ class TrialTable:
             best = r.best(self.metric)
             cfg = fmt_config(r.config)
             # cells are Text so that trial errors and config values are never read as markup
-            t.add_row(Text(r.trial_id), Text(r.status, style=colors.get(r.status, "white")), str(len(r.epochs)),
-                      "" if best is None else f"{best:.4f}", Text.assemble(cfg, (f"  {r.error[:80]}", "red") if r.error else ""))
+            t.add_row(
+                Text(r.trial_id),
+                Text(r.status, style=colors.get(r.status, "white")),
+                str(len(r.epochs)),
+                "" if best is None else f"{best:.4f}",
+                Text.assemble(cfg, (f"  {r.error[:80]}", "red") if r.error else ""),
+            )
         return Group(t, ProgressBar(total=max(self.total, 1), completed=done, width=60), Text(""))

@@ -48,7 +48,9 @@ def start() -> tuple[str, int]:
         # posix_spawn, not subprocess: a Popen object still running at exit warns, and its own
         # session keeps the terminal's Ctrl-C and hangup away from the watchdog
         pid = os.posix_spawn(
-            sys.executable, [sys.executable, "-m", "orchestrator.watchdog", marker], env,
+            sys.executable,
+            [sys.executable, "-m", "orchestrator.watchdog", marker],
+            env,
             file_actions=[(os.POSIX_SPAWN_DUP2, read_end, 0), (os.POSIX_SPAWN_DUP2, devnull, 1), (os.POSIX_SPAWN_DUP2, devnull, 2)],
             setsid=True,
         )
@@ -77,7 +79,9 @@ def _tell(what: str, path: str) -> None:
 def node_processes(marker: str, session_dirs: list[str] = ()) -> list[int]:
     """Pids of the node started with `marker` and of everything below them, this process left out."""
     procs = list_processes()
-    roots = {p.pid for p in procs.values() if not p.zombie and (p.environ.get(MARKER_ENV) == marker or _has_open_file_in(p.pid, session_dirs))}
+    roots = {
+        p.pid for p in procs.values() if not p.zombie and (p.environ.get(MARKER_ENV) == marker or _has_open_file_in(p.pid, session_dirs))
+    }
     return [pid for pid in descendants(roots, procs) if pid != os.getpid()]
 
 

@@ -54,7 +54,11 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
 
     exe = Path(sys.executable).parent / "orchestrator"
     return subprocess.run(
-        [str(exe), *args], cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout,
+        [str(exe), *args],
+        cwd=cwd or ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**os.environ, "COLUMNS": "200", **(env or {})},
     )
 
@@ -90,9 +94,23 @@ def error_here(command: str, spec_path: Path, output: Path) -> str:
 
 
 # What Ray, Tune, Optuna and Ray Data print themselves: kept out of the console (in RUN/logs/ray.log)
-RAY_NOISE = ("View detailed results", "Configuration for experiment", "A new study created", "Progress bars disabled",
-             "TensorBoard", "tensorboard", "Tuner.restore", "graceful_shutdown", "(raylet)", "StreamingExecutor",
-             "Execution plan", "Running Dataset", " INFO ", " WARNING ", "RAY_AUTH")
+RAY_NOISE = (
+    "View detailed results",
+    "Configuration for experiment",
+    "A new study created",
+    "Progress bars disabled",
+    "TensorBoard",
+    "tensorboard",
+    "Tuner.restore",
+    "graceful_shutdown",
+    "(raylet)",
+    "StreamingExecutor",
+    "Execution plan",
+    "Running Dataset",
+    " INFO ",
+    " WARNING ",
+    "RAY_AUTH",
+)
 
 
 def noise_in(output: str) -> list[str]:
@@ -114,8 +132,16 @@ def run_in_pty(args: list[str], *, cwd: Path | None = None, timeout: float = 300
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "NO_COLOR", "CI")}
-    proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, cwd=cwd or ROOT, env={**env, "TERM": "xterm-256color"},
-                            close_fds=True, start_new_session=True)
+    proc = subprocess.Popen(
+        args,
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        cwd=cwd or ROOT,
+        env={**env, "TERM": "xterm-256color"},
+        close_fds=True,
+        start_new_session=True,
+    )
     os.close(slave)
     chunks, deadline = [], time.monotonic() + timeout
     try:
@@ -133,7 +159,9 @@ def run_in_pty(args: list[str], *, cwd: Path | None = None, timeout: float = 300
                 break
         else:
             proc.kill()
-            raise AssertionError(f"{' '.join(args)} did not finish within {timeout:.0f} s:\n{b''.join(chunks).decode(errors='replace')[-3000:]}")
+            raise AssertionError(
+                f"{' '.join(args)} did not finish within {timeout:.0f} s:\n{b''.join(chunks).decode(errors='replace')[-3000:]}"
+            )
         rc = proc.wait(timeout=60)
     finally:
         os.close(master)

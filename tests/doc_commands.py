@@ -72,7 +72,7 @@ def orchestrator_argv(command: str) -> Optional[list[str]]:
         return None
     words = shlex.split(command.replace("[", " ").replace("]", " "))
     if "--" in words:  # `ray job submit ... -- orchestrator run ...`
-        words = words[words.index("--") + 1:]
+        words = words[words.index("--") + 1 :]
     while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):  # VAR=value before the command
         words = words[1:]
     return words[1:] if words and words[0].endswith("orchestrator") else None
@@ -94,8 +94,7 @@ def skip_reason(c: DocCommand, long: bool) -> Optional[str]:
         return "needs Kubernetes"
     if c.doc == "docs/clusters.md" and ("remote" in c.line or ":8265" in c.line and "--dry-run" not in c.line):
         return REMOTE
-    if not long and (c.line.endswith(".venv/bin/pytest") or "python -m bench" in c.line and "--quick" not in c.line
-                     or "bench/" in c.line):
+    if not long and (c.line.endswith(".venv/bin/pytest") or "python -m bench" in c.line and "--quick" not in c.line or "bench/" in c.line):
         return LONG
     return None
 
@@ -143,8 +142,9 @@ class Page:
 
     def serve(self, line: str, argv: list[str], log: Path) -> int:
         port = argv[argv.index("--port") + 1] if "--port" in argv else "8000"
-        proc = subprocess.Popen(line, shell=True, cwd=self.work, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
-                                env=self.env)
+        proc = subprocess.Popen(
+            line, shell=True, cwd=self.work, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True, env=self.env
+        )
         self.servers.append(proc)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None:
@@ -177,7 +177,9 @@ def run(long: bool, only: Optional[set[str]], keep: bool) -> int:
     pages: dict[str, Page] = {}
     env = {**os.environ, "COLUMNS": "160", "PATH": f"{exe.parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # the venv, activated
     # a page's teardown (`cluster local down`, shown beside `up`) runs after the page's other commands
-    listed = sorted(doc_commands(), key=lambda c: (DOCS.index(ROOT / c.doc), (orchestrator_argv(c.line) or [])[:3] == ["cluster", "local", "down"]))
+    listed = sorted(
+        doc_commands(), key=lambda c: (DOCS.index(ROOT / c.doc), (orchestrator_argv(c.line) or [])[:3] == ["cluster", "local", "down"])
+    )
     for c in listed:
         name = Path(c.doc).stem.lower()
         if only and name not in only:
@@ -206,8 +208,15 @@ def run(long: bool, only: Optional[set[str]], keep: bool) -> int:
         elif c.line.startswith("python3 -m venv"):  # the README's quickstart: in a fresh copy of the repository
             clone = scratch / "readme-clone"
             subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
-            p = subprocess.run(c.line, shell=True, cwd=clone, stdout=log.open("w"), stderr=subprocess.STDOUT, timeout=1800,
-                               env={k: v for k, v in env.items() if k != "PATH"} | {"PATH": os.environ.get("PATH", "")})
+            p = subprocess.run(
+                c.line,
+                shell=True,
+                cwd=clone,
+                stdout=log.open("w"),
+                stderr=subprocess.STDOUT,
+                timeout=1800,
+                env={k: v for k, v in env.items() if k != "PATH"} | {"PATH": os.environ.get("PATH", "")},
+            )
             rc = p.returncode
         else:
             p = subprocess.run(line, shell=True, cwd=ROOT if in_repo else page.work, capture_output=True, text=True, timeout=1800, env=env)
@@ -227,8 +236,10 @@ def run(long: bool, only: Optional[set[str]], keep: bool) -> int:
     print()
     for doc, line, outcome, seconds in results:
         print(f"{outcome[:60]:<60} {seconds:6.0f} s  {doc}: {line[:110]}")
-    print(f"\n{len(ran)} commands run, {len(failed)} failed, {len(results) - len(ran)} skipped; scratch folder {scratch}"
-          + ("" if keep or failed else " (removed)"))
+    print(
+        f"\n{len(ran)} commands run, {len(failed)} failed, {len(results) - len(ran)} skipped; scratch folder {scratch}"
+        + ("" if keep or failed else " (removed)")
+    )
     if not keep and not failed:
         shutil.rmtree(scratch, ignore_errors=True)
     return 1 if failed else 0

@@ -137,9 +137,10 @@ def validation_errors(obj: dict) -> list[str]:
     if obj.get("kind") in CRD_FILES:
         errs = crd_errors(obj)
         for where, template in pod_templates(obj):
-            errs += [f"{where}: {e}" for e in core_errors(
-                {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}, "template": template}
-            )]
+            errs += [
+                f"{where}: {e}"
+                for e in core_errors({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}, "template": template})
+            ]
         return errs
     return core_errors(obj)
 
@@ -185,7 +186,16 @@ def hardening_problems(template: dict) -> list[str]:
             p.append(f"pod sets {key}")
     volumes = {v["name"]: v for v in spec.get("volumes") or []}
     for v in volumes.values():
-        if not set(v) - {"name"} <= {"emptyDir", "configMap", "secret", "persistentVolumeClaim", "projected", "downwardAPI", "ephemeral", "csi"}:
+        if not set(v) - {"name"} <= {
+            "emptyDir",
+            "configMap",
+            "secret",
+            "persistentVolumeClaim",
+            "projected",
+            "downwardAPI",
+            "ephemeral",
+            "csi",
+        }:
             p.append(f"volume {v['name']} is of a type the restricted profile forbids")
     containers = list(spec.get("containers") or []) + list(spec.get("initContainers") or [])
     if not containers:
@@ -428,8 +438,7 @@ class FakeKubeAPI:
                 raw = self.rfile.read(length) if length else b""
                 body = json.loads(raw) if raw else None
                 fake.requests.append(
-                    {"method": method, "path": url.path, "query": query,
-                     "content_type": self.headers.get("Content-Type"), "body": body}
+                    {"method": method, "path": url.path, "query": query, "content_type": self.headers.get("Content-Type"), "body": body}
                 )
                 for rx, api in ROUTES:  # noqa: B007  (api is read after the loop breaks)
                     m = rx.match(url.path)
@@ -480,20 +489,31 @@ class FakeKubeAPI:
         self.server.server_close()
 
     def kubeconfig(self, path: Path, namespace: str = "default") -> Path:
-        path.write_text(yaml.safe_dump({
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
-            "users": [{"name": "me", "user": {"token": "test-token"}}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "me", "namespace": namespace}}],
-            "current-context": "fake",
-        }))
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+                    "users": [{"name": "me", "user": {"token": "test-token"}}],
+                    "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "me", "namespace": namespace}}],
+                    "current-context": "fake",
+                }
+            )
+        )
         return path
 
     @staticmethod
     def _status(code: int, reason: str, message: str, name: Optional[str] = None, plural: str = "") -> dict:
-        return {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "reason": reason,
-                "details": {"name": name, "kind": plural}, "code": code}
+        return {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "status": "Failure",
+            "message": message,
+            "reason": reason,
+            "details": {"name": name, "kind": plural},
+            "code": code,
+        }
 
     def sent(self, method: str) -> list[dict]:
         return [r for r in self.requests if r["method"] == method]

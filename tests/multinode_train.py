@@ -40,22 +40,36 @@ def main(out: Path) -> None:
     # Explicit ports and temp dir: Ray's defaults (dashboard 8265, agent 52365, /tmp/ray) are shared
     # with any other Ray on this machine.
     temp = tempfile.mkdtemp(prefix="orch-mn-")
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 2, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": free_port(),
-        "dashboard_agent_listen_port": free_port("0.0.0.0"), "temp_dir": temp,
-    })
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 2,
+            "include_dashboard": True,
+            "dashboard_host": "127.0.0.1",
+            "dashboard_port": free_port(),
+            "dashboard_agent_listen_port": free_port("0.0.0.0"),
+            "temp_dir": temp,
+        },
+    )
     try:
         cluster.add_node(num_cpus=2, dashboard_agent_listen_port=free_port("0.0.0.0"))
         cluster.wait_for_nodes()
         result = train_job(load_spec(spec_path), spec_path, output=out / "runs", address=cluster.address, console=Console(stderr=True))
         nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
-        workers = list_actors(address=cluster.address, filters=[("class_name", "=", "RayTrainWorker")], detail=True, limit=100, raise_on_missing_output=False)
-        (out / "result.json").write_text(json.dumps({
-            "nodes": nodes,
-            "worker_nodes": sorted(w.node_id for w in workers),
-            "run_dir": str(result.run_dir),
-            "test_metrics": result.test_metrics,
-        }, indent=2))
+        workers = list_actors(
+            address=cluster.address, filters=[("class_name", "=", "RayTrainWorker")], detail=True, limit=100, raise_on_missing_output=False
+        )
+        (out / "result.json").write_text(
+            json.dumps(
+                {
+                    "nodes": nodes,
+                    "worker_nodes": sorted(w.node_id for w in workers),
+                    "run_dir": str(result.run_dir),
+                    "test_metrics": result.test_metrics,
+                },
+                indent=2,
+            )
+        )
     finally:
         ray.shutdown()
         cluster.shutdown()

@@ -79,9 +79,17 @@ def _save(dest: Path, pre: Preprocessor, model_spec: dict, classification: bool,
     write_checkpoint(
         dest,
         state={"model": model.state_dict(), "optimizer": {}, "epoch": 0},
-        model_meta={"model": model_spec, "input_shape": pre.input_shape, "num_outputs": pre.num_outputs, "dropout": 0.0,
-                    "task": pre.task, "job": f"{pre.kind}-test", "input_kind": pre.kind, "vocab_size": pre.vocab_size,
-                    "max_length": pre.max_length},
+        model_meta={
+            "model": model_spec,
+            "input_shape": pre.input_shape,
+            "num_outputs": pre.num_outputs,
+            "dropout": 0.0,
+            "task": pre.task,
+            "job": f"{pre.kind}-test",
+            "input_kind": pre.kind,
+            "vocab_size": pre.vocab_size,
+            "max_length": pre.max_length,
+        },
         preprocessing=pre.to_dict(),
         metrics={"epoch": 0, "train_loss": loss},
     )
@@ -92,8 +100,16 @@ def text_checkpoint(dest: Path, max_length: int = 16) -> tuple[Path, pd.DataFram
     """A transformer text classifier over a BPE tokenizer fitted on the training texts; returns (checkpoint, test rows)."""
     train, test = texts(240, seed=1), texts(40, seed=2)
     tok = BpeTokenizer.fit(train["text"].tolist(), 300)
-    pre = Preprocessor(task="classification", label="label", text_column="text", tokenizer=tok.to_state(), text_max_length=max_length,
-                       text_vocab_size=tok.vocab_size, classes=sorted(train["label"].unique().tolist()), train_rows=len(train))
+    pre = Preprocessor(
+        task="classification",
+        label="label",
+        text_column="text",
+        tokenizer=tok.to_state(),
+        text_max_length=max_length,
+        text_vocab_size=tok.vocab_size,
+        classes=sorted(train["label"].unique().tolist()),
+        train_rows=len(train),
+    )
     spec = {"arch": "transformer", "d_model": 16, "heads": 2, "layers": 1, "ff": 32, "pooling": "cls"}
     return _save(dest, pre, spec, True, train), test
 
@@ -102,9 +118,18 @@ def sequence_checkpoint(dest: Path) -> tuple[Path, pd.DataFrame]:
     """A GRU regressor over sequences of 2-feature vectors (1..8 steps)."""
     train, test = sequences(200, seed=3), sequences(30, seed=4)
     steps = np.concatenate([np.asarray(r) for r in train["readings"]])
-    pre = Preprocessor(task="regression", label="y", sequence_column="readings", sequence_max_length=8, sequence_features=2,
-                       sequence_means=steps.mean(axis=0).tolist(), sequence_stds=steps.std(axis=0).tolist(),
-                       target_mean=float(train["y"].mean()), target_std=float(train["y"].std(ddof=0)), train_rows=len(train))
+    pre = Preprocessor(
+        task="regression",
+        label="y",
+        sequence_column="readings",
+        sequence_max_length=8,
+        sequence_features=2,
+        sequence_means=steps.mean(axis=0).tolist(),
+        sequence_stds=steps.std(axis=0).tolist(),
+        target_mean=float(train["y"].mean()),
+        target_std=float(train["y"].std(ddof=0)),
+        train_rows=len(train),
+    )
     spec = {"arch": "rnn", "cell": "gru", "hidden": 16, "layers": 1, "pooling": "last"}
     return _save(dest, pre, spec, False, train), test
 
@@ -115,12 +140,28 @@ def series_checkpoint(dest: Path, window: int = 6, horizon: int = 3) -> tuple[Pa
     x, y = make_windows(values, window, horizon)
     cut = 300
     head = values[: cut + window]
-    frame = lambda xs, ys: pd.DataFrame({"value": [r[:, 0].tolist() for r in xs],  # noqa: E731
-                                         SERIES_TARGET: [v.tolist() if horizon > 1 else float(v) for v in ys]})
-    train, test = frame(x[:cut], y[:cut]), frame(x[cut + window + horizon:], y[cut + window + horizon:])
-    pre = Preprocessor(task="regression", label=SERIES_TARGET, series_column="value", series_window=window, series_horizon=horizon,
-                       series_mean=float(head.mean()), series_std=float(head.std()), target_mean=float(head.mean()),
-                       target_std=float(head.std()), train_rows=len(train))
+
+    def frame(xs, ys):
+        return pd.DataFrame(
+            {
+                "value": [r[:, 0].tolist() for r in xs],
+                SERIES_TARGET: [v.tolist() if horizon > 1 else float(v) for v in ys],
+            }
+        )
+
+    train, test = frame(x[:cut], y[:cut]), frame(x[cut + window + horizon :], y[cut + window + horizon :])
+    pre = Preprocessor(
+        task="regression",
+        label=SERIES_TARGET,
+        series_column="value",
+        series_window=window,
+        series_horizon=horizon,
+        series_mean=float(head.mean()),
+        series_std=float(head.std()),
+        target_mean=float(head.mean()),
+        target_std=float(head.std()),
+        train_rows=len(train),
+    )
     spec = {"arch": "rnn", "cell": "lstm", "hidden": 16, "layers": 1, "pooling": "last"}
     return _save(dest, pre, spec, False, train), test
 
@@ -145,8 +186,16 @@ def image_checkpoint(dest: Path, folder: Path) -> tuple[Path, pd.DataFrame]:
         rows.append({"path": name, "label": int(digits.target[i])})
     df = pd.DataFrame(rows)
     train, test = df.iloc[:260].reset_index(drop=True), df.iloc[260:].reset_index(drop=True)
-    pre = Preprocessor(task="classification", label="label", image_column="path", image_shape=[1, 8, 8], image_source="path",
-                       image_root=str(folder), classes=sorted(train["label"].unique().tolist()), train_rows=len(train))
+    pre = Preprocessor(
+        task="classification",
+        label="label",
+        image_column="path",
+        image_shape=[1, 8, 8],
+        image_source="path",
+        image_root=str(folder),
+        classes=sorted(train["label"].unique().tolist()),
+        train_rows=len(train),
+    )
     pixels = pre.image_pixels(train["path"])
     pre.image_mean, pre.image_std = float(pixels.mean()), float(pixels.std())
     spec = {"arch": "cnn", "channels": [8], "hidden": 16}

@@ -47,15 +47,20 @@ def split(df: pd.DataFrame, seed: int = 0) -> dict[str, pd.DataFrame]:
 def fit_preprocessor(train: pd.DataFrame, label: str = "label", categorical: tuple[str, ...] = ("site",)) -> Preprocessor:
     numeric = [c for c in train.columns if c != label and c not in categorical]
     return Preprocessor(
-        task="classification", label=label, numeric=numeric,
+        task="classification",
+        label=label,
+        numeric=numeric,
         means=[float(train[c].mean()) for c in numeric],
         stds=[float(train[c].std(ddof=0)) or 1.0 for c in numeric],
         categorical={c: sorted(train[c].unique().tolist()) for c in categorical},
-        classes=sorted(train[label].unique().tolist()), train_rows=len(train),
+        classes=sorted(train[label].unique().tolist()),
+        train_rows=len(train),
     )
 
 
-def make_checkpoint(dest: str | Path, *, hidden: list[int] = (16,), epochs: int = 30, seed: int = 0, job: str = "test") -> tuple[Path, pd.DataFrame]:
+def make_checkpoint(
+    dest: str | Path, *, hidden: list[int] = (16,), epochs: int = 30, seed: int = 0, job: str = "test"
+) -> tuple[Path, pd.DataFrame]:
     """Train a small MLP and write a checkpoint to `dest`; returns (dest, the held-out test rows)."""
     parts = split(breast_cancer_frame())
     pre = fit_preprocessor(parts["train"])
@@ -74,8 +79,14 @@ def make_checkpoint(dest: str | Path, *, hidden: list[int] = (16,), epochs: int 
     write_checkpoint(
         dest,
         state={"model": model.state_dict(), "optimizer": {}, "epoch": 0},
-        model_meta={"model": model_spec, "input_shape": pre.input_shape, "num_outputs": pre.num_outputs,
-                    "dropout": 0.0, "task": "classification", "job": job},
+        model_meta={
+            "model": model_spec,
+            "input_shape": pre.input_shape,
+            "num_outputs": pre.num_outputs,
+            "dropout": 0.0,
+            "task": "classification",
+            "job": job,
+        },
         preprocessing=pre.to_dict(),
         metrics={"epoch": 0, "train_loss": loss.item()},
     )
@@ -88,8 +99,17 @@ def make_run_dir(root: Path, checkpoint_from: Path, *, promoted: bool = True, se
 
     run = root / "run-1"
     shutil.copytree(checkpoint_from, run / "best_checkpoint")
-    (run / "promotion.json").write_text(json.dumps({"promoted": promoted, "rule": "accuracy >= 0.9", "metric": "test_accuracy",
-                                                   "value": 0.95 if promoted else 0.5, "reason": "test_accuracy = 0.5 does not meet 'accuracy >= 0.9'"}))
+    (run / "promotion.json").write_text(
+        json.dumps(
+            {
+                "promoted": promoted,
+                "rule": "accuracy >= 0.9",
+                "metric": "test_accuracy",
+                "value": 0.95 if promoted else 0.5,
+                "reason": "test_accuracy = 0.5 does not meet 'accuracy >= 0.9'",
+            }
+        )
+    )
     (run / "test_metrics.json").write_text(json.dumps({"test_accuracy": 0.95, "test_loss": 0.1}))
     spec = {"name": "bc", "data": {"source": "data.parquet", "label": "label"}, **({"serve": serve} if serve is not None else {})}
     (run / "spec.resolved.json").write_text(json.dumps(spec))
@@ -116,8 +136,15 @@ def serving_until_ctrl_c(cmd: list[str], port: int, timeout: float, *, env: Opti
     Ctrl-C and check that it stops cleanly and the port is closed."""
     # SIGINT ignored, as in a child of a background job of a non-interactive shell (CI runners,
     # `nohup`): Ctrl-C must still stop the server.
-    proc = subprocess.Popen(cmd, cwd=cwd or ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**(os.environ if env is None else env), "COLUMNS": "300"},
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd or ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**(os.environ if env is None else env), "COLUMNS": "300"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
     reader.start()

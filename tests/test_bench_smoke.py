@@ -25,8 +25,13 @@ def test_quick_suite_writes_the_epoch_and_ingest_figures(tmp_path):
     out = tmp_path / "speed.json"
     # the MLP on one worker alone: the CNN's runs and two workers' go through the same code (and
     # took more than half of this test's 210 s)
-    p = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", "epoch,ingest", "--models", "mlp", "--workers", "1", "--out", str(out)],
-                       cwd=ROOT, capture_output=True, text=True, timeout=1500)
+    p = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "epoch,ingest", "--models", "mlp", "--workers", "1", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     res = json.loads(out.read_text())
 
@@ -64,8 +69,13 @@ def test_quick_suite_writes_the_epoch_and_ingest_figures(tmp_path):
 
 
 def test_the_in_process_loop_comparison_prints_both_epochs_and_their_ratio():
-    p = subprocess.run([sys.executable, "-m", "bench.loop_inprocess", "jobs/digits-cnn.yaml", "--epochs", "2", "--repeats", "1"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-m", "bench.loop_inprocess", "jobs/digits-cnn.yaml", "--epochs", "2", "--repeats", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     line = next(x for x in p.stdout.splitlines() if x.startswith("plain PyTorch"))
     plain, loop, ratio = (float(w) for w in re.findall(r"(\d+\.\d+)", line))

@@ -31,13 +31,16 @@ def test_example_config_is_valid():
     assert (cfg.name, cfg.num_cpus, cfg.port, cfg.dashboard_port) == ("local", 2, 6390, 8275)
 
 
-@pytest.mark.parametrize("text, problem", [
-    ("num_cpu: 2", "num_cpu: unknown field"),
-    ("port: 12000", "port: 12000 is inside Ray's worker port range"),
-    ("storage: runs", "storage: must be an absolute path"),
-    ("name: Bad_Name", "name: String should match pattern"),
-    ("- a list", "expected a mapping"),
-])
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("num_cpu: 2", "num_cpu: unknown field"),
+        ("port: 12000", "port: 12000 is inside Ray's worker port range"),
+        ("storage: runs", "storage: must be an absolute path"),
+        ("name: Bad_Name", "name: String should match pattern"),
+        ("- a list", "expected a mapping"),
+    ],
+)
 def test_config_errors_name_the_field(tmp_path, text, problem):
     path = tmp_path / "c.yaml"
     path.write_text(text)
@@ -75,9 +78,18 @@ def test_status_and_down_of_an_unknown_cluster(invoke):
 def _state(name="c1", temp="/tmp/orch-ray-aaa", marker="m1", port=8300) -> cl.ClusterState:
     folder = cl.state_dir(name)
     folder.mkdir(parents=True, exist_ok=True)
-    st = cl.ClusterState(name=name, state_dir=str(folder), temp_dir=temp, marker=marker, dashboard_url=f"http://127.0.0.1:{port}",
-                         gcs_address="10.0.0.1:6390", token_file=str(folder / "auth_token"), num_cpus=2, storage=None,
-                         ports={"dashboard": port, "gcs": 6390})
+    st = cl.ClusterState(
+        name=name,
+        state_dir=str(folder),
+        temp_dir=temp,
+        marker=marker,
+        dashboard_url=f"http://127.0.0.1:{port}",
+        gcs_address="10.0.0.1:6390",
+        token_file=str(folder / "auth_token"),
+        num_cpus=2,
+        storage=None,
+        ports={"dashboard": port, "gcs": 6390},
+    )
     st.save()
     return st
 
@@ -85,19 +97,22 @@ def _state(name="c1", temp="/tmp/orch-ray-aaa", marker="m1", port=8300) -> cl.Cl
 def test_cluster_processes_are_its_own_and_their_descendants_only():
     st = _state()
     env = {"PATH": "/bin", cl.MARKER_ENV: "m1"}
-    procs = {p.pid: p for p in [
-        Proc(10, 1, "/x/ray/core/src/ray/gcs/gcs_server --log_dir=/tmp/orch-ray-aaa/session_1/logs", env, False),
-        Proc(11, 1, "/x/raylet/raylet --session_dir=/tmp/orch-ray-aaa/session_1", {}, False),  # env unreadable: temp dir
-        Proc(12, 11, "ray::IDLE", {}, False),                    # a worker: descendant of the raylet
-        Proc(13, 12, "orchestrator run job.yaml", {}, False),     # a job driver below it
-        Proc(14, 1, "python -m ray.util.client.server --address=10.0.0.1:6390", env, False),  # marker only
-        Proc(15, 11, "ray::IDLE", {}, True),                     # zombie
-        # another Ray on the same machine: other marker, other temp dir, its own workers
-        Proc(20, 1, "/x/raylet/raylet --session_dir=/tmp/ray/session_9", {cl.MARKER_ENV: "m10"}, False),
-        Proc(21, 20, "ray::IDLE", {}, False),
-        Proc(22, 1, "/x/raylet/raylet --session_dir=/tmp/orch-ray-aaab/session_2", {}, False),  # temp dir prefix only
-        Proc(23, 1, "tail -f /tmp/orch-ray-aaa/session_1/logs/raylet.out", {"PATH": "/bin"}, False),  # the user's, not Ray's
-    ]}
+    procs = {
+        p.pid: p
+        for p in [
+            Proc(10, 1, "/x/ray/core/src/ray/gcs/gcs_server --log_dir=/tmp/orch-ray-aaa/session_1/logs", env, False),
+            Proc(11, 1, "/x/raylet/raylet --session_dir=/tmp/orch-ray-aaa/session_1", {}, False),  # env unreadable: temp dir
+            Proc(12, 11, "ray::IDLE", {}, False),  # a worker: descendant of the raylet
+            Proc(13, 12, "orchestrator run job.yaml", {}, False),  # a job driver below it
+            Proc(14, 1, "python -m ray.util.client.server --address=10.0.0.1:6390", env, False),  # marker only
+            Proc(15, 11, "ray::IDLE", {}, True),  # zombie
+            # another Ray on the same machine: other marker, other temp dir, its own workers
+            Proc(20, 1, "/x/raylet/raylet --session_dir=/tmp/ray/session_9", {cl.MARKER_ENV: "m10"}, False),
+            Proc(21, 20, "ray::IDLE", {}, False),
+            Proc(22, 1, "/x/raylet/raylet --session_dir=/tmp/orch-ray-aaab/session_2", {}, False),  # temp dir prefix only
+            Proc(23, 1, "tail -f /tmp/orch-ray-aaa/session_1/logs/raylet.out", {"PATH": "/bin"}, False),  # the user's, not Ray's
+        ]
+    }
     assert cl.cluster_processes(st, procs) == [10, 11, 12, 13, 14]
 
 

@@ -18,8 +18,9 @@ pytestmark = pytest.mark.ray
 
 def test_ddp_workers_run_on_both_nodes_and_the_run_succeeds(tmp_path):
     t0 = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "tests.multinode_train", str(tmp_path)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=420)
+    r = subprocess.run(
+        [sys.executable, "-m", "tests.multinode_train", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=420
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     result = json.loads((tmp_path / "result.json").read_text())
     assert len(result["nodes"]) == 2

@@ -55,14 +55,31 @@ def test_a_checkpoint_of_a_custom_model_loads_in_a_fresh_process_from_another_fo
     ckpt = tmp_path / "ckpt"
     from orchestrator.data.preprocess import Preprocessor
 
-    write_checkpoint(ckpt, state={"model": model.state_dict(), "optimizer": {}, "epoch": 1},
-                     model_meta={"model": model_spec, "input_shape": [5], "num_outputs": 2, "dropout": 0.0, "task": "classification",
-                                 "job": "custom", "code_dirs": [str(folder)]},
-                     preprocessing=Preprocessor(task="classification", label="y", numeric=[f"f{i}" for i in range(5)],
-                                                means=[0.0] * 5, stds=[1.0] * 5).to_dict(),
-                     metrics={})
+    write_checkpoint(
+        ckpt,
+        state={"model": model.state_dict(), "optimizer": {}, "epoch": 1},
+        model_meta={
+            "model": model_spec,
+            "input_shape": [5],
+            "num_outputs": 2,
+            "dropout": 0.0,
+            "task": "classification",
+            "job": "custom",
+            "code_dirs": [str(folder)],
+        },
+        preprocessing=Preprocessor(
+            task="classification", label="y", numeric=[f"f{i}" for i in range(5)], means=[0.0] * 5, stds=[1.0] * 5
+        ).to_dict(),
+        metrics={},
+    )
     probe = "import sys; from orchestrator.train.checkpoint import load_model; m = load_model(sys.argv[1]); print(type(m.model).__name__)"
-    r = subprocess.run([sys.executable, "-c", probe, str(ckpt)], cwd=tmp_path / "elsewhere", capture_output=True, text=True, timeout=120,
-                       env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    r = subprocess.run(
+        [sys.executable, "-c", probe, str(ckpt)],
+        cwd=tmp_path / "elsewhere",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == "Sequential"

@@ -72,8 +72,10 @@ def test_ray_data_csv_failure_becomes_pyarrows_cause(tmp_path):
     path = tmp_path / "r.csv"
     path.write_text("a,b,label\n1,2,p\n3,4,q\n5,6,7,8\n")
     # what Ray Data raises (pyarrow's message is lost on the way from the read task)
-    ray_msg = (f"Failed to read CSV file: {path}. Please check the CSV file has correct format, or filter out "
-               "non-CSV file with 'partition_filter' field.\nFailed to read stream iteratively after 1/10 attempts")
+    ray_msg = (
+        f"Failed to read CSV file: {path}. Please check the CSV file has correct format, or filter out "
+        "non-CSV file with 'partition_filter' field.\nFailed to read stream iteratively after 1/10 attempts"
+    )
     msg = _describe_failure(str(tmp_path), "csv", ValueError(ray_msg))
     assert msg == f"{path}: cannot read as CSV: Row #4: Expected 3 columns, got 4: 5,6,7,8"
 
@@ -82,7 +84,10 @@ def test_other_failures_keep_the_first_meaningful_line(tmp_path):
     inner = ValueError("Failed to apply UDF transform after 1/1 attempts\ncolumn 'a': +inf/-inf values cannot be standardised")
     outer = RuntimeError("wrapper")
     outer.__cause__ = inner
-    assert _describe_failure("x.parquet", "parquet", outer) == "x.parquet: cannot read as parquet: column 'a': +inf/-inf values cannot be standardised"
+    assert (
+        _describe_failure("x.parquet", "parquet", outer)
+        == "x.parquet: cannot read as parquet: column 'a': +inf/-inf values cannot be standardised"
+    )
 
 
 def test_string_feature_is_one_hot_encoded_as_documented(tmp_path):

@@ -16,14 +16,25 @@ pytestmark = pytest.mark.ray
 
 def _frame(n=200, seed=0):
     rng = np.random.default_rng(seed)
-    return pd.DataFrame({"a": rng.normal(size=n), "b": rng.normal(size=n),
-                         "city": rng.choice(["oslo", "rome", "lima"], n), "label": rng.choice(["p", "q"], n)})
+    return pd.DataFrame(
+        {
+            "a": rng.normal(size=n),
+            "b": rng.normal(size=n),
+            "city": rng.choice(["oslo", "rome", "lima"], n),
+            "label": rng.choice(["p", "q"], n),
+        }
+    )
 
 
 def _write_spec(tmp_path, source: str, **data):
-    spec = {"name": "bad-data", "data": {"source": source, "label": "label", **data},
-            "model": {"arch": "mlp", "hidden": [8]}, "train": {"epochs": 1, "batch_size": 32},
-            "scaling": {"workers": 1}, "checkpoint": {"metric": "val_loss"}}
+    spec = {
+        "name": "bad-data",
+        "data": {"source": source, "label": "label", **data},
+        "model": {"arch": "mlp", "hidden": [8]},
+        "train": {"epochs": 1, "batch_size": 32},
+        "scaling": {"workers": 1},
+        "checkpoint": {"metric": "val_loss"},
+    }
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -61,9 +72,9 @@ def test_mixed_folder_is_refused_with_counts(tmp_path):
     folder.mkdir()
     df = _frame()
     for i in range(3):
-        df.iloc[i * 40:(i + 1) * 40].to_parquet(folder / f"part{i}.parquet")
+        df.iloc[i * 40 : (i + 1) * 40].to_parquet(folder / f"part{i}.parquet")
     for i in range(2):
-        df.iloc[120 + i * 40:160 + i * 40].to_csv(folder / f"extra{i}.csv", index=False)
+        df.iloc[120 + i * 40 : 160 + i * 40].to_csv(folder / f"extra{i}.csv", index=False)
     r = _train(tmp_path, str(folder), format="parquet")
     _assert_clear_error(r, str(folder), "3 .parquet files and 2 .csv files", "data.format parquet reads only")
 

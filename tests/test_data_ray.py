@@ -23,7 +23,10 @@ def _spec(data_dir, job, train=None, **data):
 
 def _row_keys(ds, cols):
     df = ds.to_pandas()
-    return {tuple(np.asarray(v, dtype=float).tobytes() if isinstance(v, (list, np.ndarray)) else v for v in row) for row in df[cols].itertuples(index=False)}
+    return {
+        tuple(np.asarray(v, dtype=float).tobytes() if isinstance(v, (list, np.ndarray)) else v for v in row)
+        for row in df[cols].itertuples(index=False)
+    }
 
 
 def test_splits_are_disjoint_and_cover_every_row(ray_session, data_dir):
@@ -131,7 +134,9 @@ def test_infinite_values_outside_the_training_split_are_refused(ray_session, dat
     from orchestrator.data.preprocess import assign_splits
 
     df = pd.read_parquet(data_dir / "breast_cancer.parquet")[["mean_radius", "mean_texture", "label"]]
-    spec = _spec(tmp_path, "breast-cancer-mlp.yaml", source=str(tmp_path / "inf.parquet"), prepare=None, features=["mean_radius", "mean_texture"])
+    spec = _spec(
+        tmp_path, "breast-cancer-mlp.yaml", source=str(tmp_path / "inf.parquet"), prepare=None, features=["mean_radius", "mean_texture"]
+    )
     with_inf = df.assign(mean_radius=np.inf)
     s = spec.data.split
     outside = assign_splits(with_inf, spec.data.seed, (s.train, s.validation, s.test)) != 0  # a row's split follows its values
@@ -139,7 +144,10 @@ def test_infinite_values_outside_the_training_split_are_refused(ray_session, dat
     df.to_parquet(tmp_path / "inf.parquet")
     with pytest.raises(DataError) as info:
         prepare_data(spec)
-    assert str(info.value) == f"{tmp_path / 'inf.parquet'}: column 'mean_radius': +inf/-inf values cannot be standardised; replace or drop them"
+    assert (
+        str(info.value)
+        == f"{tmp_path / 'inf.parquet'}: column 'mean_radius': +inf/-inf values cannot be standardised; replace or drop them"
+    )
 
 
 def test_pq_file_and_folder_are_read_as_parquet(ray_session, data_dir, tmp_path):
@@ -170,8 +178,16 @@ def test_a_small_file_prepared_on_the_driver_equals_ray_datas_preparation(ray_se
     features = ["mean_radius", "mean_texture", "big", "site"]
     prepared = {}
     for name, src in (("driver", tmp_path / "one.parquet"), ("ray data", tmp_path / "folder")):
-        spec = _spec(tmp_path, "breast-cancer-mlp.yaml", train={"class_weights": "balanced"}, source=str(src), prepare=None,
-                     format="parquet", features=features, categorical=["site"])
+        spec = _spec(
+            tmp_path,
+            "breast-cancer-mlp.yaml",
+            train={"class_weights": "balanced"},
+            source=str(src),
+            prepare=None,
+            format="parquet",
+            features=features,
+            categorical=["site"],
+        )
         prepared[name] = prepare_data(spec)
     driver, ray_data = prepared["driver"], prepared["ray data"]
     a, b = driver.preprocessor.to_dict(), ray_data.preprocessor.to_dict()

@@ -73,8 +73,11 @@ def test_each_command_in_the_docs_parses(where, argv):
 
 
 def test_the_command_check_catches_what_it_is_for():
-    for argv, error in ((["run", "a.yaml", "--no-such-option"], "NoSuchOption"), (["jobs", "stop"], "MissingParameter"),
-                        (["serve", "a", "b", "c"], "UsageError")):
+    for argv, error in (
+        (["run", "a.yaml", "--no-such-option"], "NoSuchOption"),
+        (["jobs", "stop"], "MissingParameter"),
+        (["serve", "a", "b", "c"], "UsageError"),
+    ):
         with pytest.raises(Exception) as e:
             _parse(argv)
         assert type(e.value).__name__ == error, (argv, e.value)
@@ -118,6 +121,7 @@ def test_every_command_and_option_in_the_readme_table_exists():
 
 # ------------------------------------------------------------------------------ job specs
 
+
 def _spec_blocks() -> list[tuple[str, dict]]:
     out = []
     for where, body in _blocks(("yaml",)):
@@ -136,7 +140,9 @@ def _unknown_fields(value, schema: dict, defs: dict, path: str) -> list[str]:
         return _unknown_fields(value, defs[schema["$ref"].rsplit("/", 1)[1]], defs, path)
     options = schema.get("anyOf") or schema.get("oneOf") or schema.get("allOf")
     if options:  # the option that fits best, of those that can hold a mapping
-        results = [_unknown_fields(value, s, defs, path) for s in options if not isinstance(value, dict) or s.get("type") in (None, "object")]
+        results = [
+            _unknown_fields(value, s, defs, path) for s in options if not isinstance(value, dict) or s.get("type") in (None, "object")
+        ]
         return min(results, key=len, default=[])
     if not isinstance(value, dict) or schema.get("type") not in (None, "object"):
         return []
@@ -164,8 +170,11 @@ def test_each_job_spec_in_the_docs_names_only_fields_the_spec_has(where, block):
     assert not unknown, f"{where}: no such spec field {', '.join(unknown)}"
 
 
-@pytest.mark.parametrize("where,block", [(w, b) for w, b in SPEC_BLOCKS if {"data", "model"} <= set(b)],
-                         ids=[w for w, b in SPEC_BLOCKS if {"data", "model"} <= set(b)])
+@pytest.mark.parametrize(
+    "where,block",
+    [(w, b) for w, b in SPEC_BLOCKS if {"data", "model"} <= set(b)],
+    ids=[w for w, b in SPEC_BLOCKS if {"data", "model"} <= set(b)],
+)
 def test_each_data_and_model_pair_in_the_docs_is_a_valid_spec(where, block, tmp_path):
     """A block with a data and a model section, on the breast-cancer job's other sections."""
     d = yaml.safe_load((JOBS / "breast-cancer-mlp.yaml").read_text())
@@ -180,5 +189,7 @@ def test_the_field_check_catches_a_misspelled_field():
     defs = schema.get("$defs", {})
     assert _unknown_fields({"train": {"epoch": 3}}, schema, defs, "") == ["train.epoch"]
     assert _unknown_fields({"data": {"image": {"colum": "x"}}, "model": {"arch": "cnn", "chanels": [8]}}, schema, defs, "") == [
-        "data.image.colum", "model.chanels"]
+        "data.image.colum",
+        "model.chanels",
+    ]
     assert _unknown_fields({"tune": {"space": {"train.lr": {"loguniform": [0.1, 1]}}}}, schema, defs, "") == []

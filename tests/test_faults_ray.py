@@ -62,8 +62,9 @@ class CliRun:
         self.stderr_path = tmp / f"{spec.stem}.stderr"
         self._stderr = open(self.stderr_path, "w")
         exe = Path(sys.executable).parent / "orchestrator"
-        self.proc = subprocess.Popen([str(exe), "train", str(spec)], cwd=ROOT, env=env, text=True,
-                                     stdout=subprocess.PIPE, stderr=self._stderr)
+        self.proc = subprocess.Popen(
+            [str(exe), "train", str(spec)], cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=self._stderr
+        )
         self.root = psutil.Process(self.proc.pid)
         self.lines: list[str] = []
         self._q: queue.Queue = queue.Queue()

@@ -117,19 +117,51 @@ PNG = png(np.full((4, 4), 100))
 BAD_ROWS = [
     ("text", pd.DataFrame({"text": ["a b", "c", None, "d", "e", "f", "g", "h"], "label": [0, 1] * 4}), {}, 2, "missing"),
     ("text", pd.DataFrame({"text": ["a b", "c", "d", "e", "f", "g", "  \t", "h"], "label": [0, 1] * 4}), {}, 6, "whitespace-only"),
-    ("sequence", pd.DataFrame({"r": [[[1.0, 2.0]]] * 5 + [[[1.0, 2.0, 3.0]]] + [[[1.0, 2.0]]] * 2, "label": [0, 1] * 4}), {}, 5,
-     "its steps hold 3 values, those of row 0 hold 2"),
-    ("sequence", pd.DataFrame({"r": [[1.0, 2.0]] * 5 + [[1.0, np.inf]] + [[1.0]] * 2, "label": [0, 1] * 4}), {}, 5, "step 1: value inf is not finite"),
-    ("sequence", pd.DataFrame({"r": [[1.0, 2.0]] * 5 + [[1.0, np.nan]] + [[1.0]] * 2, "label": [0, 1] * 4}), {}, 5, "step 1: missing value"),
+    (
+        "sequence",
+        pd.DataFrame({"r": [[[1.0, 2.0]]] * 5 + [[[1.0, 2.0, 3.0]]] + [[[1.0, 2.0]]] * 2, "label": [0, 1] * 4}),
+        {},
+        5,
+        "its steps hold 3 values, those of row 0 hold 2",
+    ),
+    (
+        "sequence",
+        pd.DataFrame({"r": [[1.0, 2.0]] * 5 + [[1.0, np.inf]] + [[1.0]] * 2, "label": [0, 1] * 4}),
+        {},
+        5,
+        "step 1: value inf is not finite",
+    ),
+    (
+        "sequence",
+        pd.DataFrame({"r": [[1.0, 2.0]] * 5 + [[1.0, np.nan]] + [[1.0]] * 2, "label": [0, 1] * 4}),
+        {},
+        5,
+        "step 1: missing value",
+    ),
     ("sequence", pd.DataFrame({"r": [[1.0, 2.0]] * 3 + [None] + [[1.0]] * 4, "label": [0, 1] * 4}), {}, 3, "missing sequence"),
-    ("sequence", pd.DataFrame({"r": [[1.0]] * 4 + [[0.5] * (MAX_SEQUENCE_STEPS + 1)] + [[1.0]] * 3, "label": [0, 1] * 4}), {}, 4,
-     "set data.sequence.max_length"),
+    (
+        "sequence",
+        pd.DataFrame({"r": [[1.0]] * 4 + [[0.5] * (MAX_SEQUENCE_STEPS + 1)] + [[1.0]] * 3, "label": [0, 1] * 4}),
+        {},
+        4,
+        "set data.sequence.max_length",
+    ),
     ("image", pd.DataFrame({"path": ["a.png"] * 7 + [None], "label": [0, 1] * 4}), {"shape": [1, 8, 8]}, 7, "missing image file path"),
-    ("image", pd.DataFrame({"path": ["a.png"] * 3 + ["../../etc/passwd"] + ["a.png"] * 4, "label": [0, 1] * 4}), {"shape": [1, 8, 8]}, 3,
-     "must stay inside the data's folder"),
+    (
+        "image",
+        pd.DataFrame({"path": ["a.png"] * 3 + ["../../etc/passwd"] + ["a.png"] * 4, "label": [0, 1] * 4}),
+        {"shape": [1, 8, 8]},
+        3,
+        "must stay inside the data's folder",
+    ),
     ("image", pd.DataFrame({"png": [PNG] * 5 + [b""] + [PNG] * 2, "label": [0, 1] * 4}), {"shape": [1, 8, 8]}, 5, "empty image bytes"),
-    ("image", pd.DataFrame({"png": [PNG] * 6 + [b"GIF89a but not really"] + [PNG], "label": [0, 1] * 4}), {"shape": [1, 8, 8]}, 6,
-     "not a readable image"),
+    (
+        "image",
+        pd.DataFrame({"png": [PNG] * 6 + [b"GIF89a but not really"] + [PNG], "label": [0, 1] * 4}),
+        {"shape": [1, 8, 8]},
+        6,
+        "not a readable image",
+    ),
 ]
 
 
@@ -148,8 +180,13 @@ def test_rows_without_a_label_are_counted_and_skip_the_row_checks(tmp_path):
     df = pd.DataFrame({"text": ["a", None, "c", "d"], "label": [0.0, np.nan, 1.0, None]})
     path = tmp_path / "t.parquet"
     df.to_parquet(path)
-    spec = parse_spec({"name": "t", "data": {"source": str(path), "label": "label", "task": "classification",
-                                             "text": {"column": "text"}}, "model": {"arch": "rnn"}})
+    spec = parse_spec(
+        {
+            "name": "t",
+            "data": {"source": str(path), "label": "label", "task": "classification", "text": {"column": "text"}},
+            "model": {"arch": "rnn"},
+        }
+    )
     table = pq.read_table(path)
     counts = scan_rows(spec, str(path), check_columns(spec, str(path), table.schema), table)
     assert (counts.rows, counts.missing_labels) == (4, 2)
@@ -159,8 +196,13 @@ def test_rows_of_a_folder_are_counted_per_file(tmp_path):
     (tmp_path / "d").mkdir()
     pd.DataFrame({"text": ["a", "b", "c"], "label": [0, 1, 0]}).to_parquet(tmp_path / "d" / "part-0.parquet")
     pd.DataFrame({"text": ["a", "b", None], "label": [0, 1, 0]}).to_parquet(tmp_path / "d" / "part-1.parquet")
-    spec = parse_spec({"name": "t", "data": {"source": str(tmp_path / "d"), "format": "parquet", "label": "label", "text": {"column": "text"}},
-                       "model": {"arch": "rnn"}})
+    spec = parse_spec(
+        {
+            "name": "t",
+            "data": {"source": str(tmp_path / "d"), "format": "parquet", "label": "label", "text": {"column": "text"}},
+            "model": {"arch": "rnn"},
+        }
+    )
     schema = pq.read_schema(tmp_path / "d" / "part-0.parquet")
     with pytest.raises(DataError, match=r"part-1.parquet: row 2, column 'text': missing text"):
         scan_rows(spec, str(tmp_path / "d"), check_columns(spec, str(tmp_path / "d"), schema))
@@ -177,8 +219,13 @@ def test_text_that_is_not_utf8_is_named_with_its_row(tmp_path):
 def test_string_series_values_are_blamed_on_the_series_column(tmp_path):
     path = tmp_path / "s.csv"
     pd.DataFrame({"t": range(5), "v": ["a", "b", "c", "d", "e"]}).to_csv(path, index=False)
-    spec = parse_spec({"name": "t", "data": {"source": str(path), "label": "v", "series": {"column": "v", "order_by": "t", "window": 2}},
-                       "model": {"arch": "rnn"}})
+    spec = parse_spec(
+        {
+            "name": "t",
+            "data": {"source": str(path), "label": "v", "series": {"column": "v", "order_by": "t", "window": 2}},
+            "model": {"arch": "rnn"},
+        }
+    )
     with pytest.raises(DataError, match=r"column 'v' \(data.series.column\) has type string; a series must hold numbers"):
         check_columns(spec, str(path), pacsv.read_csv(path).schema)
 
@@ -247,7 +294,10 @@ def test_sixteen_bit_image_served_as_trained(image_server, tmp_path):
 def test_sequence_and_series_errors_say_what_they_got_once(tmp_path):
     from tests.serve_inputs_support import sequence_checkpoint, series_checkpoint
 
-    for ckpt, body in ((sequence_checkpoint(tmp_path / "seq")[0], {"readings": "1,2"}), (series_checkpoint(tmp_path / "ser")[0], {"value": 3})):
+    for ckpt, body in (
+        (sequence_checkpoint(tmp_path / "seq")[0], {"readings": "1,2"}),
+        (series_checkpoint(tmp_path / "ser")[0], {"value": 3}),
+    ):
         runner = ModelRunner(ckpt)
         with pytest.raises(ClientError) as err:
             runner.parse(__import__("json").dumps(body).encode())
@@ -271,8 +321,9 @@ def test_the_predict_client_sends_only_image_files_from_inside_or_named_absolute
     assert time.monotonic() - t0 < 2
     message = str(err.value)
     assert message.startswith(f"{path}: row 0: ") and "\n" not in message, message
-    assert {"secret.txt": "it was not sent", "../outside.png": "must stay inside", "fifo": "a FIFO",
-            "/dev/zero": "a device"}[cell] in message, message
+    assert {"secret.txt": "it was not sent", "../outside.png": "must stay inside", "fifo": "a FIFO", "/dev/zero": "a device"}[
+        cell
+    ] in message, message
 
 
 def test_the_predict_client_splits_requests_by_the_servers_pixel_limit(tmp_path):

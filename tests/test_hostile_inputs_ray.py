@@ -24,9 +24,14 @@ pytestmark = pytest.mark.ray
 
 
 def _spec_file(tmp_path: Path, data: dict, model: dict) -> Path:
-    spec = {"name": "hostile", "data": {"label": "label", **data}, "model": model,
-            "train": {"epochs": 1, "batch_size": 16, "max_failures": 0}, "scaling": {"workers": 1},
-            "checkpoint": {"metric": "val_loss"}}
+    spec = {
+        "name": "hostile",
+        "data": {"label": "label", **data},
+        "model": model,
+        "train": {"epochs": 1, "batch_size": 16, "max_failures": 0},
+        "scaling": {"workers": 1},
+        "checkpoint": {"metric": "val_loss"},
+    }
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -61,8 +66,11 @@ def test_an_image_path_to_dev_zero_fails_the_run_naming_the_file_at_once(tmp_pat
         rows.append((f"imgs/{i}.png", i % 2))
     rows[23] = ("/dev/zero", 1)
     pd.DataFrame(rows, columns=["path", "label"]).to_parquet(tmp_path / "images.parquet")
-    r, took = _train(tmp_path, {"source": str(tmp_path / "images.parquet"), "image": {"column": "path", "shape": [1, 8, 8]}},
-                     {"arch": "cnn", "channels": [4], "hidden": 8})
+    r, took = _train(
+        tmp_path,
+        {"source": str(tmp_path / "images.parquet"), "image": {"column": "path", "shape": [1, 8, 8]}},
+        {"arch": "cnn", "channels": [4], "hidden": 8},
+    )
     line = _one_error_line(r)
     assert "/dev/zero: a device or special file, not an image file (column 'path')" in line, line
     assert took < 120, took
@@ -75,8 +83,11 @@ def test_a_ragged_sequence_is_named_by_its_row_in_the_file(ray_session, tmp_path
     seqs[5] = [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]  # three values a step where every other row has two
     path = tmp_path / "seq.parquet"
     pd.DataFrame({"readings": seqs, "label": [i % 2 for i in range(60)]}).to_parquet(path)
-    message = error_here("train", _spec_file(tmp_path, {"source": str(path), "sequence": {"column": "readings"}}, {"arch": "rnn", "hidden": 8}),
-                         tmp_path / "runs")
+    message = error_here(
+        "train",
+        _spec_file(tmp_path, {"source": str(path), "sequence": {"column": "readings"}}, {"arch": "rnn", "hidden": 8}),
+        tmp_path / "runs",
+    )
     assert f"{path}: row 5, column 'readings': its steps hold 3 values, those of row 0 hold 2" in message, message
 
 
@@ -85,16 +96,29 @@ def test_a_ragged_sequence_is_named_by_its_row_in_the_file(ray_session, tmp_path
 
 def _bad_value(kind: str, what: str):
     return {
-        ("text", "missing"): None, ("text", "blank"): "  ",
-        ("sequence", "missing"): None, ("sequence", "nan"): [1.0, float("nan")], ("sequence", "inf"): [float("inf")],
-        ("sequence", "ragged"): [[1.0, 2.0, 3.0]], ("sequence", "huge"): [[1.0, 1.0]] * 5000, ("sequence", "empty"): [],
-        ("image", "missing"): None, ("image", "empty"): b"", ("image", "garbage"): b"not an image at all",
-        ("series", "nan"): float("nan"), ("series", "inf"): float("inf"), ("series", "missing"): None,
+        ("text", "missing"): None,
+        ("text", "blank"): "  ",
+        ("sequence", "missing"): None,
+        ("sequence", "nan"): [1.0, float("nan")],
+        ("sequence", "inf"): [float("inf")],
+        ("sequence", "ragged"): [[1.0, 2.0, 3.0]],
+        ("sequence", "huge"): [[1.0, 1.0]] * 5000,
+        ("sequence", "empty"): [],
+        ("image", "missing"): None,
+        ("image", "empty"): b"",
+        ("image", "garbage"): b"not an image at all",
+        ("series", "nan"): float("nan"),
+        ("series", "inf"): float("inf"),
+        ("series", "missing"): None,
     }[(kind, what)]
 
 
-BAD = {"text": ["missing", "blank"], "sequence": ["missing", "nan", "inf", "ragged", "huge", "empty"],
-       "image": ["missing", "empty", "garbage"], "series": ["nan", "inf", "missing"]}
+BAD = {
+    "text": ["missing", "blank"],
+    "sequence": ["missing", "nan", "inf", "ragged", "huge", "empty"],
+    "image": ["missing", "empty", "garbage"],
+    "series": ["nan", "inf", "missing"],
+}
 
 
 def _good(kind: str, i: int, rng):
@@ -147,12 +171,17 @@ def test_generated_bad_data_is_one_line_naming_file_row_and_column(ray_session, 
     from orchestrator.spec import parse_spec
 
     @settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
-    @given(n=st.integers(60, 120) if kind == "series" else st.integers(24, 60), data=st.data(), fmt=st.sampled_from(["parquet"] if kind in ("sequence", "image") else ["parquet", "csv"]))
+    @given(
+        n=st.integers(60, 120) if kind == "series" else st.integers(24, 60),
+        data=st.data(),
+        fmt=st.sampled_from(["parquet"] if kind in ("sequence", "image") else ["parquet", "csv"]),
+    )
     def check(n, data, fmt):
         # row 0 stays good: the first row sets the width every sequence's steps must have. Image
         # bytes are decoded in Ray Data's tasks (30 s for a clean table here): only bad tables of them
-        rows = data.draw(st.dictionaries(st.integers(1, n - 1), st.sampled_from(BAD[kind]), min_size=int(kind == "image"), max_size=3),
-                         label="bad rows")
+        rows = data.draw(
+            st.dictionaries(st.integers(1, n - 1), st.sampled_from(BAD[kind]), min_size=int(kind == "image"), max_size=3), label="bad rows"
+        )
         folder = tmp_path_factory.mktemp(kind)
         path = folder / f"data.{fmt}"
         df = _frame(kind, n, rows, seed=n)

@@ -56,11 +56,15 @@ def _table(tmp_path: Path, n: int = 80, sixteen_bit: bool = False) -> pd.DataFra
 
 
 def _spec(source: Path, **sections) -> dict:
-    return {"name": "image-files",
-            "data": {"source": str(source), "label": "label", "image": {"column": "path", "shape": [1, 8, 8]}},
-            "model": {"arch": "cnn", "channels": [8], "hidden": 16},
-            "train": {"epochs": 2, "batch_size": 16, "lr": 0.01, "max_failures": 0},
-            "scaling": {"workers": 1}, "checkpoint": {"metric": "val_accuracy"}, **sections}
+    return {
+        "name": "image-files",
+        "data": {"source": str(source), "label": "label", "image": {"column": "path", "shape": [1, 8, 8]}},
+        "model": {"arch": "cnn", "channels": [8], "hidden": 16},
+        "train": {"epochs": 2, "batch_size": 16, "lr": 0.01, "max_failures": 0},
+        "scaling": {"workers": 1},
+        "checkpoint": {"metric": "val_accuracy"},
+        **sections,
+    }
 
 
 def _train(tmp_path: Path, d: dict):
@@ -122,8 +126,12 @@ def test_image_bytes_and_rgb_are_decoded_and_resized(ray_session, tmp_path):
     df = _table(tmp_path, 40)
     df["png"] = [(tmp_path / p).read_bytes() for p in df["path"]]
     df[["png", "label"]].to_parquet(tmp_path / "bytes.parquet")
-    spec = parse_spec(_spec(tmp_path / "bytes.parquet", data={
-        "source": str(tmp_path / "bytes.parquet"), "label": "label", "image": {"column": "png", "shape": [3, 6, 6]}}))
+    spec = parse_spec(
+        _spec(
+            tmp_path / "bytes.parquet",
+            data={"source": str(tmp_path / "bytes.parquet"), "label": "label", "image": {"column": "png", "shape": [3, 6, 6]}},
+        )
+    )
     prepared = prepare_data(spec)
     assert prepared.preprocessor.image_source == "bytes"
     batch = prepared.transformed["train"].take_batch(4)

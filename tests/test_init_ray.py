@@ -30,8 +30,14 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 def _houses(path):
     rng = np.random.default_rng(0)
     n = 300
-    df = pd.DataFrame({"customer_id": range(n), "age": rng.integers(18, 80, n).astype(float),
-                       "city": rng.choice(["oslo", "rome", "lima"], n), "income": rng.normal(50, 10, n)})
+    df = pd.DataFrame(
+        {
+            "customer_id": range(n),
+            "age": rng.integers(18, 80, n).astype(float),
+            "city": rng.choice(["oslo", "rome", "lima"], n),
+            "income": rng.normal(50, 10, n),
+        }
+    )
     df.loc[::7, "age"] = np.nan
     df["price"] = 3 * df["income"] + rng.normal(0, 5, n) + (df["city"] == "rome") * 20
     df.to_csv(path, index=False)

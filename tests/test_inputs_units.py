@@ -28,15 +28,23 @@ TEXTS = ["the quick brown fox", "a lazy dog sleeps all day", "hello world", "fox
 
 def _text_pre(max_length=10, lowercase=False) -> Preprocessor:
     tok = BpeTokenizer.fit(sorted(TEXTS), 300)
-    return Preprocessor(task="classification", label="y", text_column="t", tokenizer=tok.to_state(), text_max_length=max_length,
-                        text_lowercase=lowercase, text_vocab_size=tok.vocab_size, classes=["a", "b"])
+    return Preprocessor(
+        task="classification",
+        label="y",
+        text_column="t",
+        tokenizer=tok.to_state(),
+        text_max_length=max_length,
+        text_lowercase=lowercase,
+        text_vocab_size=tok.vocab_size,
+        classes=["a", "b"],
+    )
 
 
 def test_text_inputs_are_ids_with_cls_and_lengths():
     pre = _text_pre()
     out = pre.transform(pd.DataFrame({"t": ["hello world", "the quick brown fox jumps"], "y": ["a", "b"]}))
     assert set(out) == {"x", "len", "y"} and out["x"].dtype == np.int64 and out["x"].shape == (2, 10)
-    assert (out["x"][:, 0] == CLS).all() and out["x"][0, out["len"][0]:].tolist() == [PAD] * (10 - out["len"][0])
+    assert (out["x"][:, 0] == CLS).all() and out["x"][0, out["len"][0] :].tolist() == [PAD] * (10 - out["len"][0])
     assert pre.kind == "text" and pre.input_shape == [10] and pre.vocab_size == pre.text_vocab_size and pre.max_length == 10
     assert pre.feature_columns == ["t"]
     with pytest.raises(ValueError, match="column 't': row 1: empty string"):
@@ -44,15 +52,23 @@ def test_text_inputs_are_ids_with_cls_and_lengths():
     with pytest.raises(ValueError, match="column 't': row 0: .* more than max_length 10"):
         pre.transform_inputs(pd.DataFrame({"t": ["the quick brown fox " * 5]}), truncate=False)
     lower = _text_pre(lowercase=True)
-    np.testing.assert_array_equal(lower.transform_features(pd.DataFrame({"t": ["HELLO World"]})),
-                                  lower.transform_features(pd.DataFrame({"t": ["hello world"]})))
+    np.testing.assert_array_equal(
+        lower.transform_features(pd.DataFrame({"t": ["HELLO World"]})), lower.transform_features(pd.DataFrame({"t": ["hello world"]}))
+    )
     again = Preprocessor.from_dict(pre.to_dict())  # the checkpoint's JSON state replays the same ids
     np.testing.assert_array_equal(again.transform_features(pd.DataFrame({"t": TEXTS})), pre.transform_features(pd.DataFrame({"t": TEXTS})))
 
 
 def test_sequence_inputs_pad_to_max_length_standardise_real_steps_and_keep_the_latest():
-    pre = Preprocessor(task="regression", label="y", sequence_column="s", sequence_max_length=4, sequence_features=2,
-                       sequence_means=[1.0, 10.0], sequence_stds=[2.0, 5.0])
+    pre = Preprocessor(
+        task="regression",
+        label="y",
+        sequence_column="s",
+        sequence_max_length=4,
+        sequence_features=2,
+        sequence_means=[1.0, 10.0],
+        sequence_stds=[2.0, 5.0],
+    )
     cell = np.empty(2, dtype=object)  # how Arrow hands over a list of vectors
     cell[:] = [np.array([3.0, 15.0]), np.array([1.0, 10.0])]
     out = pre.transform_inputs(pd.DataFrame({"s": [cell, [[1, 10]] * 6]}))
@@ -65,8 +81,17 @@ def test_sequence_inputs_pad_to_max_length_standardise_real_steps_and_keep_the_l
 
 
 def test_series_inputs_are_standardised_windows_and_decode_back_to_forecasts():
-    pre = Preprocessor(task="regression", label=SERIES_TARGET, series_column="v", series_window=3, series_horizon=2,
-                       series_mean=10.0, series_std=2.0, target_mean=10.0, target_std=2.0)
+    pre = Preprocessor(
+        task="regression",
+        label=SERIES_TARGET,
+        series_column="v",
+        series_window=3,
+        series_horizon=2,
+        series_mean=10.0,
+        series_std=2.0,
+        target_mean=10.0,
+        target_std=2.0,
+    )
     out = pre.transform(pd.DataFrame({"v": [[10, 12, 14]], SERIES_TARGET: [[16, 18]]}))
     np.testing.assert_allclose(out["x"][0, :, 0], [0, 1, 2])
     np.testing.assert_allclose(out["y"], [[3, 4]])
@@ -84,8 +109,17 @@ def _png(size=(5, 7), mode="RGB") -> bytes:
 
 def test_image_files_and_bytes_decode_to_the_shape(tmp_path):
     (tmp_path / "a.png").write_bytes(_png())
-    pre = Preprocessor(task="classification", label="y", image_column="p", image_shape=[1, 4, 4], image_source="path",
-                       image_root=str(tmp_path), image_mean=0.0, image_std=1.0, classes=[0, 1])
+    pre = Preprocessor(
+        task="classification",
+        label="y",
+        image_column="p",
+        image_shape=[1, 4, 4],
+        image_source="path",
+        image_root=str(tmp_path),
+        image_mean=0.0,
+        image_std=1.0,
+        classes=[0, 1],
+    )
     x = pre.transform_features(pd.DataFrame({"p": ["a.png", str(tmp_path / "a.png")]}))  # relative and absolute
     assert x.shape == (2, 1, 4, 4) and np.allclose(x[0], x[1])
     grey = round(0.299 * 10 + 0.587 * 20 + 0.114 * 30)
@@ -100,8 +134,14 @@ def test_image_files_and_bytes_decode_to_the_shape(tmp_path):
     np.testing.assert_allclose(x[0, :, 0, 0], [10, 20, 30])
 
 
-@pytest.mark.parametrize("arch", [{"arch": "rnn", "hidden": 8, "embedding": 8, "bidirectional": True},
-                                  {"arch": "transformer", "d_model": 8, "heads": 2, "layers": 1, "ff": 16}], ids=["rnn", "transformer"])
+@pytest.mark.parametrize(
+    "arch",
+    [
+        {"arch": "rnn", "hidden": 8, "embedding": 8, "bidirectional": True},
+        {"arch": "transformer", "d_model": 8, "heads": 2, "layers": 1, "ff": 16},
+    ],
+    ids=["rnn", "transformer"],
+)
 def test_forward_trims_each_batch_and_padding_never_changes_a_prediction(arch):
     pre = _text_pre(max_length=16)
     model = build_model(arch, pre.input_shape, 2, 0.0, vocab_size=pre.vocab_size, max_length=pre.max_length).eval()
@@ -155,25 +195,48 @@ def test_batch_dtypes_keep_token_ids_and_lengths_integers():
 
 
 def _spec(data: dict, model: dict, metric: str):
-    return parse_spec({"name": "unit", "data": {"source": "x.parquet", **data}, "model": model,
-                       "train": {"epochs": 2, "batch_size": 8, "lr": 0.01, "mixed_precision": "auto"},
-                       "scaling": {"workers": 1}, "checkpoint": {"metric": metric}})
+    return parse_spec(
+        {
+            "name": "unit",
+            "data": {"source": "x.parquet", **data},
+            "model": model,
+            "train": {"epochs": 2, "batch_size": 8, "lr": 0.01, "mixed_precision": "auto"},
+            "scaling": {"workers": 1},
+            "checkpoint": {"metric": metric},
+        }
+    )
 
 
 @pytest.mark.parametrize("case", ["text-rnn", "series-transformer"])
 def test_the_loop_trains_sequence_models_and_their_checkpoints_rebuild(tmp_path, case):
     if case == "text-rnn":
-        spec = _spec({"label": "y", "text": {"column": "t", "max_length": 10}}, {"arch": "rnn", "hidden": 8, "embedding": 8}, "val_accuracy")
+        spec = _spec(
+            {"label": "y", "text": {"column": "t", "max_length": 10}}, {"arch": "rnn", "hidden": 8, "embedding": 8}, "val_accuracy"
+        )
         pre = _text_pre()
         frame = pd.DataFrame({"t": TEXTS, "y": ["a", "b"] * 8})
         rows = pd.DataFrame({"t": TEXTS[:3]})
     else:
-        spec = _spec({"series": {"column": "v", "order_by": "d", "window": 4, "horizon": 2}},
-                     {"arch": "transformer", "d_model": 8, "heads": 2, "layers": 1, "ff": 16, "pooling": "mean"}, "val_rmse")
-        pre = Preprocessor(task="regression", label=SERIES_TARGET, series_column="v", series_window=4, series_horizon=2,
-                           series_mean=0.5, series_std=2.0, target_mean=0.5, target_std=2.0)
+        spec = _spec(
+            {"series": {"column": "v", "order_by": "d", "window": 4, "horizon": 2}},
+            {"arch": "transformer", "d_model": 8, "heads": 2, "layers": 1, "ff": 16, "pooling": "mean"},
+            "val_rmse",
+        )
+        pre = Preprocessor(
+            task="regression",
+            label=SERIES_TARGET,
+            series_column="v",
+            series_window=4,
+            series_horizon=2,
+            series_mean=0.5,
+            series_std=2.0,
+            target_mean=0.5,
+            target_std=2.0,
+        )
         t = np.arange(24.0)
-        frame = pd.DataFrame({"v": [list(np.sin(t[i:i + 4])) for i in range(18)], SERIES_TARGET: [list(np.sin(t[i + 4:i + 6])) for i in range(18)]})
+        frame = pd.DataFrame(
+            {"v": [list(np.sin(t[i : i + 4])) for i in range(18)], SERIES_TARGET: [list(np.sin(t[i + 4 : i + 6])) for i in range(18)]}
+        )
         rows = frame[["v"]].head(3)
     config = build_loop_config(spec, SimpleNamespace(preprocessor=pre), plan_workers(spec.scaling, ClusterResources(cpus=2, gpus=0)))
     assert (config.input_kind, config.vocab_size, config.max_length) == (pre.kind, pre.vocab_size, pre.max_length)
@@ -189,8 +252,15 @@ def test_the_loop_trains_sequence_models_and_their_checkpoints_rebuild(tmp_path,
 
 
 def test_byte_tokenizer_state_round_trips_through_the_preprocessor():
-    pre = Preprocessor(task="classification", label="y", text_column="t", tokenizer=ByteTokenizer().to_state(), text_max_length=6,
-                       text_vocab_size=ByteTokenizer().vocab_size, classes=[0, 1])
+    pre = Preprocessor(
+        task="classification",
+        label="y",
+        text_column="t",
+        tokenizer=ByteTokenizer().to_state(),
+        text_max_length=6,
+        text_vocab_size=ByteTokenizer().vocab_size,
+        classes=[0, 1],
+    )
     ids = Preprocessor.from_dict(pre.to_dict()).transform_features(pd.DataFrame({"t": ["ab"]}))
     assert ids.tolist() == [[CLS, ord("a") + 4, ord("b") + 4, PAD, PAD, PAD]]
 
@@ -198,9 +268,18 @@ def test_byte_tokenizer_state_round_trips_through_the_preprocessor():
 def test_prepare_names_of_the_offline_corpora_are_dispatched(tmp_path):
     from orchestrator.data.ingest import ensure_prepared
 
-    spec = parse_spec({"name": "co2", "data": {"source": str(tmp_path / "co2.parquet"), "prepare": "series:co2",
-                                               "series": {"column": "value", "order_by": "date", "window": 8}},
-                       "model": {"arch": "rnn"}}, base_dir=tmp_path)
+    spec = parse_spec(
+        {
+            "name": "co2",
+            "data": {
+                "source": str(tmp_path / "co2.parquet"),
+                "prepare": "series:co2",
+                "series": {"column": "value", "order_by": "date", "window": 8},
+            },
+            "model": {"arch": "rnn"},
+        },
+        base_dir=tmp_path,
+    )
     assert Path(ensure_prepared(spec)).is_file()
     df = pd.read_parquet(tmp_path / "co2.parquet")
     assert list(df.columns) == ["date", "value"] and len(df) > 2000

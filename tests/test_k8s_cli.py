@@ -33,8 +33,13 @@ def _no_ambient_kube(monkeypatch, tmp_path):
     """No test may pick up a real kubeconfig or in-cluster credentials from the machine."""
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-such-kubeconfig"))
     monkeypatch.setenv("HOME", str(tmp_path))
-    for var in ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT", "ORCHESTRATOR_K8S_IMAGE",
-                "ORCHESTRATOR_K8S_GPU_IMAGE", "ORCHESTRATOR_K8S_STORAGE_PVC"):
+    for var in (
+        "KUBERNETES_SERVICE_HOST",
+        "KUBERNETES_SERVICE_PORT",
+        "ORCHESTRATOR_K8S_IMAGE",
+        "ORCHESTRATOR_K8S_GPU_IMAGE",
+        "ORCHESTRATOR_K8S_STORAGE_PVC",
+    ):
         monkeypatch.delenv(var, raising=False)
 
 
@@ -43,12 +48,18 @@ def closed_port_kubeconfig(tmp_path) -> Path:
     """A kubeconfig whose API server is https://127.0.0.1:<a port nobody listens on>."""
     port = free_port()
     path = tmp_path / "kubeconfig"
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "dead",
-        "clusters": [{"name": "dead", "cluster": {"server": f"https://127.0.0.1:{port}", "insecure-skip-tls-verify": True}}],
-        "users": [{"name": "me", "user": {"token": "t"}}],
-        "contexts": [{"name": "dead", "context": {"cluster": "dead", "user": "me"}}],
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "dead",
+                "clusters": [{"name": "dead", "cluster": {"server": f"https://127.0.0.1:{port}", "insecure-skip-tls-verify": True}}],
+                "users": [{"name": "me", "user": {"token": "t"}}],
+                "contexts": [{"name": "dead", "context": {"cluster": "dead", "user": "me"}}],
+            }
+        )
+    )
     return path
 
 
@@ -88,8 +99,10 @@ def test_render_rayjob_warns_about_local_paths_on_stderr(runner):
 
 def test_render_options_and_environment(runner, monkeypatch):
     monkeypatch.setenv("ORCHESTRATOR_K8S_IMAGE", "registry.example/orch:7")
-    res = runner.invoke(k8s_app, ["render", str(CPU_SPEC), "--kind", "rayservice", "--checkpoint", "s3://b/ckpt",
-                                  "--storage-pvc", "shared", "--name", "bc-serve"])
+    res = runner.invoke(
+        k8s_app,
+        ["render", str(CPU_SPEC), "--kind", "rayservice", "--checkpoint", "s3://b/ckpt", "--storage-pvc", "shared", "--name", "bc-serve"],
+    )
     assert res.exit_code == 0, res.output
     service = list(yaml.safe_load_all(res.stdout))[-1]
     assert service["metadata"]["name"] == "bc-serve"
@@ -158,8 +171,15 @@ def test_every_cluster_command_fails_fast_when_unreachable(runner, closed_port_k
 
 def test_submit_fails_fast_when_unreachable(closed_port_kubeconfig, capsys):
     start = time.monotonic()
-    code = submit_k8s(str(CPU_SPEC), namespace="default", kubeconfig=str(closed_port_kubeconfig), context=None,
-                      dry_run=False, follow=True, storage_pvc="shared")
+    code = submit_k8s(
+        str(CPU_SPEC),
+        namespace="default",
+        kubeconfig=str(closed_port_kubeconfig),
+        context=None,
+        dry_run=False,
+        follow=True,
+        storage_pvc="shared",
+    )
     assert code == 1 and time.monotonic() - start < 10
     assert "cannot reach the Kubernetes API server" in _one_error_line(capsys.readouterr().err)
 
@@ -204,16 +224,38 @@ def test_up_dry_run_prints_the_objects_up_sends(runner, api):
 
 def test_submit_dry_run_prints_exactly_what_submit_sends(api, capsys):
     kubeconfig = str(api.kubeconfig_path)
-    assert submit_k8s(str(CPU_SPEC), namespace="ml", kubeconfig=kubeconfig, context=None, dry_run=True,
-                      follow=False, suffix="abcde", storage_pvc="shared") == 0
+    assert (
+        submit_k8s(
+            str(CPU_SPEC),
+            namespace="ml",
+            kubeconfig=kubeconfig,
+            context=None,
+            dry_run=True,
+            follow=False,
+            suffix="abcde",
+            storage_pvc="shared",
+        )
+        == 0
+    )
     out = capsys.readouterr()
     printed = list(yaml.safe_load_all(out.out))
     assert [o["kind"] for o in printed] == ["NetworkPolicy", "ConfigMap", "RayJob"]
     assert printed[-1]["metadata"]["name"] == "breast-cancer-abcde"
     assert "serve section" in out.err  # the spec's serve section is not part of a RayJob
 
-    assert submit_k8s(str(CPU_SPEC), namespace="ml", kubeconfig=kubeconfig, context=None, dry_run=False,
-                      follow=False, suffix="abcde", storage_pvc="shared") == 0
+    assert (
+        submit_k8s(
+            str(CPU_SPEC),
+            namespace="ml",
+            kubeconfig=kubeconfig,
+            context=None,
+            dry_run=False,
+            follow=False,
+            suffix="abcde",
+            storage_pvc="shared",
+        )
+        == 0
+    )
     posts = api.sent("POST")
     assert [p["body"] for p in posts] == printed
     assert [p["path"] for p in posts] == [
@@ -240,8 +282,16 @@ def test_each_submit_is_a_new_rayjob(capsys):
 
 
 def _submit(api, **kw) -> int:
-    return submit_k8s(str(CPU_SPEC), namespace="ml", kubeconfig=str(api.kubeconfig_path), context=None,
-                      dry_run=False, suffix="run01", storage_pvc="shared", **kw)
+    return submit_k8s(
+        str(CPU_SPEC),
+        namespace="ml",
+        kubeconfig=str(api.kubeconfig_path),
+        context=None,
+        dry_run=False,
+        suffix="run01",
+        storage_pvc="shared",
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("final,code", [("SUCCEEDED", 0), ("FAILED", 1)])
@@ -301,8 +351,13 @@ def test_cluster_lifecycle(runner, api):
     assert again.exit_code == 1 and "already exists" in _one_error_line(again.output)
 
     api.objects[("rayclusters", "ml", "dev")]["status"] = {
-        "state": "ready", "readyWorkerReplicas": 2, "availableWorkerReplicas": 2, "desiredWorkerReplicas": 2,
-        "desiredCPU": "6", "desiredGPU": "0", "desiredMemory": "12Gi",
+        "state": "ready",
+        "readyWorkerReplicas": 2,
+        "availableWorkerReplicas": 2,
+        "desiredWorkerReplicas": 2,
+        "desiredCPU": "6",
+        "desiredGPU": "0",
+        "desiredMemory": "12Gi",
         "head": {"podName": "dev-head-x", "podIP": "10.0.0.5", "serviceName": "dev-head-svc", "serviceIP": "10.96.0.9"},
     }
     res = _cli(runner, api, "status", "dev")
@@ -355,7 +410,8 @@ def test_up_dry_run_yaml_is_what_render_gives(runner):
     assert res.exit_code == 0
     objects = [d for d in yaml.safe_load_all(res.stdout)]
     assert objects[-1]["kind"] == "RayCluster" and objects[-1]["metadata"] == {
-        "name": "orchestrator", "namespace": "team",
+        "name": "orchestrator",
+        "namespace": "team",
         "labels": objects[-1]["metadata"]["labels"],
     }
     assert res.stdout.startswith(to_yaml(objects))

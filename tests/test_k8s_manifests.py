@@ -36,9 +36,7 @@ from tests.k8s_support import (
 
 def test_crds_are_read_from_the_shared_folder_not_copied():
     assert CRD_DIR == ROOT.parent / "shared" / "k8s" / "kuberay-crds"
-    assert sorted(p.name for p in CRD_DIR.glob("*.yaml")) == [
-        "ray.io_rayclusters.yaml", "ray.io_rayjobs.yaml", "ray.io_rayservices.yaml"
-    ]
+    assert sorted(p.name for p in CRD_DIR.glob("*.yaml")) == ["ray.io_rayclusters.yaml", "ray.io_rayjobs.yaml", "ray.io_rayservices.yaml"]
     copies = []
     for d, dirs, files in os.walk(ROOT):
         dirs[:] = [x for x in dirs if x not in (".venv", ".git", "runs")]

@@ -139,7 +139,9 @@ def test_validator_accepts_the_valid_object():
         (lambda o: o["spec"]["rayClusterSpec"].__setitem__("enableInTreeAutoScaling", True), "enableInTreeAutoScaling"),
         (lambda o: o["spec"]["rayClusterSpec"]["workerGroupSpecs"][0].__setitem__("maxReplica", 3), "maxReplica"),
         (
-            lambda o: o["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0].__setitem__("imagePullPolice", "Always"),
+            lambda o: o["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0].__setitem__(
+                "imagePullPolice", "Always"
+            ),
             "imagePullPolice",
         ),
         (lambda o: o["spec"]["rayClusterSpec"]["authOptions"].__setitem__("mod", "token"), "mod"),
@@ -149,7 +151,9 @@ def test_validator_accepts_the_valid_object():
         (lambda o: o["spec"]["rayClusterSpec"]["workerGroupSpecs"][0].__setitem__("replicas", "2"), "is not of type 'integer'"),
         (lambda o: o["spec"]["rayClusterSpec"]["authOptions"].__setitem__("mode", "tokens"), "is not one of"),
         (
-            lambda o: o["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"]["limits"].__setitem__("cpu", "two"),
+            lambda o: o["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"]["limits"].__setitem__(
+                "cpu", "two"
+            ),
             "does not match",
         ),
         (lambda o: o["spec"]["rayClusterSpec"]["headGroupSpec"].__setitem__("rayStartParams", {"num-cpus": 0}), "is not of type 'string'"),

@@ -16,10 +16,21 @@ from tests.conftest import ROOT
 
 PACKAGE = ROOT / "orchestrator"
 # Planning and rendering that must run anywhere (no cluster, no accelerator libraries), and be testable without Ray.
-PURE = ("orchestrator.spec", "orchestrator.train.plan", "orchestrator.tune.plan", "orchestrator.serve.plan",
-        "orchestrator.submit.plan", "orchestrator.k8s.render", "orchestrator.data.preprocess", "orchestrator.data.text",
-        "orchestrator.data.sequences", "orchestrator.train.metrics", "orchestrator.data.preflight", "orchestrator.data.starter",
-        "orchestrator.batch.plan")
+PURE = (
+    "orchestrator.spec",
+    "orchestrator.train.plan",
+    "orchestrator.tune.plan",
+    "orchestrator.serve.plan",
+    "orchestrator.submit.plan",
+    "orchestrator.k8s.render",
+    "orchestrator.data.preprocess",
+    "orchestrator.data.text",
+    "orchestrator.data.sequences",
+    "orchestrator.train.metrics",
+    "orchestrator.data.preflight",
+    "orchestrator.data.starter",
+    "orchestrator.batch.plan",
+)
 HEAVY = ("ray", "kubernetes", "torch")
 
 
@@ -41,9 +52,24 @@ def _in_parallel(fn, items) -> list:
 
 
 def test_the_layout_has_its_rooms():
-    for name in ("cli.main", "cli.common", "errors", "data.ingest", "models.build", "train.loop", "train.driver",
-                 "train.checkpoint", "tune.search", "serve.app", "serve.deployment", "serve.client", "submit.client",
-                 "submit.local_cluster", "k8s.client", *(m.removeprefix("orchestrator.") for m in PURE)):
+    for name in (
+        "cli.main",
+        "cli.common",
+        "errors",
+        "data.ingest",
+        "models.build",
+        "train.loop",
+        "train.driver",
+        "train.checkpoint",
+        "tune.search",
+        "serve.app",
+        "serve.deployment",
+        "serve.client",
+        "submit.client",
+        "submit.local_cluster",
+        "k8s.client",
+        *(m.removeprefix("orchestrator.") for m in PURE),
+    ):
         assert f"orchestrator.{name}" in MODULES, name
 
 
@@ -142,8 +168,10 @@ def _import_graph(root: Path = ROOT) -> dict[str, set[str]]:
     """module -> the package's modules it imports anywhere in its file (inside functions too)."""
     package = root / "orchestrator"
     modules = {_module_name(p, root) for p in package.rglob("*.py")}
-    return {_module_name(p, root): {m for m in _imported_modules(p, root) if m in modules} - {_module_name(p, root)}
-            for p in package.rglob("*.py")}
+    return {
+        _module_name(p, root): {m for m in _imported_modules(p, root) if m in modules} - {_module_name(p, root)}
+        for p in package.rglob("*.py")
+    }
 
 
 def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -202,7 +230,9 @@ def _private_imports(path: Path) -> list[str]:
     out = []
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("orchestrator"):
-            out += [f"{node.module}.{a.name} (line {node.lineno})" for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+            out += [
+                f"{node.module}.{a.name} (line {node.lineno})" for a in node.names if a.name.startswith("_") and not a.name.startswith("__")
+            ]
     return out
 
 
@@ -222,7 +252,10 @@ def test_only_ray_internals_reaches_rays_private_apis():
             continue
         text = path.read_text()
         imported = _imported_modules(path)
-        found += [f"{path.relative_to(ROOT)}: imports {m}" for m in sorted(imported)
-                  if m.startswith("ray") and ("._" in m or m.startswith("ray._"))]
+        found += [
+            f"{path.relative_to(ROOT)}: imports {m}"
+            for m in sorted(imported)
+            if m.startswith("ray") and ("._" in m or m.startswith("ray._"))
+        ]
         found += [f"{path.relative_to(ROOT)}: {s}" for s in RAY_PRIVATE if s in text and "ray" in text]
     assert not found, "\n".join(found)

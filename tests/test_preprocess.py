@@ -40,8 +40,9 @@ def test_identical_rows_share_a_split():
 
 
 def test_tabular_transform_standardises_encodes_and_imputes():
-    pre = Preprocessor(task="classification", label="y", numeric=["a"], means=[10.0], stds=[2.0],
-                       categorical={"c": ["red", "blue"]}, classes=["no", "yes"])
+    pre = Preprocessor(
+        task="classification", label="y", numeric=["a"], means=[10.0], stds=[2.0], categorical={"c": ["red", "blue"]}, classes=["no", "yes"]
+    )
     df = pd.DataFrame({"a": [12.0, np.nan], "c": ["blue", "green"], "y": ["yes", "maybe"]})
     out = pre.transform(df)
     assert out["x"].dtype == np.float32 and out["x"].shape == (2, 3)
@@ -52,7 +53,9 @@ def test_tabular_transform_standardises_encodes_and_imputes():
 
 
 def test_image_transform_checks_length():
-    pre = Preprocessor(task="classification", label="y", image_column="img", image_shape=[1, 2, 2], image_mean=1.0, image_std=2.0, classes=[0, 1])
+    pre = Preprocessor(
+        task="classification", label="y", image_column="img", image_shape=[1, 2, 2], image_mean=1.0, image_std=2.0, classes=[0, 1]
+    )
     out = pre.transform_features(pd.DataFrame({"img": [np.array([1, 3, 5, 7.0])]}))
     assert out.shape == (1, 1, 2, 2) and out.reshape(-1).tolist() == [0.0, 1.0, 2.0, 3.0]
     with pytest.raises(ValueError, match="holds 3 values per row"):

@@ -22,14 +22,17 @@ def test_every_compared_job_is_an_example_job():
     assert {f"{job}.yaml" for job in JOBS} <= {p.name for p in JOB_DIR.glob("*.yaml")}
 
 
-@pytest.mark.parametrize("job, test, passed", [
-    ("text-transformer", {"test_accuracy": 0.921, "test_rows": 100}, True),   # within 3 points
-    ("text-lstm", {"test_accuracy": 0.919, "test_rows": 100}, False),
-    ("series-lstm", {"test_rmse": 0.8, "test_rows": 82}, True),               # 20% below naive
-    ("series-lstm", {"test_rmse": 0.81, "test_rows": 82}, False),
-    ("digits-png-cnn", {"test_accuracy": 0.97, "test_rows": 273}, True),      # an absolute bar
-    ("digits-png-cnn", {"test_accuracy": 0.969, "test_rows": 273}, False),
-])
+@pytest.mark.parametrize(
+    "job, test, passed",
+    [
+        ("text-transformer", {"test_accuracy": 0.921, "test_rows": 100}, True),  # within 3 points
+        ("text-lstm", {"test_accuracy": 0.919, "test_rows": 100}, False),
+        ("series-lstm", {"test_rmse": 0.8, "test_rows": 82}, True),  # 20% below naive
+        ("series-lstm", {"test_rmse": 0.81, "test_rows": 82}, False),
+        ("digits-png-cnn", {"test_accuracy": 0.97, "test_rows": 273}, True),  # an absolute bar
+        ("digits-png-cnn", {"test_accuracy": 0.969, "test_rows": 273}, False),
+    ],
+)
 def test_bars(job, test, passed):
     row = judge(job, BASELINES, _outcome(**test))
     assert row["passed"] is passed

@@ -13,9 +13,16 @@ from orchestrator.train.metrics import MAX_POINTS, split_details
 
 def _trial(tid: str, vals: list[float], config: dict, losses=None) -> dict:
     losses = losses or [(1.0 / (i + 1), 1.2 / (i + 1)) for i in range(len(vals))]
-    return {"trial_id": tid, "config": config, "status": "TERMINATED", "error": None,
-            "epochs": [{"epoch": i + 1, "val_accuracy": v, "train_loss": tl, "val_loss": vl, "timestamp": 100 + 10 * i}
-                       for i, (v, (tl, vl)) in enumerate(zip(vals, losses))]}
+    return {
+        "trial_id": tid,
+        "config": config,
+        "status": "TERMINATED",
+        "error": None,
+        "epochs": [
+            {"epoch": i + 1, "val_accuracy": v, "train_loss": tl, "val_loss": vl, "timestamp": 100 + 10 * i}
+            for i, (v, (tl, vl)) in enumerate(zip(vals, losses))
+        ],
+    }
 
 
 def test_classification_details_equal_scikit_learns_confusion_and_per_class_scores():
@@ -48,13 +55,18 @@ def test_regression_details_are_in_the_label_units_and_bounded():
 
 
 def test_a_search_report_ranks_trials_best_first_and_draws_the_test_split(tmp_path):
-    trials = [_trial("t1", [0.6, 0.7], {"train.lr": 0.001}), _trial("t2", [0.8, 0.9], {"train.lr": 0.1}),
-              {"trial_id": "t3", "config": {"train.lr": 0.01}, "status": "ERROR", "error": "boom", "epochs": []},
-              _trial("t4", [0.75], {"train.lr": 0.01})]
+    trials = [
+        _trial("t1", [0.6, 0.7], {"train.lr": 0.001}),
+        _trial("t2", [0.8, 0.9], {"train.lr": 0.1}),
+        {"trial_id": "t3", "config": {"train.lr": 0.01}, "status": "ERROR", "error": "boom", "epochs": []},
+        _trial("t4", [0.75], {"train.lr": 0.01}),
+    ]
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 50)
     details = split_details("classification", y, rng.normal(size=(50, 2)), classes=["no", "yes"])
-    page = write_report(tmp_path, title="search", trials=trials, metric="val_accuracy", winner="t2", summary={"run": "x"}, details=details).read_text()
+    page = write_report(
+        tmp_path, title="search", trials=trials, metric="val_accuracy", winner="t2", summary={"run": "x"}, details=details
+    ).read_text()
     drawn = {p.name for p in tmp_path.glob("*.png")}
     assert drawn == {"learning_curves.png", "losses.png", "best_so_far.png", "params.png", "confusion_matrix.png"}
     order = re.findall(r"<tr(?: class=win)?><td>(\d+)</td><td>(t\d)</td>", page)

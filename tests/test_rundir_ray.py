@@ -35,8 +35,13 @@ def _spec(data_dir) -> dict:
     d["train"].pop("early_stopping", None)
     d["scaling"] = {"workers": 1}  # in-process trials: the fastest kind
     d["checkpoint"] = {"metric": "val_loss", "keep": 2}
-    d["tune"] = {"num_samples": 1, "search": "random", "scheduler": {"type": "none"}, "max_concurrent": 1,
-                 "space": {"train.lr": {"grid": [0.001, 0.002, 0.003, 0.004]}}}
+    d["tune"] = {
+        "num_samples": 1,
+        "search": "random",
+        "scheduler": {"type": "none"},
+        "max_concurrent": 1,
+        "space": {"train.lr": {"grid": [0.001, 0.002, 0.003, 0.004]}},
+    }
     return d
 
 
@@ -82,8 +87,9 @@ def test_sigkilled_search_resumes_from_a_copy_of_its_run_dir(data_dir, tmp_path)
     ref_winner = json.loads((ref_run / "winner.json").read_text())
 
     out = tmp_path / "runs"
-    proc = subprocess.Popen([str(exe), "run", str(spec_path), "-o", str(out)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [str(exe), "run", str(spec_path), "-o", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         run_dir, done_before = wait_for(lambda: _finished(out, 2), 300, "two finished trials")
         tree = wait_for(lambda: node_of(proc.pid), 60, "the node's processes and listeners")
@@ -141,14 +147,17 @@ def _damaged_run_dir(tmp_path: Path, data_dir: Path) -> Path:
     return run
 
 
-@pytest.mark.parametrize("damage, file", [
-    ("truncated experiment state", "tune/experiment_state-2026-01-01_00-00-00.json"),
-    ("corrupt trials.json", "trials.json"),
-    ("trials.json of the wrong shape", "trials.json"),
-    ("garbled spec copy", "spec.yaml"),
-    ("missing spec copy", "spec.yaml"),
-    ("corrupt run.json", "run.json"),
-])
+@pytest.mark.parametrize(
+    "damage, file",
+    [
+        ("truncated experiment state", "tune/experiment_state-2026-01-01_00-00-00.json"),
+        ("corrupt trials.json", "trials.json"),
+        ("trials.json of the wrong shape", "trials.json"),
+        ("garbled spec copy", "spec.yaml"),
+        ("missing spec copy", "spec.yaml"),
+        ("corrupt run.json", "run.json"),
+    ],
+)
 def test_damaged_run_dir_is_refused_naming_the_file(tmp_path, data_dir, damage, file):
     run = _damaged_run_dir(tmp_path, data_dir)
     path = run / file
@@ -183,8 +192,16 @@ def test_torn_checkpoint_of_a_train_run_is_dropped_from_its_snapshot(tmp_path):
         write_checkpoint(run / name, state={"epoch": epoch}, model_meta={}, preprocessing={}, metrics={"val_loss": 1.0 - epoch / 10})
     results = [{"version": 0, "checkpoint_dir_name": n, "metrics": {"val_loss": 1.0 - i / 10}} for i, n in enumerate(names)]
     snapshot = run / "checkpoint_manager_snapshot.json"
-    snapshot.write_text(json.dumps({"checkpoint_results": results, "checkpoint_report_indices": [1, 2],
-                                    "latest_checkpoint_result": results[1], "current_report_index": 2}))
+    snapshot.write_text(
+        json.dumps(
+            {
+                "checkpoint_results": results,
+                "checkpoint_report_indices": [1, 2],
+                "latest_checkpoint_result": results[1],
+                "current_report_index": 2,
+            }
+        )
+    )
     torn = run / names[1] / "state.pt"
     torn.write_bytes(torn.read_bytes()[:50])
 

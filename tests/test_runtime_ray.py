@@ -99,7 +99,16 @@ def role(pid: int) -> str:
 
 # Everything else is on loopback: the GCS, raylet, workers' and driver's gRPC, the dashboard, both
 # agents, the autoscaler's monitor, the Prometheus exporters, and Serve's proxy at the spec's port.
-LOOPBACK_EXPECTED = {"driver", "gcs_server", "raylet", "worker", "dashboard.py", "monitor.py", "ray::DashboardAgent", "ray::RuntimeEnvAgent"}
+LOOPBACK_EXPECTED = {
+    "driver",
+    "gcs_server",
+    "raylet",
+    "worker",
+    "dashboard.py",
+    "monitor.py",
+    "ray::DashboardAgent",
+    "ray::RuntimeEnvAgent",
+}
 
 
 def _node_listeners(port: int) -> tuple[list[tuple[int, str, int]], list[str]]:

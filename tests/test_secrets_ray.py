@@ -58,7 +58,10 @@ def test_run_with_serve_leaks_neither_token(data_dir, tmp_path):
     spec = token_spec(tmp_path / "spec", data_dir, promote="accuracy >= 0.5", serve={"port": port, "auth_token_env": SERVE_TOKEN_ENV})
     env = clean_env(**{SERVE_TOKEN_ENV: tokens["serve token"], "RAY_AUTH_TOKEN": tokens["Ray token"]})
     exe = Path(sys.executable).parent / "orchestrator"
-    with serving_until_ctrl_c([str(exe), "run", str(spec), "-o", str(tmp_path / "runs")], port, 300, env=env, cwd=tmp_path) as (proc, lines):
+    with serving_until_ctrl_c([str(exe), "run", str(spec), "-o", str(tmp_path / "runs")], port, 300, env=env, cwd=tmp_path) as (
+        proc,
+        lines,
+    ):
         url = f"http://127.0.0.1:{port}"
         auth = {"Authorization": f"Bearer {tokens['serve token']}"}
         meta = httpx.get(f"{url}/metadata", headers=auth, timeout=30)
@@ -70,7 +73,9 @@ def test_run_with_serve_leaks_neither_token(data_dir, tmp_path):
         out = "".join(lines)
         assert "serving breast-cancer-mlp" in out and str(run_dir / "best_checkpoint") in out, out
         curl = shlex.split(next(x for x in lines if x.startswith("curl -s")))
-        assert curl[curl.index("-H", curl.index("-H") + 1) + 1] == f"Authorization: Bearer ${SERVE_TOKEN_ENV}"  # the variable, never the token
+        assert (
+            curl[curl.index("-H", curl.index("-H") + 1) + 1] == f"Authorization: Bearer ${SERVE_TOKEN_ENV}"
+        )  # the variable, never the token
         answer = httpx.post(f"{url}/predict", json=json.loads(curl[-1]), headers=auth, timeout=60)
         assert answer.status_code == 200, answer.text
         got = answer.json()
@@ -82,7 +87,11 @@ def test_run_with_serve_leaks_neither_token(data_dir, tmp_path):
         session = Path(option(gcs, "--log_dir")).parent
         # the dashboard moves off --port when another Ray on the machine holds it: ask its log
         log = session / "logs" / "dashboard.log"
-        found = wait_for(lambda: log.is_file() and re.findall(r"Dashboard head http address: (\S+)", log.read_text()), 60, "the dashboard's address in its log")
+        found = wait_for(
+            lambda: log.is_file() and re.findall(r"Dashboard head http address: (\S+)", log.read_text()),
+            60,
+            "the dashboard's address in its log",
+        )
         api = "http://" + found[-1]
         ray_auth = {"Authorization": f"Bearer {tokens['Ray token']}"}
         for path in ("/api/jobs/", "/api/serve/applications/", "/api/v0/actors?detail=1&limit=1000", "/api/v0/tasks?detail=1&limit=1000"):
@@ -103,8 +112,14 @@ def test_rendered_manifests_hold_no_token(data_dir, tmp_path):
     env = clean_env(**{SERVE_TOKEN_ENV: token, "RAY_AUTH_TOKEN": secrets.token_hex(32)})
     for kind in ("raycluster", "rayjob", "rayservice"):
         extra = ["--checkpoint", "/storage/runs/x/best_checkpoint"] if kind == "rayservice" else []
-        r = subprocess.run([*cli_command(), "k8s", "render", str(spec), "--kind", kind, *extra], cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            [*cli_command(), "k8s", "render", str(spec), "--kind", kind, *extra],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert r.returncode == 0, r.stderr
         assert "kind:" in r.stdout
         assert token not in r.stdout + r.stderr and env["RAY_AUTH_TOKEN"] not in r.stdout + r.stderr, kind

@@ -24,6 +24,7 @@ HELD_OUT = "the fox met a zorblatt in the forest"  # "zorblatt" appears in no tr
 
 # ---------------------------------------------------------------- tokenizers
 
+
 def test_byte_tokenizer_ids_padding_cls_and_truncation():
     tok = ByteTokenizer()
     assert tok.vocab_size == 256 + NUM_SPECIALS
@@ -90,6 +91,7 @@ def test_bpe_fit_and_state_errors():
 
 # ---------------------------------------------------------------- sequences
 
+
 def test_pad_sequences_numbers_and_vectors():
     values, lengths = pad_sequences([[1, 2, 3], [4.5], [6, 7]])
     assert values.dtype == np.float32 and lengths.dtype == np.int64 and values.shape == (3, 3, 1)
@@ -107,18 +109,21 @@ def test_pad_sequences_truncation_keeps_the_most_recent_steps():
         pad_sequences([[1, 2, 3, 4, 5]], max_length=3, truncate=False)
 
 
-@pytest.mark.parametrize("rows, message", [
-    ([[1, 2], []], "row 1: empty sequence"),
-    ([[1, 2], [[1, 2], [3]]], "row 1: step 1 has 1 values, earlier steps have 2"),
-    ([[1, "x"]], "row 0: step 1: non-numeric value 'x'"),
-    ([[1, True]], "row 0: step 1: non-numeric value True"),
-    ([[1, None]], "row 0: step 1: missing value"),
-    ([[0], [1, float("nan")]], "row 1: step 1: value nan is not finite"),
-    ([[1, [2, 3]]], "row 0: step 1 mixes numbers and vectors"),
-    ([[[1, 2]], [[1, 2, 3]]], "row 1: steps have 3 values, expected 2 like the rows before"),
-    (["abc"], "row 0: expected a list of numbers"),
-    ([[[]]], "row 0: step 0 is an empty vector"),
-])
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ([[1, 2], []], "row 1: empty sequence"),
+        ([[1, 2], [[1, 2], [3]]], "row 1: step 1 has 1 values, earlier steps have 2"),
+        ([[1, "x"]], "row 0: step 1: non-numeric value 'x'"),
+        ([[1, True]], "row 0: step 1: non-numeric value True"),
+        ([[1, None]], "row 0: step 1: missing value"),
+        ([[0], [1, float("nan")]], "row 1: step 1: value nan is not finite"),
+        ([[1, [2, 3]]], "row 0: step 1 mixes numbers and vectors"),
+        ([[[1, 2]], [[1, 2, 3]]], "row 1: steps have 3 values, expected 2 like the rows before"),
+        (["abc"], "row 0: expected a list of numbers"),
+        ([[[]]], "row 0: step 0 is an empty vector"),
+    ],
+)
 def test_pad_sequences_errors_name_the_row(rows, message):
     with pytest.raises(SequenceInputError, match=message):
         pad_sequences(rows)
@@ -142,13 +147,16 @@ def test_make_windows():
         make_windows([1, 2, float("nan"), 4, 5], window=2, horizon=1)
 
 
-@pytest.mark.parametrize("n_points, window, horizon, fractions", [
-    (100, 5, 1, (0.7, 0.15, 0.15)),
-    (600, 24, 1, (0.8, 0.1, 0.1)),
-    (300, 12, 6, (0.6, 0.2, 0.2)),
-    (60, 3, 2, (0.5, 0.25, 0.25)),
-    (120, 7, 3, (0.8, 0.0, 0.2)),
-])
+@pytest.mark.parametrize(
+    "n_points, window, horizon, fractions",
+    [
+        (100, 5, 1, (0.7, 0.15, 0.15)),
+        (600, 24, 1, (0.8, 0.1, 0.1)),
+        (300, 12, 6, (0.6, 0.2, 0.2)),
+        (60, 3, 2, (0.5, 0.25, 0.25)),
+        (120, 7, 3, (0.8, 0.0, 0.2)),
+    ],
+)
 def test_chronological_split_shares_no_point_between_splits(n_points, window, horizon, fractions):
     series = np.arange(n_points, dtype=float)  # each value is its own time index
     x, y = make_windows(series, window, horizon)
@@ -296,8 +304,18 @@ def test_parameter_count_follows_width_and_depth():
 
 def test_builder_and_forward_errors():
     with pytest.raises(ValueError, match="exactly one of vocab_size"):
-        build_rnn(vocab_size=10, input_dim=3, num_outputs=2, cell="lstm", hidden=4, layers=1, bidirectional=False,
-                  embedding=4, pooling="last", dropout=0.0)
+        build_rnn(
+            vocab_size=10,
+            input_dim=3,
+            num_outputs=2,
+            cell="lstm",
+            hidden=4,
+            layers=1,
+            bidirectional=False,
+            embedding=4,
+            pooling="last",
+            dropout=0.0,
+        )
     with pytest.raises(ValueError, match="cell must be one of"):
         _model("rnn", "numeric", cell="rnn")
     with pytest.raises(ValueError, match="pooling must be one of"):
@@ -320,10 +338,23 @@ def test_a_few_steps_learn_a_length_dependent_target():
     x, lengths = _batch(rows, 10, "numeric")
     x = x[..., :1]
     target = torch.stack([r.sum() for r in rows])[:, None]
-    for build in (lambda: build_rnn(vocab_size=None, input_dim=1, num_outputs=1, cell="gru", hidden=16, layers=1,
-                                    bidirectional=False, embedding=0, pooling="last", dropout=0.0),
-                  lambda: build_transformer(vocab_size=None, input_dim=1, num_outputs=1, d_model=16, heads=2,
-                                            layers=1, ff=32, dropout=0.0, max_length=10, pooling="mean")):
+    for build in (
+        lambda: build_rnn(
+            vocab_size=None,
+            input_dim=1,
+            num_outputs=1,
+            cell="gru",
+            hidden=16,
+            layers=1,
+            bidirectional=False,
+            embedding=0,
+            pooling="last",
+            dropout=0.0,
+        ),
+        lambda: build_transformer(
+            vocab_size=None, input_dim=1, num_outputs=1, d_model=16, heads=2, layers=1, ff=32, dropout=0.0, max_length=10, pooling="mean"
+        ),
+    ):
         model = build()
         opt = torch.optim.Adam(model.parameters(), lr=1e-2)
         first = None

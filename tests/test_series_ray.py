@@ -28,20 +28,31 @@ def _series(tmp_path: Path) -> Path:
     """A daily series (trend + season + noise), its rows shuffled in the file: order_by must order it."""
     rng = np.random.default_rng(0)
     t = np.arange(POINTS)
-    df = pd.DataFrame({"date": pd.date_range("2020-01-01", periods=POINTS, freq="D"),
-                       "value": 0.05 * t + np.sin(2 * np.pi * t / 30) + 0.1 * rng.normal(size=POINTS)})
+    df = pd.DataFrame(
+        {
+            "date": pd.date_range("2020-01-01", periods=POINTS, freq="D"),
+            "value": 0.05 * t + np.sin(2 * np.pi * t / 30) + 0.1 * rng.normal(size=POINTS),
+        }
+    )
     path = tmp_path / "series.parquet"
     df.sample(frac=1.0, random_state=1).to_parquet(path)
     return path
 
 
 def _series_spec(path: Path, **sections) -> dict:
-    return {"name": "series-job",
-            "data": {"source": str(path), "series": {"column": "value", "order_by": "date", "window": WINDOW, "horizon": HORIZON},
-                     "split": {"train": 0.6, "validation": 0.2, "test": 0.2}},
-            "model": {"arch": "rnn", "hidden": 16},
-            "train": {"epochs": 2, "batch_size": 32, "lr": 0.01, "max_failures": 0},
-            "scaling": {"workers": 1}, "checkpoint": {"metric": "val_rmse"}, **sections}
+    return {
+        "name": "series-job",
+        "data": {
+            "source": str(path),
+            "series": {"column": "value", "order_by": "date", "window": WINDOW, "horizon": HORIZON},
+            "split": {"train": 0.6, "validation": 0.2, "test": 0.2},
+        },
+        "model": {"arch": "rnn", "hidden": 16},
+        "train": {"epochs": 2, "batch_size": 32, "lr": 0.01, "max_failures": 0},
+        "scaling": {"workers": 1},
+        "checkpoint": {"metric": "val_rmse"},
+        **sections,
+    }
 
 
 def _write(tmp_path: Path, d: dict, name: str) -> Path:
@@ -65,7 +76,7 @@ def test_series_split_is_chronological_with_no_leakage(ray_session, tmp_path):
     first = train.sort_values("input_start").iloc[0]
     assert first["input_start"] == ordered["date"][0] and first["target_end"] == ordered["date"][WINDOW + HORIZON - 1]
     np.testing.assert_allclose(first["value"], ordered["value"][:WINDOW])
-    np.testing.assert_allclose(first[SERIES_TARGET], ordered["value"][WINDOW:WINDOW + HORIZON])
+    np.testing.assert_allclose(first[SERIES_TARGET], ordered["value"][WINDOW : WINDOW + HORIZON])
     # standardised with the training period's points only
     pre = prepared.preprocessor
     touched = ordered[ordered["date"] <= train["target_end"].max()]["value"]
@@ -122,11 +133,15 @@ def _sequences(tmp_path: Path, n: int = 240) -> Path:
 
 
 def _sequence_spec(path: Path, **sections) -> dict:
-    return {"name": "sequence-job",
-            "data": {"source": str(path), "label": "label", "sequence": {"column": "readings"}},
-            "model": {"arch": "rnn", "cell": "gru", "hidden": 16, "pooling": "mean"},
-            "train": {"epochs": 2, "batch_size": 32, "lr": 0.01, "max_failures": 0},
-            "scaling": {"workers": 1}, "checkpoint": {"metric": "val_accuracy"}, **sections}
+    return {
+        "name": "sequence-job",
+        "data": {"source": str(path), "label": "label", "sequence": {"column": "readings"}},
+        "model": {"arch": "rnn", "cell": "gru", "hidden": 16, "pooling": "mean"},
+        "train": {"epochs": 2, "batch_size": 32, "lr": 0.01, "max_failures": 0},
+        "scaling": {"workers": 1},
+        "checkpoint": {"metric": "val_accuracy"},
+        **sections,
+    }
 
 
 def test_variable_length_sequence_job_trains(ray_session, tmp_path):
@@ -142,13 +157,19 @@ def test_variable_length_sequence_job_trains(ray_session, tmp_path):
     out = pre.transform_inputs(rows)
     assert out["x"].shape == (4, pre.sequence_max_length, 2)
     assert out["len"].tolist() == [len(r) for r in rows["readings"]]
-    assert not out["x"][0, out["len"][0]:].any()  # padding stays zero after standardising
+    assert not out["x"][0, out["len"][0] :].any()  # padding stays zero after standardising
 
 
 def test_an_rnn_search_over_hidden_runs_to_the_end_with_asha(ray_session, tmp_path):
-    d = _sequence_spec(_sequences(tmp_path, 160), tune={
-        "num_samples": 3, "search": "random", "space": {"model.hidden": {"choice": [8, 16, 32]}},
-        "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2}})
+    d = _sequence_spec(
+        _sequences(tmp_path, 160),
+        tune={
+            "num_samples": 3,
+            "search": "random",
+            "space": {"model.hidden": {"choice": [8, 16, 32]}},
+            "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+        },
+    )
     run_here("run", _write(tmp_path, d, "search.yaml"), tmp_path / "runs")
     (run,) = (tmp_path / "runs").iterdir()
     trials = json.loads((run / "trials.json").read_text())

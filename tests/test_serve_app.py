@@ -235,8 +235,13 @@ def test_serve_after_run_refuses_unpromoted(tmp_path, checkpoint):
     from orchestrator.spec import parse_spec
 
     spec = parse_spec({"name": "bc", "data": {"source": "x.parquet", "label": "label"}, "serve": {}})
-    result = SimpleNamespace(run_dir=tmp_path, best_checkpoint=str(checkpoint[0]), interrupted=False, promoted=False,
-                             decision={"reason": "test_accuracy = 0.5 does not meet 'accuracy >= 0.9'"})
+    result = SimpleNamespace(
+        run_dir=tmp_path,
+        best_checkpoint=str(checkpoint[0]),
+        interrupted=False,
+        promoted=False,
+        decision={"reason": "test_accuracy = 0.5 does not meet 'accuracy >= 0.9'"},
+    )
     with pytest.raises(OrchestratorError, match="not promoted.*--force"):
         serve_cli.serve_after_run(result, spec, serve_cli.console, force=False)
 
@@ -352,14 +357,17 @@ def test_largest_in_range_value_is_answered(client, records, runner):
 
 
 def test_image_values_are_bounded_before_the_float32_cast():
-    pre = Preprocessor(task="classification", label="y", image_column="image", image_shape=[1, 2, 2], image_mean=0.5,
-                       image_std=0.25, classes=[0, 1])
+    pre = Preprocessor(
+        task="classification", label="y", image_column="image", image_shape=[1, 2, 2], image_mean=0.5, image_std=0.25, classes=[0, 1]
+    )
     lo, hi = ModelRunner._input_bounds(type("R", (), {"pre": pre})())["image"]
     assert hi <= float(np.finfo(np.float32).max) and lo >= -float(np.finfo(np.float32).max)
 
 
-@pytest.mark.parametrize("body", [b"[" * 1000 + b"]" * 1000, b"{" * 5000, b'{"a":' * 2000 + b"1" + b"}" * 2000,
-                                  b'{"records": ' + b"[" * 30000 + b"]" * 30000 + b"}"])
+@pytest.mark.parametrize(
+    "body",
+    [b"[" * 1000 + b"]" * 1000, b"{" * 5000, b'{"a":' * 2000 + b"1" + b"}" * 2000, b'{"records": ' + b"[" * 30000 + b"]" * 30000 + b"}"],
+)
 def test_deeply_nested_bodies_get_400_before_parsing(client, body):
     resp = client.post("/predict", content=body)
     assert resp.status_code == 400 and "nested" in resp.json()["detail"], resp.text
@@ -451,7 +459,7 @@ CORRUPTIONS = {
     "weights of another network": ("state.pt", None),
     "truncated model.json": ("model.json", lambda p: p.write_text(p.read_text()[:40])),
     "model.json without the model": ("model.json", lambda p: p.write_text(json.dumps({"input_shape": [33]}))),
-    "broken preprocessing.json": ("preprocessing.json", lambda p: p.write_text("{\"task\": ")),
+    "broken preprocessing.json": ("preprocessing.json", lambda p: p.write_text('{"task": ')),
     "preprocessing.json of the wrong shape": ("preprocessing.json", lambda p: p.write_text(json.dumps({"colour": 1}))),
     "list in metrics.json": ("metrics.json", lambda p: p.write_text("[]")),
 }

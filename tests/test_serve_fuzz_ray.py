@@ -37,10 +37,26 @@ def http():
 
 
 NUMERIC_FIELD = "mean_smoothness"  # std ~0.014: 1e37 already leaves float32 once standardised
-HOSTILE_NUMBERS = ["1e40", "1e100", "1e308", "-1e308", "1e400", "-1e400", "NaN", "Infinity", "-Infinity",
-                   "1" + "0" * 5000, "-" + "9" * 400, "1e37"]
-WRONG_VALUES = st.one_of(st.text(max_size=20), st.booleans(), st.lists(st.integers(), max_size=3),
-                         st.dictionaries(st.text(max_size=5), st.integers(), max_size=2))
+HOSTILE_NUMBERS = [
+    "1e40",
+    "1e100",
+    "1e308",
+    "-1e308",
+    "1e400",
+    "-1e400",
+    "NaN",
+    "Infinity",
+    "-Infinity",
+    "1" + "0" * 5000,
+    "-" + "9" * 400,
+    "1e37",
+]
+WRONG_VALUES = st.one_of(
+    st.text(max_size=20),
+    st.booleans(),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+)
 
 
 def _json(obj) -> bytes:
@@ -51,8 +67,24 @@ def _json(obj) -> bytes:
 def hostile_bodies(draw, records: list[dict]) -> tuple[bytes, dict]:
     rec = dict(draw(st.sampled_from(records)))
     fields = list(rec)
-    kind = draw(st.sampled_from(["number", "nesting", "wrong_type", "unknown_field", "missing_field", "huge_array",
-                                 "huge_body", "encoding", "binary", "content_type", "shape", "surrogate"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "number",
+                "nesting",
+                "wrong_type",
+                "unknown_field",
+                "missing_field",
+                "huge_array",
+                "huge_body",
+                "encoding",
+                "binary",
+                "content_type",
+                "shape",
+                "surrogate",
+            ]
+        )
+    )
     if kind == "number":
         rec[NUMERIC_FIELD] = 0.125
         body = json.dumps({"records": [records[0], rec]} if draw(st.booleans()) else rec)
@@ -83,12 +115,31 @@ def hostile_bodies(draw, records: list[dict]) -> tuple[bytes, dict]:
     if kind == "binary":
         return draw(st.binary(max_size=200)), {}
     if kind == "content_type":
-        ctype = draw(st.sampled_from(["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
-                                      "application/xml", "image/png"]))
+        ctype = draw(
+            st.sampled_from(
+                ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "application/xml", "image/png"]
+            )
+        )
         return _json(rec), {"content-type": ctype}
     if kind == "shape":
-        return _json(draw(st.sampled_from([{"records": rec}, {"records": [rec], "extra": 1}, {"records": []}, [], [rec, 1],
-                                           [[rec]], "text", 42, None, {"records": [[]]}]))), {}
+        return _json(
+            draw(
+                st.sampled_from(
+                    [
+                        {"records": rec},
+                        {"records": [rec], "extra": 1},
+                        {"records": []},
+                        [],
+                        [rec, 1],
+                        [[rec]],
+                        "text",
+                        42,
+                        None,
+                        {"records": [[]]},
+                    ]
+                )
+            )
+        ), {}
     rec["site"] = "\ud800" + draw(st.text(max_size=3))  # a lone surrogate escape
     return _json(rec), {}
 

@@ -242,7 +242,7 @@ def test_metadata_docs_and_example_describe_the_input_kind(clients, kind, expect
 
 def test_client_reads_text_columns_as_text(tmp_path):
     path = tmp_path / "texts.csv"
-    path.write_text("text,label\n007,pos\nNA,neg\n\"a, quoted text\",pos\n")
+    path.write_text('text,label\n007,pos\nNA,neg\n"a, quoted text",pos\n')
     info = {"kind": "text", "column": "text"}
     df = serve_client.read_records(path, text_columns=("text",))
     recs = list(serve_client.request_records(df[["text"]], info, path))
@@ -280,7 +280,9 @@ def test_client_sends_image_files_base64_encoded(tmp_path):
         list(serve_client.request_records(serve_client.read_records(path), {"kind": "image", "column": "img", "source": "path"}, path))
     parquet = tmp_path / "bytes.parquet"
     pd.DataFrame({"img": [data]}).to_parquet(parquet)
-    recs = list(serve_client.request_records(serve_client.read_records(parquet), {"kind": "image", "column": "img", "source": "bytes"}, parquet))
+    recs = list(
+        serve_client.request_records(serve_client.read_records(parquet), {"kind": "image", "column": "img", "source": "bytes"}, parquet)
+    )
     assert base64.b64decode(recs[0]["img"]) == data
 
 

@@ -28,9 +28,13 @@ LONG_TEXT = " ".join(["zqx"] * 20)  # under the character limit, far over max_le
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("inputs-ray")
-    return {"text": text_checkpoint(root / "text"), "sequence": sequence_checkpoint(root / "sequence"),
-            "series": series_checkpoint(root / "series", horizon=3), "image": image_checkpoint(root / "image", root / "digits"),
-            "root": root}
+    return {
+        "text": text_checkpoint(root / "text"),
+        "sequence": sequence_checkpoint(root / "sequence"),
+        "series": series_checkpoint(root / "series", horizon=3),
+        "image": image_checkpoint(root / "image", root / "digits"),
+        "root": root,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -197,8 +201,12 @@ def test_predict_command_refuses_paths_that_are_no_image_files_and_sends_nothing
     (tmp_path / "notes.txt").write_text("password=hunter2\n")
     app = typer.Typer()
     serve_cli.register(app)
-    for cell, cause in (("/dev/zero", "a device or special file"), ("fifo", "a FIFO"), ("notes.txt", "it was not sent"),
-                        ("../../etc/passwd", "must stay inside the data's folder")):
+    for cell, cause in (
+        ("/dev/zero", "a device or special file"),
+        ("fifo", "a FIFO"),
+        ("notes.txt", "it was not sent"),
+        ("../../etc/passwd", "must stay inside the data's folder"),
+    ):
         path = tmp_path / "rows.csv"
         path.write_text(f"path\n{cell}\n")
         t0 = time.monotonic()

@@ -42,8 +42,16 @@ def _bodies(url: str, test) -> list[bytes]:
     return [json.dumps(r).encode() for r in feature_records(test, columns)]
 
 
-def run_load(url: str, bodies: list[bytes], *, concurrency: int, total: Optional[int] = None,
-             stop: Optional[threading.Event] = None, limit_s: float = 400, outcomes: Optional[Counter] = None) -> tuple[Counter, int, float]:
+def run_load(
+    url: str,
+    bodies: list[bytes],
+    *,
+    concurrency: int,
+    total: Optional[int] = None,
+    stop: Optional[threading.Event] = None,
+    limit_s: float = 400,
+    outcomes: Optional[Counter] = None,
+) -> tuple[Counter, int, float]:
     """POST /predict from `concurrency` connections until `total` requests, `stop`, or `limit_s`.
     Returns (outcomes: status code or exception name -> count, filled in as answers come; requests sent; seconds)."""
     outcomes = Counter() if outcomes is None else outcomes
@@ -54,6 +62,7 @@ def run_load(url: str, bodies: list[bytes], *, concurrency: int, total: Optional
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         end = time.monotonic() + limit_s
         async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+
             async def worker():
                 nonlocal sent
                 while (total is None or sent < total) and not (stop is not None and stop.is_set()) and time.monotonic() < end:
@@ -92,8 +101,10 @@ def test_thousands_of_requests_at_concurrency_64_without_an_error(ray_session, m
     finally:
         serve.delete("serve-load")
     done = sum(outcomes.values())
-    print(f"\n{REQUESTS:,} requests at concurrency 64: {done} answered in {seconds:.1f} s ({done / seconds:.0f} requests/s), "
-          f"outcomes {dict(outcomes)}")
+    print(
+        f"\n{REQUESTS:,} requests at concurrency 64: {done} answered in {seconds:.1f} s ({done / seconds:.0f} requests/s), "
+        f"outcomes {dict(outcomes)}"
+    )
     record_property("requests_per_s", round(done / seconds, 1))
     assert done == REQUESTS, f"only {done} requests within the time limit: {dict(outcomes)}"
     assert _errors(outcomes) == 0, dict(outcomes)
@@ -104,8 +115,11 @@ def _replicas(app: str) -> list:
     from ray.util.state import list_actors
 
     # this test's own cluster: with no address the State API scans the machine, which may run others
-    return list_actors(address=ray.get_runtime_context().gcs_address, raise_on_missing_output=False,
-                       filters=[("class_name", "=", f"ServeReplica:{app}:Predictor"), ("state", "=", "ALIVE")])
+    return list_actors(
+        address=ray.get_runtime_context().gcs_address,
+        raise_on_missing_output=False,
+        filters=[("class_name", "=", f"ServeReplica:{app}:Predictor"), ("state", "=", "ALIVE")],
+    )
 
 
 def _running_replicas(app: str) -> int:
@@ -133,8 +147,11 @@ def test_one_of_two_replicas_killed_under_load(ray_session, model, record_proper
     stop = threading.Event()
     result: dict = {}
     outcomes: Counter = Counter()
-    load = threading.Thread(target=lambda: result.update(zip(("outcomes", "sent", "seconds"), run_load(
-        url, bodies, concurrency=32, stop=stop, limit_s=300, outcomes=outcomes))))
+    load = threading.Thread(
+        target=lambda: result.update(
+            zip(("outcomes", "sent", "seconds"), run_load(url, bodies, concurrency=32, stop=stop, limit_s=300, outcomes=outcomes))
+        )
+    )
     try:
         wait_for(lambda: len(_replicas(app)) == 2, 60, "two replica actors")
         load.start()
@@ -156,12 +173,16 @@ def test_one_of_two_replicas_killed_under_load(ray_session, model, record_proper
         serve.delete(app)
     done = sum(outcomes.values())
     rate = _errors(outcomes) / max(done, 1)
-    print(f"\nreplica killed under load: {done} requests in {result['seconds']:.1f} s, errors {_errors(outcomes)} "
-          f"({rate:.2%}), outcomes {dict(outcomes)}, two replicas again {recovered_s:.1f} s after the kill")
+    print(
+        f"\nreplica killed under load: {done} requests in {result['seconds']:.1f} s, errors {_errors(outcomes)} "
+        f"({rate:.2%}), outcomes {dict(outcomes)}, two replicas again {recovered_s:.1f} s after the kill"
+    )
     record_property("error_rate", round(rate, 5))
     record_property("recovery_s", round(recovered_s, 1))
     assert done > 200, dict(outcomes)
     # What fails is what was in flight on the dying replica: at most one request per connection.
     # A rate (once "at most 1%") depends on how many requests the machine finished meanwhile: 16 of
     # 1,560 (1.03%) failed one CI run where 7 of 3,138 had failed before.
-    assert _errors(outcomes) <= 32, f"{_errors(outcomes)} of {done} requests failed, more than the 32 connections had in flight: {dict(outcomes)}"
+    assert _errors(outcomes) <= 32, (
+        f"{_errors(outcomes)} of {done} requests failed, more than the 32 connections had in flight: {dict(outcomes)}"
+    )

@@ -73,6 +73,7 @@ def test_predictions_equal_offline_model(server, models, records):
 
 def test_client_mistakes_get_4xx_with_a_reason(server, records):
     with httpx.Client(headers=AUTH, timeout=30) as c:
+
         def post(**kw):
             resp = c.post(f"{server}/predict", **kw)
             assert 400 <= resp.status_code < 500, resp.text
@@ -111,8 +112,11 @@ def test_prometheus_metrics_exposed(server, records):
 
     def exported():
         text = httpx.get(url, timeout=10).text
-        names = ("ray_orchestrator_serve_requests_total{", "ray_orchestrator_serve_request_latency_ms_bucket{",
-                 "ray_orchestrator_serve_batch_size_bucket{")
+        names = (
+            "ray_orchestrator_serve_requests_total{",
+            "ray_orchestrator_serve_request_latency_ms_bucket{",
+            "ray_orchestrator_serve_batch_size_bucket{",
+        )
         return all(n in text for n in names) and 'route="/predict"' in text and 'status="401"' in text and text
 
     text = wait_for(exported, 60, "serve metrics on Ray's Prometheus endpoint", interval=1)
@@ -123,8 +127,16 @@ def test_backpressure_answers_503(ray_session, server, models, spec):
     """One request in flight and one queued per proxy: the rest are refused at once with 503."""
     from orchestrator.serve.deployment import deploy
 
-    tight = spec.model_copy(update={"route_prefix": "/tight", "auth_token_env": None, "max_ongoing_requests": 1,
-                                    "max_queued_requests": 1, "max_batch_size": 64, "batch_wait_timeout_s": 1.5})
+    tight = spec.model_copy(
+        update={
+            "route_prefix": "/tight",
+            "auth_token_env": None,
+            "max_ongoing_requests": 1,
+            "max_queued_requests": 1,
+            "max_batch_size": 64,
+            "batch_wait_timeout_s": 1.5,
+        }
+    )
     url = deploy(models["a"], tight, name="serve-test-tight")
     rec = feature_records(models["test"].head(1), list(httpx.get(f"{url}/metadata").json()["input_schema"]["properties"]))[0]
     with ThreadPoolExecutor(6) as pool:

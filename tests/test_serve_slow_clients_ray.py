@@ -39,8 +39,7 @@ def _stalled(url: str, n: int, *, partial_headers: bool = False) -> list[socket.
     socks = []
     for _ in range(n):
         s = socket.create_connection((host, int(port)), timeout=30)
-        head = (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                b"Content-Length: 100000\r\n\r\n{")
+        head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{"
         s.sendall(head[:30] if partial_headers else head)
         socks.append(s)
     return socks
@@ -102,8 +101,11 @@ def test_a_body_that_arrives_slowly_but_in_time_is_answered(server):
     body = json.dumps(record).encode()
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=30) as s:
-        s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
-                  + str(len(body)).encode() + b"\r\n\r\n")
+        s.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+        )
         half = len(body) // 2
         s.sendall(body[:half])
         time.sleep(BODY_TIMEOUT_S / 4)  # the slow part of the client under test, not a wait on the server

@@ -18,8 +18,14 @@ JOB_FILES = sorted(JOBS.glob("*.yaml"))
 
 def test_there_are_example_jobs():
     names = {p.name for p in JOB_FILES}
-    assert {"digits-cnn.yaml", "breast-cancer-mlp.yaml", "text-transformer.yaml", "text-lstm.yaml",
-            "series-lstm.yaml", "digits-png-cnn.yaml"} <= names
+    assert {
+        "digits-cnn.yaml",
+        "breast-cancer-mlp.yaml",
+        "text-transformer.yaml",
+        "text-lstm.yaml",
+        "series-lstm.yaml",
+        "digits-png-cnn.yaml",
+    } <= names
 
 
 @pytest.mark.parametrize("path", JOB_FILES, ids=lambda p: p.name)
@@ -155,9 +161,24 @@ def test_relative_source_resolves_against_spec_folder(tmp_path):
 
 
 TUNE_MISTAKES = [
-    ("value outside the field's bounds", {"space": {"train.lr": {"loguniform": [0.001, 100]}}}, "tune.space.train.lr", "less than or equal to 10"),
-    ("field that does not exist", {"space": {"train.learning_rate": {"uniform": [0.1, 0.2]}}}, "tune.space.train.learning_rate", "unknown field"),
-    ("field of another architecture", {"space": {"model.activation": {"choice": ["gelu"]}}}, "tune.space.model.activation", "unknown field"),
+    (
+        "value outside the field's bounds",
+        {"space": {"train.lr": {"loguniform": [0.001, 100]}}},
+        "tune.space.train.lr",
+        "less than or equal to 10",
+    ),
+    (
+        "field that does not exist",
+        {"space": {"train.learning_rate": {"uniform": [0.1, 0.2]}}},
+        "tune.space.train.learning_rate",
+        "unknown field",
+    ),
+    (
+        "field of another architecture",
+        {"space": {"model.activation": {"choice": ["gelu"]}}},
+        "tune.space.model.activation",
+        "unknown field",
+    ),
     ("two distributions", {"space": {"train.lr": {"uniform": [0.1, 0.2], "choice": [0.1]}}}, "tune.space.train.lr", "exactly one"),
     ("reversed bounds", {"space": {"train.dropout": {"uniform": [0.5, 0.1]}}}, "tune.space.train.dropout", "must be below"),
     ("grid with optuna", {"space": {"train.lr": {"grid": [0.1, 0.2]}}}, "tune", "need search: random"),
@@ -247,8 +268,8 @@ JUNK = {
     "nul.yaml": b"name: a\x00b\n",
     "huge.yaml": b"# " + b"x" * (2 << 20) + b"\n",
     "two-docs.yaml": b"a: 1\n---\nb: 2\n",
-    "alias-bomb.yaml": b"a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + b"".join(
-        f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n".encode() for p, c in zip("abcdef", "bcdefg")),
+    "alias-bomb.yaml": b"a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n"
+    + b"".join(f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n".encode() for p, c in zip("abcdef", "bcdefg")),
     "alias-cycle.yaml": b"a: &a [*a]\n",
     "tab.yaml": b"name: x\n\tdata: 1\n",
 }
@@ -282,6 +303,7 @@ def test_train_and_run_refuse_a_malformed_spec_before_starting_anything(tmp_path
 
 # ----------------------------------------------------------------- specs that can never work
 
+
 def spec_dict_tabular(**data):
     d = yaml.safe_load((JOBS / "breast-cancer-mlp.yaml").read_text())
     d["data"].update(data)
@@ -299,25 +321,30 @@ def _has(problems: list[str], field: str, *words: str) -> bool:
     return any(p.startswith(f"{field}:") and all(w in p for w in words) for p in problems)
 
 
-@pytest.mark.parametrize("path", ["train.epochs", "train.lr", "scaling.workers", "train.grad_clip", "data.image.shape", "tune.num_samples", "serve.port"])
+@pytest.mark.parametrize(
+    "path", ["train.epochs", "train.lr", "scaling.workers", "train.grad_clip", "data.image.shape", "tune.num_samples", "serve.port"]
+)
 def test_booleans_are_not_numbers(path):
     value = [True, 8, 8] if path == "data.image.shape" else True
     problems = _problems(_with(path, value))
     assert _has(problems, path + ("[0]" if path == "data.image.shape" else ""), "got true"), problems
 
 
-@pytest.mark.parametrize("path,value,words", [
-    ("train.grad_clip", float("inf"), "finite"),
-    ("train.lr", float("nan"), "finite"),
-    ("tune.scheduler.reduction_factor", float("inf"), "finite"),
-    ("data.image.shape", [10**6, 10**6, 10**6], "less than or equal to 65536"),
-    ("data.image.shape", [64, 8192, 8192], "at most 67,108,864"),
-    ("data.seed", 10**30, "less than or equal to 4294967295"),
-    ("train.seed", 1e30, "valid integer"),
-    ("train.epochs", 10.0, "valid integer"),
-    ("model.channels", [32] * 33, "at most 32 items"),
-    ("tune.max_concurrent", 0, "greater than or equal to 1 or 'auto'"),
-])
+@pytest.mark.parametrize(
+    "path,value,words",
+    [
+        ("train.grad_clip", float("inf"), "finite"),
+        ("train.lr", float("nan"), "finite"),
+        ("tune.scheduler.reduction_factor", float("inf"), "finite"),
+        ("data.image.shape", [10**6, 10**6, 10**6], "less than or equal to 65536"),
+        ("data.image.shape", [64, 8192, 8192], "at most 67,108,864"),
+        ("data.seed", 10**30, "less than or equal to 4294967295"),
+        ("train.seed", 1e30, "valid integer"),
+        ("train.epochs", 10.0, "valid integer"),
+        ("model.channels", [32] * 33, "at most 32 items"),
+        ("tune.max_concurrent", 0, "greater than or equal to 1 or 'auto'"),
+    ],
+)
 def test_infinite_and_absurd_numbers(path, value, words):
     problems = _problems(_with(path, value))
     field = "data.image.shape[0]" if value == [10**6] * 3 else path
@@ -335,15 +362,18 @@ def test_yaml_numbers_are_read_as_people_write_them(tmp_path):
     assert spec.train.lr == 1e-3 and spec.data.seed == 7
 
 
-@pytest.mark.parametrize("rule,words", [
-    ("accuracy >= 2", "between 0 and 1"),
-    ("accuracy > 1", "can never pass"),
-    ("accuracy < 0", "can never pass"),
-    ("test_accuracy >= -0.5", "between 0 and 1"),
-    ("loss < -1", "never negative"),
-    ("loss < 0", "can never pass"),
-    ("accuracy >= 1e999", "not a finite number"),
-])
+@pytest.mark.parametrize(
+    "rule,words",
+    [
+        ("accuracy >= 2", "between 0 and 1"),
+        ("accuracy > 1", "can never pass"),
+        ("accuracy < 0", "can never pass"),
+        ("test_accuracy >= -0.5", "between 0 and 1"),
+        ("loss < -1", "never negative"),
+        ("loss < 0", "can never pass"),
+        ("accuracy >= 1e999", "not a finite number"),
+    ],
+)
 def test_promotion_gates_that_can_never_pass(rule, words):
     assert _has(_problems(_with("promote", rule)), "promote", words)
 
@@ -358,12 +388,15 @@ def test_regression_gates_on_a_regression_dataset():
     assert parse_spec(d).promote == "rmse < 40"
 
 
-@pytest.mark.parametrize("path,value,field", [
-    ("checkpoint.metric", "val_rmse", "checkpoint.metric"),  # digits is a classification dataset
-    ("tune.metric", "val_mae", "tune.metric"),
-    ("promote", "rmse < 3", "promote"),
-    ("data.task", "regression", "data.task"),  # data.prepare sklearn:digits is classification
-])
+@pytest.mark.parametrize(
+    "path,value,field",
+    [
+        ("checkpoint.metric", "val_rmse", "checkpoint.metric"),  # digits is a classification dataset
+        ("tune.metric", "val_mae", "tune.metric"),
+        ("promote", "rmse < 3", "promote"),
+        ("data.task", "regression", "data.task"),  # data.prepare sklearn:digits is classification
+    ],
+)
 def test_metrics_of_the_other_task(path, value, field):
     problems = _problems(_with(path, value))
     assert _has(problems, field, "task"), problems
@@ -393,14 +426,19 @@ def test_metric_of_the_other_task_is_refused_where_the_data_decides_it():
         check_columns(spec, "digits.parquet", schema)
     msg = str(info.value)
     assert "checkpoint.metric: rmse needs a regression task" in msg and "tune.metric:" in msg and "int64" in msg
-    assert check_columns(spec, "digits.parquet", pa.schema([("image", pa.list_(pa.float32())), ("label", pa.float64())])).task == "regression"
+    assert (
+        check_columns(spec, "digits.parquet", pa.schema([("image", pa.list_(pa.float32())), ("label", pa.float64())])).task == "regression"
+    )
 
 
-@pytest.mark.parametrize("scheduler,field", [
-    ({"type": "asha", "grace_period": 11}, "tune.scheduler.grace_period"),
-    ({"type": "asha", "max_epochs": 20}, "tune.scheduler.max_epochs"),
-    ({"type": "asha", "grace_period": 6, "max_epochs": 5}, "tune.scheduler.grace_period"),
-])
+@pytest.mark.parametrize(
+    "scheduler,field",
+    [
+        ({"type": "asha", "grace_period": 11}, "tune.scheduler.grace_period"),
+        ({"type": "asha", "max_epochs": 20}, "tune.scheduler.max_epochs"),
+        ({"type": "asha", "grace_period": 6, "max_epochs": 5}, "tune.scheduler.grace_period"),
+    ],
+)
 def test_asha_rungs_beyond_train_epochs(scheduler, field):
     d = _with("tune.scheduler", scheduler)  # train.epochs is 10
     assert _has(_problems(d), field, "is more than"), _problems(d)
@@ -428,7 +466,14 @@ def test_the_format_is_inferred_from_the_file_name_by_one_rule_for_specs_and_ini
     from orchestrator.spec import DataSpec, format_from_name
 
     assert [format_from_name(n) for n in ("a.parquet", "s3://b/x.PQ", "t.csv", "t.csv.gz", "runs/x.csv.zst", "folder/", "x.json")] == [
-        "parquet", "parquet", "csv", "csv", "csv", None, None]
+        "parquet",
+        "parquet",
+        "csv",
+        "csv",
+        "csv",
+        None,
+        None,
+    ]
     assert DataSpec(source="data/rows.csv.gz", label="y").format == "csv"
     with pytest.raises(ValueError, match="cannot infer the format of 'data/rows' from its extension; set data.format"):
         DataSpec(source="data/rows", label="y")

@@ -30,8 +30,17 @@ BASES = [yaml.safe_load(p.read_text()) for p in SPEC_FILES]
 # `train['a b']`) or names the file or YAML level, then says what is wrong.
 FIELD_PATH = re.compile(r"^(\(top level\): |\(file\): |\(yaml\) |(?:[A-Za-z_][\w-]*|\[.+?\])(?:\.[\w-]+|\[.+?\])*: )\S")
 
-REQUIRED = [("name",), ("data",), ("data", "source"), ("data", "label"), ("data", "image", "column"),
-            ("data", "image", "shape"), ("train", "early_stopping", "patience"), ("tune", "space"), ("model", "factory")]
+REQUIRED = [
+    ("name",),
+    ("data",),
+    ("data", "source"),
+    ("data", "label"),
+    ("data", "image", "column"),
+    ("data", "image", "shape"),
+    ("train", "early_stopping", "patience"),
+    ("tune", "space"),
+    ("model", "factory"),
+]
 
 
 def _free(path: tuple) -> bool:
@@ -75,6 +84,7 @@ def _dump(d) -> bytes:
 
 
 # Each mutation: (random, a copy of a real spec) -> (file content, what was done). Invalid by construction.
+
 
 def drop_required(rnd, d):
     path = rnd.choice([p for p in REQUIRED if _get(d, p) is not _MISSING] or [("name",)])
@@ -153,22 +163,36 @@ def duplicate_key(rnd, d):
 
 
 def random_bytes(rnd, d):
-    junk = rnd.choice([
-        lambda: rnd.randbytes(rnd.randint(0, 400)),
-        lambda: bytes(rnd.choice(b"{}[]:-,&*!|>'\"%@` \n\tab01") for _ in range(rnd.randint(1, 200))),
-        lambda: _dump(d)[: rnd.randint(0, 40)] + rnd.randbytes(rnd.randint(1, 50)),
-        lambda: b"",
-        lambda: rnd.choice([b"- a\n- b\n", b"42\n", b"null\n", b"'just a string'\n", b"a: 1\n---\nb: 2\n"]),
-    ])()
+    junk = rnd.choice(
+        [
+            lambda: rnd.randbytes(rnd.randint(0, 400)),
+            lambda: bytes(rnd.choice(b"{}[]:-,&*!|>'\"%@` \n\tab01") for _ in range(rnd.randint(1, 200))),
+            lambda: _dump(d)[: rnd.randint(0, 40)] + rnd.randbytes(rnd.randint(1, 50)),
+            lambda: b"",
+            lambda: rnd.choice([b"- a\n- b\n", b"42\n", b"null\n", b"'just a string'\n", b"a: 1\n---\nb: 2\n"]),
+        ]
+    )()
     return junk, f"junk {junk[:60]!r}"
 
 
 def impossible_gate(rnd, d):
     x = rnd.choice(["0.5", "1", "2", "1e9"])
-    d["promote"] = rnd.choice([
-        f"accuracy >= {1 + float(x)}", "accuracy > 1", f"accuracy <= -{x}", "accuracy < 0", f"test_accuracy >= -{x}",
-        f"loss < -{x}", "rmse < 0", f"mae <= -{x}", f"loss >= -{x}", "accuracy >= 1e999", "loss < inf", "rmse <= nan",
-    ])
+    d["promote"] = rnd.choice(
+        [
+            f"accuracy >= {1 + float(x)}",
+            "accuracy > 1",
+            f"accuracy <= -{x}",
+            "accuracy < 0",
+            f"test_accuracy >= -{x}",
+            f"loss < -{x}",
+            "rmse < 0",
+            f"mae <= -{x}",
+            f"loss >= -{x}",
+            "accuracy >= 1e999",
+            "loss < inf",
+            "rmse <= nan",
+        ]
+    )
     return _dump(d), f"promote {d['promote']!r}"
 
 
@@ -201,8 +225,21 @@ def duplicate_names(rnd, d):
     return _dump(d), f"data.{key} lists {col!r} twice"
 
 
-MUTATIONS = [drop_required, wrong_type, non_finite, huge_number, bool_as_number, unknown_field, deep_nesting,
-             duplicate_key, random_bytes, impossible_gate, wrong_task_metric, asha_beyond_epochs, duplicate_names]
+MUTATIONS = [
+    drop_required,
+    wrong_type,
+    non_finite,
+    huge_number,
+    bool_as_number,
+    unknown_field,
+    deep_nesting,
+    duplicate_key,
+    random_bytes,
+    impossible_gate,
+    wrong_task_metric,
+    asha_beyond_epochs,
+    duplicate_names,
+]
 
 
 def mutate(rnd: random.Random) -> tuple[str, bytes, str]:
@@ -257,5 +294,6 @@ def test_validate_cli_refuses_a_sample_with_field_paths_and_no_traceback(tmp_pat
     lines = r.stderr.splitlines()
     assert sum(line.startswith("✗ ") for line in lines) == len(files), r.stderr
     for line in lines:
-        assert line.startswith("✗ ") and line.endswith(": invalid job spec") or (
-            line.startswith("    ") and FIELD_PATH.match(line[4:])), line
+        assert line.startswith("✗ ") and line.endswith(": invalid job spec") or (line.startswith("    ") and FIELD_PATH.match(line[4:])), (
+            line
+        )

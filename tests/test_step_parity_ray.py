@@ -57,8 +57,9 @@ def many_files(data_dir, tmp_path_factory) -> Path:
 @pytest.mark.timeout(300)  # a rank stuck in an all-reduce would hang here, not pass
 @pytest.mark.parametrize("cache", ["memory", "stream"])
 def test_every_rank_takes_the_same_steps_every_epoch(ray_session, many_files, tmp_path, cache):
-    d = spec_dict("breast-cancer-mlp.yaml", train={"epochs": EPOCHS, "batch_size": BATCH_SIZE, "early_stopping": None},
-                  scaling={"workers": 2})
+    d = spec_dict(
+        "breast-cancer-mlp.yaml", train={"epochs": EPOCHS, "batch_size": BATCH_SIZE, "early_stopping": None}, scaling={"workers": 2}
+    )
     d["data"].update(source=str(many_files), format="parquet", cache=cache)
     d["data"].pop("prepare", None)
     spec = parse_spec(d)
@@ -70,8 +71,16 @@ def test_every_rank_takes_the_same_steps_every_epoch(ray_session, many_files, tm
     cloudpickle.register_pickle_by_value(__import__(__name__))
     out = tmp_path / "ranks"
     out.mkdir()
-    trainer = build_trainer(spec, prepared, plan, storage_path=str(tmp_path / "runs"), name=f"parity-{cache}",
-                            callbacks=[], extra_config={"out_dir": str(out)}, train_loop=recording_loop)
+    trainer = build_trainer(
+        spec,
+        prepared,
+        plan,
+        storage_path=str(tmp_path / "runs"),
+        name=f"parity-{cache}",
+        callbacks=[],
+        extra_config={"out_dir": str(out)},
+        train_loop=recording_loop,
+    )
     trainer.fit()
 
     steps = {r: [json.loads(line) for line in (out / f"rank{r}.jsonl").read_text().splitlines()] for r in range(2)}

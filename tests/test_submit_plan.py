@@ -23,8 +23,16 @@ REMOTE = "http://10.1.2.3:8265"
 def _clean_env(monkeypatch, tmp_path):
     monkeypatch.setenv("ORCHESTRATOR_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("HOME", str(tmp_path / "user"))  # no ~/.ray/auth_token
-    for var in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "ORCHESTRATOR_K8S_IMAGE",
-                "ORCHESTRATOR_K8S_GPU_IMAGE", "ORCHESTRATOR_K8S_STORAGE_PVC", "KUBERNETES_SERVICE_HOST"):
+    for var in (
+        "RAY_ADDRESS",
+        "RAY_API_SERVER_ADDRESS",
+        "RAY_AUTH_TOKEN",
+        "RAY_AUTH_TOKEN_PATH",
+        "ORCHESTRATOR_K8S_IMAGE",
+        "ORCHESTRATOR_K8S_GPU_IMAGE",
+        "ORCHESTRATOR_K8S_STORAGE_PVC",
+        "KUBERNETES_SERVICE_HOST",
+    ):
         monkeypatch.delenv(var, raising=False)
 
 
@@ -46,11 +54,14 @@ def _spec(folder: Path, name="job.yaml", model=None, **sections) -> Path:
 # ------------------------------------------------------------------------------- addresses
 
 
-@pytest.mark.parametrize("given, expected", [
-    ("127.0.0.1:8265", "http://127.0.0.1:8265"),
-    ("http://head:8265/", "http://head:8265"),
-    ("https://ray.example.com", "https://ray.example.com"),
-])
+@pytest.mark.parametrize(
+    "given, expected",
+    [
+        ("127.0.0.1:8265", "http://127.0.0.1:8265"),
+        ("http://head:8265/", "http://head:8265"),
+        ("https://ray.example.com", "https://ray.example.com"),
+    ],
+)
 def test_normalize_address(given, expected):
     assert sb.normalize_address(given) == expected
 
@@ -102,8 +113,18 @@ def test_local_cluster_token_comes_before_the_users_default(tmp_path):
     ray_default.parent.mkdir(parents=True)
     ray_default.write_text("someone-elses\n")
     token_file = cl.ensure_token(cl.state_dir("mine"))
-    cl.ClusterState(name="mine", state_dir=str(cl.state_dir("mine")), temp_dir="/tmp/x", marker="m", dashboard_url="http://127.0.0.1:8399",
-                    gcs_address="", token_file=str(token_file), num_cpus=1, storage=None, ports={"dashboard": 8399}).save()
+    cl.ClusterState(
+        name="mine",
+        state_dir=str(cl.state_dir("mine")),
+        temp_dir="/tmp/x",
+        marker="m",
+        dashboard_url="http://127.0.0.1:8399",
+        gcs_address="",
+        token_file=str(token_file),
+        num_cpus=1,
+        storage=None,
+        ports={"dashboard": 8399},
+    ).save()
     assert sbc.find_token("http://127.0.0.1:8399") == sbc.Token(token_file.read_text().strip(), str(token_file))
     assert sbc.find_token("http://127.0.0.1:8400").value == "someone-elses"
 
@@ -150,8 +171,10 @@ def test_a_submitted_job_with_a_serve_section_ends_with_its_run(tmp_path):
     spec = _spec(tmp_path / "proj", serve={"port": 8000})
     plan = sb.plan_submission(spec, address=LOCAL, cwd=tmp_path)
     assert plan.entrypoint.endswith(" --no-serve")
-    assert any(n.startswith("the spec's serve section is not served by a submitted job") and f"orchestrator serve {plan.run_dir}" in n
-               for n in plan.notes), plan.notes
+    assert any(
+        n.startswith("the spec's serve section is not served by a submitted job") and f"orchestrator serve {plan.run_dir}" in n
+        for n in plan.notes
+    ), plan.notes
     assert not sb.plan_submission(_spec(tmp_path / "plain"), address=LOCAL, cwd=tmp_path).entrypoint.endswith("--no-serve")
 
 
@@ -196,7 +219,7 @@ def test_custom_model_module_from_the_working_directory_travels(tmp_path):
 def test_where_the_run_directory_goes(tmp_path):
     notes: list[str] = []
     rd = lambda out, storage=None, address=LOCAL, local=None: sb.resolve_output_dir(out, storage, address, tmp_path, local, notes)  # noqa: E731
-    assert rd("runs") == str(tmp_path / "runs")                      # a cluster on this machine: like `orchestrator run`
+    assert rd("runs") == str(tmp_path / "runs")  # a cluster on this machine: like `orchestrator run`
     assert rd("/abs/runs", address=REMOTE) == "/abs/runs"
     assert rd("runs", storage="/nfs/runs", address=REMOTE) == "/nfs/runs"
     assert rd("runs", storage="store") == str(tmp_path / "store")
@@ -258,7 +281,9 @@ def test_the_job_creates_exactly_the_run_directory_it_is_named(tmp_path):
 
 def test_exit_codes():
     view = lambda status, code=None: sbc.JobView("id", status, "", "", None, None, {}, code)  # noqa: E731
-    assert [sbc.exit_code(view(s, c)) for s, c in [("SUCCEEDED", 0), ("FAILED", 3), ("FAILED", 2), ("FAILED", None), ("STOPPED", None)]] == [0, 3, 2, 1, 1]
+    assert [
+        sbc.exit_code(view(s, c)) for s, c in [("SUCCEEDED", 0), ("FAILED", 3), ("FAILED", 2), ("FAILED", None), ("STOPPED", None)]
+    ] == [0, 3, 2, 1, 1]
 
 
 # ------------------------------------------------------------------------------------- CLI
@@ -289,8 +314,9 @@ def test_nothing_listening_fails_within_10_s_with_a_clear_message(tmp_path):
     r = orch("submit", str(spec), "--address", url, home=tmp_path / "home", timeout=30)
     took = time.monotonic() - t0
     assert r.returncode == 1 and took < 10, (took, r.stderr)
-    assert r.stderr.strip() == (f"error: nothing answers at {url} (connection refused) "
-                                "(is the cluster up? `orchestrator cluster local status`)")
+    assert r.stderr.strip() == (
+        f"error: nothing answers at {url} (connection refused) (is the cluster up? `orchestrator cluster local status`)"
+    )
 
 
 def test_remote_http_without_token_is_refused_before_sending(invoke, tmp_path):

@@ -28,7 +28,22 @@ def cluster(tmp_path_factory):
     """A local cluster started by `orchestrator cluster local up` (2 CPUs, free ports), stopped at the end."""
     home = tmp_path_factory.mktemp("orchestrator-home")
     t0 = time.monotonic()
-    r = orch("cluster", "local", "up", "--name", "jobs-test", "--num-cpus", "2", "--port", "0", "--dashboard-port", "0", "--json", home=home, timeout=180)
+    r = orch(
+        "cluster",
+        "local",
+        "up",
+        "--name",
+        "jobs-test",
+        "--num-cpus",
+        "2",
+        "--port",
+        "0",
+        "--dashboard-port",
+        "0",
+        "--json",
+        home=home,
+        timeout=180,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     state = ClusterState(**json.loads(r.stdout))
     print(f"cluster up in {time.monotonic() - t0:.1f} s")
@@ -78,8 +93,17 @@ def test_submit_a_custom_model_from_another_folder_and_follow_to_succeeded(clust
     elsewhere.mkdir()
     t0 = time.monotonic()
     # relative output.dir ("runs") on a cluster on this machine: under the directory we submit from
-    r = orch("submit", str(spec), "--address", cluster["url"], "--follow", home=cluster["home"], cwd=elsewhere, timeout=400,
-             env={SERVE_TOKEN_ENV: tokens["serve token"]})
+    r = orch(
+        "submit",
+        str(spec),
+        "--address",
+        cluster["url"],
+        "--follow",
+        home=cluster["home"],
+        cwd=elsewhere,
+        timeout=400,
+        env={SERVE_TOKEN_ENV: tokens["serve token"]},
+    )
     took = time.monotonic() - t0
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     job_id = r.stdout.splitlines()[0]
@@ -105,8 +129,10 @@ def test_submit_a_custom_model_from_another_folder_and_follow_to_succeeded(clust
     leaks = [f"{name} in the output of submit" for name, tok in tokens.items() if tok in r.stdout + r.stderr]
     client = JobSubmissionClient(state.dashboard_url, headers={"Authorization": f"Bearer {state.token()}"})
     info = client.get_job_info(job_id)
-    record = json.dumps({"info": {k: getattr(info, k) for k in ("entrypoint", "metadata", "runtime_env", "message")},
-                         "logs": client.get_job_logs(job_id)}, default=str)
+    record = json.dumps(
+        {"info": {k: getattr(info, k) for k in ("entrypoint", "metadata", "runtime_env", "message")}, "logs": client.get_job_logs(job_id)},
+        default=str,
+    )
     leaks += [f"{name} in the job's metadata or logs" for name, tok in tokens.items() if tok in record]
     leaks += processes_holding(tokens, cluster_processes(state))
     leaks += files_holding(tokens, run_dir, Path(state.temp_dir))
@@ -144,17 +170,40 @@ def test_missing_token_gives_the_documented_error(cluster, tmp_path):
 def test_wrong_token_gives_the_documented_error(cluster):
     r = orch("jobs", "list", "--address", cluster["url"], home=cluster["home"], env={"RAY_AUTH_TOKEN": "not-the-token"})
     assert r.returncode == 1
-    assert r.stderr.strip() == (f"error: the token was rejected by {cluster['url']} (token from $RAY_AUTH_TOKEN); "
-                                "check that it is this cluster's token")
-    r = orch("jobs", "list", "--address", cluster["url"], "--token-env", "MY_TOKEN", home=cluster["home"],
-             env={"MY_TOKEN": cluster["state"].token()})
+    assert r.stderr.strip() == (
+        f"error: the token was rejected by {cluster['url']} (token from $RAY_AUTH_TOKEN); check that it is this cluster's token"
+    )
+    r = orch(
+        "jobs",
+        "list",
+        "--address",
+        cluster["url"],
+        "--token-env",
+        "MY_TOKEN",
+        home=cluster["home"],
+        env={"MY_TOKEN": cluster["state"].token()},
+    )
     assert r.returncode == 0, r.stderr
 
 
 def test_down_stops_only_its_own_cluster(cluster, ray_session, tmp_path):
     """A second local cluster goes down; the module's cluster and the test session's embedded Ray live on."""
-    other = orch("cluster", "local", "up", "--name", "other", "--num-cpus", "1", "--port", "0", "--dashboard-port", "0", "--json",
-                 home=cluster["home"], timeout=180)
+    other = orch(
+        "cluster",
+        "local",
+        "up",
+        "--name",
+        "other",
+        "--num-cpus",
+        "1",
+        "--port",
+        "0",
+        "--dashboard-port",
+        "0",
+        "--json",
+        home=cluster["home"],
+        timeout=180,
+    )
     assert other.returncode == 0, other.stderr
     other_state = ClusterState(**json.loads(other.stdout))
     other_pids = cluster_processes(other_state)
@@ -177,4 +226,3 @@ def test_down_stops_only_its_own_cluster(cluster, ray_session, tmp_path):
     assert ray_session.get(ping.remote(), timeout=60) == "pong"
     down_again = orch("cluster", "local", "status", "--name", "other", home=cluster["home"])
     assert down_again.returncode == 1 and "down" in down_again.stdout
-

@@ -45,12 +45,19 @@ def _texts() -> pd.DataFrame:
 
 def _spec(tmp_path: Path, df: pd.DataFrame, **sections) -> Path:
     df.to_parquet(tmp_path / "texts.parquet")
-    d = {"name": "text-job",
-         "data": {"source": "texts.parquet", "label": "label",
-                  "text": {"column": "text", "tokenizer": "bpe", "vocab_size": VOCAB, "max_length": 24}},
-         "model": {"arch": "rnn", "hidden": 16, "embedding": 16},
-         "train": {"epochs": 2, "batch_size": 32, "lr": 0.01, "max_failures": 0},
-         "scaling": {"workers": 1}, "checkpoint": {"metric": "val_accuracy"}, **sections}
+    d = {
+        "name": "text-job",
+        "data": {
+            "source": "texts.parquet",
+            "label": "label",
+            "text": {"column": "text", "tokenizer": "bpe", "vocab_size": VOCAB, "max_length": 24},
+        },
+        "model": {"arch": "rnn", "hidden": 16, "embedding": 16},
+        "train": {"epochs": 2, "batch_size": 32, "lr": 0.01, "max_failures": 0},
+        "scaling": {"workers": 1},
+        "checkpoint": {"metric": "val_accuracy"},
+        **sections,
+    }
     path = tmp_path / "text.yaml"
     path.write_text(yaml.safe_dump(d))
     return path
@@ -88,9 +95,17 @@ def test_bpe_text_job_trains_on_two_workers_and_its_tokenizer_never_saw_the_test
 
 
 def test_a_transformer_search_over_layers_runs_to_the_end_with_asha(ray_session, tmp_path):
-    spec = _spec(tmp_path, _texts(), model={"arch": "transformer", "d_model": 16, "heads": 2, "layers": 1, "ff": 32},
-                 tune={"num_samples": 3, "search": "random", "space": {"model.layers": {"choice": [1, 2]}},
-                       "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2}})
+    spec = _spec(
+        tmp_path,
+        _texts(),
+        model={"arch": "transformer", "d_model": 16, "heads": 2, "layers": 1, "ff": 32},
+        tune={
+            "num_samples": 3,
+            "search": "random",
+            "space": {"model.layers": {"choice": [1, 2]}},
+            "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+        },
+    )
     run_here("run", spec, tmp_path / "runs")
     (run,) = (tmp_path / "runs").iterdir()
     trials = json.loads((run / "trials.json").read_text())

@@ -61,8 +61,16 @@ def test_workers_take_disjoint_shards(ray_session, data_dir, tmp_path):
     plan = plan_workers(spec.scaling, cluster_resources())
     assert build_loop_config(spec, prepared, plan).in_memory
     cloudpickle.register_pickle_by_value(__import__(__name__))
-    trainer = build_trainer(spec, prepared, plan, storage_path=str(tmp_path), name="shards", callbacks=[],
-                            extra_config={"out_dir": str(tmp_path)}, train_loop=record_shard_loop)
+    trainer = build_trainer(
+        spec,
+        prepared,
+        plan,
+        storage_path=str(tmp_path),
+        name="shards",
+        callbacks=[],
+        extra_config={"out_dir": str(tmp_path)},
+        train_loop=record_shard_loop,
+    )
     trainer.fit()
     shards = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     train_keys = [hashlib.sha1(x.tobytes()).hexdigest() for x in prepared.transformed["train"].to_pandas()["x"]]

@@ -11,11 +11,15 @@ from orchestrator.tune.plan import in_process_trials, plan_search, trial_resourc
 
 
 def _spec(scaling: dict, **tune) -> JobSpec:
-    return parse_spec({
-        "name": "unit", "data": {"source": "rows.parquet", "label": "y"},
-        "train": {"batch_size": 32}, "scaling": scaling,
-        "tune": {"space": {"train.lr": {"loguniform": [1e-4, 1e-1]}}, "num_samples": 8, **tune},
-    })
+    return parse_spec(
+        {
+            "name": "unit",
+            "data": {"source": "rows.parquet", "label": "y"},
+            "train": {"batch_size": 32},
+            "scaling": scaling,
+            "tune": {"space": {"train.lr": {"loguniform": [1e-4, 1e-1]}}, "num_samples": 8, **tune},
+        }
+    )
 
 
 def test_workers_sharing_under_one_cpu_train_each_trial_in_one_process():
@@ -32,11 +36,14 @@ def test_a_fixed_concurrency_merges_the_workers_too():
     assert k == 3 and in_process_trials(plan) and plan.cpus_per_worker == 0.98  # 2 x floor((4 - 0.03 - 1) / 6)
 
 
-@pytest.mark.parametrize("scaling, cpus, gpus", [
-    ({"workers": 2}, 8, 0),  # a whole CPU per worker: DDP runs in parallel
-    ({"workers": 2, "cpus_per_worker": 0.2}, 2, 0),  # the spec fixes the workers' CPUs: its workers as they are
-    ({"workers": 2, "gpus_per_worker": 0.5}, 2, 1),  # GPU workers
-])
+@pytest.mark.parametrize(
+    "scaling, cpus, gpus",
+    [
+        ({"workers": 2}, 8, 0),  # a whole CPU per worker: DDP runs in parallel
+        ({"workers": 2, "cpus_per_worker": 0.2}, 2, 0),  # the spec fixes the workers' CPUs: its workers as they are
+        ({"workers": 2, "gpus_per_worker": 0.5}, 2, 1),  # GPU workers
+    ],
+)
 def test_trials_keep_their_ddp_workers(scaling, cpus, gpus):
     _, plan = plan_search(_spec(scaling), ClusterResources(cpus=cpus, gpus=gpus))
     assert plan.workers == 2 and not in_process_trials(plan)

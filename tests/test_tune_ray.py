@@ -39,8 +39,14 @@ def _actor_count(class_name: str) -> int:
 
     # this session's cluster by address: without one the State API looks for a Ray instance on the
     # machine and refuses when it finds several (another test process's, a CLI run's)
-    return len(list_actors(address=ray.get_runtime_context().gcs_address, filters=[("class_name", "=", class_name)],
-                           limit=10_000, raise_on_missing_output=False))
+    return len(
+        list_actors(
+            address=ray.get_runtime_context().gcs_address,
+            filters=[("class_name", "=", class_name)],
+            limit=10_000,
+            raise_on_missing_output=False,
+        )
+    )
 
 
 # workers=2: every trial runs a TorchTrainer with a DDP worker group; workers=1: every trial
@@ -85,8 +91,13 @@ def _run_counting_train_actors(d: dict, tmp_path):
 
 
 def test_one_worker_trials_train_in_process_and_asha_prunes(ray_session, data_dir, tmp_path):
-    d = _search_spec(data_dir, 1, num_samples=6, space={"train.lr": {"loguniform": [1e-5, 1e-1]}},
-                     scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 3})
+    d = _search_spec(
+        data_dir,
+        1,
+        num_samples=6,
+        space={"train.lr": {"loguniform": [1e-5, 1e-1]}},
+        scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 3},
+    )
     d["train"]["epochs"] = 4
     d["checkpoint"] = {"metric": "val_loss", "keep": 1}
 
@@ -138,8 +149,11 @@ def test_resume_after_interrupt_skips_finished_trials(data_dir, tmp_path):
     spec_path.write_text(yaml.safe_dump(d))
     out = tmp_path / "runs"
     exe = Path(sys.executable).parent / "orchestrator"
-    proc = subprocess.Popen([str(exe), "run", str(spec_path), "-o", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [str(exe), "run", str(spec_path), "-o", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
+
         def finished_trial():
             runs = list(out.glob("*/trials.json")) if out.exists() else []
             if not runs:

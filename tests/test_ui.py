@@ -40,8 +40,12 @@ def test_failures_say_whether_the_run_restarts():
         progress.on_event({"kind": "failure", "errors": {0: "ActorDiedError: x"}, "failure": 1, "max_failures": 1, "restarting": True})
         progress.on_event({"kind": "failure", "errors": {0: "ActorDiedError: x"}, "failure": 2, "max_failures": 1, "restarting": False})
     lines = [line for line in buf.getvalue().splitlines() if line]
-    assert lines == ["worker 0 failed: ActorDiedError: x", "restarting from the latest checkpoint (restart 1 of 1 allowed by train.max_failures)",
-                     "worker 0 failed: ActorDiedError: x", "no restarts left: train.max_failures is 1"]
+    assert lines == [
+        "worker 0 failed: ActorDiedError: x",
+        "restarting from the latest checkpoint (restart 1 of 1 allowed by train.max_failures)",
+        "worker 0 failed: ActorDiedError: x",
+        "no restarts left: train.max_failures is 1",
+    ]
 
 
 def test_progress_columns_do_not_read_markup():
@@ -71,8 +75,10 @@ def test_trial_table_renders_errors_and_config_verbatim():
     console, buf = _console()
 
     class Tracker:
-        records = {"t1": TrialRecord("t1", {"train.optimizer": NASTY}, status="ERROR", error=NASTY[:80]),
-                   "t2": TrialRecord(NASTY, {"train.lr": 0.01}, status="RUNNING", epochs=[{"val_loss": 0.25}])}
+        records = {
+            "t1": TrialRecord("t1", {"train.optimizer": NASTY}, status="ERROR", error=NASTY[:80]),
+            "t2": TrialRecord(NASTY, {"train.lr": 0.01}, status="RUNNING", epochs=[{"val_loss": 0.25}]),
+        }
 
     table = TrialTable(console, "val_loss", total=2)
     table.tracker = Tracker()

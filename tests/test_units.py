@@ -69,6 +69,7 @@ def _no_ray(monkeypatch):
     # in a whole-suite run the Ray tests' session-wide instance may already be up: not this test's doing
     was_running = ray is not None and ray.is_initialized()
     if ray is not None:
+
         def refuse(*args, **kwargs):
             raise AssertionError("a unit test tried to start Ray")
 
@@ -344,8 +345,16 @@ def test_loop_config_for_regression():
 
 def test_loop_config_for_classification_keeps_metrics_unscaled():
     spec = _spec(model={"arch": "mlp", "hidden": [8]}, checkpoint={"metric": "val_accuracy"}, scaling={"workers": 1})
-    pre = Preprocessor(task="classification", label="y", numeric=["a"], means=[0.0], stds=[1.0],
-                       categorical={"city": ["x", "y", "z"]}, classes=["no", "yes"], target_std=7.0)
+    pre = Preprocessor(
+        task="classification",
+        label="y",
+        numeric=["a"],
+        means=[0.0],
+        stds=[1.0],
+        categorical={"city": ["x", "y", "z"]},
+        classes=["no", "yes"],
+        target_std=7.0,
+    )
     plan = plan_workers(spec.scaling, ClusterResources(cpus=1.5, gpus=0))
     config = build_loop_config(spec, SimpleNamespace(preprocessor=pre), plan)
     assert (config.input_shape, config.num_outputs) == ([4], 2)  # 1 numeric + 3 one-hot columns; 2 classes
@@ -358,8 +367,12 @@ def test_loop_config_for_classification_keeps_metrics_unscaled():
 
 
 def _loop_config(scale: float = 1.0, **train) -> dict:
-    spec = _spec(train={"epochs": 4, "batch_size": 16, "optimizer": "sgd", "momentum": 0.0, **train},
-                 model={"arch": "mlp", "hidden": [4]}, scaling={"workers": 1}, checkpoint={"metric": "val_mae"})
+    spec = _spec(
+        train={"epochs": 4, "batch_size": 16, "optimizer": "sgd", "momentum": 0.0, **train},
+        model={"arch": "mlp", "hidden": [4]},
+        scaling={"workers": 1},
+        checkpoint={"metric": "val_mae"},
+    )
     pre = Preprocessor(task="regression", label="y", numeric=["a", "b"], means=[0.0, 0.0], stds=[1.0, 1.0], target_std=3.0)
     config = build_loop_config(spec, SimpleNamespace(preprocessor=pre), plan_workers(spec.scaling, ClusterResources(cpus=2, gpus=0)))
     g = torch.Generator().manual_seed(0)
@@ -439,9 +452,17 @@ def _search_spec(scaling=None, **tune) -> JobSpec:
 
 
 def test_expected_trials_multiply_samples_by_grid_points():
-    spec = _spec(tune={"space": {"train.lr": {"grid": [0.1, 0.01, 0.001]}, "model.hidden": {"grid": [[8], [16]]},
-                                 "train.dropout": {"uniform": [0.0, 0.5]}},
-                       "num_samples": 2, "search": "random"})
+    spec = _spec(
+        tune={
+            "space": {
+                "train.lr": {"grid": [0.1, 0.01, 0.001]},
+                "model.hidden": {"grid": [[8], [16]]},
+                "train.dropout": {"uniform": [0.0, 0.5]},
+            },
+            "num_samples": 2,
+            "search": "random",
+        }
+    )
     assert expected_trials(spec.tune) == 2 * 3 * 2
     assert expected_trials(_search_spec(num_samples=5).tune) == 5
 
@@ -531,10 +552,19 @@ def test_tune_config_decodes_to_spec_values():
 
 
 def test_spec_point_encodes_the_specs_own_values_and_decodes_back():
-    spec = _spec(train={"lr": 0.01, "dropout": 0.1, "optimizer": "sgd", "early_stopping": {"patience": 3}},
-                 model={"arch": "mlp", "hidden": [64, 32]}, tune={"space": SPACE})
+    spec = _spec(
+        train={"lr": 0.01, "dropout": 0.1, "optimizer": "sgd", "early_stopping": {"patience": 3}},
+        model={"arch": "mlp", "hidden": [64, 32]},
+        tune={"space": SPACE},
+    )
     point = spec_point(spec)
-    assert point == {"train.lr": 0.01, "train.dropout": 0.1, "train.early_stopping.patience": 3, "train.optimizer": "sgd", "model.hidden": 1}
+    assert point == {
+        "train.lr": 0.01,
+        "train.dropout": 0.1,
+        "train.early_stopping.patience": 3,
+        "train.optimizer": "sgd",
+        "model.hidden": 1,
+    }
     assert decode_config(point, spec.tune.space)["model.hidden"] == [64, 32]
 
 
@@ -599,8 +629,10 @@ def test_a_trial_that_stopped_itself_is_early_stopped(tracker):
 
 def test_a_failed_trial_is_an_error_with_the_root_cause(tracker, tmp_path):
     err = tmp_path / "error.txt"
-    err.write_text('Traceback (most recent call last):\n  File "loop.py", line 3, in run\n    raise ValueError("boom")\n'
-                   "ValueError: boom\n\nThe above exception was the direct cause of:\nray.exceptions.RayTaskError(ValueError): wrapped\n")
+    err.write_text(
+        'Traceback (most recent call last):\n  File "loop.py", line 3, in run\n    raise ValueError("boom")\n'
+        "ValueError: boom\n\nThe above exception was the direct cause of:\nray.exceptions.RayTaskError(ValueError): wrapped\n"
+    )
     trial = _trial(error_file=str(err))
     tracker.on_trial_error(0, [], trial)
     assert (tracker.records["t1"].status, tracker.records["t1"].error) == ("ERROR", "ray.exceptions.RayTaskError(ValueError): wrapped")
@@ -613,8 +645,9 @@ def test_a_failed_trial_is_an_error_with_the_root_cause(tracker, tmp_path):
 
 def test_tracker_keeps_metric_columns_replaces_re_reported_epochs_and_decodes_configs(tracker, tmp_path):
     trial = _trial(config={"train.lr": 0.01, "model.hidden": 1})
-    tracker.on_trial_result(0, [], trial, {"epoch": 1, "val_loss": 0.9, "train_loss": 1.2, "lr": 0.01, "pid": 123,
-                                           "time_total_s": 3.0, "timestamp": 1700000000})
+    tracker.on_trial_result(
+        0, [], trial, {"epoch": 1, "val_loss": 0.9, "train_loss": 1.2, "lr": 0.01, "pid": 123, "time_total_s": 3.0, "timestamp": 1700000000}
+    )
     tracker.on_trial_result(0, [], trial, {"epoch": 1, "val_loss": 0.8})  # epoch 1 again, after a restart
     rec = tracker.records["t1"]
     assert rec.config == {"train.lr": 0.01, "model.hidden": [64, 32]}
@@ -640,8 +673,15 @@ def test_damaged_trial_records_are_a_run_dir_error(tmp_path):
 
 
 def test_trial_record_best_follows_the_metrics_direction():
-    rec = TrialRecord("t", {}, epochs=[{"val_loss": 0.5, "val_accuracy": 0.7}, {"val_loss": float("nan"), "val_accuracy": 0.9},
-                                       {"val_loss": 0.4, "val_accuracy": 0.8}])
+    rec = TrialRecord(
+        "t",
+        {},
+        epochs=[
+            {"val_loss": 0.5, "val_accuracy": 0.7},
+            {"val_loss": float("nan"), "val_accuracy": 0.9},
+            {"val_loss": 0.4, "val_accuracy": 0.8},
+        ],
+    )
     assert (rec.best("val_loss"), rec.best("val_accuracy")) == (0.4, 0.9)
     assert TrialRecord("t", {}).best("val_loss") is None
 
@@ -669,10 +709,20 @@ def test_metric_names_come_from_one_definition():
     assert VAL_METRICS == tuple("val_" + n for n in METRIC_NAMES)
     assert TEST_METRICS == tuple("test_" + n for n in METRIC_NAMES)
     assert TRAIN_METRICS == ("train_loss", "train_accuracy", "train_rmse", "train_mae")
-    assert METRIC_MODES == {"val_loss": "min", "val_accuracy": "max", "val_f1": "max", "val_precision": "max", "val_recall": "max",
-                            "val_roc_auc": "max", "val_rmse": "min", "val_mae": "min"}
-    assert TASK_ONLY == {"classification": {"accuracy", "f1", "precision", "recall", "roc_auc", "label_smoothing", "class_weights"},
-                         "regression": {"rmse", "mae"}}
+    assert METRIC_MODES == {
+        "val_loss": "min",
+        "val_accuracy": "max",
+        "val_f1": "max",
+        "val_precision": "max",
+        "val_recall": "max",
+        "val_roc_auc": "max",
+        "val_rmse": "min",
+        "val_mae": "min",
+    }
+    assert TASK_ONLY == {
+        "classification": {"accuracy", "f1", "precision", "recall", "roc_auc", "label_smoothing", "class_weights"},
+        "regression": {"rmse", "mae"},
+    }
     schema = JobSpec.model_json_schema()["$defs"]
     assert schema["CheckpointSpec"]["properties"]["metric"]["enum"] == list(VAL_METRICS)
     assert CheckpointSpec(metric="val_mae").mode == "min"
@@ -689,7 +739,9 @@ def test_early_stopping_takes_the_specs_settings_and_a_resumed_count():
     resumed = EarlyStopper.for_loop(config, best=0.9, since_best=2)  # restored from a checkpoint: one more flat epoch stops
     assert (resumed.mode, resumed.patience, resumed.min_delta) == ("max", 3, 0.5)
     assert resumed.update(0.95) is True  # not 0.5 better than 0.9
-    off = EarlyStopper.for_loop(build_loop_config(_spec(), SimpleNamespace(preprocessor=pre), plan_workers(_spec().scaling, ClusterResources(cpus=3, gpus=0))))
+    off = EarlyStopper.for_loop(
+        build_loop_config(_spec(), SimpleNamespace(preprocessor=pre), plan_workers(_spec().scaling, ClusterResources(cpus=3, gpus=0)))
+    )
     assert off.patience is None and not any(off.update(1.0) for _ in range(20))
 
 
@@ -720,8 +772,13 @@ def _rec(trial_id, status="TERMINATED", **best):
 def test_the_winner_is_the_best_trial_by_the_metrics_direction():
     from orchestrator.tune.plan import pick_winner
 
-    records = [_rec("a", val_loss=0.5, val_accuracy=0.8), _rec("b", val_loss=0.3, val_accuracy=0.7),
-               _rec("c", "ERROR", val_loss=0.1, val_accuracy=0.99), _rec("d", "PRUNED", val_loss=0.4, val_accuracy=0.9), _rec("e")]
+    records = [
+        _rec("a", val_loss=0.5, val_accuracy=0.8),
+        _rec("b", val_loss=0.3, val_accuracy=0.7),
+        _rec("c", "ERROR", val_loss=0.1, val_accuracy=0.99),
+        _rec("d", "PRUNED", val_loss=0.4, val_accuracy=0.9),
+        _rec("e"),
+    ]
     assert pick_winner(records, "val_loss").trial_id == "b"  # failed c is not a candidate
     assert pick_winner(records, "val_accuracy").trial_id == "d"  # a pruned trial still counts
     assert pick_winner([_rec("x", val_loss=0.2), _rec("y", val_loss=0.2)], "val_loss").trial_id == "x"  # ties: the earlier
@@ -758,7 +815,11 @@ def test_fixed_concurrency_is_the_specs_number_capped_by_the_trials():
 
 @pytest.mark.parametrize(
     "scaling,cpus",
-    [({"workers": 3}, 1.0), ({"workers": 2, "cpus_per_worker": 2.5}, 2.5), ({"workers": 1, "cpus_per_worker": 0.5, "gpus_per_worker": 1}, 0.5)],
+    [
+        ({"workers": 3}, 1.0),
+        ({"workers": 2, "cpus_per_worker": 2.5}, 2.5),
+        ({"workers": 1, "cpus_per_worker": 0.5, "gpus_per_worker": 1}, 0.5),
+    ],
 )
 def test_requested_workers_are_what_the_spec_asks_and_fit_once_data_has_its_cpu(scaling, cpus):
     from orchestrator.train.plan import DATA_RESERVE_CPUS, requested_workers
@@ -772,7 +833,9 @@ def test_requested_workers_are_what_the_spec_asks_and_fit_once_data_has_its_cpu(
 
 
 def test_sample_values_of_every_distribution_are_its_values():
-    space = TuneSpec(space={"train.lr": {"uniform": [0.1, 0.2]}, "train.epochs": {"randint": [2, 4]}, "train.optimizer": {"choice": ["sgd"]}}).space
+    space = TuneSpec(
+        space={"train.lr": {"uniform": [0.1, 0.2]}, "train.epochs": {"randint": [2, 4]}, "train.optimizer": {"choice": ["sgd"]}}
+    ).space
     assert [p.sample_values() for p in space.values()] == [[0.1, 0.2], [2, 4], ["sgd"]]
 
 
@@ -791,7 +854,7 @@ def test_one_line_flattens_control_characters_and_shortens():
 def test_first_and_last_line_of_an_error_or_its_type():
     from orchestrator.errors import first_line, last_line
 
-    traceback_text = "Traceback (most recent call last):\n  File \"x.py\", line 1\n\nValueError: the real reason\n\n"
+    traceback_text = 'Traceback (most recent call last):\n  File "x.py", line 1\n\nValueError: the real reason\n\n'
     assert last_line(traceback_text) == "ValueError: the real reason"
     assert first_line(RuntimeError("\n  summary\ndetails")) == "summary"
     assert last_line(KeyError()) == first_line(KeyError()) == "KeyError"  # no message: the type
@@ -879,8 +942,10 @@ def test_the_predictions_table_keeps_its_title_on_one_line():
     from orchestrator.cli.serve import _predictions_table
     from orchestrator.ui import make_console
 
-    rows = [{"row": i, "prediction": "malignant", "probabilities": {"benign": 0.1, "malignant": 0.9}, "model_version": "f9af6a27cad4"}
-            for i in range(2)]
+    rows = [
+        {"row": i, "prediction": "malignant", "probabilities": {"benign": 0.1, "malignant": 0.9}, "model_version": "f9af6a27cad4"}
+        for i in range(2)
+    ]
     buf = io.StringIO()
     make_console(file=buf, width=80).print(_predictions_table(rows))
     assert buf.getvalue().splitlines()[0].strip() == "2 predictions (model version f9af6a27cad4)", buf.getvalue()

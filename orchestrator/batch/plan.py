@@ -104,8 +104,17 @@ def _common_parent(files: list[Path]) -> str:
     return os.path.commonpath([str(f.parent) for f in files])
 
 
-def plan_predict(checkpoint: Path, source: Path, out: Path, *, fmt: Optional[str] = None, force: bool = False,
-                 classes: Optional[list[Any]] = None, batch_size: int = DEFAULT_BATCH, actors: int = 1) -> PredictPlan:
+def plan_predict(
+    checkpoint: Path,
+    source: Path,
+    out: Path,
+    *,
+    fmt: Optional[str] = None,
+    force: bool = False,
+    classes: Optional[list[Any]] = None,
+    batch_size: int = DEFAULT_BATCH,
+    actors: int = 1,
+) -> PredictPlan:
     files, input_format = input_files(source)
     out_format, one_file = output_format(out, fmt)
     out = Path(out)
@@ -116,8 +125,17 @@ def plan_predict(checkpoint: Path, source: Path, out: Path, *, fmt: Optional[str
     if batch_size < 1 or actors < 1:
         raise OrchestratorError("--batch-size and --actors take 1 or more")
     added = added_columns(classes, len(files) > 1)
-    return PredictPlan(checkpoint=Path(checkpoint), files=files, input_format=input_format, out=out, out_format=out_format,
-                       one_file=one_file, added=added, batch_size=batch_size, actors=actors)
+    return PredictPlan(
+        checkpoint=Path(checkpoint),
+        files=files,
+        input_format=input_format,
+        out=out,
+        out_format=out_format,
+        one_file=one_file,
+        added=added,
+        batch_size=batch_size,
+        actors=actors,
+    )
 
 
 def column_clashes(columns: list[str], added: list[str]) -> list[str]:

@@ -42,8 +42,27 @@ ACTOR_CPUS = 0.5  # a model actor's share: the reads beside it (and Serve replic
 READ_CPUS = 0.25
 SHOWN_ERRORS = 5
 # pandas' default missing-value strings, applied to every CSV column but a text model's text column
-NA_STRINGS = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA",
-              "NULL", "NaN", "None", "n/a", "nan", "null"]
+NA_STRINGS = [
+    "",
+    "#N/A",
+    "#N/A N/A",
+    "#NA",
+    "-1.#IND",
+    "-1.#QNAN",
+    "-NaN",
+    "-nan",
+    "1.#IND",
+    "1.#QNAN",
+    "<NA>",
+    "N/A",
+    "NA",
+    "NULL",
+    "NaN",
+    "None",
+    "n/a",
+    "nan",
+    "null",
+]
 
 
 # ------------------------------------------------------------------------------------- reading
@@ -77,8 +96,7 @@ def file_columns(path: Path, fmt: str) -> list[str]:
 def _csv_chunks(path: Path, text_columns: tuple[str, ...], rows: int) -> Iterator[pd.DataFrame]:
     header = [str(c) for c in pd.read_csv(path, nrows=0).columns]
     na = {c: NA_STRINGS for c in header if c not in text_columns}  # a text "NA" or "" stays that text
-    yield from pd.read_csv(path, chunksize=rows, dtype={c: str for c in text_columns if c in header}, keep_default_na=False,
-                           na_values=na)
+    yield from pd.read_csv(path, chunksize=rows, dtype={c: str for c in text_columns if c in header}, keep_default_na=False, na_values=na)
 
 
 def read_chunks(path: Path, fmt: str, text_columns: tuple[str, ...] = (), rows: int = READ_ROWS) -> Iterator[pd.DataFrame]:
@@ -95,7 +113,7 @@ def read_chunks(path: Path, fmt: str, text_columns: tuple[str, ...] = (), rows: 
 
         df = read_records(path, text_columns=text_columns)
         for start in range(0, len(df), rows):
-            yield df.iloc[start:start + rows]
+            yield df.iloc[start : start + rows]
 
 
 def _read_files(batch: pd.DataFrame, *, fmt: str, text_columns: list[str], rows: int) -> Iterator[pd.DataFrame]:
@@ -113,8 +131,12 @@ def _read_files(batch: pd.DataFrame, *, fmt: str, text_columns: list[str], rows:
 def read_files(files: list[Path], fmt: str, text_columns: tuple[str, ...] = ()) -> ray.data.Dataset:
     """The rows of `files` as a lazy dataset, in file order, with FILE and ROW beside each row."""
     return ray.data.from_items([{"path": str(f)} for f in files]).map_batches(
-        _read_files, fn_kwargs={"fmt": fmt, "text_columns": list(text_columns), "rows": READ_ROWS},
-        batch_size=1, batch_format="pandas", num_cpus=READ_CPUS)
+        _read_files,
+        fn_kwargs={"fmt": fmt, "text_columns": list(text_columns), "rows": READ_ROWS},
+        batch_size=1,
+        batch_format="pandas",
+        num_cpus=READ_CPUS,
+    )
 
 
 def _row_error(row: int, column: Optional[str], message: str) -> str:
@@ -140,8 +162,11 @@ def coerce_table(df: pd.DataFrame, pre) -> tuple[pd.DataFrame, dict[int, tuple[s
             out[col] = numbers
     for col, cats in pre.categorical.items():
         if cats and all(isinstance(c, int) and not isinstance(c, bool) for c in cats) and out[col].dtype.kind == "f":
-            out[col] = pd.Series([int(v) if math.isfinite(v) and float(v).is_integer() else (None if v != v else v) for v in out[col]],
-                                 dtype=object, index=out.index)
+            out[col] = pd.Series(
+                [int(v) if math.isfinite(v) and float(v).is_integer() else (None if v != v else v) for v in out[col]],
+                dtype=object,
+                index=out.index,
+            )
     return out, errors
 
 
@@ -259,8 +284,11 @@ class Sink:
             pq.write_table(_arrow_table(df), part)
             self.parts.append(part)
             return
-        plain = pd.DataFrame({c: pd.Series([_plain_cell(v) for v in df[c]], dtype=object, index=df.index) for c in df.columns}) \
-            if len(df) else df
+        plain = (
+            pd.DataFrame({c: pd.Series([_plain_cell(v) for v in df[c]], dtype=object, index=df.index) for c in df.columns})
+            if len(df)
+            else df
+        )
         with open(self.tmp, "a", encoding="utf-8", newline="") as f:
             if self.fmt == "csv":
                 for c in plain.columns:  # lists as JSON text, as `predict` reads them back
@@ -314,14 +342,19 @@ def check_inputs(plan_files: list[Path], fmt: str, needed: list[str], added: Opt
         cols = file_columns(f, fmt)
         missing = [c for c in needed if c not in cols]
         if missing:
-            problems.append(f"{f}: missing column{'s' * (len(missing) > 1)} {', '.join(map(repr, missing))} "
-                            f"(the model needs {', '.join(map(repr, needed))})")
+            problems.append(
+                f"{f}: missing column{'s' * (len(missing) > 1)} {', '.join(map(repr, missing))} "
+                f"(the model needs {', '.join(map(repr, needed))})"
+            )
         clash = column_clashes(cols, added or [])
         if clash:
-            problems.append(f"{f}: column{'s' * (len(clash) > 1)} {', '.join(map(repr, clash))} would be overwritten by the "
-                            "predictions; rename them")
+            problems.append(
+                f"{f}: column{'s' * (len(clash) > 1)} {', '.join(map(repr, clash))} would be overwritten by the predictions; rename them"
+            )
     if problems:
-        raise DataError("; ".join(problems[:SHOWN_ERRORS]) + (f"; and {len(problems) - SHOWN_ERRORS} more" if len(problems) > SHOWN_ERRORS else ""))
+        raise DataError(
+            "; ".join(problems[:SHOWN_ERRORS]) + (f"; and {len(problems) - SHOWN_ERRORS} more" if len(problems) > SHOWN_ERRORS else "")
+        )
 
 
 def predict_files(plan: PredictPlan, on_progress: Callable[[int, int], None] = lambda rows, failed: None) -> dict:
@@ -339,8 +372,13 @@ def predict_files(plan: PredictPlan, on_progress: Callable[[int, int], None] = l
     ctx.execution_options.preserve_order = True  # rows come out in file order (set for this pipeline only)
     try:
         ds = read_files(plan.files, plan.input_format, _text_columns(pre)).map_batches(
-            Predictor, fn_constructor_kwargs={"checkpoint": str(plan.checkpoint), "multi_file": multi, "root": str(plan.root)},
-            batch_size=plan.batch_size, batch_format="pandas", concurrency=plan.actors, num_cpus=ACTOR_CPUS)
+            Predictor,
+            fn_constructor_kwargs={"checkpoint": str(plan.checkpoint), "multi_file": multi, "root": str(plan.root)},
+            batch_size=plan.batch_size,
+            batch_format="pandas",
+            concurrency=plan.actors,
+            num_cpus=ACTOR_CPUS,
+        )
     finally:
         ctx.execution_options.preserve_order = kept
     folder = None if plan.one_file else plan.out.with_name(f".{plan.out.name}.partial")
@@ -431,8 +469,10 @@ def evaluate_files(plan: EvaluatePlan) -> tuple[dict, dict]:
     loaded = load_model(plan.checkpoint)
     pre = loaded.preprocessor
     if pre.kind == "series":
-        raise OrchestratorError("evaluate scores table, image, text and sequence models; a series model is scored on its run's "
-                                "test period (test_metrics.json in the run directory)")
+        raise OrchestratorError(
+            "evaluate scores table, image, text and sequence models; a series model is scored on its run's "
+            "test period (test_metrics.json in the run directory)"
+        )
     check_inputs(plan.files, plan.input_format, [*pre.feature_columns, pre.label])
     if image_files(pre) and pre.image_source == "path":
         import dataclasses
@@ -441,8 +481,11 @@ def evaluate_files(plan: EvaluatePlan) -> tuple[dict, dict]:
     pre_dict = pre.to_dict()
     src = str(plan.files[0]) if len(plan.files) == 1 else str(plan.files[0].parent)
     ds = read_files(plan.files, plan.input_format, _text_columns(pre)).map_batches(
-        _labelled, fn_kwargs={"pre": pre_dict, "key": preprocessor_key(pre_dict), "absolute_images": image_files(pre) and pre.image_source == "path"},
-        batch_format="pandas", num_cpus=READ_CPUS)
+        _labelled,
+        fn_kwargs={"pre": pre_dict, "key": preprocessor_key(pre_dict), "absolute_images": image_files(pre) and pre.image_source == "path"},
+        batch_format="pandas",
+        num_cpus=READ_CPUS,
+    )
     plan.out.mkdir(parents=True, exist_ok=True)
     details_path = plan.out / "details.json"
     with data_errors(src, plan.input_format):

@@ -40,7 +40,9 @@ from orchestrator.errors import OrchestratorError
 DEFAULT_CLUSTER_NAME = "orchestrator"
 
 local_app = command_group("A local Ray cluster (`ray start --head` on 127.0.0.1, token authentication on).")
-cluster_k8s_app = command_group("Create, inspect, scale and delete a KubeRay RayCluster (kubeconfig or in-cluster credentials).", name="k8s")
+cluster_k8s_app = command_group(
+    "Create, inspect, scale and delete a KubeRay RayCluster (kubeconfig or in-cluster credentials).", name="k8s"
+)
 
 
 @cluster_k8s_app.callback()
@@ -95,8 +97,12 @@ def local_up(
     name: Optional[str] = typer.Option(None, "--name", help="Cluster name (default: the config's, else 'local').", show_default=False),
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="Logical CPUs of the head node.", show_default=False),
     port: Optional[int] = typer.Option(None, "--port", help="GCS port (0: a free one).", show_default=False),
-    dashboard_port: Optional[int] = typer.Option(None, "--dashboard-port", help="Dashboard / Jobs API port on 127.0.0.1 (0: a free one).", show_default=False),
-    storage: Optional[str] = typer.Option(None, "--storage", help="Absolute folder for the run directories of jobs submitted here.", show_default=False),
+    dashboard_port: Optional[int] = typer.Option(
+        None, "--dashboard-port", help="Dashboard / Jobs API port on 127.0.0.1 (0: a free one).", show_default=False
+    ),
+    storage: Optional[str] = typer.Option(
+        None, "--storage", help="Absolute folder for the run directories of jobs submitted here.", show_default=False
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the cluster's state as JSON."),
 ) -> None:
     """Start a Ray head on this machine with token authentication on; print its addresses."""
@@ -106,7 +112,11 @@ def local_up(
     from orchestrator.submit import local_cluster as cl
 
     cfg = cl.load_config(config)
-    overrides = {k: v for k, v in dict(name=name, num_cpus=num_cpus, port=port, dashboard_port=dashboard_port, storage=storage).items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in dict(name=name, num_cpus=num_cpus, port=port, dashboard_port=dashboard_port, storage=storage).items()
+        if v is not None
+    }
     try:
         cfg = cl.LocalClusterConfig.model_validate({**cfg.model_dump(), **overrides})
     except ValidationError as err:
@@ -117,13 +127,17 @@ def local_up(
         _print(json.dumps(st.__dict__, indent=2) + "\n")
         return
     console.print(
-        Text.assemble("local Ray cluster ", (st.name, "bold"), f" is up: {st.num_cpus} CPUs, Ray {st.ray_version}, token authentication on\n"),
+        Text.assemble(
+            "local Ray cluster ", (st.name, "bold"), f" is up: {st.num_cpus} CPUs, Ray {st.ray_version}, token authentication on\n"
+        ),
         f"  dashboard:  {st.dashboard_url}\n"
         f"  Jobs API:   {st.dashboard_url}    orchestrator submit SPEC --address {st.dashboard_url}\n"
         f"  GCS:        {st.gcs_address}    orchestrator run SPEC --address {st.gcs_address} (with RAY_AUTH_MODE=token, RAY_AUTH_TOKEN_PATH={st.token_file})\n"
         f"  token:      {st.token_file}\n"
         f"  stop it:    orchestrator cluster local down --name {st.name}",
-        highlight=False, soft_wrap=True, sep="",
+        highlight=False,
+        soft_wrap=True,
+        sep="",
     )
 
 
@@ -141,7 +155,10 @@ def local_down(
     cluster = _cluster_name(name, config)
     res = cl.down(cluster, grace_s=grace_period, keep_logs=keep_logs)
     if res.found:
-        console.print(f"local Ray cluster {cluster!r} stopped ({res.found} processes" + (f", {res.killed} with SIGKILL)" if res.killed else ")"), highlight=False)
+        console.print(
+            f"local Ray cluster {cluster!r} stopped ({res.found} processes" + (f", {res.killed} with SIGKILL)" if res.killed else ")"),
+            highlight=False,
+        )
     else:
         console.print(f"local Ray cluster {cluster!r} was not running; state removed", highlight=False)
 
@@ -162,12 +179,24 @@ def local_status(
     elif info["up"]:
         jobs = ", ".join(f"{v} {k.lower()}" for k, v in info["jobs"].items() if v) or "none"
         console.print(
-            Text.assemble("local Ray cluster ", (info["name"], "bold"), ": ", ("up", "green"), f" ({info['processes']} processes, {info['nodes']} node(s), {info['cpus']:g} CPUs)\n"),
+            Text.assemble(
+                "local Ray cluster ",
+                (info["name"], "bold"),
+                ": ",
+                ("up", "green"),
+                f" ({info['processes']} processes, {info['nodes']} node(s), {info['cpus']:g} CPUs)\n",
+            ),
             f"  dashboard / Jobs API: {info['dashboard_url']}\n  GCS: {info['gcs_address']}\n  token: {info['token_file']}\n  jobs: {jobs}",
-            highlight=False, soft_wrap=True, sep="",
+            highlight=False,
+            soft_wrap=True,
+            sep="",
         )
     else:
-        console.print(Text.assemble("local Ray cluster ", (info["name"], "bold"), ": ", ("down", "red"), f" ({info['reason']})"), highlight=False, soft_wrap=True)
+        console.print(
+            Text.assemble("local Ray cluster ", (info["name"], "bold"), ": ", ("down", "red"), f" ({info['reason']})"),
+            highlight=False,
+            soft_wrap=True,
+        )
     if not info["up"]:
         raise typer.Exit(1)
 
@@ -175,9 +204,7 @@ def local_status(
 def _targets_yaml(targets: list[tuple[str, str, str, str]]) -> str:
     from orchestrator.k8s.render import to_yaml
 
-    return to_yaml(
-        [{"apiVersion": api, "kind": kind, "metadata": {"name": name, "namespace": ns}} for api, kind, name, ns in targets]
-    )
+    return to_yaml([{"apiVersion": api, "kind": kind, "metadata": {"name": name, "namespace": ns}} for api, kind, name, ns in targets])
 
 
 # ------------------------------------------------------------------------------- cluster up

@@ -38,7 +38,9 @@ def quiet(verbose: bool):
 def command_group(help: str, name: Optional[str] = None) -> typer.Typer:
     """A typer app for a group of commands: without a command it shows its help; no shell-completion
     options; no pretty tracebacks (`friendly` reports user errors, anything else is a bug to see whole)."""
-    return typer.Typer(name=name, help=help, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
+    return typer.Typer(
+        name=name, help=help, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None
+    )
 
 
 def friendly(fn: Callable) -> Callable:

@@ -45,13 +45,21 @@ class JobsAPI:
     """Which cluster's Jobs API, and how to reach it: the options of `submit` and every `jobs` command."""
 
     address: Optional[str] = typer.Option(
-        None, "--address", "-a", show_default=False,
+        None,
+        "--address",
+        "-a",
+        show_default=False,
         help="Jobs API of the cluster, http(s)://HEAD:8265 (default: RAY_API_SERVER_ADDRESS, an http RAY_ADDRESS, "
-        "or the one local cluster that is up).")
+        "or the one local cluster that is up).",
+    )
     token_env: Optional[str] = typer.Option(
-        None, "--token-env", metavar="VAR", show_default=False,
+        None,
+        "--token-env",
+        metavar="VAR",
+        show_default=False,
         help="Environment variable holding the cluster's token (default: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, "
-        "the local cluster's token file, ~/.ray/auth_token).")
+        "the local cluster's token file, ~/.ray/auth_token).",
+    )
     insecure: bool = typer.Option(False, "--insecure", help="Allow plain http to a non-loopback address without a token.")
 
     def client(self, address: Optional[str] = None):
@@ -79,7 +87,10 @@ def _finish(client, view) -> None:
     """The final lines after following a job, and its exit code."""
     from orchestrator.submit.client import exit_code
 
-    _info(f"job {view.submission_id}: {view.status}" + (f" (exit code {view.driver_exit_code})" if view.status == "FAILED" and view.driver_exit_code else ""))
+    _info(
+        f"job {view.submission_id}: {view.status}"
+        + (f" (exit code {view.driver_exit_code})" if view.status == "FAILED" and view.driver_exit_code else "")
+    )
     if view.run_dir:
         _info(f"run directory: {view.run_dir}")
     code = exit_code(view)
@@ -106,11 +117,19 @@ def _follow(client, job_id: str) -> None:
 @jobs_api_options
 def submit(
     spec_path: Path = typer.Argument(..., metavar="SPEC", help="Job spec YAML."),
-    follow: Optional[bool] = typer.Option(None, "--follow/--no-follow", show_default=False,
-                                          help="Stream the job's logs until it ends and exit with its outcome (default: off; on with --k8s)."),
-    storage: Optional[str] = typer.Option(None, "--storage", show_default=False,
-                                          help="Folder on the cluster (shared by its nodes) for the run directory; default: the spec's output.dir "
-                                          "if absolute, else the local cluster's storage or, for a cluster on this machine, output.dir here."),
+    follow: Optional[bool] = typer.Option(
+        None,
+        "--follow/--no-follow",
+        show_default=False,
+        help="Stream the job's logs until it ends and exit with its outcome (default: off; on with --k8s).",
+    ),
+    storage: Optional[str] = typer.Option(
+        None,
+        "--storage",
+        show_default=False,
+        help="Folder on the cluster (shared by its nodes) for the run directory; default: the spec's output.dir "
+        "if absolute, else the local cluster's storage or, for a cluster on this machine, output.dir here.",
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be sent and contact nothing."),
     k8s: bool = typer.Option(False, "--k8s", help="Run it as a KubeRay RayJob on Kubernetes instead (docs/kubernetes.md)."),
     namespace: Optional[str] = opt_namespace(),
@@ -131,8 +150,17 @@ def submit(
             raise OrchestratorError("--address, --token-env, --insecure and --storage apply to Ray Jobs API submission, not to --k8s")
         from orchestrator.cli.k8s import submit_k8s
 
-        code = submit_k8s(str(spec_path), namespace=namespace, kubeconfig=kubeconfig, context=context, dry_run=dry_run,
-                          follow=True if follow is None else follow, storage_pvc=storage_pvc, image=image, gpu_image=gpu_image)
+        code = submit_k8s(
+            str(spec_path),
+            namespace=namespace,
+            kubeconfig=kubeconfig,
+            context=context,
+            dry_run=dry_run,
+            follow=True if follow is None else follow,
+            storage_pvc=storage_pvc,
+            image=image,
+            gpu_image=gpu_image,
+        )
         if code:
             raise typer.Exit(code)
         return
@@ -154,8 +182,10 @@ def submit(
     if follow:
         _follow(client, job_id)
         return
-    _info(f"follow: orchestrator jobs logs {job_id} --follow --address {client.address}\n"
-          f"stop:   orchestrator jobs stop {job_id} --address {client.address}")
+    _info(
+        f"follow: orchestrator jobs logs {job_id} --follow --address {client.address}\n"
+        f"stop:   orchestrator jobs stop {job_id} --address {client.address}"
+    )
 
 
 # -------------------------------------------------------------------------------------- jobs
@@ -195,8 +225,12 @@ def jobs_status(job_id: str = JOB_ID, as_json: bool = AS_JSON, *, api: JobsAPI) 
     if as_json:
         _out(json.dumps({**view.__dict__, "run_dir": run_dir}, indent=2) + "\n")
         return
-    lines = [f"{view.submission_id}: {view.status}", f"  entrypoint: {view.entrypoint}",
-             f"  started:    {_when(view.start_time)}", f"  ended:      {_when(view.end_time)}"]
+    lines = [
+        f"{view.submission_id}: {view.status}",
+        f"  entrypoint: {view.entrypoint}",
+        f"  started:    {_when(view.start_time)}",
+        f"  ended:      {_when(view.end_time)}",
+    ]
     if view.driver_exit_code is not None:
         lines.append(f"  exit code:  {view.driver_exit_code}")
     if run_dir:

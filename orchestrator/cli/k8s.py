@@ -100,8 +100,12 @@ def ownership_note(objects: list[dict]) -> str:
 def render(
     spec_path: Path = typer.Argument(..., metavar="SPEC", help="Job spec YAML."),
     kind: Kind = typer.Option(Kind.rayjob, "--kind", help="What to render."),
-    namespace: Optional[str] = typer.Option(None, "--namespace", "-n", help="Namespace to write into the objects (default: none; kubectl -n decides)."),
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="rayservice: the promoted checkpoint, a path on the storage volume or a URI."),
+    namespace: Optional[str] = typer.Option(
+        None, "--namespace", "-n", help="Namespace to write into the objects (default: none; kubectl -n decides)."
+    ),
+    checkpoint: Optional[str] = typer.Option(
+        None, "--checkpoint", help="rayservice: the promoted checkpoint, a path on the storage volume or a URI."
+    ),
     name: Optional[str] = typer.Option(None, "--name", help="Object name (default: from the spec's name)."),
     storage_pvc: Optional[str] = opt_storage_pvc(),
     image: Optional[str] = opt_image(),
@@ -113,9 +117,7 @@ def render(
     from orchestrator.spec import load_spec
 
     spec = load_spec(spec_path)
-    opts = render_options(
-        namespace=namespace, storage_pvc=storage_pvc, image=image, gpu_image=gpu_image, name=name, checkpoint=checkpoint
-    )
+    opts = render_options(namespace=namespace, storage_pvc=storage_pvc, image=image, gpu_image=gpu_image, name=name, checkpoint=checkpoint)
     if checkpoint and kind is not Kind.rayservice:
         raise OrchestratorError("--checkpoint applies to --kind rayservice only")
     rendered = render_objects(kind.value, spec, opts)

@@ -27,9 +27,14 @@ def _print_version(value: bool) -> None:
 
 
 @app.callback()
-def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
-                                          help="Print the version (and Ray's and torch's) and exit.")) -> None:
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version (and Ray's and torch's) and exit."
+    ),
+) -> None:
     pass
+
+
 cluster_app = command_group("Create, inspect and remove Ray clusters.")
 
 run.register(app)  # orchestrator validate, schema, train, run, resume

@@ -53,8 +53,9 @@ class QuietOutput:
                 c.file = current
                 continue
             if n not in streams:
-                streams[n] = io.TextIOWrapper(io.FileIO(os.dup(self._saved[n]), "w"), encoding="utf-8", errors="replace",
-                                              line_buffering=True)
+                streams[n] = io.TextIOWrapper(
+                    io.FileIO(os.dup(self._saved[n]), "w"), encoding="utf-8", errors="replace", line_buffering=True
+                )
             c.file = streams[n]
         self._streams = list(streams.values())
         os.dup2(fd, 1)

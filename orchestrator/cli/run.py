@@ -50,8 +50,13 @@ def validate(
                 continue
         rows = f", {check.rows} rows" if check is not None and check.rows is not None else ""
         task = f", {check.columns.task}" if check is not None and check.columns is not None else ""
-        console.print(Text.assemble(("✓", "green"), f" {path}: {spec.name} ({spec.model.arch}, {counted(spec.scaling.workers, 'worker')}{task}{rows})"),
-                      highlight=False, soft_wrap=True)
+        console.print(
+            Text.assemble(
+                ("✓", "green"), f" {path}: {spec.name} ({spec.model.arch}, {counted(spec.scaling.workers, 'worker')}{task}{rows})"
+            ),
+            highlight=False,
+            soft_wrap=True,
+        )
         for note in check.notes if check is not None else ():
             console.print(f"    note: {note}", highlight=False, soft_wrap=True)
     if bad:
@@ -61,7 +66,9 @@ def validate(
 @friendly
 def init(
     data: Path = typer.Argument(..., metavar="DATA", help="Parquet or CSV file (or folder) to learn from."),
-    label: Optional[str] = typer.Option(None, "--label", help="Column to predict (default: one named label, target, y, class or outcome, else the last)."),
+    label: Optional[str] = typer.Option(
+        None, "--label", help="Column to predict (default: one named label, target, y, class or outcome, else the last)."
+    ),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Spec file to write (default: <data file name>.yaml here)."),
     name: Optional[str] = typer.Option(None, "--name", help="The job's name (default: from the data file's name)."),
     force: bool = typer.Option(False, "--force", help="Overwrite the spec file if it exists."),
@@ -80,7 +87,9 @@ def init(
     data = data.expanduser()
     if not data.exists():
         raise DataError(f"{data}: no such file or folder")
-    fmt = format_from_name(data.name) or ("csv" if data.is_dir() and any(format_from_name(f.name) == "csv" for f in data.iterdir()) else "parquet")
+    fmt = format_from_name(data.name) or (
+        "csv" if data.is_dir() and any(format_from_name(f.name) == "csv" for f in data.iterdir()) else "parquet"
+    )
     out = (output or Path(f"{data.name.split('.')[0] or 'job'}.yaml")).expanduser()
     if out.exists() and not force:
         raise DataError(f"{out}: already exists; choose another --output, or --force to overwrite it")
@@ -103,7 +112,9 @@ def init(
         err_console.print(f"  problem: {p}", highlight=False, soft_wrap=True)
     if check.problems:
         raise typer.Exit(2)
-    console.print(f"next: orchestrator train {out}   (or add a tune: section and `orchestrator run {out}`)", highlight=False, soft_wrap=True)
+    console.print(
+        f"next: orchestrator train {out}   (or add a tune: section and `orchestrator run {out}`)", highlight=False, soft_wrap=True
+    )
 
 
 def schema() -> None:
@@ -120,9 +131,13 @@ ADDRESS = typer.Option(None, "--address", help="Ray cluster to join (default: RA
 OUTPUT = typer.Option(None, "--output", "-o", help="Parent folder of the run directory (default: the spec's output.dir).")
 VERBOSE = typer.Option(False, "--verbose", "-v", help="Show Ray's own logs.")
 SPEC = typer.Argument(..., metavar="SPEC", help="Job spec YAML.")
-RUN_NAME = typer.Option(None, "--run-name", show_default=False,
-                        help="Name of the run directory inside the output folder (default: <spec name>-<timestamp>); must not exist yet. "
-                        "`orchestrator submit` sets it, so it knows where the job's run directory is.")
+RUN_NAME = typer.Option(
+    None,
+    "--run-name",
+    show_default=False,
+    help="Name of the run directory inside the output folder (default: <spec name>-<timestamp>); must not exist yet. "
+    "`orchestrator submit` sets it, so it knows where the job's run directory is.",
+)
 
 
 def _exit_for(result) -> None:
@@ -134,15 +149,22 @@ def _exit_for(result) -> None:
 
 
 @friendly
-def train(spec_path: Path = SPEC, output: Optional[Path] = OUTPUT, address: Optional[str] = ADDRESS, verbose: bool = VERBOSE,
-          run_name: Optional[str] = RUN_NAME) -> None:
+def train(
+    spec_path: Path = SPEC,
+    output: Optional[Path] = OUTPUT,
+    address: Optional[str] = ADDRESS,
+    verbose: bool = VERBOSE,
+    run_name: Optional[str] = RUN_NAME,
+) -> None:
     """Train once (no search) on Ray and write a run directory."""
     from orchestrator.pipeline import train_job
     from orchestrator.spec import load_spec
 
     spec = load_spec(spec_path)
     with quiet(verbose) as log:
-        train_job(spec, spec_path, output=output, address=address, verbose=verbose, console=console, run_name=run_name, on_run_dir=log.attach)
+        train_job(
+            spec, spec_path, output=output, address=address, verbose=verbose, console=console, run_name=run_name, on_run_dir=log.attach
+        )
 
 
 @friendly
@@ -162,8 +184,9 @@ def run(
 
     spec = load_spec(spec_path)
     with quiet(verbose) as log:
-        result = run_job(spec, spec_path, output=output, address=address, verbose=verbose, console=console, run_name=run_name,
-                         on_run_dir=log.attach)
+        result = run_job(
+            spec, spec_path, output=output, address=address, verbose=verbose, console=console, run_name=run_name, on_run_dir=log.attach
+        )
         if spec.serve is not None and not no_serve and not result.interrupted:
             from orchestrator.cli.serve import serve_after_run
 

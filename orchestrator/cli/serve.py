@@ -48,24 +48,39 @@ def _print_ready(console: Console, url: str, target: ServeTarget, name: str) -> 
     spec = target.serve
     job = target.job.name if target.job is not None else None  # the job's name; `name` is the Serve application's
     app = f", Serve application {name}" if job and job != name else ""
-    console.print(Text.assemble(("serving", "bold green"), f" {job or name} (model version {version}{app}) at ", (url, "bold")),
-                  highlight=False, soft_wrap=True)
+    console.print(
+        Text.assemble(("serving", "bold green"), f" {job or name} (model version {version}{app}) at ", (url, "bold")),
+        highlight=False,
+        soft_wrap=True,
+    )
     console.print(f"  checkpoint: {target.checkpoint}", highlight=False, soft_wrap=True)
     console.print(f"  POST {url}/predict   GET {url}/metadata   GET {url}/healthz   docs: {url}/docs", highlight=False, soft_wrap=True)
-    console.print(f"  batching: up to {spec.max_batch_size} records per forward pass, {spec.batch_wait_timeout_s * 1000:g} ms wait; "
-                  f"replicas {spec.autoscaling.min_replicas}-{spec.autoscaling.max_replicas}; "
-                  f"auth: {'bearer token from $' + spec.auth_token_env if spec.auth_token_env else 'off'}", highlight=False, soft_wrap=True)
+    console.print(
+        f"  batching: up to {spec.max_batch_size} records per forward pass, {spec.batch_wait_timeout_s * 1000:g} ms wait; "
+        f"replicas {spec.autoscaling.min_replicas}-{spec.autoscaling.max_replicas}; "
+        f"auth: {'bearer token from $' + spec.auth_token_env if spec.auth_token_env else 'off'}",
+        highlight=False,
+        soft_wrap=True,
+    )
     m = metrics_url()
     if m:
         console.print(f"  Prometheus metrics (ray_orchestrator_serve_*): {m}", highlight=False, soft_wrap=True)
     from orchestrator.runtime import serve_ingress
 
     if serve_ingress.get("haproxy"):
-        console.print(f"  HTTP ingress: HAProxy (stats :{serve_ingress['stats_port']}/stats, Prometheus :{serve_ingress['metrics_port']}/metrics, "
-                      "on all interfaces)", highlight=False, soft_wrap=True)
+        console.print(
+            f"  HTTP ingress: HAProxy (stats :{serve_ingress['stats_port']}/stats, Prometheus :{serve_ingress['metrics_port']}/metrics, "
+            "on all interfaces)",
+            highlight=False,
+            soft_wrap=True,
+        )
     elif serve_ingress:
-        console.print("  HTTP ingress: Serve's Python proxy (RAY_SERVE_ENABLE_HA_PROXY=1 selects HAProxy: about 2-3x the "
-                      "throughput, but its stats and metrics listeners bind all interfaces; see docs/serving.md)", highlight=False, soft_wrap=True)
+        console.print(
+            "  HTTP ingress: Serve's Python proxy (RAY_SERVE_ENABLE_HA_PROXY=1 selects HAProxy: about 2-3x the "
+            "throughput, but its stats and metrics listeners bind all interfaces; see docs/serving.md)",
+            highlight=False,
+            soft_wrap=True,
+        )
     if spec.host not in ("127.0.0.1", "localhost", "::1"):
         console.print(f"  listening on {spec.host}: reachable from the network", style="yellow", highlight=False)
     console.print(f"try it ({'a row of the held-out test split' if row is not None else 'training means'}):", highlight=False)
@@ -117,8 +132,9 @@ def _quiet_serve_logs(verbose: bool) -> None:
         logger.addFilter(_warnings_only)
 
 
-def serve_target(target: ServeTarget, *, name: str, console: Console, address: Optional[str] = None, version: Optional[str] = None,
-                 block: bool = True) -> str:
+def serve_target(
+    target: ServeTarget, *, name: str, console: Console, address: Optional[str] = None, version: Optional[str] = None, block: bool = True
+) -> str:
     from orchestrator.serve.deployment import deploy
 
     with console.status(Text(f"deploying {target.checkpoint} on Ray Serve")):  # a str status is read as markup
@@ -140,8 +156,9 @@ def serve_after_run(result, spec, console: Console, force: bool) -> None:
             f"serve it anyway with: orchestrator serve {result.run_dir} --force"
         )
     _quiet_serve_logs(False)
-    target = ServeTarget(checkpoint=Path(result.best_checkpoint), serve=spec.serve, run_dir=Path(result.run_dir),
-                         decision=result.decision, job=spec)
+    target = ServeTarget(
+        checkpoint=Path(result.best_checkpoint), serve=spec.serve, run_dir=Path(result.run_dir), decision=result.decision, job=spec
+    )
     serve_target(target, name=spec.name, console=console)
 
 
@@ -164,20 +181,26 @@ def _predictions_table(rows: list[dict]) -> Table:
 
 
 def serve_command(
-    target: Path = typer.Argument(..., metavar="RUN_DIR|CHECKPOINT", help="Run directory (serves its best_checkpoint) or checkpoint directory."),
+    target: Path = typer.Argument(
+        ..., metavar="RUN_DIR|CHECKPOINT", help="Run directory (serves its best_checkpoint) or checkpoint directory."
+    ),
     host: Optional[str] = typer.Option(None, "--host", help="Bind address (default: the spec's serve.host, 127.0.0.1)."),
     port: Optional[int] = typer.Option(None, "--port", help="HTTP port (default: the spec's serve.port, 8000)."),
     spec_path: Optional[Path] = typer.Option(None, "--spec", help="Job spec whose serve section to use (default: the run's own spec)."),
     force: bool = typer.Option(False, "--force", help="Serve a model that did not pass the promotion gate."),
     name: str = typer.Option("orchestrator", "--name", help="Serve application name (deploying again under it rolls over)."),
     version: Optional[str] = typer.Option(None, "--version", help="Model version to report (default: digest of the weights)."),
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)."),
+    address: Optional[str] = typer.Option(
+        None, "--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)."
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Ray's own logs."),
 ) -> None:
     """Serve a trained model over HTTP with Ray Serve until Ctrl-C (POST /predict, GET /metadata, /healthz, /docs)."""
     resolved = resolve_target(target, spec_path=spec_path, host=host, port=port, force=force)
     if resolved.decision is not None and not resolved.decision.get("promoted"):
-        err_console.print(Text(f"serving a model that was not promoted (--force): {resolved.decision.get('reason')}", style="yellow"), highlight=False)
+        err_console.print(
+            Text(f"serving a model that was not promoted (--force): {resolved.decision.get('reason')}", style="yellow"), highlight=False
+        )
     _quiet_serve_logs(verbose)
     if verbose:
         from orchestrator.runtime import init_ray
@@ -219,7 +242,9 @@ def _write_rows(rows: list[dict], out: Path, force: bool) -> None:
         raise
 
 
-def _predict_from_server(url: str, file: Path, token_env: Optional[str], chunk: int, as_json: bool, out: Optional[Path], force: bool) -> None:
+def _predict_from_server(
+    url: str, file: Path, token_env: Optional[str], chunk: int, as_json: bool, out: Optional[Path], force: bool
+) -> None:
     import os
 
     token = None
@@ -244,8 +269,9 @@ def _batch_target(target: str):
 
     resolved = resolve_target(Path(target), force=True)
     if resolved.decision is not None and not resolved.decision.get("promoted"):
-        err_console.print(Text(f"note: this model was not promoted ({resolved.decision.get('reason')})", style="yellow"),
-                          highlight=False, soft_wrap=True)
+        err_console.print(
+            Text(f"note: this model was not promoted ({resolved.decision.get('reason')})", style="yellow"), highlight=False, soft_wrap=True
+        )
     return resolved
 
 
@@ -260,17 +286,31 @@ def _progress(status):
 
 
 def predict_command(
-    target: str = typer.Argument(..., metavar="URL|RUN|CHECKPOINT",
-                                 help="A model server's URL (http://127.0.0.1:8000), or a run directory or checkpoint to predict with offline (Ray Data)."),
-    file: Path = typer.Argument(..., metavar="FILE|DIR", help="Records to predict: .csv, .parquet, .jsonl or .json, or a folder of them (offline only)."),
-    out: Optional[Path] = typer.Option(None, "--output", "-o", metavar="OUT",
-                                       help="Write the input's rows with their predictions: a .csv, .parquet or .jsonl file, or a folder "
-                                            "(one output file per input file, in --format). Required offline."),
-    fmt: Optional[str] = typer.Option(None, "--format", metavar="FORMAT", help="Output format for a folder OUT: parquet (default), csv or jsonl."),
+    target: str = typer.Argument(
+        ...,
+        metavar="URL|RUN|CHECKPOINT",
+        help="A model server's URL (http://127.0.0.1:8000), or a run directory or checkpoint to predict with offline (Ray Data).",
+    ),
+    file: Path = typer.Argument(
+        ..., metavar="FILE|DIR", help="Records to predict: .csv, .parquet, .jsonl or .json, or a folder of them (offline only)."
+    ),
+    out: Optional[Path] = typer.Option(
+        None,
+        "--output",
+        "-o",
+        metavar="OUT",
+        help="Write the input's rows with their predictions: a .csv, .parquet or .jsonl file, or a folder "
+        "(one output file per input file, in --format). Required offline.",
+    ),
+    fmt: Optional[str] = typer.Option(
+        None, "--format", metavar="FORMAT", help="Output format for a folder OUT: parquet (default), csv or jsonl."
+    ),
     force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
     actors: int = typer.Option(1, "--actors", min=1, help="Offline: model copies predicting in parallel."),
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Offline: records per forward pass."),
-    address: Optional[str] = typer.Option(None, "--address", help="Offline: Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)."),
+    address: Optional[str] = typer.Option(
+        None, "--address", help="Offline: Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)."
+    ),
     token_env: Optional[str] = typer.Option(None, "--token-env", help="Server: environment variable holding the bearer token."),
     chunk: int = typer.Option(DEFAULT_CHUNK, "--chunk", min=1, help="Server: records per request."),
     as_json: bool = typer.Option(False, "--json", help="Server, without -o: print JSON lines instead of a table."),
@@ -288,8 +328,16 @@ def predict_command(
 
     resolved = _batch_target(target)
     pre = Preprocessor.load(resolved.checkpoint / "preprocessing.json")
-    plan = plan_predict(resolved.checkpoint, file, out, fmt=fmt, force=force, classes=pre.classes if pre.task == "classification" else None,
-                        batch_size=batch_size, actors=actors)
+    plan = plan_predict(
+        resolved.checkpoint,
+        file,
+        out,
+        fmt=fmt,
+        force=force,
+        classes=pre.classes if pre.task == "classification" else None,
+        batch_size=batch_size,
+        actors=actors,
+    )
     from orchestrator.batch.run import predict_files
     from orchestrator.runtime import init_ray
 
@@ -299,11 +347,19 @@ def predict_command(
         with console.status(Text(f"predicting {len(plan.files)} file(s) with {resolved.checkpoint}")) as status:
             done = predict_files(plan, on_progress=_progress(status))
     failed = done["failed"]
-    console.print(Text.assemble(("predicted", "bold green"), f" {done['rows']:,} rows in {done['seconds']:.1f} s -> {plan.out}"
-                                + (f" ({len(done['outputs'])} files)" if len(done["outputs"]) > 1 else "")), highlight=False, soft_wrap=True)
+    console.print(
+        Text.assemble(
+            ("predicted", "bold green"),
+            f" {done['rows']:,} rows in {done['seconds']:.1f} s -> {plan.out}"
+            + (f" ({len(done['outputs'])} files)" if len(done["outputs"]) > 1 else ""),
+        ),
+        highlight=False,
+        soft_wrap=True,
+    )
     if failed:
-        err_console.print(Text(f"{failed:,} rows could not be predicted (their 'error' column says why); the first:", style="yellow"),
-                          highlight=False)
+        err_console.print(
+            Text(f"{failed:,} rows could not be predicted (their 'error' column says why); the first:", style="yellow"), highlight=False
+        )
         for e in done["errors"]:
             err_console.print(f"  {e}", highlight=False, soft_wrap=True)
 
@@ -311,10 +367,17 @@ def predict_command(
 def evaluate_command(
     target: Path = typer.Argument(..., metavar="RUN|CHECKPOINT", help="Run directory (its best_checkpoint) or checkpoint directory."),
     file: Path = typer.Argument(..., metavar="FILE|DIR", help="Labelled records: .csv, .parquet, .jsonl or .json, or a folder of them."),
-    out: Optional[Path] = typer.Option(None, "--output", "-o", metavar="DIR",
-                                       help="Where to write metrics.json, details.json and the plots (default: RUN/evaluations/<file>)."),
+    out: Optional[Path] = typer.Option(
+        None,
+        "--output",
+        "-o",
+        metavar="DIR",
+        help="Where to write metrics.json, details.json and the plots (default: RUN/evaluations/<file>).",
+    ),
     force: bool = typer.Option(False, "--force", help="Write into DIR even if it holds files."),
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)."),
+    address: Optional[str] = typer.Option(
+        None, "--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)."
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Ray's own logs."),
 ) -> None:
     """Score a model on a labelled file (its label column as in training): the test metrics, per-class

@@ -123,7 +123,9 @@ def check_columns(spec: JobSpec, src: str, schema: pa.Schema) -> Columns:
     if task is None and not missing:
         task = "regression" if pa.types.is_floating(label_type) else "classification"
         # Only now is the task known: refuse metrics of the other task before anything trains.
-        problems = task_problems(spec, task, f"the label column {d.label!r} has type {label_type}, so the task is {task} (data.task can set it)")
+        problems = task_problems(
+            spec, task, f"the label column {d.label!r} has type {label_type}, so the task is {task} (data.task can set it)"
+        )
         if problems:
             raise DataError(f"{src}: " + "; ".join(problems), problems=[f"{src}: {p}" for p in problems])
     if task == "regression" and not missing and not (pa.types.is_integer(label_type) or pa.types.is_floating(label_type)):
@@ -131,7 +133,9 @@ def check_columns(spec: JobSpec, src: str, schema: pa.Schema) -> Columns:
         raise DataError(f"{src}: column {d.label!r} ({label_field}) has type {label_type}; {what}")
     if any(k is not None for k in (d.image, d.text, d.sequence, d.series)):
         # one input column: a missing label is reported with it
-        col, what = next((getattr(d, k).column, f"data.{k}.column") for k in ("image", "text", "sequence", "series") if getattr(d, k) is not None)
+        col, what = next(
+            (getattr(d, k).column, f"data.{k}.column") for k in ("image", "text", "sequence", "series") if getattr(d, k) is not None
+        )
         need(col, what)
         if d.series is not None:
             need(d.series.order_by, "data.series.order_by")
@@ -161,8 +165,10 @@ def check_columns(spec: JobSpec, src: str, schema: pa.Schema) -> Columns:
         if not is_text_type(t):
             if pa.types.is_binary(t) or pa.types.is_large_binary(t):  # what pyarrow makes of a CSV column that is not UTF-8
                 where = locate_non_utf8(spec, src, d.text.column)
-                raise DataError(f"{where or src}: column {d.text.column!r} (data.text.column) holds bytes that are not UTF-8 text; "
-                                "save the file as UTF-8")
+                raise DataError(
+                    f"{where or src}: column {d.text.column!r} (data.text.column) holds bytes that are not UTF-8 text; "
+                    "save the file as UTF-8"
+                )
             raise DataError(f"{src}: column {d.text.column!r} (data.text.column) has type {t}; it must hold strings")
         return Columns(task=task, numeric=[], categorical=[], image=None, text=d.text.column)
     if d.sequence is not None:
@@ -199,8 +205,10 @@ def check_columns(spec: JobSpec, src: str, schema: pa.Schema) -> Columns:
             auto.append(col)
         else:
             where = "data.features" if d.features is not None else "every column but the label, as data.features is omitted"
-            unusable.append(f"{src}: column {col!r} ({where}) has type {t}; a feature must hold numbers, booleans or strings "
-                            f"(strings are one-hot encoded): convert it, or leave it out of data.features")
+            unusable.append(
+                f"{src}: column {col!r} ({where}) has type {t}; a feature must hold numbers, booleans or strings "
+                f"(strings are one-hot encoded): convert it, or leave it out of data.features"
+            )
     if unusable:
         problems = [f"{src}: {m}" for m in missing] + unusable
         raise DataError("; ".join(problems), problems=problems)

@@ -60,8 +60,14 @@ def list_source(src: str) -> Listing:
     info = fs.get_file_info(path)
     if info.type != pafs.FileType.Directory:
         return Listing(src, fs, path, False, (info,) if info.type == pafs.FileType.File else ())
-    found = sorted((f for f in fs.get_file_info(pafs.FileSelector(path, recursive=True))
-                    if f.type == pafs.FileType.File and not hidden(f.path[len(path):])), key=lambda f: f.path)
+    found = sorted(
+        (
+            f
+            for f in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+            if f.type == pafs.FileType.File and not hidden(f.path[len(path) :])
+        ),
+        key=lambda f: f.path,
+    )
     return Listing(src, fs, path, True, tuple(found))
 
 

@@ -194,7 +194,9 @@ def _fit_text(pre: Preprocessor, spec: JobSpec, train: "_TrainRows", src: str) -
     missing = sum(1 for v in texts if not isinstance(v, str))
     empty = sum(1 for v in texts if isinstance(v, str) and not v.strip())
     if missing or empty:
-        what = " and ".join(filter(None, [f"{missing} missing values" if missing else "", f"{empty} empty or whitespace-only texts" if empty else ""]))
+        what = " and ".join(
+            filter(None, [f"{missing} missing values" if missing else "", f"{empty} empty or whitespace-only texts" if empty else ""])
+        )
         raise DataError(f"{src}: column {t.column!r} (data.text.column) holds {what} in the training split; every row needs a text")
     if t.lowercase:
         texts = [v.lower() for v in texts]
@@ -217,8 +219,15 @@ def _sequence_moments(df: pd.DataFrame, *, column: str) -> pd.DataFrame:
         raise ValueError(f"column {column!r} (data.sequence.column): {e}") from None
     real = np.arange(x.shape[1])[None, :] < lengths[:, None]
     vals = x[real].astype(np.float64)  # [real steps, features]
-    return pd.DataFrame({"s": [vals.sum(axis=0).tolist()], "ss": [(vals * vals).sum(axis=0).tolist()], "n": [len(vals)],
-                         "f": [x.shape[2]], "longest": [int(lengths.max())]})
+    return pd.DataFrame(
+        {
+            "s": [vals.sum(axis=0).tolist()],
+            "ss": [(vals * vals).sum(axis=0).tolist()],
+            "n": [len(vals)],
+            "f": [x.shape[2]],
+            "longest": [int(lengths.max())],
+        }
+    )
 
 
 def _fit_sequence(pre: Preprocessor, spec: JobSpec, train: "_TrainRows", src: str) -> None:
@@ -228,7 +237,9 @@ def _fit_sequence(pre: Preprocessor, spec: JobSpec, train: "_TrainRows", src: st
         raise DataError(f"{src}: the training split is empty (too few rows for data.split)")
     widths = sorted({int(r["f"]) for r in parts})
     if len(widths) > 1:
-        raise DataError(f"{src}: column {col!r} (data.sequence.column): the steps of some rows hold {widths[0]} values and of others {widths[1]}; every row needs the same")
+        raise DataError(
+            f"{src}: column {col!r} (data.sequence.column): the steps of some rows hold {widths[0]} values and of others {widths[1]}; every row needs the same"
+        )
     n = sum(int(r["n"]) for r in parts)
     total = np.sum([np.asarray(r["s"], np.float64) for r in parts], axis=0)
     squares = np.sum([np.asarray(r["ss"], np.float64) for r in parts], axis=0)
@@ -237,9 +248,11 @@ def _fit_sequence(pre: Preprocessor, spec: JobSpec, train: "_TrainRows", src: st
     pre.sequence_column, pre.sequence_features = col, widths[0]
     longest = max(int(r["longest"]) for r in parts)
     if spec.data.sequence.max_length is None and longest > MAX_SEQUENCE_STEPS:
-        raise DataError(f"{src}: column {col!r} (data.sequence.column): a row of the training split holds {longest} steps; without "
-                        f"data.sequence.max_length rows may hold at most {MAX_SEQUENCE_STEPS} (every batch is padded to the longest row): "
-                        "set data.sequence.max_length, and longer rows keep their most recent steps")
+        raise DataError(
+            f"{src}: column {col!r} (data.sequence.column): a row of the training split holds {longest} steps; without "
+            f"data.sequence.max_length rows may hold at most {MAX_SEQUENCE_STEPS} (every batch is padded to the longest row): "
+            "set data.sequence.max_length, and longer rows keep their most recent steps"
+        )
     pre.sequence_max_length = spec.data.sequence.max_length or longest
     pre.sequence_means = [float(v) for v in mean]
     pre.sequence_stds = [float(v) if v > 0 else 1.0 for v in std]
@@ -274,7 +287,9 @@ class _TrainRows:
         ds = self.ds if columns is None else self.ds.select_columns(columns)
         return ds.map_batches(fn, fn_kwargs=kwargs, batch_format="pandas", num_cpus=DATA_TASK_CPUS).aggregate(*(Sum(n) for n in names))
 
-    def statistics(self, columns: list[str], measured: list[str], numeric: list[str], categorical: list[str], label: str, task: str) -> dict:
+    def statistics(
+        self, columns: list[str], measured: list[str], numeric: list[str], categorical: list[str], label: str, task: str
+    ) -> dict:
         """Row count; per measured column its +/-inf and non-missing counts; per numeric column mean and
         std (ddof 0, missing values left out); per categorical column and a classification label the
         distinct values; a regression label's mean and std."""
@@ -391,7 +406,9 @@ def _mark_infinite(df: pd.DataFrame, *, columns: list[str]) -> pd.DataFrame:
     """A 0/1 column per measured column, for counting +/-inf (Mean and Std would just return inf or NaN);
     boolean columns become 0.0/1.0, as the transform reads them (Ray Data's Std has no kernel for booleans)."""
     as_numbers = {c: df[c].to_numpy(dtype=np.float64, na_value=np.nan) for c in columns if pd.api.types.is_bool_dtype(df[c].dtype)}
-    return df.assign(**as_numbers, **{f"__inf:{c}": np.isinf(df[c].to_numpy(dtype=np.float64, na_value=np.nan)).astype(np.int64) for c in columns})
+    return df.assign(
+        **as_numbers, **{f"__inf:{c}": np.isinf(df[c].to_numpy(dtype=np.float64, na_value=np.nan)).astype(np.int64) for c in columns}
+    )
 
 
 # Preprocessors built in this process, by preprocessor_key: a Ray Data task or worker transforms
@@ -451,8 +468,10 @@ def _prepare_data(spec: JobSpec) -> PreparedData:
     counts = scan_rows(spec, src, cols, ds if local is not None else None)
     notes = []
     if counts is not None and counts.missing_labels:
-        notes.append(f"{counts.missing_labels} of {counts.rows} rows have no {spec.data.label!r} (data.label) and are left out of "
-                     "every split (a row without a label can be neither learned nor scored)")
+        notes.append(
+            f"{counts.missing_labels} of {counts.rows} rows have no {spec.data.label!r} (data.label) and are left out of "
+            "every split (a row without a label can be neither learned nor scored)"
+        )
     if local is not None and cols.image and cols.image_source != "array":
         # a small table of image paths or encoded bytes can decode to far more than its file
         # size: decoding stays in Ray Data's tasks, never all at once on the driver
@@ -479,8 +498,7 @@ def _prepare_data(spec: JobSpec) -> PreparedData:
     pre_dict = pre.to_dict()
     fn_kwargs = {"pre": pre_dict, "key": preprocessor_key(pre_dict)}
     transformed = {
-        name: r.map_batches(_transform, fn_kwargs=fn_kwargs, batch_format="pandas", num_cpus=DATA_TASK_CPUS)
-        for name, r in raw.items()
+        name: r.map_batches(_transform, fn_kwargs=fn_kwargs, batch_format="pandas", num_cpus=DATA_TASK_CPUS) for name, r in raw.items()
     }
     if cache:
         transformed = {name: t.materialize() for name, t in transformed.items()}
@@ -499,7 +517,9 @@ def _series_frame(spec: JobSpec, src: str, ds) -> pd.DataFrame:
     else:
         df = ds.select_columns([s.order_by, s.column]).to_pandas()
     if df[s.order_by].isna().any():
-        raise DataError(f"{src}: column {s.order_by!r} (data.series.order_by) has {int(df[s.order_by].isna().sum())} missing values; every point needs its time")
+        raise DataError(
+            f"{src}: column {s.order_by!r} (data.series.order_by) has {int(df[s.order_by].isna().sum())} missing values; every point needs its time"
+        )
     dup = int(df[s.order_by].duplicated().sum())
     if dup:
         raise DataError(f"{src}: column {s.order_by!r} (data.series.order_by) has {dup} repeated values; each point needs its own time")
@@ -518,9 +538,11 @@ def _prepare_series(spec: JobSpec, src: str, ds, cols: Columns) -> PreparedData:
     bad = np.flatnonzero(~np.isfinite(values))
     if bad.size:
         i = int(bad[0])
-        raise DataError(f"{src}: row {int(df[FILE_ROW].iloc[i])} ({s.order_by} = {plain_value(df[s.order_by].iloc[i])}), column {s.column!r} "
-                        f"(data.series.column): {'missing value' if np.isnan(values[i]) else values[i]}; "
-                        f"{int(bad.size)} point{'s' * (bad.size > 1)} in all are missing or infinite: fill or drop them before windowing")
+        raise DataError(
+            f"{src}: row {int(df[FILE_ROW].iloc[i])} ({s.order_by} = {plain_value(df[s.order_by].iloc[i])}), column {s.column!r} "
+            f"(data.series.column): {'missing value' if np.isnan(values[i]) else values[i]}; "
+            f"{int(bad.size)} point{'s' * (bad.size > 1)} in all are missing or infinite: fill or drop them before windowing"
+        )
     try:
         x, y = make_windows(values, s.window, s.horizon)
         ranges = chronological_split(len(x), (d.split.train, d.split.validation, d.split.test), s.window, s.horizon)
@@ -530,20 +552,33 @@ def _prepare_series(spec: JobSpec, src: str, ds, cols: Columns) -> PreparedData:
     touched = values[: ranges["train"].stop - 1 + span]  # every point a training window reads or forecasts
     mean, std = float(touched.mean()), float(touched.std())
     std = std if std > 0 else 1.0
-    pre = Preprocessor(task="regression", label=SERIES_TARGET, series_column=s.column, series_window=s.window,
-                       series_horizon=s.horizon, series_mean=mean, series_std=std, target_mean=mean, target_std=std,
-                       train_rows=len(ranges["train"]))
+    pre = Preprocessor(
+        task="regression",
+        label=SERIES_TARGET,
+        series_column=s.column,
+        series_window=s.window,
+        series_horizon=s.horizon,
+        series_mean=mean,
+        series_std=std,
+        target_mean=mean,
+        target_std=std,
+        train_rows=len(ranges["train"]),
+    )
     times = df[s.order_by].to_numpy()
     frames = {}
     for name in SPLITS:
         idx = np.asarray(ranges[name], dtype=np.int64)
-        frame = pd.DataFrame({
-            s.column: list(x[idx, :, 0].astype(np.float64)),
-            SERIES_TARGET: y[idx].astype(np.float64) if s.horizon == 1 else list(y[idx].astype(np.float64)),
-            # when each window starts and ends, and what it forecasts: the split's order can be checked
-            "input_start": times[idx], "input_end": times[idx + s.window - 1],
-            "target_start": times[idx + s.window], "target_end": times[idx + span - 1],
-        })
+        frame = pd.DataFrame(
+            {
+                s.column: list(x[idx, :, 0].astype(np.float64)),
+                SERIES_TARGET: y[idx].astype(np.float64) if s.horizon == 1 else list(y[idx].astype(np.float64)),
+                # when each window starts and ends, and what it forecasts: the split's order can be checked
+                "input_start": times[idx],
+                "input_end": times[idx + s.window - 1],
+                "target_start": times[idx + s.window],
+                "target_end": times[idx + span - 1],
+            }
+        )
         frames[name] = frame
     # the windows are on the driver already: transform them here (as _transform would in a task)
     pre_dict = pre.to_dict()
@@ -614,7 +649,9 @@ def _prepare_on_driver(spec: JobSpec, src: str, cols: Columns, table: pa.Table) 
     d = spec.data
     keep = cols.inputs + [d.label]
     try:
-        df = _add_split(_to_pandas(table), seed=d.seed, fractions=(d.split.train, d.split.validation, d.split.test), label=d.label, keep=keep)
+        df = _add_split(
+            _to_pandas(table), seed=d.seed, fractions=(d.split.train, d.split.validation, d.split.test), label=d.label, keep=keep
+        )
         parts = {name: _select_split(df, code=i).reset_index(drop=True) for i, name in enumerate(SPLITS)}
         pre = fit_preprocessor(spec, cols, parts["train"])
     except DataError:

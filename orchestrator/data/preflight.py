@@ -104,8 +104,9 @@ def parquet_dataset(listing: Listing):
 
     if not listing.is_dir:
         return pads.dataset(listing.path, filesystem=listing.fs, format="parquet")
-    return pads.dataset([f.path for f in listing.files], filesystem=listing.fs, format="parquet", partitioning="hive",
-                        partition_base_dir=listing.path)
+    return pads.dataset(
+        [f.path for f in listing.files], filesystem=listing.fs, format="parquet", partitioning="hive", partition_base_dir=listing.path
+    )
 
 
 def _schema_and_rows(listing: Listing, fmt: str) -> tuple[pa.Schema, Optional[int]]:
@@ -156,8 +157,10 @@ def _class_problems(spec: JobSpec, listing: Listing) -> list[str]:
         known = {str(v) for v in values}
         unknown = [k for k in weights if str(k) not in known]
         if unknown:
-            return [f"{src}: train.class_weights names {', '.join(repr(k) for k in unknown)}, no value of column {label!r} "
-                    f"(data.label); its values: {', '.join(repr(v) for v in sorted(values, key=str)[:20])}"]
+            return [
+                f"{src}: train.class_weights names {', '.join(repr(k) for k in unknown)}, no value of column {label!r} "
+                f"(data.label); its values: {', '.join(repr(v) for v in sorted(values, key=str)[:20])}"
+            ]
     return []
 
 
@@ -195,8 +198,9 @@ def _csv_columns(listing: Listing, column: str):
 
     for _, fs, path in listing.entries():
         with fs.open_input_stream(path, compression="detect") as f:
-            yield pacsv.read_csv(f, read_options=pacsv.ReadOptions(use_threads=False),
-                                 convert_options=pacsv.ConvertOptions(include_columns=[column])).column(column)
+            yield pacsv.read_csv(
+                f, read_options=pacsv.ReadOptions(use_threads=False), convert_options=pacsv.ConvertOptions(include_columns=[column])
+            ).column(column)
 
 
 def _column(spec: JobSpec, listing: Listing, column: str) -> pa.ChunkedArray:

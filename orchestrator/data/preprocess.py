@@ -239,7 +239,11 @@ class Preprocessor:
         if self.image_source == "array":
             flat = c * h * w
             try:
-                x = np.stack([np.asarray(v, dtype=np.float32).reshape(-1) for v in values]) if len(values) else np.zeros((0, flat), np.float32)
+                x = (
+                    np.stack([np.asarray(v, dtype=np.float32).reshape(-1) for v in values])
+                    if len(values)
+                    else np.zeros((0, flat), np.float32)
+                )
             except (TypeError, ValueError) as e:
                 raise ValueError(f"column {col!r} must hold numeric arrays: {e}") from None
             if x.shape[1] != flat:
@@ -274,7 +278,9 @@ class Preprocessor:
             num = df[self.numeric].astype(np.float64).to_numpy()
             if np.isinf(num).any():  # missing values are imputed below, but nothing can stand in for +/-inf
                 bad = [c for c, b in zip(self.numeric, np.isinf(num).any(axis=0)) if b]
-                raise ValueError(f"column{'s' * (len(bad) > 1)} {', '.join(map(repr, bad))}: +inf/-inf values cannot be standardised; replace or drop them")
+                raise ValueError(
+                    f"column{'s' * (len(bad) > 1)} {', '.join(map(repr, bad))}: +inf/-inf values cannot be standardised; replace or drop them"
+                )
             means = np.asarray(self.means)
             num = np.where(np.isnan(num), means, num)  # impute with the training mean
             parts.append((num - means) / np.asarray(self.stds))
@@ -294,7 +300,11 @@ class Preprocessor:
             index = {c: i for i, c in enumerate(self.classes or [])}
             return np.asarray([index.get(plain_value(v), UNKNOWN_LABEL) for v in values], dtype=np.int64)
         if self.series_column and self.series_horizon > 1:  # a list of the next `horizon` values per window
-            y = np.stack([np.asarray(v, dtype=np.float64).reshape(-1) for v in values]) if len(values) else np.zeros((0, self.series_horizon))
+            y = (
+                np.stack([np.asarray(v, dtype=np.float64).reshape(-1) for v in values])
+                if len(values)
+                else np.zeros((0, self.series_horizon))
+            )
         else:
             y = values.astype(np.float64).to_numpy()
         return ((y - self.target_mean) / self.target_std).astype(np.float32)
@@ -356,7 +366,9 @@ def resolve_image_path(path: str, root: Optional[str]) -> str:
         return path
     rel = os.path.normpath(path)  # only the relative part: a URI root's "//" must survive
     if rel == ".." or rel.startswith(".." + os.sep):
-        raise ValueError(f"{path}: a relative image path must stay inside the data's folder {root} (use an absolute path to reach elsewhere)")
+        raise ValueError(
+            f"{path}: a relative image path must stay inside the data's folder {root} (use an absolute path to reach elsewhere)"
+        )
     return os.path.join(root, rel)
 
 

@@ -87,8 +87,10 @@ class _SequenceCheck:
         elif a.shape[1] != self.width[0]:
             return f"its steps hold {a.shape[1]} values, those of {self.width[1]} hold {self.width[0]}; every row needs the same"
         if self.max_length is None and len(a) > MAX_SEQUENCE_STEPS:
-            return (f"{len(a)} steps; without data.sequence.max_length rows may hold at most {MAX_SEQUENCE_STEPS} "
-                    "(every batch is padded to the longest row): set data.sequence.max_length, and longer rows keep their most recent steps")
+            return (
+                f"{len(a)} steps; without data.sequence.max_length rows may hold at most {MAX_SEQUENCE_STEPS} "
+                "(every batch is padded to the longest row): set data.sequence.max_length, and longer rows keep their most recent steps"
+            )
         return None
 
 
@@ -128,8 +130,11 @@ def _batches(fs, path: str, fmt: str, columns: list[str]) -> Iterator[pa.Table]:
     import pyarrow.csv as pacsv
 
     with fs.open_input_stream(path, compression="detect") as f:
-        reader = pacsv.open_csv(f, read_options=pacsv.ReadOptions(use_threads=False),
-                                convert_options=pacsv.ConvertOptions(include_columns=columns, include_missing_columns=True))
+        reader = pacsv.open_csv(
+            f,
+            read_options=pacsv.ReadOptions(use_threads=False),
+            convert_options=pacsv.ConvertOptions(include_columns=columns, include_missing_columns=True),
+        )
         for b in reader:
             yield pa.Table.from_batches([b])
 
@@ -208,7 +213,7 @@ def locate_image_bytes(spec: JobSpec, src: str, column: str, table: Optional[pa.
 
 
 def locate_non_utf8(spec: JobSpec, src: str, column: str) -> Optional[str]:
-    """"file: row N" of the first cell of `column` that is not UTF-8 text, or None."""
+    """ "file: row N" of the first cell of `column` that is not UTF-8 text, or None."""
     try:
         for file, start, t in _source_tables(spec, src, [column], None):
             for j, v in enumerate(t.column(column).to_pylist()):

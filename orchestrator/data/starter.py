@@ -100,8 +100,16 @@ def _task(label: str, typ: pa.DataType, values: pd.Series) -> tuple[str, str]:
     return "classification", "strings or booleans"
 
 
-def plan_starter(source: str, spec_dir: str, schema: pa.Schema, sample: pd.DataFrame, *, fmt: str, label: Optional[str] = None,
-                 name: Optional[str] = None) -> Starter:
+def plan_starter(
+    source: str,
+    spec_dir: str,
+    schema: pa.Schema,
+    sample: pd.DataFrame,
+    *,
+    fmt: str,
+    label: Optional[str] = None,
+    name: Optional[str] = None,
+) -> Starter:
     """The starter spec for `source` (as the spec will name it, relative to `spec_dir` when local)."""
     names = list(schema.names)
     if not names:

@@ -78,9 +78,7 @@ def connect(kubeconfig: Optional[str] = None, context: Optional[str] = None) -> 
     if have_kubeconfig or context:
         where = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
         try:
-            config.load_kube_config(
-                config_file=kubeconfig, context=context, client_configuration=cfg, persist_config=False
-            )
+            config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg, persist_config=False)
         except Exception as e:  # ConfigException, YAML errors, exec-plugin failures
             raise K8sError(f"cannot load kubeconfig {where}: {one_line(e)}") from None
     else:
@@ -88,8 +86,7 @@ def connect(kubeconfig: Optional[str] = None, context: Optional[str] = None) -> 
             config.load_incluster_config(client_configuration=cfg)
         except Exception:
             raise K8sError(
-                "no Kubernetes configuration: no kubeconfig ($KUBECONFIG or ~/.kube/config) and not running in a pod; "
-                "pass --kubeconfig"
+                "no Kubernetes configuration: no kubeconfig ($KUBECONFIG or ~/.kube/config) and not running in a pod; pass --kubeconfig"
             ) from None
     if not cfg.verify_ssl:  # the kubeconfig asked for it (insecure-skip-tls-verify); don't warn on every call
         import warnings
@@ -187,8 +184,7 @@ def describe(kind: str, name: str, namespace: str) -> str:
 def get(conn: Connection, kind: str, namespace: str, name: str) -> dict:
     what = describe(kind, name, namespace)
     if kind in RAY_PLURALS:
-        return call(conn, what, conn.custom().get_namespaced_custom_object,
-                    RAY_GROUP, RAY_API_VERSION, namespace, RAY_PLURALS[kind], name)
+        return call(conn, what, conn.custom().get_namespaced_custom_object, RAY_GROUP, RAY_API_VERSION, namespace, RAY_PLURALS[kind], name)
     if kind == "ConfigMap":
         return _plain(conn, call(conn, what, conn.core().read_namespaced_config_map, name, namespace))
     if kind == "NetworkPolicy":
@@ -198,8 +194,7 @@ def get(conn: Connection, kind: str, namespace: str, name: str) -> dict:
 
 def list_objects(conn: Connection, kind: str, namespace: str) -> list[dict]:
     what = f"{RAY_PLURALS[kind]} in namespace {namespace}"
-    res = call(conn, what, conn.custom().list_namespaced_custom_object,
-               RAY_GROUP, RAY_API_VERSION, namespace, RAY_PLURALS[kind])
+    res = call(conn, what, conn.custom().list_namespaced_custom_object, RAY_GROUP, RAY_API_VERSION, namespace, RAY_PLURALS[kind])
     return list(res.get("items", []))
 
 
@@ -208,14 +203,21 @@ def create(conn: Connection, obj: dict) -> dict:
     ns = meta["namespace"]
     what = describe(kind, meta["name"], ns)
     if kind in RAY_PLURALS:
-        return call(conn, what, conn.custom().create_namespaced_custom_object,
-                    RAY_GROUP, RAY_API_VERSION, ns, RAY_PLURALS[kind], obj, field_manager=FIELD_MANAGER)
+        return call(
+            conn,
+            what,
+            conn.custom().create_namespaced_custom_object,
+            RAY_GROUP,
+            RAY_API_VERSION,
+            ns,
+            RAY_PLURALS[kind],
+            obj,
+            field_manager=FIELD_MANAGER,
+        )
     if kind == "ConfigMap":
-        return _plain(conn, call(conn, what, conn.core().create_namespaced_config_map,
-                                 ns, obj, field_manager=FIELD_MANAGER))
+        return _plain(conn, call(conn, what, conn.core().create_namespaced_config_map, ns, obj, field_manager=FIELD_MANAGER))
     if kind == "NetworkPolicy":
-        return _plain(conn, call(conn, what, conn.networking().create_namespaced_network_policy,
-                                 ns, obj, field_manager=FIELD_MANAGER))
+        return _plain(conn, call(conn, what, conn.networking().create_namespaced_network_policy, ns, obj, field_manager=FIELD_MANAGER))
     raise K8sError(f"unsupported kind {kind}")
 
 
@@ -224,15 +226,40 @@ def patch(conn: Connection, kind: str, namespace: str, name: str, body: Any, *, 
     what = describe(kind, name, namespace)
     ctype = "application/json-patch+json" if json_patch else "application/merge-patch+json"
     if kind in RAY_PLURALS:
-        return call(conn, what, conn.custom().patch_namespaced_custom_object,
-                    RAY_GROUP, RAY_API_VERSION, namespace, RAY_PLURALS[kind], name, body,
-                    field_manager=FIELD_MANAGER, _content_type=ctype)
+        return call(
+            conn,
+            what,
+            conn.custom().patch_namespaced_custom_object,
+            RAY_GROUP,
+            RAY_API_VERSION,
+            namespace,
+            RAY_PLURALS[kind],
+            name,
+            body,
+            field_manager=FIELD_MANAGER,
+            _content_type=ctype,
+        )
     if kind == "ConfigMap":
-        return _plain(conn, call(conn, what, conn.core().patch_namespaced_config_map, name, namespace, body,
-                                 field_manager=FIELD_MANAGER, _content_type=ctype))
+        return _plain(
+            conn,
+            call(
+                conn, what, conn.core().patch_namespaced_config_map, name, namespace, body, field_manager=FIELD_MANAGER, _content_type=ctype
+            ),
+        )
     if kind == "NetworkPolicy":
-        return _plain(conn, call(conn, what, conn.networking().patch_namespaced_network_policy, name, namespace, body,
-                                 field_manager=FIELD_MANAGER, _content_type=ctype))
+        return _plain(
+            conn,
+            call(
+                conn,
+                what,
+                conn.networking().patch_namespaced_network_policy,
+                name,
+                namespace,
+                body,
+                field_manager=FIELD_MANAGER,
+                _content_type=ctype,
+            ),
+        )
     raise K8sError(f"unsupported kind {kind}")
 
 
@@ -241,8 +268,7 @@ def delete(conn: Connection, kind: str, namespace: str, name: str) -> bool:
     what = describe(kind, name, namespace)
     try:
         if kind in RAY_PLURALS:
-            call(conn, what, conn.custom().delete_namespaced_custom_object,
-                 RAY_GROUP, RAY_API_VERSION, namespace, RAY_PLURALS[kind], name)
+            call(conn, what, conn.custom().delete_namespaced_custom_object, RAY_GROUP, RAY_API_VERSION, namespace, RAY_PLURALS[kind], name)
         elif kind == "ConfigMap":
             call(conn, what, conn.core().delete_namespaced_config_map, name, namespace)
         elif kind == "NetworkPolicy":
@@ -335,7 +361,10 @@ def follow_rayjob(
             with translated(conn, what):
                 for event in w.stream(
                     conn.custom().list_namespaced_custom_object,
-                    RAY_GROUP, RAY_API_VERSION, namespace, RAY_PLURALS["RayJob"],
+                    RAY_GROUP,
+                    RAY_API_VERSION,
+                    namespace,
+                    RAY_PLURALS["RayJob"],
                     field_selector=f"metadata.name={name}",
                     resource_version=obj.get("metadata", {}).get("resourceVersion"),
                     timeout_seconds=watch_timeout_s,

@@ -192,8 +192,7 @@ def object_name(base: str, *, max_len: int, suffix: Optional[str] = None) -> str
 def _check_name(name: str, kind: str, max_len: int) -> str:
     if len(name) > max_len or not _DNS1035.match(name):
         raise OrchestratorError(
-            f"{kind} name {name!r} must be at most {max_len} characters of lower-case letters, digits and '-', "
-            "starting with a letter"
+            f"{kind} name {name!r} must be at most {max_len} characters of lower-case letters, digits and '-', starting with a letter"
         )
     return name
 
@@ -240,11 +239,7 @@ def _ray_volumes(size: PodSize, *, storage_pvc: Optional[str], spec_configmap: O
         {"name": "ray-tmp", "emptyDir": {}},
         # Ray's object store lives in /dev/shm; the container default (64 MiB) is far too small.
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{max(1, size.memory_gi // 2)}Gi"}},
-        (
-            {"name": "storage", "persistentVolumeClaim": {"claimName": storage_pvc}}
-            if storage_pvc
-            else {"name": "storage", "emptyDir": {}}
-        ),
+        ({"name": "storage", "persistentVolumeClaim": {"claimName": storage_pvc}} if storage_pvc else {"name": "storage", "emptyDir": {}}),
     ]
     mounts: list[dict] = [
         {"name": "ray-tmp", "mountPath": "/tmp/ray"},
@@ -506,9 +501,7 @@ def job_spec_document(spec: JobSpec) -> tuple[dict, list[str], list[str]]:
 # ---------------------------------------------------------------------------------- objects
 
 
-def render_raycluster(
-    name: str, scaling: ScalingSpec, opts: RenderOptions = RenderOptions(), *, trials: int = 1
-) -> Rendered:
+def render_raycluster(name: str, scaling: ScalingSpec, opts: RenderOptions = RenderOptions(), *, trials: int = 1) -> Rendered:
     """NetworkPolicy + a long-lived autoscaling RayCluster sized for `scaling`."""
     name = _check_name(opts.name or object_name(name, max_len=MAX_RAYCLUSTER_NAME), "RayCluster", MAX_RAYCLUSTER_NAME)
     cluster = {
@@ -524,9 +517,7 @@ def render_raycluster(
 
 def render_rayjob(spec: JobSpec, opts: RenderOptions = RenderOptions(), *, suffix: Optional[str] = None) -> Rendered:
     """NetworkPolicy + ConfigMap (the spec) + RayJob (runs `orchestrator run` on its own cluster)."""
-    name = _check_name(
-        opts.name or object_name(spec.name, max_len=MAX_RAYJOB_NAME, suffix=suffix), "RayJob", MAX_RAYJOB_NAME
-    )
+    name = _check_name(opts.name or object_name(spec.name, max_len=MAX_RAYJOB_NAME, suffix=suffix), "RayJob", MAX_RAYJOB_NAME)
     doc, local, notes = job_spec_document(spec)
     configmap_name = f"{name}-spec"
     configmap = {
@@ -622,9 +613,7 @@ def serve_config(spec: JobSpec, checkpoint_path: str) -> dict:
 def render_rayservice(spec: JobSpec, opts: RenderOptions = RenderOptions()) -> Rendered:
     """NetworkPolicy + RayService serving the promoted checkpoint `opts.checkpoint` with the spec's serve settings."""
     if not opts.checkpoint:
-        raise OrchestratorError(
-            "a RayService needs the promoted model: pass --checkpoint with its path on the storage volume or its URI"
-        )
+        raise OrchestratorError("a RayService needs the promoted model: pass --checkpoint with its path on the storage volume or its URI")
     name = _check_name(opts.name or object_name(spec.name, max_len=MAX_RAYSERVICE_NAME), "RayService", MAX_RAYSERVICE_NAME)
     serve = spec.serve or ServeSpec()
     if serve.port in RAY_PORTS:
@@ -664,9 +653,7 @@ def render_rayservice(spec: JobSpec, opts: RenderOptions = RenderOptions()) -> R
     return Rendered([network_policy(name, opts, extra_ports=(serve.port,)), service], warnings)
 
 
-def render(
-    kind: str, spec: JobSpec, opts: RenderOptions = RenderOptions(), *, suffix: Optional[str] = None
-) -> Rendered:
+def render(kind: str, spec: JobSpec, opts: RenderOptions = RenderOptions(), *, suffix: Optional[str] = None) -> Rendered:
     if kind == "raycluster":
         return render_raycluster(spec.name, spec.scaling, opts, trials=concurrent_trials(spec))
     if kind == "rayjob":
@@ -694,10 +681,7 @@ _Dumper.add_representer(str, _str_representer)
 
 def to_yaml(objects: list[dict]) -> str:
     """Multi-document YAML, one document per object, in order."""
-    return "".join(
-        "---\n" + yaml.dump(obj, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=100)
-        for obj in objects
-    )
+    return "".join("---\n" + yaml.dump(obj, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=100) for obj in objects)
 
 
 # ------------------------------------------------------------------------------------ scale

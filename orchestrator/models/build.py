@@ -17,7 +17,9 @@ from orchestrator.errors import OrchestratorError
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 
 
-def build_mlp(input_dim: int, num_outputs: int, hidden: list[int], dropout: float, activation: str = "relu", batch_norm: bool = False) -> nn.Module:
+def build_mlp(
+    input_dim: int, num_outputs: int, hidden: list[int], dropout: float, activation: str = "relu", batch_norm: bool = False
+) -> nn.Module:
     layers: list[nn.Module] = []
     width = input_dim
     for h in hidden:
@@ -92,31 +94,61 @@ def _factory_extras(fn, extras: dict[str, Any], given: dict[str, Any]) -> dict[s
     return {k: v for k, v in extras.items() if v is not None and k not in given and (takes_all or k in params)}
 
 
-def build_sequence_model(model_spec: dict[str, Any], input_shape: list[int], num_outputs: int, dropout: float,
-                         vocab_size: Optional[int], max_length: Optional[int]) -> nn.Module:
+def build_sequence_model(
+    model_spec: dict[str, Any],
+    input_shape: list[int],
+    num_outputs: int,
+    dropout: float,
+    vocab_size: Optional[int],
+    max_length: Optional[int],
+) -> nn.Module:
     """rnn or transformer over text ids (`vocab_size` given) or numeric steps (input_shape [steps, features])."""
     from orchestrator.models.sequence import build_rnn, build_transformer
 
     arch = model_spec["arch"]
     if vocab_size is None and len(input_shape) != 2:
         raise OrchestratorError(f"model.arch {arch} needs text, sequence or series input (data.text, data.sequence or data.series)")
-    inputs = {"vocab_size": int(vocab_size) if vocab_size is not None else None,
-              "input_dim": None if vocab_size is not None else int(input_shape[-1]), "num_outputs": int(num_outputs), "dropout": dropout}
+    inputs = {
+        "vocab_size": int(vocab_size) if vocab_size is not None else None,
+        "input_dim": None if vocab_size is not None else int(input_shape[-1]),
+        "num_outputs": int(num_outputs),
+        "dropout": dropout,
+    }
     if arch == "rnn":
-        return build_rnn(cell=model_spec.get("cell", "lstm"), hidden=int(model_spec.get("hidden", 128)), layers=int(model_spec.get("layers", 1)),
-                         bidirectional=bool(model_spec.get("bidirectional", False)), embedding=int(model_spec.get("embedding", 128)),
-                         pooling=model_spec.get("pooling", "last"), **inputs)
+        return build_rnn(
+            cell=model_spec.get("cell", "lstm"),
+            hidden=int(model_spec.get("hidden", 128)),
+            layers=int(model_spec.get("layers", 1)),
+            bidirectional=bool(model_spec.get("bidirectional", False)),
+            embedding=int(model_spec.get("embedding", 128)),
+            pooling=model_spec.get("pooling", "last"),
+            **inputs,
+        )
     longest = int(max_length or input_shape[0])
     accepts = int(model_spec.get("max_length") or longest)
     if accepts < longest:
         raise OrchestratorError(f"model.max_length {accepts} is less than the longest input ({longest} tokens or steps)")
-    return build_transformer(d_model=int(model_spec.get("d_model", 128)), heads=int(model_spec.get("heads", 4)),
-                             layers=int(model_spec.get("layers", 2)), ff=int(model_spec.get("ff", 256)), max_length=accepts,
-                             pooling=model_spec.get("pooling", "cls"), **inputs)
+    return build_transformer(
+        d_model=int(model_spec.get("d_model", 128)),
+        heads=int(model_spec.get("heads", 4)),
+        layers=int(model_spec.get("layers", 2)),
+        ff=int(model_spec.get("ff", 256)),
+        max_length=accepts,
+        pooling=model_spec.get("pooling", "cls"),
+        **inputs,
+    )
 
 
-def build_model(model_spec: dict[str, Any], input_shape: list[int], num_outputs: int, dropout: float, *,
-                vocab_size: Optional[int] = None, max_length: Optional[int] = None, code_dirs: Sequence[str] = ()) -> nn.Module:
+def build_model(
+    model_spec: dict[str, Any],
+    input_shape: list[int],
+    num_outputs: int,
+    dropout: float,
+    *,
+    vocab_size: Optional[int] = None,
+    max_length: Optional[int] = None,
+    code_dirs: Sequence[str] = (),
+) -> nn.Module:
     """Build from the spec's `model` section as a plain dict (so checkpoints can rebuild it too).
 
     `vocab_size` (text input: token ids are below it) and `max_length` (text, sequence and series:
@@ -129,8 +161,12 @@ def build_model(model_spec: dict[str, Any], input_shape: list[int], num_outputs:
         return build_sequence_model(model_spec, input_shape, num_outputs, dropout, vocab_size, max_length)
     if arch == "mlp":
         return build_mlp(
-            int(math.prod(input_shape)), num_outputs, list(model_spec["hidden"]), dropout,
-            model_spec.get("activation", "relu"), model_spec.get("batch_norm", False),
+            int(math.prod(input_shape)),
+            num_outputs,
+            list(model_spec["hidden"]),
+            dropout,
+            model_spec.get("activation", "relu"),
+            model_spec.get("batch_norm", False),
         )
     if arch == "cnn":
         if len(input_shape) != 3:

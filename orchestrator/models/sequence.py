@@ -72,8 +72,20 @@ def _masked_max(h: Tensor, mask: Tensor) -> Tensor:
 class RNNModel(nn.Module):
     """Embedding (text) -> LSTM/GRU over the packed batch -> pooling -> dropout -> linear head."""
 
-    def __init__(self, *, vocab_size: Optional[int], input_dim: Optional[int], num_outputs: int, cell: str,
-                 hidden: int, layers: int, bidirectional: bool, embedding: int, pooling: str, dropout: float):
+    def __init__(
+        self,
+        *,
+        vocab_size: Optional[int],
+        input_dim: Optional[int],
+        num_outputs: int,
+        cell: str,
+        hidden: int,
+        layers: int,
+        bidirectional: bool,
+        embedding: int,
+        pooling: str,
+        dropout: float,
+    ):
         super().__init__()
         self.pooling = pooling
         self.bidirectional = bidirectional
@@ -106,8 +118,19 @@ class RNNModel(nn.Module):
         return self.head(self.dropout(pooled))
 
 
-def build_rnn(*, vocab_size: Optional[int], input_dim: Optional[int], num_outputs: int, cell: str, hidden: int,
-              layers: int, bidirectional: bool, embedding: int, pooling: str, dropout: float) -> nn.Module:
+def build_rnn(
+    *,
+    vocab_size: Optional[int],
+    input_dim: Optional[int],
+    num_outputs: int,
+    cell: str,
+    hidden: int,
+    layers: int,
+    bidirectional: bool,
+    embedding: int,
+    pooling: str,
+    dropout: float,
+) -> nn.Module:
     """A recurrent classifier/regressor over text ids (`vocab_size`) or numeric steps (`input_dim`).
 
     `embedding` is the token embedding width (ignored for numeric input). `pooling`: "last" reads
@@ -125,9 +148,18 @@ def build_rnn(*, vocab_size: Optional[int], input_dim: Optional[int], num_output
         _positive(name, v)
     if vocab_size is not None:
         _positive("embedding", embedding)
-    return RNNModel(vocab_size=vocab_size, input_dim=input_dim, num_outputs=num_outputs, cell=cell, hidden=hidden,
-                    layers=layers, bidirectional=bool(bidirectional), embedding=embedding, pooling=pooling,
-                    dropout=_check_dropout(dropout))
+    return RNNModel(
+        vocab_size=vocab_size,
+        input_dim=input_dim,
+        num_outputs=num_outputs,
+        cell=cell,
+        hidden=hidden,
+        layers=layers,
+        bidirectional=bool(bidirectional),
+        embedding=embedding,
+        pooling=pooling,
+        dropout=_check_dropout(dropout),
+    )
 
 
 def sinusoidal_positions(length: int, d_model: int) -> Tensor:
@@ -143,8 +175,20 @@ def sinusoidal_positions(length: int, d_model: int) -> Tensor:
 class TransformerModel(nn.Module):
     """Embedding/projection + sinusoidal positions -> pre-norm TransformerEncoder -> pooling -> head."""
 
-    def __init__(self, *, vocab_size: Optional[int], input_dim: Optional[int], num_outputs: int, d_model: int,
-                 heads: int, layers: int, ff: int, dropout: float, max_length: int, pooling: str):
+    def __init__(
+        self,
+        *,
+        vocab_size: Optional[int],
+        input_dim: Optional[int],
+        num_outputs: int,
+        d_model: int,
+        heads: int,
+        layers: int,
+        ff: int,
+        dropout: float,
+        max_length: int,
+        pooling: str,
+    ):
         super().__init__()
         self.pooling = pooling
         self.max_length = max_length
@@ -156,12 +200,12 @@ class TransformerModel(nn.Module):
         positions = max_length + (1 if self.cls is not None else 0)
         self.register_buffer("positions", sinusoidal_positions(positions, d_model), persistent=False)
         self.dropout = nn.Dropout(dropout)
-        layer = nn.TransformerEncoderLayer(d_model, heads, dim_feedforward=ff, dropout=dropout, activation="gelu",
-                                           batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            d_model, heads, dim_feedforward=ff, dropout=dropout, activation="gelu", batch_first=True, norm_first=True
+        )
         # No nested tensors: that fast path returns zeros at padded positions and drifts slightly
         # from the padded computation, which would break padding invariance.
-        self.encoder = nn.TransformerEncoder(layer, num_layers=layers, norm=nn.LayerNorm(d_model),
-                                             enable_nested_tensor=False)
+        self.encoder = nn.TransformerEncoder(layer, num_layers=layers, norm=nn.LayerNorm(d_model), enable_nested_tensor=False)
         self.head = nn.Linear(d_model, num_outputs)
 
     def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
@@ -179,8 +223,19 @@ class TransformerModel(nn.Module):
         return self.head(self.dropout(pooled))
 
 
-def build_transformer(*, vocab_size: Optional[int], input_dim: Optional[int], num_outputs: int, d_model: int,
-                      heads: int, layers: int, ff: int, dropout: float, max_length: int, pooling: str) -> nn.Module:
+def build_transformer(
+    *,
+    vocab_size: Optional[int],
+    input_dim: Optional[int],
+    num_outputs: int,
+    d_model: int,
+    heads: int,
+    layers: int,
+    ff: int,
+    dropout: float,
+    max_length: int,
+    pooling: str,
+) -> nn.Module:
     """A transformer-encoder classifier/regressor over text ids (`vocab_size`) or numeric steps (`input_dim`).
 
     `max_length`: the longest input accepted (for text, the tokenizer's max_length, CLS included).
@@ -193,13 +248,28 @@ def build_transformer(*, vocab_size: Optional[int], input_dim: Optional[int], nu
     _check_inputs(vocab_size, input_dim)
     if pooling not in TRANSFORMER_POOLING:
         raise ValueError(f"pooling must be one of {list(TRANSFORMER_POOLING)} for a transformer, got {pooling!r}")
-    for name, v in (("num_outputs", num_outputs), ("d_model", d_model), ("heads", heads), ("layers", layers),
-                    ("ff", ff), ("max_length", max_length)):
+    for name, v in (
+        ("num_outputs", num_outputs),
+        ("d_model", d_model),
+        ("heads", heads),
+        ("layers", layers),
+        ("ff", ff),
+        ("max_length", max_length),
+    ):
         _positive(name, v)
     if d_model % heads:
         raise ValueError(f"d_model ({d_model}) must be divisible by heads ({heads})")
     if d_model % 2:
         raise ValueError(f"d_model ({d_model}) must be even for the sinusoidal positional encoding")
-    return TransformerModel(vocab_size=vocab_size, input_dim=input_dim, num_outputs=num_outputs, d_model=d_model,
-                            heads=heads, layers=layers, ff=ff, dropout=_check_dropout(dropout), max_length=max_length,
-                            pooling=pooling)
+    return TransformerModel(
+        vocab_size=vocab_size,
+        input_dim=input_dim,
+        num_outputs=num_outputs,
+        d_model=d_model,
+        heads=heads,
+        layers=layers,
+        ff=ff,
+        dropout=_check_dropout(dropout),
+        max_length=max_length,
+        pooling=pooling,
+    )

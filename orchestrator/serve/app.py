@@ -168,8 +168,10 @@ def _number_check(bounds: list[tuple[float, float]]) -> Callable[[Any, int, int]
             return f"step {s}: {fv} is not a finite number"
         lo, hi = bounds[f]
         if not lo <= fv <= hi:
-            return (f"step {s}: {fv:.6g} is out of range: the model takes values within [{lo:.6g}, {hi:.6g}] "
-                    "(where (x - training mean) / std fits in float32)")
+            return (
+                f"step {s}: {fv:.6g} is out of range: the model takes values within [{lo:.6g}, {hi:.6g}] "
+                "(where (x - training mean) / std fits in float32)"
+            )
         return None
 
     return problem
@@ -191,15 +193,20 @@ def _sequence_type(pre: Preprocessor) -> Any:
         if not v:
             raise PydanticCustomError("sequence_empty", f"empty sequence: expected {shape}")
         if len(v) > t:
-            raise PydanticCustomError("sequence_too_long", f"{len(v)} steps, more than the model's max_length {t} "
-                                      "(data.sequence.max_length, or the training split's longest sequence)")
+            raise PydanticCustomError(
+                "sequence_too_long",
+                f"{len(v)} steps, more than the model's max_length {t} "
+                "(data.sequence.max_length, or the training split's longest sequence)",
+            )
         vectors = isinstance(v[0], list)
         for s, step in enumerate(v):
             values = step if isinstance(step, list) else None
             if (values is not None) != vectors:
                 raise PydanticCustomError("sequence_step", f"step {s} mixes numbers and vectors; use one or the other")
             if values is None and f > 1:
-                raise PydanticCustomError("sequence_step", f"step {s}: expected a list of {f} numbers, got {type(step).__name__} {shown_value(step)}")
+                raise PydanticCustomError(
+                    "sequence_step", f"step {s}: expected a list of {f} numbers, got {type(step).__name__} {shown_value(step)}"
+                )
             if values is not None and len(values) != f:
                 raise PydanticCustomError("sequence_step", f"step {s} has {len(values)} values; every step holds {f} (as in training)")
             for j, x in enumerate(values if values is not None else [step]):
@@ -228,8 +235,9 @@ def _series_type(pre: Preprocessor) -> Any:
                 raise PydanticCustomError("window_value", problem)
         return v
 
-    return Annotated[Any, PlainValidator(validate),
-                     WithJsonSchema({"type": "array", "items": {"type": "number"}, "minItems": w, "maxItems": w})]
+    return Annotated[
+        Any, PlainValidator(validate), WithJsonSchema({"type": "array", "items": {"type": "number"}, "minItems": w, "maxItems": w})
+    ]
 
 
 def input_description(pre: Preprocessor) -> dict[str, Any]:
@@ -238,15 +246,33 @@ def input_description(pre: Preprocessor) -> dict[str, Any]:
     column = pre.feature_columns[0] if kind != "table" else None
     if kind == "text":
         tok = (pre.tokenizer or {}).get("kind")
-        return {"kind": kind, "column": column, "type": "string", "tokenizer": tok, "max_length": pre.text_max_length,
-                "max_characters": text_char_limit(pre), "lowercase": pre.text_lowercase,
-                "note": "max_length counts tokens, the leading CLS included; longer texts are refused, not truncated"}
+        return {
+            "kind": kind,
+            "column": column,
+            "type": "string",
+            "tokenizer": tok,
+            "max_length": pre.text_max_length,
+            "max_characters": text_char_limit(pre),
+            "lowercase": pre.text_lowercase,
+            "note": "max_length counts tokens, the leading CLS included; longer texts are refused, not truncated",
+        }
     if kind == "sequence":
-        return {"kind": kind, "column": column, "type": "list of numbers" if pre.sequence_features == 1 else "list of vectors",
-                "max_length": pre.sequence_max_length, "features": pre.sequence_features}
+        return {
+            "kind": kind,
+            "column": column,
+            "type": "list of numbers" if pre.sequence_features == 1 else "list of vectors",
+            "max_length": pre.sequence_max_length,
+            "features": pre.sequence_features,
+        }
     if kind == "series":
-        return {"kind": kind, "column": column, "type": "list of numbers", "window": pre.series_window, "horizon": pre.series_horizon,
-                "note": f"the {pre.series_window} points ending at the last observed one; the answer forecasts the next {pre.series_horizon}"}
+        return {
+            "kind": kind,
+            "column": column,
+            "type": "list of numbers",
+            "window": pre.series_window,
+            "horizon": pre.series_horizon,
+            "note": f"the {pre.series_window} points ending at the last observed one; the answer forecasts the next {pre.series_horizon}",
+        }
     if kind == "image":
         out = {"kind": kind, "column": column, "shape": pre.image_shape, "source": pre.image_source}
         if image_files(pre):
@@ -274,36 +300,52 @@ def record_model(pre: Preprocessor) -> type[BaseModel]:
         limit = text_char_limit(pre)
         fields["f0"] = (
             Annotated[str, Field(strict=True, min_length=1, max_length=limit), AfterValidator(_not_blank)],
-            Field(alias=pre.text_column, description=f"text: a string of at most {pre.text_max_length} tokens ({pre.text_max_length - 1} "
-                  f"after the leading CLS) and at most {limit} characters; longer texts are refused, not truncated"),
+            Field(
+                alias=pre.text_column,
+                description=f"text: a string of at most {pre.text_max_length} tokens ({pre.text_max_length - 1} "
+                f"after the leading CLS) and at most {limit} characters; longer texts are refused, not truncated",
+            ),
         )
     elif kind == "sequence":
         f = pre.sequence_features
         fields["f0"] = (
             _sequence_type(pre),
-            Field(alias=pre.sequence_column, description=f"sequence: 1 to {pre.sequence_max_length} steps, each "
-                  + ("a number (or a list of 1 number)" if f == 1 else f"a list of {f} numbers")),
+            Field(
+                alias=pre.sequence_column,
+                description=f"sequence: 1 to {pre.sequence_max_length} steps, each "
+                + ("a number (or a list of 1 number)" if f == 1 else f"a list of {f} numbers"),
+            ),
         )
     elif kind == "series":
         fields["f0"] = (
             _series_type(pre),
-            Field(alias=pre.series_column, description=f"window: the last {pre.series_window} observed values, oldest first; "
-                  f"the answer is the forecast of the next {pre.series_horizon}"),
+            Field(
+                alias=pre.series_column,
+                description=f"window: the last {pre.series_window} observed values, oldest first; "
+                f"the answer is the forecast of the next {pre.series_horizon}",
+            ),
         )
     elif kind == "image" and image_files(pre):
         fields["f0"] = (
             Annotated[str, Field(strict=True, min_length=1)],
-            Field(alias=pre.image_column, description=f"image file (PNG, JPEG, ...) as base64 text, decoded and resized to "
-                  f"{pre.image_shape} (channels, height, width)",
-                  json_schema_extra={"contentEncoding": "base64", "contentMediaType": "image/*"}),
+            Field(
+                alias=pre.image_column,
+                description=f"image file (PNG, JPEG, ...) as base64 text, decoded and resized to "
+                f"{pre.image_shape} (channels, height, width)",
+                json_schema_extra={"contentEncoding": "base64", "contentMediaType": "image/*"},
+            ),
         )
     elif kind == "image":
         n = int(math.prod(pre.image_shape))
         item = Annotated[float, Field(strict=True, allow_inf_nan=False)]
         fields["f0"] = (
             list[item],
-            Field(alias=pre.image_column, min_length=n, max_length=n,
-                  description=f"image {pre.image_shape} (channels, height, width) as a flat list of {n} numbers"),
+            Field(
+                alias=pre.image_column,
+                min_length=n,
+                max_length=n,
+                description=f"image {pre.image_shape} (channels, height, width) as a flat list of {n} numbers",
+            ),
         )
     else:
         for i, col in enumerate(pre.numeric):
@@ -316,8 +358,11 @@ def record_model(pre: Preprocessor) -> type[BaseModel]:
             shown = ", ".join(map(repr, cats[:20])) + (", ..." if len(cats) > 20 else "")
             fields[f"c{j}"] = (
                 Optional[Annotated[t, Field(strict=True)]],
-                Field(alias=col, description=f"category, one of {shown} (others and null encode as unknown)",
-                      json_schema_extra={"examples": cats[:20]}),
+                Field(
+                    alias=col,
+                    description=f"category, one of {shown} (others and null encode as unknown)",
+                    json_schema_extra={"examples": cats[:20]},
+                ),
             )
     return create_model(  # type: ignore[call-overload]
         "Record", __config__=ConfigDict(extra="forbid", populate_by_name=False, title="Record"), **fields
@@ -439,8 +484,15 @@ class Records(list):
 class ModelRunner:
     """A checkpoint ready to answer requests: parse and validate bodies, run one forward per batch."""
 
-    def __init__(self, checkpoint_dir: str | Path, *, version: Optional[str] = None, max_records: int = DEFAULT_MAX_RECORDS,
-                 max_body_bytes: int = 1 << 20, device: str = "cpu"):
+    def __init__(
+        self,
+        checkpoint_dir: str | Path,
+        *,
+        version: Optional[str] = None,
+        max_records: int = DEFAULT_MAX_RECORDS,
+        max_body_bytes: int = 1 << 20,
+        device: str = "cpu",
+    ):
         self.loaded = load_model(checkpoint_dir)
         self.pre = self.loaded.preprocessor
         self.meta = self.loaded.meta
@@ -455,8 +507,7 @@ class ModelRunner:
         self.kind = self.pre.kind
         # what predict() transforms with: an image model trained on file paths takes the files' bytes
         # here, so a request can never make the server open a path
-        self._inputs_pre = (dataclasses.replace(self.pre, image_source="bytes", image_root=None)
-                            if image_files(self.pre) else self.pre)
+        self._inputs_pre = dataclasses.replace(self.pre, image_source="bytes", image_root=None) if image_files(self.pre) else self.pre
         self.Record = record_model(self.pre)
         self._records = TypeAdapter(list[self.Record])
         self.classification = self.pre.task == "classification"
@@ -484,8 +535,13 @@ class ModelRunner:
                     try:
                         v.encode("utf-8")
                     except UnicodeEncodeError:  # a lone surrogate escape such as "\ud800"
-                        errors.append({"field": records.path(i, col), "type": "string_unicode",
-                                       "message": "not valid Unicode text (a lone surrogate escape)"})
+                        errors.append(
+                            {
+                                "field": records.path(i, col),
+                                "type": "string_unicode",
+                                "message": "not valid Unicode text (a lone surrogate escape)",
+                            }
+                        )
                     continue
                 lo, hi = self._bounds.get(col, (None, None))
                 if lo is None or v is None:
@@ -493,9 +549,14 @@ class ModelRunner:
                 low, high = (min(v), max(v)) if isinstance(v, list) else (v, v)
                 if low < lo or high > hi:
                     shown = low if low < lo else high
-                    errors.append({"field": records.path(i, col), "type": "float_range",
-                                   "message": f"{shown:.6g} is out of range: the model takes values within [{lo:.6g}, {hi:.6g}] "
-                                              "(where (x - training mean) / std fits in float32)"})
+                    errors.append(
+                        {
+                            "field": records.path(i, col),
+                            "type": "float_range",
+                            "message": f"{shown:.6g} is out of range: the model takes values within [{lo:.6g}, {hi:.6g}] "
+                            "(where (x - training mean) / std fits in float32)",
+                        }
+                    )
         if errors:
             raise _field_errors(errors)
 
@@ -514,8 +575,11 @@ class ModelRunner:
             raise ClientError(400, 'empty request body: send one record, a list of records or {"records": [...]} as JSON')
         depth = json_depth(body)
         if depth > MAX_JSON_DEPTH:
-            raise ClientError(400, f"JSON nested {depth} levels deep (the limit is {MAX_JSON_DEPTH}); send one record, "
-                              'a list of records or {"records": [...]}')
+            raise ClientError(
+                400,
+                f"JSON nested {depth} levels deep (the limit is {MAX_JSON_DEPTH}); send one record, "
+                'a list of records or {"records": [...]}',
+            )
         try:
             data = json.loads(body)
         except UnicodeDecodeError:
@@ -529,19 +593,26 @@ class ModelRunner:
         if isinstance(data, dict) and "records" in data and "records" not in self.columns:
             others = sorted(set(data) - {"records"})
             if others:
-                raise ClientError(422, f"{others[0]}: unknown field next to records", [
-                    {"field": k, "message": "unknown field next to records", "type": "extra_forbidden"} for k in others])
+                raise ClientError(
+                    422,
+                    f"{others[0]}: unknown field next to records",
+                    [{"field": k, "message": "unknown field next to records", "type": "extra_forbidden"} for k in others],
+                )
             records, prefix = data["records"], ("records",)
             if not isinstance(records, list):
-                raise ClientError(422, f"records: must be a list of records, got {type(records).__name__}",
-                                  [{"field": "records", "message": "must be a list of records", "type": "list_type"}])
+                raise ClientError(
+                    422,
+                    f"records: must be a list of records, got {type(records).__name__}",
+                    [{"field": "records", "message": "must be a list of records", "type": "list_type"}],
+                )
         elif isinstance(data, dict):
             records, single = [data], True
         elif isinstance(data, list):
             records = data
         else:
-            raise ClientError(422, 'body must be a JSON object (one record), a list of records or {"records": [...]}, '
-                              f"got {type(data).__name__}")
+            raise ClientError(
+                422, f'body must be a JSON object (one record), a list of records or {{"records": [...]}}, got {type(data).__name__}'
+            )
         if not records:
             raise ClientError(422, f"{field_path(prefix)}: no records to predict")
         if len(records) > self.max_records:
@@ -598,34 +669,57 @@ class ModelRunner:
             try:
                 data = base64.b64decode("".join(text.split()), validate=True)
             except (binascii.Error, ValueError):
-                errors.append({"field": records.path(i, col), "type": "base64",
-                               "message": "not valid base64: send the image file's bytes base64-encoded (standard alphabet)"})
+                errors.append(
+                    {
+                        "field": records.path(i, col),
+                        "type": "base64",
+                        "message": "not valid base64: send the image file's bytes base64-encoded (standard alphabet)",
+                    }
+                )
                 continue
             try:
                 with Image.open(io.BytesIO(data)) as img:
                     width, height = img.size
             except Image.DecompressionBombError:  # the header announces more pixels than PIL opens at all
-                errors.append({"field": records.path(i, col), "type": "image_size",
-                               "message": f"image of more than {2 * Image.MAX_IMAGE_PIXELS} pixels; this server decodes at most "
-                                          f"{image_pixel_cap(self.pre.image_shape)} pixels per image: scale the image down before sending it"})
+                errors.append(
+                    {
+                        "field": records.path(i, col),
+                        "type": "image_size",
+                        "message": f"image of more than {2 * Image.MAX_IMAGE_PIXELS} pixels; this server decodes at most "
+                        f"{image_pixel_cap(self.pre.image_shape)} pixels per image: scale the image down before sending it",
+                    }
+                )
                 continue
             except Exception:  # PIL's UnidentifiedImageError, truncated files, ...
-                errors.append({"field": records.path(i, col), "type": "image_format",
-                               "message": f"not an image file PIL can read ({len(data)} bytes after base64 decoding)"})
+                errors.append(
+                    {
+                        "field": records.path(i, col),
+                        "type": "image_format",
+                        "message": f"not an image file PIL can read ({len(data)} bytes after base64 decoding)",
+                    }
+                )
                 continue
             if width * height > cap:
-                errors.append({"field": records.path(i, col), "type": "image_size",
-                               "message": f"image of {width} x {height} pixels ({width * height}); this server decodes at most {cap} "
-                                          f"pixels per image (the model takes {self.pre.image_shape[2]} x {self.pre.image_shape[1]}): "
-                                          "scale the image down before sending it"})
+                errors.append(
+                    {
+                        "field": records.path(i, col),
+                        "type": "image_size",
+                        "message": f"image of {width} x {height} pixels ({width * height}); this server decodes at most {cap} "
+                        f"pixels per image (the model takes {self.pre.image_shape[2]} x {self.pre.image_shape[1]}): "
+                        "scale the image down before sending it",
+                    }
+                )
                 continue
             total += width * height
             records[i] = {**rec, col: data}
         if errors:
             raise _field_errors(errors)
         if total > MAX_REQUEST_PIXELS:
-            raise ClientError(413, f"the {len(records)} images of this request hold {total} pixels in all; the server decodes at most "
-                              f"{MAX_REQUEST_PIXELS} pixels per request: send fewer or smaller images per request")
+            raise ClientError(
+                413,
+                f"the {len(records)} images of this request hold {total} pixels in all; the server decodes at most "
+                f"{MAX_REQUEST_PIXELS} pixels per request: send fewer or smaller images per request",
+            )
 
     # ---- inference
     def _frame(self, records: list[dict]) -> pd.DataFrame:
@@ -638,9 +732,9 @@ class ModelRunner:
         """A preprocessor's ValueError about one record alone -> an output entry naming its field."""
         col = self.columns[0] if len(self.columns) == 1 else None
         message = str(e)
-        for prefix in ([f"column {col!r}: row 0: ", f"column {col!r}: "] if col else []):
+        for prefix in [f"column {col!r}: row 0: ", f"column {col!r}: "] if col else []:
             if message.startswith(prefix):
-                message = message[len(prefix):]
+                message = message[len(prefix) :]
                 break
         if self.kind == "text" and "more than max_length" in message:
             message += " (data.text.max_length; served texts are not truncated: shorten the text)"
@@ -702,11 +796,21 @@ class ModelRunner:
             for i in bad:
                 o = outputs[i]
                 if o.get("type", "output_not_finite") == "output_not_finite":
-                    errors.append({"field": where(i), "message": f"{o['error']} (input values too extreme for the model)",
-                                   "type": "output_not_finite"})
+                    errors.append(
+                        {
+                            "field": where(i),
+                            "message": f"{o['error']} (input values too extreme for the model)",
+                            "type": "output_not_finite",
+                        }
+                    )
                 else:
-                    errors.append({"field": where(i, *([o["column"]] if o.get("column") else [])), "message": o["error"],
-                                   "type": o.get("type", "value_error")})
+                    errors.append(
+                        {
+                            "field": where(i, *([o["column"]] if o.get("column") else [])),
+                            "message": o["error"],
+                            "type": o.get("type", "value_error"),
+                        }
+                    )
             raise _field_errors(errors)
         body: dict[str, Any] = {"predictions": [o["prediction"] for o in outputs]}
         if self.classification:
@@ -721,15 +825,25 @@ class ModelRunner:
             "task": self.pre.task,
             "label": self.pre.label,
             "classes": self.pre.classes,
-            "model": {**self.model_spec, "input_shape": self.meta.get("input_shape"), "num_outputs": self.meta.get("num_outputs"),
-                      "parameters": count_parameters(self.model)},
+            "model": {
+                **self.model_spec,
+                "input_shape": self.meta.get("input_shape"),
+                "num_outputs": self.meta.get("num_outputs"),
+                "parameters": count_parameters(self.model),
+            },
             "metrics": _finite({"checkpoint": self.loaded.metrics, "test": self.test_metrics}),  # a diverged run's loss is NaN
             "input": input_description(self.pre),
             "input_schema": self.Record.model_json_schema(),
             "example": example_record(self.pre),
-            "limits": {"max_records": self.max_records, "max_body_bytes": self.max_body_bytes,
-                       **({"max_image_pixels": image_pixel_cap(self.pre.image_shape), "max_request_pixels": MAX_REQUEST_PIXELS}
-                          if image_files(self.pre) else {})},
+            "limits": {
+                "max_records": self.max_records,
+                "max_body_bytes": self.max_body_bytes,
+                **(
+                    {"max_image_pixels": image_pixel_cap(self.pre.image_shape), "max_request_pixels": MAX_REQUEST_PIXELS}
+                    if image_files(self.pre)
+                    else {}
+                ),
+            },
             "checkpoint": self.loaded.path,
             **(extra or {}),
         }
@@ -740,15 +854,26 @@ NOT_FINITE = "model output not finite for this input"
 # one sentence per input kind for the OpenAPI description (/docs)
 INPUT_NOTES: dict[str, Callable[[Preprocessor], str]] = {
     "table": lambda p: f"Input: table rows, one value per feature column ({len(p.feature_columns)} columns).",
-    "text": lambda p: (f"Input: text. Each record's `{p.text_column}` is a string of at most {p.text_max_length} tokens "
-                       f"({(p.tokenizer or {}).get('kind')} tokenizer, the leading CLS included); longer texts are refused, not truncated."),
-    "sequence": lambda p: (f"Input: a numeric sequence. Each record's `{p.sequence_column}` is a list of 1 to {p.sequence_max_length} "
-                           + ("numbers." if p.sequence_features == 1 else f"steps, each a list of {p.sequence_features} numbers.")),
-    "series": lambda p: (f"Input: a time-series window. Each record's `{p.series_column}` holds the last {p.series_window} observed "
-                         f"values, oldest first; the prediction forecasts the next {p.series_horizon}."),
-    "image": lambda p: (f"Input: an image. Each record's `{p.image_column}` is "
-                        + (f"an image file (PNG, JPEG, ...) as base64 text, decoded and resized to {p.image_shape}."
-                           if image_files(p) else f"a flat list of {int(math.prod(p.image_shape))} numbers, shape {p.image_shape}.")),
+    "text": lambda p: (
+        f"Input: text. Each record's `{p.text_column}` is a string of at most {p.text_max_length} tokens "
+        f"({(p.tokenizer or {}).get('kind')} tokenizer, the leading CLS included); longer texts are refused, not truncated."
+    ),
+    "sequence": lambda p: (
+        f"Input: a numeric sequence. Each record's `{p.sequence_column}` is a list of 1 to {p.sequence_max_length} "
+        + ("numbers." if p.sequence_features == 1 else f"steps, each a list of {p.sequence_features} numbers.")
+    ),
+    "series": lambda p: (
+        f"Input: a time-series window. Each record's `{p.series_column}` holds the last {p.series_window} observed "
+        f"values, oldest first; the prediction forecasts the next {p.series_horizon}."
+    ),
+    "image": lambda p: (
+        f"Input: an image. Each record's `{p.image_column}` is "
+        + (
+            f"an image file (PNG, JPEG, ...) as base64 text, decoded and resized to {p.image_shape}."
+            if image_files(p)
+            else f"a flat list of {int(math.prod(p.image_shape))} numbers, shape {p.image_shape}."
+        )
+    ),
 }
 
 
@@ -783,7 +908,7 @@ def relative_path(scope: dict) -> str:
     """Path below the app's mount point (Serve mounts the app at its route_prefix)."""
     path, root = scope.get("path", "/"), scope.get("root_path", "") or ""
     if root and path.startswith(root):
-        path = path[len(root):]
+        path = path[len(root) :]
     return path or "/"
 
 
@@ -798,8 +923,9 @@ async def _send_json(send, status: int, body: dict, headers: Optional[dict] = No
 class Guard:
     """Outermost ASGI layer: metrics for every request, bearer-token check, Content-Length limit."""
 
-    def __init__(self, app, *, token_sha256: Optional[str], max_body_bytes: int,
-                 observe: Optional[Callable[[str, int, float], None]] = None):
+    def __init__(
+        self, app, *, token_sha256: Optional[str], max_body_bytes: int, observe: Optional[Callable[[str, int, float], None]] = None
+    ):
         self.app = app
         self.token_sha256 = token_sha256
         self.max_body_bytes = max_body_bytes
@@ -875,8 +1001,9 @@ class Intake:
         try:
             return await asyncio.wait_for(read_body(request, limit), self.body_timeout_s)
         except asyncio.TimeoutError:
-            raise ClientError(408, f"request body not received within {self.body_timeout_s:g} s (serve.body_timeout_s)",
-                              headers={"Connection": "close"}) from None
+            raise ClientError(
+                408, f"request body not received within {self.body_timeout_s:g} s (serve.body_timeout_s)", headers={"Connection": "close"}
+            ) from None
         finally:
             self.receiving -= 1
 
@@ -891,8 +1018,11 @@ class Intake:
                 self.working -= 1
             return
         if self._slots.locked() and 0 <= self.max_waiting <= self.waiting:
-            raise ClientError(503, f"overloaded: {self.max_working} requests in progress and {self.waiting} waiting; retry later",
-                              headers={"Retry-After": "1"})
+            raise ClientError(
+                503,
+                f"overloaded: {self.max_working} requests in progress and {self.waiting} waiting; retry later",
+                headers={"Retry-After": "1"},
+            )
         self.waiting += 1
         try:
             await self._slots.acquire()
@@ -920,16 +1050,23 @@ async def read_body(request, limit: int) -> bytes:
 Infer = Callable[[list[dict]], Awaitable[list[dict]]]
 
 
-def make_api(runner: ModelRunner, infer: Infer, *, token_sha256: Optional[str] = None,
-             observe: Optional[Callable[[str, int, float], None]] = None, info: Optional[Callable[[], dict]] = None,
-             intake: Optional[Intake] = None):
+def make_api(
+    runner: ModelRunner,
+    infer: Infer,
+    *,
+    token_sha256: Optional[str] = None,
+    observe: Optional[Callable[[str, int, float], None]] = None,
+    info: Optional[Callable[[], dict]] = None,
+    intake: Optional[Intake] = None,
+):
     """FastAPI app: POST /predict, GET /healthz, GET /metadata, /docs; `infer` runs validated records.
     `intake` bounds the wait for a request's body and the requests worked on at once (default: a
     10 s body timeout, no bound on work)."""
     intake = intake or Intake()
-    auth_note = (" Every endpoint but /healthz needs `Authorization: Bearer <token>`." if token_sha256 else "")
+    auth_note = " Every endpoint but /healthz needs `Authorization: Bearer <token>`." if token_sha256 else ""
     api = FastAPI(
-        title=f"{runner.name} model server", version=runner.version,
+        title=f"{runner.name} model server",
+        version=runner.version,
         description=f"Predictions of the `{runner.name}` model ({runner.pre.task}). {INPUT_NOTES[runner.kind](runner.pre)}{auth_note}",
     )
 
@@ -948,29 +1085,52 @@ def make_api(runner: ModelRunner, infer: Infer, *, token_sha256: Optional[str] =
         return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=500)
 
     record_ref = {"$ref": "#/components/schemas/Record"}
-    body_schema = {"oneOf": [
-        record_ref,
-        {"type": "array", "items": record_ref, "minItems": 1, "maxItems": runner.max_records},
-        {"type": "object", "additionalProperties": False, "required": ["records"],
-         "properties": {"records": {"type": "array", "items": record_ref, "minItems": 1, "maxItems": runner.max_records}}},
-    ]}
+    body_schema = {
+        "oneOf": [
+            record_ref,
+            {"type": "array", "items": record_ref, "minItems": 1, "maxItems": runner.max_records},
+            {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["records"],
+                "properties": {"records": {"type": "array", "items": record_ref, "minItems": 1, "maxItems": runner.max_records}},
+            },
+        ]
+    }
     example = example_record(runner.pre)
     horizon = runner.pre.num_outputs if runner.kind == "series" else 1
     shown = runner.pre.classes[0] if runner.classification else ([0.0] * horizon if horizon > 1 else 0.0)
-    prediction_doc = {"description": "one prediction per record", "content": {"application/json": {"example": runner.response(
-        [{"prediction": shown, "probabilities": {k: 1.0 / max(1, len(runner._class_keys)) for k in runner._class_keys}}])}}}
-    error_doc = {"content": {"application/json": {"example": {"detail": "records[0].x: ...", "errors": [{"field": "records[0].x", "message": "...", "type": "..."}]}}}}
+    prediction_doc = {
+        "description": "one prediction per record",
+        "content": {
+            "application/json": {
+                "example": runner.response(
+                    [{"prediction": shown, "probabilities": {k: 1.0 / max(1, len(runner._class_keys)) for k in runner._class_keys}}]
+                )
+            }
+        },
+    }
+    error_doc = {
+        "content": {
+            "application/json": {
+                "example": {"detail": "records[0].x: ...", "errors": [{"field": "records[0].x", "message": "...", "type": "..."}]}
+            }
+        }
+    }
 
     @api.post(
         "/predict",
         summary="Predict one record or a list of records",
         openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": body_schema, "example": example}}}},
-        responses={200: prediction_doc, 400: {"description": "malformed JSON", **error_doc},
-                   408: {"description": "the body did not arrive within serve.body_timeout_s", **error_doc},
-                   413: {"description": "body or record count over the limit", **error_doc},
-                   415: {"description": "Content-Type is not JSON", **error_doc},
-                   422: {"description": "a record does not match the input schema; `errors` names each field", **error_doc},
-                   503: {"description": "overloaded (all working slots busy and the queue full): retry later"}},
+        responses={
+            200: prediction_doc,
+            400: {"description": "malformed JSON", **error_doc},
+            408: {"description": "the body did not arrive within serve.body_timeout_s", **error_doc},
+            413: {"description": "body or record count over the limit", **error_doc},
+            415: {"description": "Content-Type is not JSON", **error_doc},
+            422: {"description": "a record does not match the input schema; `errors` names each field", **error_doc},
+            503: {"description": "overloaded (all working slots busy and the queue full): retry later"},
+        },
     )
     async def predict(request: Request):
         ctype = request.headers.get("content-type")

@@ -51,8 +51,9 @@ def _run_job_spec(run_dir: Path):
         return None
 
 
-def resolve_target(path: Path, *, spec_path: Optional[Path] = None, host: Optional[str] = None, port: Optional[int] = None,
-                   force: bool = False) -> ServeTarget:
+def resolve_target(
+    path: Path, *, spec_path: Optional[Path] = None, host: Optional[str] = None, port: Optional[int] = None, force: bool = False
+) -> ServeTarget:
     """RUN_DIR -> its best_checkpoint and its spec's serve section; CHECKPOINT -> itself.
 
     A run whose promotion.json says not promoted (or that has no decision) is refused unless `force`.
@@ -80,8 +81,7 @@ def resolve_target(path: Path, *, spec_path: Optional[Path] = None, host: Option
             decision = {"promoted": False, "reason": "the run has no promotion decision (promotion.json); it may not have finished"}
         if not decision.get("promoted") and not force:
             raise NotPromotedError(
-                f"{run_dir}: the model was not promoted ({decision.get('reason', 'no reason recorded')}); "
-                "pass --force to serve it anyway"
+                f"{run_dir}: the model was not promoted ({decision.get('reason', 'no reason recorded')}); pass --force to serve it anyway"
             )
 
     job = _run_job_spec(run_dir) if run_dir is not None else None
@@ -170,7 +170,7 @@ def read_records(path: Path, text_columns: tuple[str, ...] = ()):
             if isinstance(data, dict):
                 data = [data]
             if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-                raise OrchestratorError(f"{path}: expected a JSON list of records (objects), {{\"records\": [...]}} or one record")
+                raise OrchestratorError(f'{path}: expected a JSON list of records (objects), {{"records": [...]}} or one record')
             return pd.DataFrame.from_records(data)
     except FileNotFoundError:
         raise OrchestratorError(f"{path}: file not found") from None
@@ -259,7 +259,9 @@ def _list_cell(v: Any, path: Path, row: int, column: str) -> Any:
         try:
             return json.loads(v)
         except ValueError:
-            raise OrchestratorError(f"{path}: row {row}, column {column!r}: expected a JSON list such as [1.5, 2.0], got {v[:40]!r}") from None
+            raise OrchestratorError(
+                f"{path}: row {row}, column {column!r}: expected a JSON list such as [1.5, 2.0], got {v[:40]!r}"
+            ) from None
     return v
 
 
@@ -320,8 +322,15 @@ def _image_pixels(cell: Any) -> int:
         return 0
 
 
-def _chunks(records: Iterator[dict], count: int, max_bytes: Optional[int], path: Path, *,
-            image_column: Optional[str] = None, max_pixels: Optional[int] = None) -> Iterator[tuple[int, list[dict]]]:
+def _chunks(
+    records: Iterator[dict],
+    count: int,
+    max_bytes: Optional[int],
+    path: Path,
+    *,
+    image_column: Optional[str] = None,
+    max_pixels: Optional[int] = None,
+) -> Iterator[tuple[int, list[dict]]]:
     """(first row, records) of at most `count` records whose {"records": [...]} body fits `max_bytes`
     and, with `image_column`, whose images hold at most `max_pixels` pixels together."""
     budget = (max_bytes - 64) if max_bytes else None  # room for {"records": []}
@@ -329,8 +338,9 @@ def _chunks(records: Iterator[dict], count: int, max_bytes: Optional[int], path:
     for i, rec in enumerate(records):
         n = len(json.dumps(rec)) + 2 if budget is not None else 0
         if budget is not None and n > budget:
-            raise OrchestratorError(f"{path}: row {i} is {n} bytes as JSON; the server takes bodies of at most {max_bytes} bytes "
-                                    "(serve.max_body_bytes)")
+            raise OrchestratorError(
+                f"{path}: row {i} is {n} bytes as JSON; the server takes bodies of at most {max_bytes} bytes (serve.max_body_bytes)"
+            )
         px = _image_pixels(rec.get(image_column)) if image_column and max_pixels and isinstance(rec.get(image_column), str) else 0
         if batch and (len(batch) >= count or (budget is not None and size + n > budget) or (max_pixels and pixels + px > max_pixels)):
             yield start, batch
@@ -342,8 +352,9 @@ def _chunks(records: Iterator[dict], count: int, max_bytes: Optional[int], path:
         yield start, batch
 
 
-def predict_file(url: str, path: Path, *, token: Optional[str] = None, chunk: int = DEFAULT_CHUNK,
-                 warn: Callable[[str], None] = lambda m: None) -> list[dict]:
+def predict_file(
+    url: str, path: Path, *, token: Optional[str] = None, chunk: int = DEFAULT_CHUNK, warn: Callable[[str], None] = lambda m: None
+) -> list[dict]:
     """Predict every row of `path`; returns one {"row", "prediction", "probabilities"?} per row.
 
     The columns are read as the model's input kind needs them (GET /metadata "input"): text as

@@ -63,12 +63,21 @@ class ServeArgs(BaseModel):
     batch_wait_timeout_s: float = Field(_D["batch_wait_timeout_s"].default, ge=0, le=10)
     max_body_bytes: int = Field(_D["max_body_bytes"].default, gt=0)
     max_records: int = Field(DEFAULT_MAX_RECORDS, gt=0, description="Most records in one request (more: 413).")
-    body_timeout_s: float = Field(_D["body_timeout_s"].default, gt=0, le=600, description="Longest wait for a request's body (slower: 408).")
+    body_timeout_s: float = Field(
+        _D["body_timeout_s"].default, gt=0, le=600, description="Longest wait for a request's body (slower: 408)."
+    )
     max_working_requests: Optional[int] = Field(
-        None, gt=0, description="Requests a replica works on at once once their bodies are in; default: no bound besides Serve's max_ongoing_requests.")
-    max_waiting_requests: int = Field(-1, ge=-1, description="Requests with a complete body waiting for a working slot before 503; -1 is unbounded.")
+        None,
+        gt=0,
+        description="Requests a replica works on at once once their bodies are in; default: no bound besides Serve's max_ongoing_requests.",
+    )
+    max_waiting_requests: int = Field(
+        -1, ge=-1, description="Requests with a complete body waiting for a working slot before 503; -1 is unbounded."
+    )
     auth_token_env: Optional[str] = Field(None, description="Env var of the replica holding the bearer token.")
-    auth_token_sha256: Optional[str] = Field(None, pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the bearer token (wins over auth_token_env).")
+    auth_token_sha256: Optional[str] = Field(
+        None, pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the bearer token (wins over auth_token_env)."
+    )
     torch_threads: Optional[int] = Field(None, gt=0, description="torch.set_num_threads in each replica.")
     # deployment options
     max_ongoing_requests: Optional[int] = Field(None, gt=0)
@@ -78,15 +87,29 @@ class ServeArgs(BaseModel):
     num_gpus: Optional[float] = Field(None, ge=0)
 
     def replica_settings(self) -> dict:
-        return self.model_dump(mode="json", include={"checkpoint_path", "version", "max_batch_size", "batch_wait_timeout_s",
-                                                      "max_body_bytes", "max_records", "body_timeout_s",
-                                                      "max_working_requests", "max_waiting_requests", "auth_token_env", "auth_token_sha256", "torch_threads"})
+        return self.model_dump(
+            mode="json",
+            include={
+                "checkpoint_path",
+                "version",
+                "max_batch_size",
+                "batch_wait_timeout_s",
+                "max_body_bytes",
+                "max_records",
+                "body_timeout_s",
+                "max_working_requests",
+                "max_waiting_requests",
+                "auth_token_env",
+                "auth_token_sha256",
+                "torch_threads",
+            },
+        )
 
 
 def local_checkpoint(path: str) -> str:
     """A local directory for `path`; URIs are copied into a temporary directory first."""
     if path.startswith("file://"):
-        return path[len("file://"):]
+        return path[len("file://") :]
     if "://" not in path:
         return path
     import pyarrow.fs as pafs
@@ -100,10 +123,15 @@ class _Metrics:
     def __init__(self) -> None:
         from ray.serve.metrics import Counter, Histogram
 
-        self.requests = Counter("orchestrator_serve_requests", description="HTTP requests by route and status code.",
-                                tag_keys=("route", "status"))
-        self.latency = Histogram("orchestrator_serve_request_latency_ms", description="Request latency inside the replica (ms).",
-                                 boundaries=LATENCY_BUCKETS_MS, tag_keys=("route",))
+        self.requests = Counter(
+            "orchestrator_serve_requests", description="HTTP requests by route and status code.", tag_keys=("route", "status")
+        )
+        self.latency = Histogram(
+            "orchestrator_serve_request_latency_ms",
+            description="Request latency inside the replica (ms).",
+            boundaries=LATENCY_BUCKETS_MS,
+            tag_keys=("route",),
+        )
         self.batch_size = Histogram("orchestrator_serve_batch_size", description="Records per forward pass.", boundaries=BATCH_BUCKETS)
         self.records = Counter("orchestrator_serve_records", description="Records predicted.")
 
@@ -169,8 +197,13 @@ class Predictor:
                 raise RuntimeError(f"auth_token_env is {s.auth_token_env} but that variable is not set in the replica")
             token_sha256 = token_digest(token)
         device = "cuda" if _gpu_assigned() else "cpu"  # Ray gave this replica a GPU (ray_actor_options.num_gpus)
-        self.runner = ModelRunner(local_checkpoint(s.checkpoint_path), version=s.version, max_records=s.max_records,
-                                  max_body_bytes=s.max_body_bytes, device=device)
+        self.runner = ModelRunner(
+            local_checkpoint(s.checkpoint_path),
+            version=s.version,
+            max_records=s.max_records,
+            max_body_bytes=s.max_body_bytes,
+            device=device,
+        )
         self.intake = Intake(body_timeout_s=s.body_timeout_s, max_working=s.max_working_requests, max_waiting=s.max_waiting_requests)
         self.token_sha256 = token_sha256
         self.max_batch_size = s.max_batch_size
@@ -184,22 +217,33 @@ class Predictor:
         self.metrics = _Metrics()
 
     def __serve_build_asgi_app__(self):
-        return make_api(self.runner, self.infer, token_sha256=self.token_sha256, observe=self.metrics.request, info=self._info,
-                        intake=self.intake)
+        return make_api(
+            self.runner, self.infer, token_sha256=self.token_sha256, observe=self.metrics.request, info=self._info, intake=self.intake
+        )
 
     def _info(self) -> dict:
         ctx = serve.get_replica_context()
-        return {"serving": {"replica": getattr(ctx, "replica_tag", None) or str(getattr(ctx, "replica_id", "")),
-                            "max_batch_size": self.max_batch_size, "batch_wait_timeout_s": self.batch_wait_timeout_s,
-                            "auth": self.token_sha256 is not None, **self.intake.counts()}}
+        return {
+            "serving": {
+                "replica": getattr(ctx, "replica_tag", None) or str(getattr(ctx, "replica_id", "")),
+                "max_batch_size": self.max_batch_size,
+                "batch_wait_timeout_s": self.batch_wait_timeout_s,
+                "auth": self.token_sha256 is not None,
+                **self.intake.counts(),
+            }
+        }
 
     async def infer(self, records: list[dict]) -> list[dict]:
         n = self.max_batch_size
-        parts = await asyncio.gather(*(self._run_batch(records[i:i + n]) for i in range(0, len(records), n)))
+        parts = await asyncio.gather(*(self._run_batch(records[i : i + n]) for i in range(0, len(records), n)))
         return [o for p in parts for o in p]
 
-    @serve.batch(max_batch_size=_D["max_batch_size"].default, batch_wait_timeout_s=_D["batch_wait_timeout_s"].default,
-                 max_concurrent_batches=MAX_BATCHES_IN_FLIGHT, batch_size_fn=_rows)
+    @serve.batch(
+        max_batch_size=_D["max_batch_size"].default,
+        batch_wait_timeout_s=_D["batch_wait_timeout_s"].default,
+        max_concurrent_batches=MAX_BATCHES_IN_FLIGHT,
+        batch_size_fn=_rows,
+    )
     async def _run_batch(self, chunks: list[list[dict]]) -> list[list[dict]]:
         """One batch from @serve.batch -> its outputs, computed by the forward loop."""
         done = asyncio.get_running_loop().create_future()
@@ -236,7 +280,7 @@ class Predictor:
             for chunks, done in take:
                 parts = []
                 for c in chunks:
-                    parts.append(out[i:i + len(c)])
+                    parts.append(out[i : i + len(c)])
                     i += len(c)
                 if not done.done():
                     done.set_result(parts)
@@ -293,7 +337,9 @@ def _check_checkpoint(path: str | os.PathLike) -> str:
     d = Path(p.removeprefix("file://")).expanduser().resolve()
     missing = [f for f in (STATE_FILE, MODEL_FILE, PREPROCESSING_FILE) if not (d / f).is_file()]
     if not d.is_dir() or missing:
-        raise OrchestratorError(f"{d}: not an orchestrator checkpoint" + (f" (missing {', '.join(missing)})" if d.is_dir() else " (no such directory)"))
+        raise OrchestratorError(
+            f"{d}: not an orchestrator checkpoint" + (f" (missing {', '.join(missing)})" if d.is_dir() else " (no such directory)")
+        )
     return str(d)
 
 
@@ -335,8 +381,15 @@ def display_url(host: str, port: int, route_prefix: str = "/") -> str:
     return f"http://{shown}:{port}{route_prefix.rstrip('/')}"
 
 
-def deploy(checkpoint_dir: str | os.PathLike, serve_spec: Optional[ServeSpec] = None, *, name: str = DEFAULT_APP,
-           version: Optional[str] = None, address: Optional[str] = None, torch_threads: Optional[int] = None) -> str:
+def deploy(
+    checkpoint_dir: str | os.PathLike,
+    serve_spec: Optional[ServeSpec] = None,
+    *,
+    name: str = DEFAULT_APP,
+    version: Optional[str] = None,
+    address: Optional[str] = None,
+    torch_threads: Optional[int] = None,
+) -> str:
     """Serve `checkpoint_dir` with `serve_spec`'s settings and return the application's URL.
 
     Starts embedded Ray (or joins `address`/RAY_ADDRESS) and Serve on spec.host:spec.port if they

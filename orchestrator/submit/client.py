@@ -85,8 +85,10 @@ def auth_message(status: int, address: str, token: Token) -> str:
     if status == 401:
         from orchestrator.submit.local_cluster import home
 
-        return (f"the cluster at {address} requires a token: set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH, or pass --token-env VAR); "
-                f"a cluster started with `orchestrator cluster local up` keeps it in {home()}/clusters/<name>/auth_token")
+        return (
+            f"the cluster at {address} requires a token: set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH, or pass --token-env VAR); "
+            f"a cluster started with `orchestrator cluster local up` keeps it in {home()}/clusters/<name>/auth_token"
+        )
     return f"the token was rejected by {address} (token from {token.source}); check that it is this cluster's token"
 
 
@@ -185,14 +187,29 @@ def _view(info) -> JobView:
         return ms / 1000 if ms else None
 
     status = getattr(info.status, "value", str(info.status))
-    return JobView(info.submission_id or info.job_id or "", status, info.entrypoint or "", info.message or "",
-                   secs(info.start_time), secs(info.end_time), dict(info.metadata or {}), getattr(info, "driver_exit_code", None))
+    return JobView(
+        info.submission_id or info.job_id or "",
+        status,
+        info.entrypoint or "",
+        info.message or "",
+        secs(info.start_time),
+        secs(info.end_time),
+        dict(info.metadata or {}),
+        getattr(info, "driver_exit_code", None),
+    )
 
 
 class JobsClient:
     """The Ray Jobs API of one cluster, with every failure turned into one clear OrchestratorError."""
 
-    def __init__(self, address: Optional[str] = None, *, token_env: Optional[str] = None, insecure: bool = False, warn: Callable[[str], None] = lambda m: None):
+    def __init__(
+        self,
+        address: Optional[str] = None,
+        *,
+        token_env: Optional[str] = None,
+        insecure: bool = False,
+        warn: Callable[[str], None] = lambda m: None,
+    ):
         self.address = resolve_address(address)
         self.token = find_token(self.address, token_env)
         for w in check_transport(self.address, self.token, insecure):
@@ -228,13 +245,18 @@ class JobsClient:
         # a head that just started may not have registered its job agent yet: ask again for a while
         agent_starting = tenacity.Retrying(
             retry=tenacity.retry_if_exception(lambda e: isinstance(e, RuntimeError) and "No available agent" in str(e)),
-            stop=tenacity.stop_after_delay(AGENT_WAIT_S), wait=tenacity.wait_fixed(1), reraise=True,
+            stop=tenacity.stop_after_delay(AGENT_WAIT_S),
+            wait=tenacity.wait_fixed(1),
+            reraise=True,
         )
         with materialized(plan) as working_dir, self._errors():
             return agent_starting(
                 self._client.submit_job,
-                entrypoint=plan.entrypoint, submission_id=plan.submission_id, runtime_env=plan.runtime_env(str(working_dir)),
-                metadata=plan.metadata, entrypoint_num_cpus=plan.entrypoint_num_cpus,
+                entrypoint=plan.entrypoint,
+                submission_id=plan.submission_id,
+                runtime_env=plan.runtime_env(str(working_dir)),
+                metadata=plan.metadata,
+                entrypoint_num_cpus=plan.entrypoint_num_cpus,
             )
 
     def job(self, job_id: str) -> JobView:
@@ -291,5 +313,3 @@ def exit_code(view: JobView) -> int:
     if view.status == "FAILED" and view.driver_exit_code and 0 < view.driver_exit_code < 256:
         return view.driver_exit_code
     return 1
-
-

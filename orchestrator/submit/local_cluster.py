@@ -50,7 +50,11 @@ class LocalClusterConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field("local", pattern=r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$", description="Cluster name; its state lives in $ORCHESTRATOR_HOME/clusters/<name>/.")
+    name: str = Field(
+        "local",
+        pattern=r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$",
+        description="Cluster name; its state lives in $ORCHESTRATOR_HOME/clusters/<name>/.",
+    )
     num_cpus: Optional[int] = Field(None, gt=0, le=4096, description="Logical CPUs of the head node (default: the machine's cores).")
     num_gpus: int = Field(0, ge=0, le=64, description="GPUs of the head node.")
     port: int = Field(6390, ge=0, le=65535, description="GCS port (ray.init / `ray start --address`); 0 picks a free one.")
@@ -265,23 +269,44 @@ def http_get(url: str, token: Optional[str], timeout: float = 3.0):
 
 def start_command(cfg: LocalClusterConfig, temp: Path, ports: dict[str, int]) -> list[str]:
     cmd = [
-        _ray_executable(), "start", "--head",
-        "--node-ip-address", "127.0.0.1",
-        "--port", str(ports["gcs"]),
-        "--include-dashboard", "true",
-        "--dashboard-host", "127.0.0.1",
-        "--dashboard-port", str(ports["dashboard"]),
-        "--ray-client-server-port", str(ports["client_server"]),
-        "--dashboard-agent-listen-port", str(ports["dashboard_agent_http"]),
-        "--dashboard-agent-grpc-port", str(ports["dashboard_agent_grpc"]),
-        "--runtime-env-agent-port", str(ports["runtime_env_agent"]),
-        "--metrics-export-port", str(ports["metrics_export"]),
-        "--node-manager-port", str(ports["node_manager"]),
-        "--object-manager-port", str(ports["object_manager"]),
-        "--num-cpus", str(cfg.num_cpus or os.cpu_count() or 1),
-        "--num-gpus", str(cfg.num_gpus),
-        "--temp-dir", str(temp),
-        "--disable-usage-stats", "--log-style", "record", "--log-color", "false",
+        _ray_executable(),
+        "start",
+        "--head",
+        "--node-ip-address",
+        "127.0.0.1",
+        "--port",
+        str(ports["gcs"]),
+        "--include-dashboard",
+        "true",
+        "--dashboard-host",
+        "127.0.0.1",
+        "--dashboard-port",
+        str(ports["dashboard"]),
+        "--ray-client-server-port",
+        str(ports["client_server"]),
+        "--dashboard-agent-listen-port",
+        str(ports["dashboard_agent_http"]),
+        "--dashboard-agent-grpc-port",
+        str(ports["dashboard_agent_grpc"]),
+        "--runtime-env-agent-port",
+        str(ports["runtime_env_agent"]),
+        "--metrics-export-port",
+        str(ports["metrics_export"]),
+        "--node-manager-port",
+        str(ports["node_manager"]),
+        "--object-manager-port",
+        str(ports["object_manager"]),
+        "--num-cpus",
+        str(cfg.num_cpus or os.cpu_count() or 1),
+        "--num-gpus",
+        str(cfg.num_gpus),
+        "--temp-dir",
+        str(temp),
+        "--disable-usage-stats",
+        "--log-style",
+        "record",
+        "--log-color",
+        "false",
     ]
     if cfg.object_store_memory_mb:
         cmd += ["--object-store-memory", str(cfg.object_store_memory_mb * 1024 * 1024)]
@@ -306,7 +331,9 @@ def _check_not_running(name: str) -> None:
     if st is None:
         return
     if cluster_processes(st):
-        raise OrchestratorError(f"local cluster {name!r} is already up at {st.dashboard_url} (`orchestrator cluster local down --name {name}` stops it)")
+        raise OrchestratorError(
+            f"local cluster {name!r} is already up at {st.dashboard_url} (`orchestrator cluster local down --name {name}` stops it)"
+        )
     st.path.unlink(missing_ok=True)  # left behind by a cluster that died
 
 
@@ -317,16 +344,34 @@ def up(cfg: LocalClusterConfig, log=lambda line: None) -> ClusterState:
     ports = {}
     for key, host, wanted in (("gcs", "0.0.0.0", cfg.port), ("dashboard", "127.0.0.1", cfg.dashboard_port)):
         if wanted and bind_error(host, wanted) is not None:
-            raise OrchestratorError(f"port {wanted} ({key}) is in use; choose another with --{'port' if key == 'gcs' else 'dashboard-port'} (0 picks a free one)")
+            raise OrchestratorError(
+                f"port {wanted} ({key}) is in use; choose another with --{'port' if key == 'gcs' else 'dashboard-port'} (0 picks a free one)"
+            )
         ports[key] = wanted or free_port(host)
-    for key in ("client_server", "dashboard_agent_http", "dashboard_agent_grpc", "runtime_env_agent", "metrics_export", "node_manager", "object_manager"):
+    for key in (
+        "client_server",
+        "dashboard_agent_http",
+        "dashboard_agent_grpc",
+        "runtime_env_agent",
+        "metrics_export",
+        "node_manager",
+        "object_manager",
+    ):
         ports[key] = free_port("0.0.0.0")  # Ray's fixed defaults (10001, 52365, ...) would collide with any other Ray here
     temp = _temp_dir(folder)
     marker = uuid.uuid4().hex
     state = ClusterState(
-        name=cfg.name, state_dir=str(folder), temp_dir=str(temp), marker=marker,
-        dashboard_url=f"http://127.0.0.1:{ports['dashboard']}", gcs_address="", token_file=str(token_file),
-        num_cpus=cfg.num_cpus or os.cpu_count() or 1, storage=cfg.storage, ports=ports, created=time.time(),
+        name=cfg.name,
+        state_dir=str(folder),
+        temp_dir=str(temp),
+        marker=marker,
+        dashboard_url=f"http://127.0.0.1:{ports['dashboard']}",
+        gcs_address="",
+        token_file=str(token_file),
+        num_cpus=cfg.num_cpus or os.cpu_count() or 1,
+        storage=cfg.storage,
+        ports=ports,
+        created=time.time(),
     )
     state.save()  # before starting, so `down` can clean up after a half-started head
     cmd = start_command(cfg, temp, ports)
@@ -357,8 +402,9 @@ def up(cfg: LocalClusterConfig, log=lambda line: None) -> ClusterState:
 
 
 def _wait_for_jobs_api(state: ClusterState, timeout: float) -> None:
-    code, body = poll_until(lambda: http_get(f"{state.dashboard_url}/api/jobs/", state.token()), lambda answer: answer[0] == 200,
-                            timeout=timeout, interval=0.5)
+    code, body = poll_until(
+        lambda: http_get(f"{state.dashboard_url}/api/jobs/", state.token()), lambda answer: answer[0] == 200, timeout=timeout, interval=0.5
+    )
     if code == 200:
         return
     down(state.name)

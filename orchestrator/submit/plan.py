@@ -56,8 +56,9 @@ def resolve_address(address: Optional[str]) -> str:
     if running:
         names = ", ".join(f"{st.name} ({st.dashboard_url})" for st in running)
         raise OrchestratorError(f"no --address given and several local clusters are up: {names}; pass --address")
-    raise OrchestratorError("no --address given and no local cluster is up: pass --address http://HEAD:8265 "
-                            "or start one with `orchestrator cluster local up`")
+    raise OrchestratorError(
+        "no --address given and no local cluster is up: pass --address http://HEAD:8265 or start one with `orchestrator cluster local up`"
+    )
 
 
 def is_loopback(address: str) -> bool:
@@ -107,8 +108,9 @@ class SubmissionPlan:
         return "\n".join(lines + [f"note: {n}" for n in self.notes])
 
 
-def plan_submission(spec_path: Path, *, address: str, storage: Optional[str] = None, cwd: Optional[Path] = None,
-                    submission_id: Optional[str] = None) -> SubmissionPlan:
+def plan_submission(
+    spec_path: Path, *, address: str, storage: Optional[str] = None, cwd: Optional[Path] = None, submission_id: Optional[str] = None
+) -> SubmissionPlan:
     """What `orchestrator submit` sends: validates the spec, picks the files and the run directory. Contacts nothing."""
     from orchestrator.spec import load_spec
     from orchestrator.submit.local_cluster import cluster_for_address
@@ -131,17 +133,28 @@ def plan_submission(spec_path: Path, *, address: str, storage: Optional[str] = N
         # A job ends when its run does, as a RayJob does (k8s/render.py drops the section too): a
         # job that went on serving would stay RUNNING until stopped, and Serve would outlive it.
         command.append("--no-serve")
-        notes.append("the spec's serve section is not served by a submitted job (the job ends with its run); serve the "
-                     f"promoted model afterwards with: orchestrator serve {run_dir} (--address to serve it on the cluster)")
+        notes.append(
+            "the spec's serve section is not served by a submitted job (the job ends with its run); serve the "
+            f"promoted model afterwards with: orchestrator serve {run_dir} (--address to serve it on the cluster)"
+        )
     return SubmissionPlan(
-        spec_name=spec.name, spec_file=spec_path.name, files=files,
+        spec_name=spec.name,
+        spec_file=spec_path.name,
+        files=files,
         entrypoint=" ".join(command),
-        output_dir=output_dir, submission_id=sid, run_name=run_name, run_dir=run_dir,
+        output_dir=output_dir,
+        submission_id=sid,
+        run_name=run_name,
+        run_dir=run_dir,
         # PYTHONPATH stays out: init_ray sets it in the driver's runtime_env, and Ray refuses to merge a
         # variable that both the job and the driver set.
         env_vars={"PYTHONUNBUFFERED": "1", "COLUMNS": "160"},
-        metadata={METADATA_PREFIX + "spec": spec.name, METADATA_PREFIX + "spec_file": spec_path.name,
-                  METADATA_PREFIX + "output_dir": output_dir, METADATA_PREFIX + "run_dir": run_dir},
+        metadata={
+            METADATA_PREFIX + "spec": spec.name,
+            METADATA_PREFIX + "spec_file": spec_path.name,
+            METADATA_PREFIX + "output_dir": output_dir,
+            METADATA_PREFIX + "run_dir": run_dir,
+        },
         notes=notes,
     )
 
@@ -161,7 +174,9 @@ def resolve_output_dir(out: str, storage: Optional[str], address: str, cwd: Path
 
     if storage:
         if is_uri(storage):
-            raise OrchestratorError(f"--storage {storage}: object-store URIs are not supported for run directories yet; give a shared filesystem path")
+            raise OrchestratorError(
+                f"--storage {storage}: object-store URIs are not supported for run directories yet; give a shared filesystem path"
+            )
         p = Path(storage).expanduser()
         if not p.is_absolute():
             if not is_loopback(address):
@@ -169,7 +184,9 @@ def resolve_output_dir(out: str, storage: Optional[str], address: str, cwd: Path
             p = cwd / p
         return str(p.resolve() if is_loopback(address) else p)
     if is_uri(out):
-        raise OrchestratorError(f"output.dir {out}: object-store URIs are not supported for run directories yet; give a shared filesystem path")
+        raise OrchestratorError(
+            f"output.dir {out}: object-store URIs are not supported for run directories yet; give a shared filesystem path"
+        )
     if Path(out).is_absolute():
         return out
     if local is not None and local.storage:
@@ -197,8 +214,10 @@ def data_files(spec, address: str, notes: list[str]) -> dict[str, Path]:
         return {}
     rel = Path(os.path.normpath(src))
     if rel.parts and rel.parts[0] == "..":
-        raise OrchestratorError(f"data.source {src}: a relative path outside the spec's folder cannot travel with the job; "
-                                "use an absolute path on shared storage or a URI (s3://, gs://)")
+        raise OrchestratorError(
+            f"data.source {src}: a relative path outside the spec's folder cannot travel with the job; "
+            "use an absolute path on shared storage or a URI (s3://, gs://)"
+        )
     if spec.data.prepare:
         notes.append(f"data.source {src}: generated on the cluster by the prepare step ({spec.data.prepare})")
         return {}
@@ -237,12 +256,16 @@ def code_files(spec, cwd: Path, notes: list[str]) -> dict[str, Path]:
                     files.setdefault(rel, p)
                 break
         else:
-            notes.append(f"model.factory {factory}: module {top!r} is neither next to the spec nor in this directory; "
-                         "it must be installed on the cluster")
+            notes.append(
+                f"model.factory {factory}: module {top!r} is neither next to the spec nor in this directory; "
+                "it must be installed on the cluster"
+            )
     size = sum(p.stat().st_size for p in files.values())
     if size > MAX_SHIPPED_CODE:
-        raise OrchestratorError(f"the Python code next to the spec is {size / 2**20:.0f} MiB (limit {MAX_SHIPPED_CODE // 2**20} MiB); "
-                                "move the spec to a folder with only the job's own code")
+        raise OrchestratorError(
+            f"the Python code next to the spec is {size / 2**20:.0f} MiB (limit {MAX_SHIPPED_CODE // 2**20} MiB); "
+            "move the spec to a folder with only the job's own code"
+        )
     return files
 
 

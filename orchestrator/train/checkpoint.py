@@ -32,7 +32,14 @@ PREPROCESSING_FILE = "preprocessing.json"
 METRICS_FILE = "metrics.json"
 
 
-def write_checkpoint(directory: str | os.PathLike, *, state: dict[str, Any], model_meta: dict[str, Any], preprocessing: dict[str, Any], metrics: dict[str, Any]) -> None:
+def write_checkpoint(
+    directory: str | os.PathLike,
+    *,
+    state: dict[str, Any],
+    model_meta: dict[str, Any],
+    preprocessing: dict[str, Any],
+    metrics: dict[str, Any],
+) -> None:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     torch.save(state, d / STATE_FILE)
@@ -86,8 +93,15 @@ def load_model(directory: str | os.PathLike) -> LoadedModel:
         raise CheckpointError(f"{d}: not an orchestrator checkpoint (missing {', '.join(missing)})")
     meta = _read_json_file(d / MODEL_FILE)
     try:
-        model = build_model(meta["model"], meta["input_shape"], meta["num_outputs"], meta.get("dropout", 0.0),
-                            vocab_size=meta.get("vocab_size"), max_length=meta.get("max_length"), code_dirs=meta.get("code_dirs") or ())
+        model = build_model(
+            meta["model"],
+            meta["input_shape"],
+            meta["num_outputs"],
+            meta.get("dropout", 0.0),
+            vocab_size=meta.get("vocab_size"),
+            max_length=meta.get("max_length"),
+            code_dirs=meta.get("code_dirs") or (),
+        )
     except Exception as e:  # a missing key or a value build_model cannot use
         raise CheckpointError(f"{d / MODEL_FILE}: cannot rebuild the network ({describe_error(e)})") from None
     try:
@@ -101,8 +115,10 @@ def load_model(directory: str | os.PathLike) -> LoadedModel:
     try:
         state = read_state(d)
     except Exception as e:  # truncated zip, or a pickle that weights_only refuses (code)
-        raise CheckpointError(f"{d / STATE_FILE}: cannot load weights ({describe_error(e)}); the file is truncated, corrupt "
-                              "or holds more than tensors and plain values") from None
+        raise CheckpointError(
+            f"{d / STATE_FILE}: cannot load weights ({describe_error(e)}); the file is truncated, corrupt "
+            "or holds more than tensors and plain values"
+        ) from None
     try:
         model.load_state_dict(state["model"])
     except Exception as e:

@@ -119,8 +119,15 @@ class ProgressCallback(UserCallback):
     def after_exception(self, run_context, worker_exceptions):
         # Train's failure policy counts worker-group failures the same way: restart while <= max_failures
         self.failures += 1
-        self.queue.put({"kind": "failure", "errors": {int(k): f"{type(v).__name__}: {v}"[:500] for k, v in worker_exceptions.items()},
-                        "failure": self.failures, "max_failures": self.max_failures, "restarting": self.failures <= self.max_failures})
+        self.queue.put(
+            {
+                "kind": "failure",
+                "errors": {int(k): f"{type(v).__name__}: {v}"[:500] for k, v in worker_exceptions.items()},
+                "failure": self.failures,
+                "max_failures": self.max_failures,
+                "restarting": self.failures <= self.max_failures,
+            }
+        )
 
 
 def loop_datasets(prepared: PreparedData) -> dict:
@@ -128,7 +135,17 @@ def loop_datasets(prepared: PreparedData) -> dict:
     return {"train": prepared.transformed["train"], "validation": prepared.transformed["validation"]}
 
 
-def build_trainer(spec: JobSpec, prepared: PreparedData, plan: WorkerPlan, *, storage_path: str, name: str, callbacks: list, train_loop=None, extra_config: Optional[dict] = None) -> TorchTrainer:
+def build_trainer(
+    spec: JobSpec,
+    prepared: PreparedData,
+    plan: WorkerPlan,
+    *,
+    storage_path: str,
+    name: str,
+    callbacks: list,
+    train_loop=None,
+    extra_config: Optional[dict] = None,
+) -> TorchTrainer:
     """The TorchTrainer for one training run. `train_loop` and `extra_config`: a stand-in loop and
     what it reads beside the LoopConfig (tests)."""
     loop_config = build_loop_config(spec, prepared, plan)
@@ -199,8 +216,9 @@ def fit_with_progress(trainer: TorchTrainer, queue: Queue, on_event: Callable[[d
     return box["result"]
 
 
-def evaluate_checkpoint(checkpoint_dir: str, dataset: ray.data.Dataset, details_path: Optional[Path] = None, *,
-                        loaded=None) -> tuple[dict[str, float], Optional[dict]]:
+def evaluate_checkpoint(
+    checkpoint_dir: str, dataset: ray.data.Dataset, details_path: Optional[Path] = None, *, loaded=None
+) -> tuple[dict[str, float], Optional[dict]]:
     """Score a saved checkpoint on a transformed dataset (the held-out test split) on the driver:
     (metrics, details). With `details_path`, details is what the report draws of the split
     (metrics.split_details), also written there; else None. `loaded`: the checkpoint's load_model,
@@ -212,20 +230,34 @@ def evaluate_checkpoint(checkpoint_dir: str, dataset: ray.data.Dataset, details_
     pre = loaded.preprocessor
     outputs: Optional[dict] = {} if details_path is not None else None
     m = evaluate(
-        loaded.model, dataset.iter_torch_batches(batch_size=512, dtypes=dtypes, device="cpu"), task,
-        loaded.meta["model"], device, make_loss(task, 0.0),
-        pre.target_std if task == "regression" else 1.0, TEST_PREFIX, outputs=outputs,
+        loaded.model,
+        dataset.iter_torch_batches(batch_size=512, dtypes=dtypes, device="cpu"),
+        task,
+        loaded.meta["model"],
+        device,
+        make_loss(task, 0.0),
+        pre.target_std if task == "regression" else 1.0,
+        TEST_PREFIX,
+        outputs=outputs,
     )
     m["test_rows"] = int(dataset.count())
     details = None
     if details_path is not None:
-        details = split_details(task, outputs["y"], outputs["outputs"], classes=pre.classes or [],
-                                target_mean=pre.target_mean, target_std=pre.target_std)
+        details = split_details(
+            task, outputs["y"], outputs["outputs"], classes=pre.classes or [], target_mean=pre.target_mean, target_std=pre.target_std
+        )
         details_path.write_text(json.dumps(details))
     return m, details
 
 
-def run_training(spec: JobSpec, run_dir: Path, plan: WorkerPlan, *, prepared: Optional[PreparedData] = None, on_event: Callable[[dict], None] = lambda e: None) -> TrainOutcome:
+def run_training(
+    spec: JobSpec,
+    run_dir: Path,
+    plan: WorkerPlan,
+    *,
+    prepared: Optional[PreparedData] = None,
+    on_event: Callable[[dict], None] = lambda e: None,
+) -> TrainOutcome:
     """One training run of `spec` on the connected Ray cluster; writes checkpoints under run_dir."""
     t0 = time.perf_counter()
     prepared = prepared or prepare_data(spec)
@@ -241,7 +273,9 @@ def run_training(spec: JobSpec, run_dir: Path, plan: WorkerPlan, *, prepared: Op
         on_event(event)
 
     max_failures = spec.train.max_failures
-    trainer = build_trainer(spec, prepared, plan, storage_path=str(run_dir.resolve()), name="train", callbacks=[ProgressCallback(queue, max_failures)])
+    trainer = build_trainer(
+        spec, prepared, plan, storage_path=str(run_dir.resolve()), name="train", callbacks=[ProgressCallback(queue, max_failures)]
+    )
     try:
         result = fit_with_progress(trainer, queue, relay)
     except ray.train.TrainingFailedError as e:
@@ -265,8 +299,13 @@ def run_training(spec: JobSpec, run_dir: Path, plan: WorkerPlan, *, prepared: Op
     best_metrics = json.loads((best_dir / "metrics.json").read_text())
     test_metrics, test_details = evaluate_checkpoint(str(best_dir), prepared.transformed["test"], run_dir / TEST_DETAILS_FILE)
     return TrainOutcome(
-        epochs=[epochs[k] for k in sorted(epochs)], best_checkpoint=str(best_dir), best_metrics=best_metrics,
-        test_metrics=test_metrics, failures=failures, wall_time_s=time.perf_counter() - t0, test_details=test_details,
+        epochs=[epochs[k] for k in sorted(epochs)],
+        best_checkpoint=str(best_dir),
+        best_metrics=best_metrics,
+        test_metrics=test_metrics,
+        failures=failures,
+        wall_time_s=time.perf_counter() - t0,
+        test_details=test_details,
     )
 
 
@@ -275,8 +314,7 @@ def check_diverged(result) -> None:
     rv = result if isinstance(result, dict) else getattr(result, "return_value", None)
     if isinstance(rv, dict) and rv.get("diverged_epoch"):
         raise DivergedError(
-            f"training diverged: the loss became {rv[LOSS]} at epoch {rv['diverged_epoch']} "
-            "(lower train.lr, or set train.grad_clip)"
+            f"training diverged: the loss became {rv[LOSS]} at epoch {rv['diverged_epoch']} (lower train.lr, or set train.grad_clip)"
         )
 
 

@@ -120,8 +120,17 @@ def model_inputs(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in batch.items() if k != "y"}
 
 
-def evaluate(model: nn.Module, batches, task: str, model_spec: dict, device: torch.device, loss_fn: nn.Module, target_std: float, prefix: str,
-             outputs: Optional[dict] = None) -> dict[str, float]:
+def evaluate(
+    model: nn.Module,
+    batches,
+    task: str,
+    model_spec: dict,
+    device: torch.device,
+    loss_fn: nn.Module,
+    target_std: float,
+    prefix: str,
+    outputs: Optional[dict] = None,
+) -> dict[str, float]:
     """A whole split's metrics in one process: the Sums ones, and for a classification the ones
     that need every prediction (train/metrics.py). `outputs`, when given, receives the split's
     labels and model outputs as numpy arrays ("y", "outputs")."""
@@ -213,7 +222,9 @@ def restore(session, model: nn.Module, optimizer: torch.optim.Optimizer) -> Rest
         state = read_state(d)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
-    return Restored(start_epoch=state["epoch"] + 1, best=state.get("best"), since_best=state.get("since_best", 0), restored_from=state["epoch"])
+    return Restored(
+        start_epoch=state["epoch"] + 1, best=state.get("best"), since_best=state.get("since_best", 0), restored_from=state["epoch"]
+    )
 
 
 class WorkerLoop:
@@ -228,8 +239,15 @@ class WorkerLoop:
         torch.manual_seed(t.seed)
         self.device = session.device()
 
-        model = build_model(self.model_spec, config.input_shape, config.num_outputs, t.dropout,
-                            vocab_size=config.vocab_size, max_length=config.max_length, code_dirs=config.code_dirs)
+        model = build_model(
+            self.model_spec,
+            config.input_shape,
+            config.num_outputs,
+            t.dropout,
+            vocab_size=config.vocab_size,
+            max_length=config.max_length,
+            code_dirs=config.code_dirs,
+        )
         self.optimizer = make_optimizer(model.parameters(), t)
         r = restore(session, model, self.optimizer)
         self.start_epoch, self.restored_from = r.start_epoch, r.restored_from
@@ -337,10 +355,15 @@ class WorkerLoop:
         every one of them has a batch (an all-reduce of one integer); the epoch ends when any rank is
         out, and the others drop what they have left of it (at most a batch or two)."""
         t = self.t
-        it = iter(self.train_shard.iter_torch_batches(
-            batch_size=t.batch_size, dtypes=self.dtypes, device=self.device,
-            local_shuffle_buffer_size=max(4 * t.batch_size, 256), local_shuffle_seed=t.seed * 1000 + epoch,
-        ))
+        it = iter(
+            self.train_shard.iter_torch_batches(
+                batch_size=t.batch_size,
+                dtypes=self.dtypes,
+                device=self.device,
+                local_shuffle_buffer_size=max(4 * t.batch_size, 256),
+                local_shuffle_seed=t.seed * 1000 + epoch,
+            )
+        )
         while True:
             b = next(it, None)
             if not agreed_min(int(b is not None), self.device):
@@ -360,7 +383,9 @@ class WorkerLoop:
                 batches = in_memory_batches(self.val_tensors, 512)
             else:
                 batches = self.val_data.iter_torch_batches(batch_size=512, dtypes=self.dtypes, device=self.device)
-            metrics.update(evaluate(self.raw_model, batches, self.task, self.model_spec, self.device, self.eval_loss_fn, self.target_std, VAL_PREFIX))
+            metrics.update(
+                evaluate(self.raw_model, batches, self.task, self.model_spec, self.device, self.eval_loss_fn, self.target_std, VAL_PREFIX)
+            )
             if self.stopper.update(metrics[self.config.checkpoint_metric]):
                 stop[0] = 1
         if dist.is_available() and dist.is_initialized():
@@ -375,10 +400,25 @@ class WorkerLoop:
             if self.rank == 0:
                 write_checkpoint(
                     tmp,
-                    state={"model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": epoch, "best": stopper.best, "since_best": stopper.since_best},
-                    model_meta={"model": self.model_spec, "input_shape": config.input_shape, "num_outputs": config.num_outputs, "dropout": self.t.dropout, "task": self.task, "job": config.job_name,
-                                "input_kind": config.input_kind, "vocab_size": config.vocab_size, "max_length": config.max_length,
-                                "code_dirs": config.code_dirs},
+                    state={
+                        "model": self.raw_model.state_dict(),
+                        "optimizer": self.optimizer.state_dict(),
+                        "epoch": epoch,
+                        "best": stopper.best,
+                        "since_best": stopper.since_best,
+                    },
+                    model_meta={
+                        "model": self.model_spec,
+                        "input_shape": config.input_shape,
+                        "num_outputs": config.num_outputs,
+                        "dropout": self.t.dropout,
+                        "task": self.task,
+                        "job": config.job_name,
+                        "input_kind": config.input_kind,
+                        "vocab_size": config.vocab_size,
+                        "max_length": config.max_length,
+                        "code_dirs": config.code_dirs,
+                    },
                     preprocessing=config.preprocessing,
                     metrics=metrics,
                 )

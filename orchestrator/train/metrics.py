@@ -36,19 +36,25 @@ def whole_split_metrics(y: np.ndarray, logits: np.ndarray, prefix: str, unknown_
     precision, recall, f1, _ = precision_recall_fscore_support(y, pred, labels=list(range(classes)), average="macro", zero_division=0)
     probs = softmax(logits.astype(np.float64))
     aucs = []
-    for c in (range(1, 2) if classes == 2 else range(classes)):
+    for c in range(1, 2) if classes == 2 else range(classes):
         positive = y == c
         if positive.any() and not positive.all():
             aucs.append(roc_auc_score(positive, probs[:, c]))
-    return {prefix + F1: float(f1), prefix + PRECISION: float(precision), prefix + RECALL: float(recall),
-            prefix + ROC_AUC: float(np.mean(aucs)) if aucs else math.nan}
+    return {
+        prefix + F1: float(f1),
+        prefix + PRECISION: float(precision),
+        prefix + RECALL: float(recall),
+        prefix + ROC_AUC: float(np.mean(aucs)) if aucs else math.nan,
+    }
 
 
 TEST_DETAILS_FILE = "test_details.json"  # in the run directory: split_details of the test split
 MAX_POINTS = 1000  # regression pairs kept for the report's plots (evenly spaced over the split)
 
 
-def split_details(task: str, y: np.ndarray, outputs: np.ndarray, *, classes: list, target_mean: float = 0.0, target_std: float = 1.0) -> dict:
+def split_details(
+    task: str, y: np.ndarray, outputs: np.ndarray, *, classes: list, target_mean: float = 0.0, target_std: float = 1.0
+) -> dict:
     """What the report draws of a split beyond its metrics (test_details.json).
     classification: the confusion matrix (rows: true class, columns: predicted), per-class
     precision, recall, F1 and support, and what rows with a label the training split never had
@@ -66,14 +72,27 @@ def split_details(task: str, y: np.ndarray, outputs: np.ndarray, *, classes: lis
         per_class = []
         if n:
             p, r, f, support = precision_recall_fscore_support(y, pred, labels=list(range(c)), zero_division=0)
-            per_class = [{"class": str(k), "precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(support[i])}
-                         for i, k in enumerate(classes)]
+            per_class = [
+                {"class": str(k), "precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(support[i])}
+                for i, k in enumerate(classes)
+            ]
         unseen = np.bincount(pred[~known], minlength=c).tolist() if (~known).any() else None
-        return {"task": task, "rows": n, "classes": [str(k) for k in classes], "confusion": confusion.tolist(),
-                "per_class": per_class, "unseen_label_predictions": unseen}
+        return {
+            "task": task,
+            "rows": n,
+            "classes": [str(k) for k in classes],
+            "confusion": confusion.tolist(),
+            "per_class": per_class,
+            "unseen_label_predictions": unseen,
+        }
     true = y.reshape(n, -1).astype(np.float64) * target_std + target_mean
     pred = outputs.reshape(n, -1).astype(np.float64) * target_std + target_mean
     keep = np.unique(np.linspace(0, n - 1, min(n, MAX_POINTS)).astype(int)) if n else np.zeros(0, dtype=int)
     flat = true.shape[1] == 1
-    return {"task": task, "rows": n, "horizon": int(true.shape[1]) if n else 1,
-            "true": (true[keep, 0] if flat else true[keep]).tolist(), "predicted": (pred[keep, 0] if flat else pred[keep]).tolist()}
+    return {
+        "task": task,
+        "rows": n,
+        "horizon": int(true.shape[1]) if n else 1,
+        "true": (true[keep, 0] if flat else true[keep]).tolist(),
+        "predicted": (pred[keep, 0] if flat else pred[keep]).tolist(),
+    }

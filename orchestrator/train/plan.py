@@ -73,7 +73,8 @@ def plan_workers(scaling: ScalingSpec, cluster: ClusterResources, *, concurrent_
         share = math.floor(free / (n * runs) * 100) / 100
         if share < MIN_WORKER_CPUS:
             raise ResourceError(
-                f"scaling.workers={n}" + (f" x {runs} concurrent trials" if runs > 1 else "")
+                f"scaling.workers={n}"
+                + (f" x {runs} concurrent trials" if runs > 1 else "")
                 + f" does not fit in this cluster's {cluster.cpus:g} CPUs (each worker needs at least "
                 f"{MIN_WORKER_CPUS} CPU and {DATA_RESERVE_CPUS} CPU stays free for Ray Data); lower scaling.workers"
             )
@@ -89,9 +90,7 @@ def plan_workers(scaling: ScalingSpec, cluster: ClusterResources, *, concurrent_
                 "lower scaling.workers or scaling.cpus_per_worker (or use 'auto')"
             )
     if cluster.node_cpus and cpus > max(cluster.node_cpus) + 1e-9:
-        raise ResourceError(
-            f"scaling.cpus_per_worker={cpus:g} is more than the largest node has ({max(cluster.node_cpus):g} CPUs)"
-        )
+        raise ResourceError(f"scaling.cpus_per_worker={cpus:g} is more than the largest node has ({max(cluster.node_cpus):g} CPUs)")
     gpus = float(scaling.gpus_per_worker)
     if gpus:
         need_gpus = gpus * n * runs
@@ -193,8 +192,10 @@ def class_weight_vector(setting, classes: list, counts: Optional[list[int]]) -> 
     by_name = {str(c): i for i, c in enumerate(classes)}
     unknown = [k for k in setting if str(k) not in by_name]
     if unknown:
-        raise DataError(f"train.class_weights: {', '.join(repr(k) for k in unknown)} is no class of the training split "
-                        f"(its classes: {', '.join(repr(c) for c in classes)})")
+        raise DataError(
+            f"train.class_weights: {', '.join(repr(k) for k in unknown)} is no class of the training split "
+            f"(its classes: {', '.join(repr(c) for c in classes)})"
+        )
     weights = [1.0] * len(classes)
     for k, w in setting.items():
         weights[by_name[str(k)]] = float(w)

@@ -117,11 +117,18 @@ def plan_search(spec: JobSpec, cluster: ClusterResources) -> tuple[int, WorkerPl
     t: TuneSpec = spec.tune
     n_trials = expected_trials(t)
     workers = spec.scaling.workers
+
     def plan(k: int) -> WorkerPlan:
-        return plan_workers(spec.scaling, ClusterResources(
-            cpus=cluster.cpus - TRIAL_DRIVER_CPUS * k, gpus=cluster.gpus,
-            node_cpus=cluster.node_cpus, node_gpus=cluster.node_gpus,
-        ), concurrent_runs=k)
+        return plan_workers(
+            spec.scaling,
+            ClusterResources(
+                cpus=cluster.cpus - TRIAL_DRIVER_CPUS * k,
+                gpus=cluster.gpus,
+                node_cpus=cluster.node_cpus,
+                node_gpus=cluster.node_gpus,
+            ),
+            concurrent_runs=k,
+        )
 
     fixed = fixed_concurrency(t)
     if fixed is not None:
@@ -153,8 +160,7 @@ def one_process_plan(spec: JobSpec, plan: WorkerPlan) -> WorkerPlan:
     CPUs together, with the spec's global batch (`trial_spec(one_process=True)`), so each step
     sees the same rows as a step of the spec's DDP workers. An explicit `cpus_per_worker` or any
     GPU keeps the spec's workers as they are."""
-    if (plan.workers > 1 and not plan.gpus_per_worker and spec.scaling.cpus_per_worker == "auto"
-            and plan.total_cpus <= 1 + 1e-9):
+    if plan.workers > 1 and not plan.gpus_per_worker and spec.scaling.cpus_per_worker == "auto" and plan.total_cpus <= 1 + 1e-9:
         return WorkerPlan(workers=1, cpus_per_worker=round(plan.total_cpus, 2), gpus_per_worker=0.0, torch_threads=1)
     return plan
 
@@ -218,5 +224,6 @@ def load_records(path: Path) -> dict[str, TrialRecord]:
     try:
         return {r["trial_id"]: TrialRecord(**r) for r in json.loads(path.read_text())}
     except (ValueError, TypeError, KeyError) as e:
-        raise RunDirError(f"{path}: damaged trial records ({type(e).__name__}: {e}); "
-                          "the search cannot be resumed, run its spec again") from None
+        raise RunDirError(
+            f"{path}: damaged trial records ({type(e).__name__}: {e}); the search cannot be resumed, run its spec again"
+        ) from None

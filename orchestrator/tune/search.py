@@ -56,7 +56,9 @@ def to_tune_space(space: dict[str, Param]) -> dict[str, Any]:
     return {key: getattr(tune, fn)(*args) for key, (fn, args) in encode_space(space).items()}
 
 
-def run_trial(config: dict, *, base: dict, base_dir: str, space: dict, tune_metric: str, prepared: PreparedData, plan: WorkerPlan, trials_dir: str) -> None:
+def run_trial(
+    config: dict, *, base: dict, base_dir: str, space: dict, tune_metric: str, prepared: PreparedData, plan: WorkerPlan, trials_dir: str
+) -> None:
     """One Tune trial = one Ray Train run of the spec with this trial's values."""
     from orchestrator.train.driver import TuneTrialSession, build_trainer, check_diverged, loop_datasets
     from orchestrator.train.loop import run_loop
@@ -122,7 +124,11 @@ class TrialTracker(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         rec = self._rec(trial)
-        row = {k: v for k, v in result.items() if k in ("epoch", "early_stopped") or k.startswith((TRAIN_PREFIX, VAL_PREFIX, "lr", "epoch_time"))}
+        row = {
+            k: v
+            for k, v in result.items()
+            if k in ("epoch", "early_stopped") or k.startswith((TRAIN_PREFIX, VAL_PREFIX, "lr", "epoch_time"))
+        }
         row["time_total_s"] = result.get("time_total_s")
         row["timestamp"] = result.get("timestamp")
         rec.epochs = [e for e in rec.epochs if e.get("epoch") != row.get("epoch")] + [row]
@@ -170,7 +176,17 @@ def _error_summary(trial) -> str:
     return last_line(text, "unknown error")[:400]
 
 
-def build_tuner(spec: JobSpec, prepared: PreparedData, plan: WorkerPlan, concurrent: int, run_dir: Path, tracker: TrialTracker, *, restore: bool = False, scheduler_override: Optional[str] = None) -> tune.Tuner:
+def build_tuner(
+    spec: JobSpec,
+    prepared: PreparedData,
+    plan: WorkerPlan,
+    concurrent: int,
+    run_dir: Path,
+    tracker: TrialTracker,
+    *,
+    restore: bool = False,
+    scheduler_override: Optional[str] = None,
+) -> tune.Tuner:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
@@ -186,16 +202,26 @@ def build_tuner(spec: JobSpec, prepared: PreparedData, plan: WorkerPlan, concurr
     base = spec.model_dump(mode="json")
     trainable = tune.with_resources(
         tune.with_parameters(
-            run_trial, base=base, base_dir=str(spec.base_dir), space={k: v.model_dump(mode="json", exclude_none=True) for k, v in t.space.items()},
-            tune_metric=metric, prepared=prepared, plan=plan, trials_dir=str(trials_dir),
+            run_trial,
+            base=base,
+            base_dir=str(spec.base_dir),
+            space={k: v.model_dump(mode="json", exclude_none=True) for k, v in t.space.items()},
+            tune_metric=metric,
+            prepared=prepared,
+            plan=plan,
+            trials_dir=str(trials_dir),
         ),
         trial_resources(plan),
     )
     if restore:
         try:
-            return tune.Tuner.restore(str(run_dir / TUNE_DIR), trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False)
+            return tune.Tuner.restore(
+                str(run_dir / TUNE_DIR), trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False
+            )
         except (OSError, EOFError, ValueError, TypeError, AttributeError, ImportError, pickle.UnpicklingError) as e:
-            raise RunDirError(f"{run_dir / TUNE_DIR / 'tuner.pkl'}: cannot be restored ({type(e).__name__}: {e}); run the search's spec again") from None
+            raise RunDirError(
+                f"{run_dir / TUNE_DIR / 'tuner.pkl'}: cannot be restored ({type(e).__name__}: {e}); run the search's spec again"
+            ) from None
 
     has_grid = any(p.kind == "grid" for p in t.space.values())
     # A grid already enumerates its points; elsewhere the spec's own settings go first, so the
@@ -205,8 +231,12 @@ def build_tuner(spec: JobSpec, prepared: PreparedData, plan: WorkerPlan, concurr
         from optuna.samplers import TPESampler
         from ray.tune.search.optuna import OptunaSearch
 
-        searcher = OptunaSearch(metric=metric, mode=mode, points_to_evaluate=[point] if point else None,
-                                sampler=TPESampler(seed=t.seed, n_startup_trials=min(4, t.num_samples)))
+        searcher = OptunaSearch(
+            metric=metric,
+            mode=mode,
+            points_to_evaluate=[point] if point else None,
+            sampler=TPESampler(seed=t.seed, n_startup_trials=min(4, t.num_samples)),
+        )
         searcher = ConcurrencyLimiter(searcher, max_concurrent=concurrent)
     else:
         searcher = BasicVariantGenerator(points_to_evaluate=[point] if point else None, random_state=t.seed, max_concurrent=concurrent)
@@ -215,26 +245,39 @@ def build_tuner(spec: JobSpec, prepared: PreparedData, plan: WorkerPlan, concurr
     if kind == "asha":
         sch = t.scheduler if t.scheduler.type == "asha" else None
         max_t = (sch.max_epochs if sch and sch.max_epochs else None) or spec.train.epochs
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t,
-                                  grace_period=min(sch.grace_period if sch else 1, max_t), reduction_factor=sch.reduction_factor if sch else 2)
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=max_t,
+            grace_period=min(sch.grace_period if sch else 1, max_t),
+            reduction_factor=sch.reduction_factor if sch else 2,
+        )
     else:
         scheduler = FIFOScheduler()
     return tune.Tuner(
         trainable,
         param_space=to_tune_space(t.space),
         tune_config=tune.TuneConfig(
-            metric=metric, mode=mode, num_samples=t.num_samples, search_alg=searcher, scheduler=scheduler,
+            metric=metric,
+            mode=mode,
+            num_samples=t.num_samples,
+            search_alg=searcher,
+            scheduler=scheduler,
             # an in-process trial's next trial reuses its process (measured on 2 CPUs: 3.6 s from
             # trial start to first epoch in a new process, 0.2-0.3 s in a reused one); a trial that
             # drives a TorchTrainer would still start its controller and workers anew
-            time_budget_s=t.time_budget_s, reuse_actors=in_process_trials(plan),
+            time_budget_s=t.time_budget_s,
+            reuse_actors=in_process_trials(plan),
         ),
         run_config=tune.RunConfig(
-            name=TUNE_DIR, storage_path=str(run_dir), callbacks=[tracker], verbose=0,
+            name=TUNE_DIR,
+            storage_path=str(run_dir),
+            callbacks=[tracker],
+            verbose=0,
             failure_config=tune.FailureConfig(max_failures=0),
             # Used by in-process trials only (the others keep their checkpoints in their Train run).
             checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=spec.checkpoint.keep, checkpoint_score_attribute=spec.checkpoint.metric,
+                num_to_keep=spec.checkpoint.keep,
+                checkpoint_score_attribute=spec.checkpoint.metric,
                 checkpoint_score_order=spec.checkpoint.mode,
             ),
         ),
@@ -264,8 +307,10 @@ def _repair_train_snapshot(snapshot: Path, warnings: list[str]) -> None:
         state = json.loads(snapshot.read_text())
         results, indices = state["checkpoint_results"], state["checkpoint_report_indices"]
     except (ValueError, KeyError, TypeError) as e:
-        raise RunDirError(f"{snapshot}: damaged ({type(e).__name__}: {e}); delete that trial's folder "
-                          f"({snapshot.parent.name}) to run it again from scratch") from None
+        raise RunDirError(
+            f"{snapshot}: damaged ({type(e).__name__}: {e}); delete that trial's folder "
+            f"({snapshot.parent.name}) to run it again from scratch"
+        ) from None
     keep = []
     for r, i in zip(results, indices):
         problem = _checkpoint_problem(snapshot.parent / r["checkpoint_dir_name"])
@@ -329,8 +374,10 @@ def prepare_restore(run_dir: Path) -> list[str]:
         try:
             manager = ray_internals.load_checkpoint_manager(blob["value"])
         except Exception as e:
-            raise RunDirError(f"{path}: damaged search state (the checkpoints of trial {t['trial_id']}: {type(e).__name__}); "
-                              "the search cannot be resumed, run its spec again") from None
+            raise RunDirError(
+                f"{path}: damaged search state (the checkpoints of trial {t['trial_id']}: {type(e).__name__}); "
+                "the search cannot be resumed, run its spec again"
+            ) from None
         trial_dir = tune_dir / t["relative_logdir"]
         results, latest = ray_internals.checkpoint_results(manager)  # latest: always one of the results, Tune never deletes it
         kept = []
@@ -357,7 +404,9 @@ def prepare_restore(run_dir: Path) -> list[str]:
         try:
             searcher_state = cloudpickle.loads(f.read_bytes())
         except Exception as e:
-            raise RunDirError(f"{f}: damaged search algorithm state ({type(e).__name__}); the search cannot be resumed, run its spec again") from None
+            raise RunDirError(
+                f"{f}: damaged search algorithm state ({type(e).__name__}); the search cannot be resumed, run its spec again"
+            ) from None
         if ray_internals.rebase_storage(searcher_state, str(run_dir)) | ray_internals.forget_live_trials(searcher_state, finished):
             tmp = f.with_suffix(".tmp")
             tmp.write_bytes(cloudpickle.dumps(searcher_state))
@@ -400,7 +449,17 @@ def winner_checkpoint(run_dir: Path, trial_id: str, metric: str) -> str:
     return str(min(scored, key=lambda x: x[0])[1])
 
 
-def run_search(spec: JobSpec, run_dir: Path, prepared: PreparedData, concurrent: int, plan: WorkerPlan, *, restore: bool = False, on_change: Optional[Callable[[TrialTracker], None]] = None, scheduler_override: Optional[str] = None) -> SearchOutcome:
+def run_search(
+    spec: JobSpec,
+    run_dir: Path,
+    prepared: PreparedData,
+    concurrent: int,
+    plan: WorkerPlan,
+    *,
+    restore: bool = False,
+    on_change: Optional[Callable[[TrialTracker], None]] = None,
+    scheduler_override: Optional[str] = None,
+) -> SearchOutcome:
     """The search, `concurrent` trials at a time, each with `plan`'s workers (both from plan.plan_search)."""
     t0 = time.perf_counter()
     tracker = TrialTracker(spec.tune.space, run_dir / "trials.json", spec.train.epochs)
@@ -423,4 +482,6 @@ def run_search(spec: JobSpec, run_dir: Path, prepared: PreparedData, concurrent:
     interrupted = len(finished) < len(records) or (len(finished) < expected_trials(spec.tune) and not out_of_time)
     winner = pick_winner(records, metric)
     ckpt = winner_checkpoint(run_dir, winner.trial_id, metric) if winner and not interrupted else None
-    return SearchOutcome(records=records, winner=winner, winner_checkpoint=ckpt, interrupted=interrupted, wall_time_s=time.perf_counter() - t0)
+    return SearchOutcome(
+        records=records, winner=winner, winner_checkpoint=ckpt, interrupted=interrupted, wall_time_s=time.perf_counter() - t0
+    )
