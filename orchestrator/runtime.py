@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 import shutil
@@ -19,9 +20,9 @@ PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 SERVE_HAPROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
 SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 RAY_TOKEN_ENV, RAY_TOKEN_PATH_ENV = "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"
-# How Serve's HTTP ingress was set up by the last embedded start: {"haproxy": bool, ...}; empty
-# when Ray was joined (the cluster's own environment decides there).
-serve_ingress: dict = {}
+# How an embedded start set up Serve's HTTP ingress, in the node's session folder: the node's own
+# record, read by whichever command serves on it (serve_ingress()); absent on a joined cluster.
+SERVE_INGRESS_FILE = "orchestrator-serve-ingress.json"
 
 
 def init_ray(
@@ -118,11 +119,12 @@ def init_ray(
         if watched:
             watchdog.watch_session(ray_internals.session_dir())
         node_env = {**os.environ, **started_env}
-        serve_ingress.clear()
-        serve_ingress["haproxy"] = node_env.get(SERVE_HAPROXY_ENV) == "1"
-        if serve_ingress["haproxy"]:
-            serve_ingress["stats_port"] = node_env.get("RAY_SERVE_HAPROXY_STATS_PORT", "8404")
-            serve_ingress["metrics_port"] = node_env.get("RAY_SERVE_HAPROXY_METRICS_PORT", "9101")
+        ingress: dict = {"haproxy": node_env.get(SERVE_HAPROXY_ENV) == "1"}
+        if ingress["haproxy"]:
+            ingress["stats_port"] = node_env.get("RAY_SERVE_HAPROXY_STATS_PORT", "8404")
+            ingress["metrics_port"] = node_env.get("RAY_SERVE_HAPROXY_METRICS_PORT", "9101")
+        with open(os.path.join(ray_internals.session_dir(), SERVE_INGRESS_FILE), "w") as f:
+            json.dump(ingress, f)
     quiet_ray_data(verbose)
 
 
@@ -151,6 +153,19 @@ def haproxy_binary() -> Optional[str]:
         return get_haproxy_binary()
     except (ImportError, OSError):
         return shutil.which("haproxy")
+
+
+def serve_ingress() -> Optional[dict]:
+    """How the embedded node this process started serves HTTP: {"haproxy": bool, and with HAProxy
+    "stats_port" and "metrics_port"}; None on a joined cluster (its own environment decides there)
+    or when not connected."""
+    from orchestrator import ray_internals
+
+    try:
+        with open(os.path.join(ray_internals.session_dir(), SERVE_INGRESS_FILE)) as f:
+            return json.load(f)
+    except (OSError, ValueError, AttributeError):  # no such record; no node in this process
+        return None
 
 
 def serve_ingress_env() -> dict[str, str]:

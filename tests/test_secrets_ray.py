@@ -72,6 +72,7 @@ def test_run_with_serve_leaks_neither_token(data_dir, tmp_path):
         (run_dir,) = (tmp_path / "runs").iterdir()
         out = "".join(lines)
         assert "serving breast-cancer-mlp" in out and str(run_dir / "best_checkpoint") in out, out
+        assert "HTTP ingress: Serve's Python proxy" in out, out  # as the node the run started recorded it
         curl = shlex.split(next(x for x in lines if x.startswith("curl -s")))
         assert (
             curl[curl.index("-H", curl.index("-H") + 1) + 1] == f"Authorization: Bearer ${SERVE_TOKEN_ENV}"

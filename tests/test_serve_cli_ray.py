@@ -29,6 +29,8 @@ def test_serve_run_dir_until_ctrl_c(tmp_path):
     with serving_until_ctrl_c([sys.executable, "-c", CLI, "serve", str(run)], port, 240) as (_, lines):
         curl = next(x for x in lines if x.startswith("curl -s"))
         assert f"http://127.0.0.1:{port}/predict" in curl
+        # the node this command started records its ingress, and the banner reads it back
+        assert any(x.strip().startswith("HTTP ingress: Serve's Python proxy") for x in lines), lines
         meta = httpx.get(f"http://127.0.0.1:{port}/metadata").json()
         rows = feature_records(test, list(meta["input_schema"]["properties"]))
         got = httpx.post(f"http://127.0.0.1:{port}/predict", json={"records": rows}, timeout=60).json()["predictions"]

@@ -67,14 +67,15 @@ def _print_ready(console: Console, url: str, target: ServeTarget, name: str) -> 
         console.print(f"  Prometheus metrics (ray_orchestrator_serve_*): {m}", highlight=False, soft_wrap=True)
     from orchestrator.runtime import serve_ingress
 
-    if serve_ingress.get("haproxy"):
+    ingress = serve_ingress() or {}
+    if ingress.get("haproxy"):
         console.print(
-            f"  HTTP ingress: HAProxy (stats :{serve_ingress['stats_port']}/stats, Prometheus :{serve_ingress['metrics_port']}/metrics, "
+            f"  HTTP ingress: HAProxy (stats :{ingress['stats_port']}/stats, Prometheus :{ingress['metrics_port']}/metrics, "
             "on all interfaces)",
             highlight=False,
             soft_wrap=True,
         )
-    elif serve_ingress:
+    elif ingress:
         console.print(
             "  HTTP ingress: Serve's Python proxy (RAY_SERVE_ENABLE_HA_PROXY=1 selects HAProxy: about 2-3x the "
             "throughput, but its stats and metrics listeners bind all interfaces; see docs/serving.md)",
