@@ -82,4 +82,10 @@ def send(pids: Iterable[int], sig: int) -> None:
 
 def wait_gone(pids: Iterable[int], timeout: float) -> list[int]:
     """Wait until none of `pids` runs, at most `timeout` s; returns those still running."""
-    return poll_until(lambda: alive(pids), lambda left: not left, timeout=timeout, interval=0.2)
+    left = list(pids)  # read once: each poll looks again only at those still running at the last
+
+    def still_running() -> list[int]:
+        left[:] = alive(left)
+        return left
+
+    return poll_until(still_running, lambda running: not running, timeout=timeout, interval=0.2)
