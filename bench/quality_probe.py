@@ -325,7 +325,8 @@ def probe_spec(setting: dict, max_epochs_below: dict | None = None) -> dict:
     """Train one setting; `max_epochs_below` {epoch: accuracy} stops a run whose validation accuracy
     at that epoch is below the given value (a hopeless setting)."""
     from orchestrator.data.text import BpeTokenizer, ByteTokenizer
-    from orchestrator.models.sequence import build_rnn, build_transformer
+    from orchestrator.models.rnn import build_rnn
+    from orchestrator.models.transformer import build_transformer
 
     tx, m, t = setting["data.text"], setting["model"], setting["train"]
     df, split, y, classes = _text_splits()

@@ -10,7 +10,8 @@ import torch
 
 from orchestrator.data.sequences import SequenceInputError, chronological_split, make_windows, pad_sequences
 from orchestrator.data.text import CLS, NUM_SPECIALS, PAD, SPECIAL_TOKENS, BpeTokenizer, ByteTokenizer, TextInputError, tokenizer_from_state
-from orchestrator.models.sequence import build_rnn, build_transformer
+from orchestrator.models.rnn import build_rnn
+from orchestrator.models.transformer import build_transformer
 
 TRAIN_TEXTS = [
     "the quick brown fox jumps over the lazy dog",
