@@ -47,7 +47,8 @@ def baseline_server(checkpoint: str, port: int, threads: int, pool: int) -> None
     import torch
     import uvicorn
 
-    from orchestrator.serve.app import ModelRunner, make_api
+    from orchestrator.serve.app import make_api
+    from orchestrator.serve.runner import ModelRunner
 
     torch.set_num_threads(threads)
     runner = ModelRunner(checkpoint)
@@ -144,7 +145,7 @@ def ceiling(checkpoint: Path, threads: int, seconds: float = 2.0) -> dict:
     """The model alone: forward passes per second at batch 1 and 64 (and with preprocessing)."""
     import torch
 
-    from orchestrator.serve.app import ModelRunner
+    from orchestrator.serve.runner import ModelRunner
 
     torch.set_num_threads(threads)
     runner = ModelRunner(checkpoint)

@@ -29,6 +29,8 @@ import pandas as pd
 def fitted_splits(spec) -> tuple[dict, "object"]:
     """{"train": (x, y), "validation": (x, y)} as numpy arrays, and the fitted Preprocessor, the
     pipeline's way (data/ingest.py: label present, row-hash split, statistics of the train rows)."""
+    from orchestrator.data.kinds.image import ImageInput
+    from orchestrator.data.kinds.table import TableInput
     from orchestrator.data.preprocess import Preprocessor, assign_splits
     from orchestrator.spec import resolve_source
 
@@ -46,16 +48,17 @@ def fitted_splits(spec) -> tuple[dict, "object"]:
     codes = assign_splits(df, d.seed, (d.split.train, d.split.validation, d.split.test))
     train = df[codes == 0]
     task = d.task or ("regression" if pd.api.types.is_float_dtype(df[d.label]) else "classification")
-    pre = Preprocessor(task=task, label=d.label, train_rows=len(train))
     if image:
         flat = np.stack([np.asarray(v, dtype=np.float64).reshape(-1) for v in train[image]])
-        pre.image_column, pre.image_shape = image, list(d.image.shape)
-        pre.image_mean, pre.image_std = float(flat.mean()), float(flat.std()) or 1.0
+        state = ImageInput(column=image, shape=list(d.image.shape), mean=float(flat.mean()), std=float(flat.std()) or 1.0)
     else:
         values = train[features].astype(np.float64)
-        pre.numeric = list(features)
-        pre.means = [float(m) for m in values.mean()]
-        pre.stds = [float(s) if s > 0 else 1.0 for s in values.std(ddof=0)]
+        state = TableInput(
+            numeric=list(features),
+            means=[float(m) for m in values.mean()],
+            stds=[float(s) if s > 0 else 1.0 for s in values.std(ddof=0)],
+        )
+    pre = Preprocessor(task=task, label=d.label, input=state, train_rows=len(train))
     if task == "classification":
         pre.classes = sorted(train[d.label].unique().tolist())
     else:

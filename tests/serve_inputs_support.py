@@ -17,7 +17,11 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from orchestrator.data.preprocess import SERIES_TARGET, Preprocessor
+from orchestrator.data.kinds.image import ImageInput
+from orchestrator.data.kinds.sequence import SequenceInput
+from orchestrator.data.kinds.series import SERIES_TARGET, SeriesInput
+from orchestrator.data.kinds.text import TextInput
+from orchestrator.data.preprocess import Preprocessor
 from orchestrator.data.sequences import make_windows
 from orchestrator.data.text import BpeTokenizer
 from orchestrator.models.build import build_model, forward
@@ -103,10 +107,7 @@ def text_checkpoint(dest: Path, max_length: int = 16) -> tuple[Path, pd.DataFram
     pre = Preprocessor(
         task="classification",
         label="label",
-        text_column="text",
-        tokenizer=tok.to_state(),
-        text_max_length=max_length,
-        text_vocab_size=tok.vocab_size,
+        input=TextInput(column="text", tokenizer=tok.to_state(), max_length=max_length, vocab_size=tok.vocab_size),
         classes=sorted(train["label"].unique().tolist()),
         train_rows=len(train),
     )
@@ -121,11 +122,9 @@ def sequence_checkpoint(dest: Path) -> tuple[Path, pd.DataFrame]:
     pre = Preprocessor(
         task="regression",
         label="y",
-        sequence_column="readings",
-        sequence_max_length=8,
-        sequence_features=2,
-        sequence_means=steps.mean(axis=0).tolist(),
-        sequence_stds=steps.std(axis=0).tolist(),
+        input=SequenceInput(
+            column="readings", max_length=8, features=2, means=steps.mean(axis=0).tolist(), stds=steps.std(axis=0).tolist()
+        ),
         target_mean=float(train["y"].mean()),
         target_std=float(train["y"].std(ddof=0)),
         train_rows=len(train),
@@ -153,11 +152,7 @@ def series_checkpoint(dest: Path, window: int = 6, horizon: int = 3) -> tuple[Pa
     pre = Preprocessor(
         task="regression",
         label=SERIES_TARGET,
-        series_column="value",
-        series_window=window,
-        series_horizon=horizon,
-        series_mean=float(head.mean()),
-        series_std=float(head.std()),
+        input=SeriesInput(column="value", window=window, horizon=horizon, mean=float(head.mean()), std=float(head.std())),
         target_mean=float(head.mean()),
         target_std=float(head.std()),
         train_rows=len(train),
@@ -189,15 +184,12 @@ def image_checkpoint(dest: Path, folder: Path) -> tuple[Path, pd.DataFrame]:
     pre = Preprocessor(
         task="classification",
         label="label",
-        image_column="path",
-        image_shape=[1, 8, 8],
-        image_source="path",
-        image_root=str(folder),
+        input=ImageInput(column="path", shape=[1, 8, 8], source="path", root=str(folder)),
         classes=sorted(train["label"].unique().tolist()),
         train_rows=len(train),
     )
-    pixels = pre.image_pixels(train["path"])
-    pre.image_mean, pre.image_std = float(pixels.mean()), float(pixels.std())
+    pixels = pre.input.pixels(train["path"])
+    pre.input.mean, pre.input.std = float(pixels.mean()), float(pixels.std())
     spec = {"arch": "cnn", "channels": [8], "hidden": 16}
     return _save(dest, pre, spec, True, train, steps=60), test
 

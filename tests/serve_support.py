@@ -24,6 +24,7 @@ import pytest
 import torch
 
 from orchestrator.data.bundled import bundled_frame
+from orchestrator.data.kinds.table import TableInput
 from orchestrator.data.preprocess import Preprocessor, assign_splits
 from orchestrator.models.build import build_model, forward
 from orchestrator.ports import free_port  # noqa: F401  (the one free-port helper, for the tests too)
@@ -49,10 +50,12 @@ def fit_preprocessor(train: pd.DataFrame, label: str = "label", categorical: tup
     return Preprocessor(
         task="classification",
         label=label,
-        numeric=numeric,
-        means=[float(train[c].mean()) for c in numeric],
-        stds=[float(train[c].std(ddof=0)) or 1.0 for c in numeric],
-        categorical={c: sorted(train[c].unique().tolist()) for c in categorical},
+        input=TableInput(
+            numeric=numeric,
+            means=[float(train[c].mean()) for c in numeric],
+            stds=[float(train[c].std(ddof=0)) or 1.0 for c in numeric],
+            categorical={c: sorted(train[c].unique().tolist()) for c in categorical},
+        ),
         classes=sorted(train[label].unique().tolist()),
         train_rows=len(train),
     )

@@ -22,7 +22,7 @@ from orchestrator.batch.plan import (
     plan_predict,
     probability_column,
 )
-from orchestrator.batch.run import FILE, ROW, Predictor, Sink, coerce_table, read_chunks
+from orchestrator.batch.run import FILE, ROW, Predictor, Sink, read_chunks
 from orchestrator.errors import OrchestratorError
 from tests.serve_support import make_checkpoint, offline_predictions
 
@@ -88,10 +88,10 @@ def test_a_numeric_cell_that_is_no_number_fails_its_row_not_its_column(checkpoin
 
     pre = load_model(checkpoint[0]).preprocessor
     rows = checkpoint[1].head(4)[pre.feature_columns].astype(object)
-    col = pre.numeric[0]
+    col = pre.input.numeric[0]
     rows.loc[1, col] = "abc"
     rows.loc[2, col] = " "  # blank: missing, imputed like an empty cell
-    fixed, errors = coerce_table(rows, pre)
+    fixed, errors = pre.input.coerce(rows)
     assert errors == {1: (col, "'abc' is not a number")}
     assert fixed[col].dtype.kind == "f" and np.isnan(fixed.loc[2, col]) and fixed.loc[0, col] == rows.loc[0, col]
 

@@ -10,6 +10,7 @@ import uuid
 import pytest
 import torch
 
+from orchestrator.data.kinds.table import TableInput
 from orchestrator.errors import OrchestratorError
 from orchestrator.models.build import build_model
 from orchestrator.train.checkpoint import write_checkpoint
@@ -68,7 +69,7 @@ def test_a_checkpoint_of_a_custom_model_loads_in_a_fresh_process_from_another_fo
             "code_dirs": [str(folder)],
         },
         preprocessing=Preprocessor(
-            task="classification", label="y", numeric=[f"f{i}" for i in range(5)], means=[0.0] * 5, stds=[1.0] * 5
+            task="classification", label="y", input=TableInput(numeric=[f"f{i}" for i in range(5)], means=[0.0] * 5, stds=[1.0] * 5)
         ).to_dict(),
         metrics={},
     )

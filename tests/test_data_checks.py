@@ -10,6 +10,7 @@ import pyarrow as pa
 import pytest
 
 from orchestrator.data.ingest import _describe_failure, _mark_infinite, check_columns, check_source_files
+from orchestrator.data.kinds.table import TableInput
 from orchestrator.data.preprocess import Preprocessor
 from orchestrator.errors import DataError
 from orchestrator.spec import parse_spec
@@ -112,7 +113,7 @@ def test_infinite_values_are_counted_and_refused_by_the_transform():
     df = pd.DataFrame({"a": [1.0, np.inf, -np.inf, np.nan], "b": [True, False, True, None]})
     marked = _mark_infinite(df, columns=["a", "b"])
     assert marked["__inf:a"].tolist() == [0, 1, 1, 0] and marked["__inf:b"].sum() == 0
-    pre = Preprocessor(task="regression", label="y", numeric=["a"], means=[0.0], stds=[1.0])
+    pre = Preprocessor(task="regression", label="y", input=TableInput(numeric=["a"], means=[0.0], stds=[1.0]))
     with pytest.raises(ValueError, match=r"column 'a': \+inf/-inf values cannot be standardised"):
         pre.transform_features(df)
     assert np.isfinite(pre.transform_features(df.iloc[[0, 3]])).all()  # NaN is still imputed

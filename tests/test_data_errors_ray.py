@@ -114,4 +114,4 @@ def test_string_feature_is_one_hot_encoded(ray_session, tmp_path):
     assert "inputs=[4]" in result.console_text  # a + three cities
     (run,) = (tmp_path / "runs").iterdir()
     pre = json.loads((run / "best_checkpoint" / "preprocessing.json").read_text())
-    assert pre["categorical"] == {"city": ["lima", "oslo", "rome"]}
+    assert pre["input"]["categorical"] == {"city": ["lima", "oslo", "rome"]}

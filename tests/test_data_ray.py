@@ -54,23 +54,23 @@ def test_preprocessing_is_fitted_on_the_training_split_only(ray_session, data_di
     pre = prepared.preprocessor
     train = prepared.raw["train"].to_pandas()
     full = pd.read_parquet(data_dir / "breast_cancer.parquet")
-    col = pre.numeric[0]
-    assert pre.means[0] == pytest.approx(train[col].mean(), rel=1e-9)
-    assert pre.stds[0] == pytest.approx(train[col].std(ddof=0), rel=1e-6)
-    assert pre.means[0] != pytest.approx(full[col].mean(), rel=1e-6)  # not the whole file's statistics
+    col = pre.input.numeric[0]
+    assert pre.input.means[0] == pytest.approx(train[col].mean(), rel=1e-9)
+    assert pre.input.stds[0] == pytest.approx(train[col].std(ddof=0), rel=1e-6)
+    assert pre.input.means[0] != pytest.approx(full[col].mean(), rel=1e-6)  # not the whole file's statistics
     assert pre.train_rows == len(train)
     assert pre.classes == sorted(train["label"].unique().tolist())
     x = prepared.transformed["train"].to_pandas()["x"]
     stacked = np.stack(x.to_numpy())
-    assert np.allclose(stacked[:, : len(pre.numeric)].mean(axis=0), 0, atol=1e-4)  # standardised on train
+    assert np.allclose(stacked[:, : len(pre.input.numeric)].mean(axis=0), 0, atol=1e-4)  # standardised on train
 
 
 def test_image_statistics_are_fitted_on_train(ray_session, data_dir):
     spec = _spec(data_dir, "digits-cnn.yaml", source=str(data_dir / "digits.parquet"), prepare=None)
     prepared = prepare_data(spec)
     train = np.stack(prepared.raw["train"].to_pandas()["image"].to_numpy())
-    assert prepared.preprocessor.image_mean == pytest.approx(train.mean(), rel=1e-6)
-    assert prepared.preprocessor.image_std == pytest.approx(train.std(), rel=1e-6)
+    assert prepared.preprocessor.input.mean == pytest.approx(train.mean(), rel=1e-6)
+    assert prepared.preprocessor.input.std == pytest.approx(train.std(), rel=1e-6)
 
 
 def test_csv_source_and_categorical_features(ray_session, data_dir, tmp_path):
@@ -80,7 +80,7 @@ def test_csv_source_and_categorical_features(ray_session, data_dir, tmp_path):
     df.to_csv(path, index=False)
     spec = _spec(tmp_path, "breast-cancer-mlp.yaml", source=str(path), prepare=None, features=["mean_radius", "site"], categorical=["site"])
     prepared = prepare_data(spec)
-    assert prepared.preprocessor.categorical == {"site": ["north", "south"]}
+    assert prepared.preprocessor.input.categorical == {"site": ["north", "south"]}
     assert prepared.preprocessor.input_shape == [3]
 
 

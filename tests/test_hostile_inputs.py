@@ -25,12 +25,17 @@ with warnings.catch_warnings():  # starlette's TestClient warns that it prefers 
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
+from orchestrator.data.images import decode_image, read_image_file, resolve_image_path
 from orchestrator.data.ingest import check_columns
-from orchestrator.data.preprocess import decode_image, read_image_file, resolve_image_path
-from orchestrator.data.rows import MAX_SEQUENCE_STEPS, scan_rows
+from orchestrator.data.kinds.image import MAX_REQUEST_PIXELS
+from orchestrator.data.kinds.sequence import MAX_SEQUENCE_STEPS
+from orchestrator.data.rows import scan_rows
 from orchestrator.errors import DataError, OrchestratorError
 from orchestrator.serve import client as serve_client
-from orchestrator.serve.app import MAX_REQUEST_PIXELS, ClientError, Intake, ModelRunner, make_api
+from orchestrator.serve.app import make_api
+from orchestrator.serve.guard import Intake
+from orchestrator.serve.runner import ModelRunner
+from orchestrator.serve.schemas import ClientError
 from orchestrator.spec import parse_spec
 from tests.serve_inputs_support import image_checkpoint, png
 

@@ -97,10 +97,10 @@ def test_image_file_job_reads_png_paths(ray_session, tmp_path):
     assert (run / "confusion_matrix.png").stat().st_size > 0 and "per class, test split" in (run / "report.html").read_text()
     pre = load_model(run / "best_checkpoint").preprocessor
     assert sum(pre.class_counts) == pre.train_rows and len(pre.class_counts) == 2
-    assert pre.image_source == "path" and pre.image_root == str(tmp_path) and pre.image_shape == [1, 8, 8]
+    assert pre.input.source == "path" and pre.input.root == str(tmp_path) and pre.input.shape == [1, 8, 8]
     # every image, 8 or 16 bits, holds values of mean 30 on one half and 210 on the other: 120 on
     # the 8-bit scale. 16-bit images clipped to 8 bits (as before) pulled it towards 255.
-    assert 110 < pre.image_mean < 130, pre.image_mean
+    assert 110 < pre.input.mean < 130, pre.input.mean
 
     # `orchestrator evaluate RUN FILE` on the test split written as a CSV beside the images: its
     # metrics are the run's test metrics
@@ -133,7 +133,7 @@ def test_image_bytes_and_rgb_are_decoded_and_resized(ray_session, tmp_path):
         )
     )
     prepared = prepare_data(spec)
-    assert prepared.preprocessor.image_source == "bytes"
+    assert prepared.preprocessor.input.source == "bytes"
     batch = prepared.transformed["train"].take_batch(4)
     assert batch["x"].shape == (4, 3, 6, 6) and batch["x"].dtype == np.float32
     np.testing.assert_allclose(batch["x"][:, 0], batch["x"][:, 2])  # grey to RGB: equal channels

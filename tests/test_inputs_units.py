@@ -14,7 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
-from orchestrator.data.preprocess import SERIES_TARGET, Preprocessor
+from orchestrator.data.kinds.image import ImageInput
+from orchestrator.data.kinds.sequence import SequenceInput
+from orchestrator.data.kinds.series import SERIES_TARGET, SeriesInput
+from orchestrator.data.kinds.text import TextInput
+from orchestrator.data.preprocess import Preprocessor
 from orchestrator.data.text import CLS, PAD, BpeTokenizer, ByteTokenizer
 from orchestrator.models.build import build_model, forward
 from orchestrator.spec import parse_spec
@@ -31,11 +35,7 @@ def _text_pre(max_length=10, lowercase=False) -> Preprocessor:
     return Preprocessor(
         task="classification",
         label="y",
-        text_column="t",
-        tokenizer=tok.to_state(),
-        text_max_length=max_length,
-        text_lowercase=lowercase,
-        text_vocab_size=tok.vocab_size,
+        input=TextInput(column="t", tokenizer=tok.to_state(), max_length=max_length, lowercase=lowercase, vocab_size=tok.vocab_size),
         classes=["a", "b"],
     )
 
@@ -45,7 +45,7 @@ def test_text_inputs_are_ids_with_cls_and_lengths():
     out = pre.transform(pd.DataFrame({"t": ["hello world", "the quick brown fox jumps"], "y": ["a", "b"]}))
     assert set(out) == {"x", "len", "y"} and out["x"].dtype == np.int64 and out["x"].shape == (2, 10)
     assert (out["x"][:, 0] == CLS).all() and out["x"][0, out["len"][0] :].tolist() == [PAD] * (10 - out["len"][0])
-    assert pre.kind == "text" and pre.input_shape == [10] and pre.vocab_size == pre.text_vocab_size and pre.max_length == 10
+    assert pre.kind == "text" and pre.input_shape == [10] and pre.vocab_size == pre.input.vocab_size and pre.max_length == 10
     assert pre.feature_columns == ["t"]
     with pytest.raises(ValueError, match="column 't': row 1: empty string"):
         pre.transform_inputs(pd.DataFrame({"t": ["fine", ""]}))
@@ -61,13 +61,7 @@ def test_text_inputs_are_ids_with_cls_and_lengths():
 
 def test_sequence_inputs_pad_to_max_length_standardise_real_steps_and_keep_the_latest():
     pre = Preprocessor(
-        task="regression",
-        label="y",
-        sequence_column="s",
-        sequence_max_length=4,
-        sequence_features=2,
-        sequence_means=[1.0, 10.0],
-        sequence_stds=[2.0, 5.0],
+        task="regression", label="y", input=SequenceInput(column="s", max_length=4, features=2, means=[1.0, 10.0], stds=[2.0, 5.0])
     )
     cell = np.empty(2, dtype=object)  # how Arrow hands over a list of vectors
     cell[:] = [np.array([3.0, 15.0]), np.array([1.0, 10.0])]
@@ -84,11 +78,7 @@ def test_series_inputs_are_standardised_windows_and_decode_back_to_forecasts():
     pre = Preprocessor(
         task="regression",
         label=SERIES_TARGET,
-        series_column="v",
-        series_window=3,
-        series_horizon=2,
-        series_mean=10.0,
-        series_std=2.0,
+        input=SeriesInput(column="v", window=3, horizon=2, mean=10.0, std=2.0),
         target_mean=10.0,
         target_std=2.0,
     )
@@ -112,12 +102,7 @@ def test_image_files_and_bytes_decode_to_the_shape(tmp_path):
     pre = Preprocessor(
         task="classification",
         label="y",
-        image_column="p",
-        image_shape=[1, 4, 4],
-        image_source="path",
-        image_root=str(tmp_path),
-        image_mean=0.0,
-        image_std=1.0,
+        input=ImageInput(column="p", shape=[1, 4, 4], source="path", root=str(tmp_path), mean=0.0, std=1.0),
         classes=[0, 1],
     )
     x = pre.transform_features(pd.DataFrame({"p": ["a.png", str(tmp_path / "a.png")]}))  # relative and absolute
@@ -129,7 +114,7 @@ def test_image_files_and_bytes_decode_to_the_shape(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"nope")
     with pytest.raises(ValueError, match="bad.png \\(column 'p'\\): not a readable image"):
         pre.transform_features(pd.DataFrame({"p": ["bad.png"]}))
-    rgb = Preprocessor(task="classification", label="y", image_column="b", image_shape=[3, 2, 2], image_source="bytes", classes=[0, 1])
+    rgb = Preprocessor(task="classification", label="y", input=ImageInput(column="b", shape=[3, 2, 2], source="bytes"), classes=[0, 1])
     x = rgb.transform_features(pd.DataFrame({"b": [_png()]}))
     np.testing.assert_allclose(x[0, :, 0, 0], [10, 20, 30])
 
@@ -225,11 +210,7 @@ def test_the_loop_trains_sequence_models_and_their_checkpoints_rebuild(tmp_path,
         pre = Preprocessor(
             task="regression",
             label=SERIES_TARGET,
-            series_column="v",
-            series_window=4,
-            series_horizon=2,
-            series_mean=0.5,
-            series_std=2.0,
+            input=SeriesInput(column="v", window=4, horizon=2, mean=0.5, std=2.0),
             target_mean=0.5,
             target_std=2.0,
         )
@@ -255,10 +236,7 @@ def test_byte_tokenizer_state_round_trips_through_the_preprocessor():
     pre = Preprocessor(
         task="classification",
         label="y",
-        text_column="t",
-        tokenizer=ByteTokenizer().to_state(),
-        text_max_length=6,
-        text_vocab_size=ByteTokenizer().vocab_size,
+        input=TextInput(column="t", tokenizer=ByteTokenizer().to_state(), max_length=6, vocab_size=ByteTokenizer().vocab_size),
         classes=[0, 1],
     )
     ids = Preprocessor.from_dict(pre.to_dict()).transform_features(pd.DataFrame({"t": ["ab"]}))

@@ -6,6 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from orchestrator.data.kinds.image import ImageInput
+from orchestrator.data.kinds.table import TableInput
 from orchestrator.data.preprocess import UNKNOWN_LABEL, Preprocessor, assign_splits
 
 
@@ -41,7 +43,10 @@ def test_identical_rows_share_a_split():
 
 def test_tabular_transform_standardises_encodes_and_imputes():
     pre = Preprocessor(
-        task="classification", label="y", numeric=["a"], means=[10.0], stds=[2.0], categorical={"c": ["red", "blue"]}, classes=["no", "yes"]
+        task="classification",
+        label="y",
+        input=TableInput(numeric=["a"], means=[10.0], stds=[2.0], categorical={"c": ["red", "blue"]}),
+        classes=["no", "yes"],
     )
     df = pd.DataFrame({"a": [12.0, np.nan], "c": ["blue", "green"], "y": ["yes", "maybe"]})
     out = pre.transform(df)
@@ -53,9 +58,7 @@ def test_tabular_transform_standardises_encodes_and_imputes():
 
 
 def test_image_transform_checks_length():
-    pre = Preprocessor(
-        task="classification", label="y", image_column="img", image_shape=[1, 2, 2], image_mean=1.0, image_std=2.0, classes=[0, 1]
-    )
+    pre = Preprocessor(task="classification", label="y", input=ImageInput(column="img", shape=[1, 2, 2], mean=1.0, std=2.0), classes=[0, 1])
     out = pre.transform_features(pd.DataFrame({"img": [np.array([1, 3, 5, 7.0])]}))
     assert out.shape == (1, 1, 2, 2) and out.reshape(-1).tolist() == [0.0, 1.0, 2.0, 3.0]
     with pytest.raises(ValueError, match="holds 3 values per row"):
@@ -63,7 +66,9 @@ def test_image_transform_checks_length():
 
 
 def test_regression_round_trip_and_json_persistence(tmp_path):
-    pre = Preprocessor(task="regression", label="y", numeric=["a"], means=[0.0], stds=[1.0], target_mean=100.0, target_std=10.0)
+    pre = Preprocessor(
+        task="regression", label="y", input=TableInput(numeric=["a"], means=[0.0], stds=[1.0]), target_mean=100.0, target_std=10.0
+    )
     y = pre.transform_labels(pd.Series([110.0, 90.0]))
     assert y.tolist() == [1.0, -1.0]
     assert pre.decode(np.array([[1.0], [-1.0]])) == [110.0, 90.0]

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from orchestrator.data.ingest import prepare_data
-from orchestrator.data.preprocess import SERIES_TARGET
+from orchestrator.data.kinds.series import SERIES_TARGET
 from orchestrator.errors import DataError
 from orchestrator.spec import parse_spec
 from orchestrator.train.checkpoint import load_model
@@ -80,7 +80,7 @@ def test_series_split_is_chronological_with_no_leakage(ray_session, tmp_path):
     # standardised with the training period's points only
     pre = prepared.preprocessor
     touched = ordered[ordered["date"] <= train["target_end"].max()]["value"]
-    assert pre.series_mean == pytest.approx(touched.mean()) and pre.series_std == pytest.approx(touched.std(ddof=0))
+    assert pre.input.mean == pytest.approx(touched.mean()) and pre.input.std == pytest.approx(touched.std(ddof=0))
     assert pre.train_rows == len(train) and pre.num_outputs == HORIZON and pre.input_shape == [WINDOW, 1]
     batch = prepared.transformed["test"].take_batch(4)
     assert batch["x"].shape == (4, WINDOW, 1) and batch["len"].tolist() == [WINDOW] * 4 and batch["y"].shape == (4, HORIZON)
@@ -151,11 +151,11 @@ def test_variable_length_sequence_job_trains(ray_session, tmp_path):
     assert 0.0 <= json.loads((run / "test_metrics.json").read_text())["test_accuracy"] <= 1.0
     loaded = load_model(run / "best_checkpoint")
     pre = loaded.preprocessor
-    assert pre.kind == "sequence" and pre.sequence_features == 2 and 3 <= pre.sequence_max_length <= 15
-    assert len(pre.sequence_means) == 2 and loaded.meta["max_length"] == pre.sequence_max_length
+    assert pre.kind == "sequence" and pre.input.features == 2 and 3 <= pre.input.max_length <= 15
+    assert len(pre.input.means) == 2 and loaded.meta["max_length"] == pre.input.max_length
     rows = pd.read_parquet(path).head(4)
     out = pre.transform_inputs(rows)
-    assert out["x"].shape == (4, pre.sequence_max_length, 2)
+    assert out["x"].shape == (4, pre.input.max_length, 2)
     assert out["len"].tolist() == [len(r) for r in rows["readings"]]
     assert not out["x"][0, out["len"][0] :].any()  # padding stays zero after standardising
 

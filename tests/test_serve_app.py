@@ -17,10 +17,15 @@ with warnings.catch_warnings():  # starlette's TestClient warns that it prefers 
     from fastapi.testclient import TestClient
 
 from orchestrator.cli import serve as serve_cli
+from orchestrator.data.kinds.image import ImageInput
+from orchestrator.data.kinds.table import TableInput
 from orchestrator.data.preprocess import Preprocessor
 from orchestrator.errors import OrchestratorError
 from orchestrator.serve import client as serve_client
-from orchestrator.serve.app import ModelRunner, make_api, record_model, token_digest
+from orchestrator.serve.app import make_api
+from orchestrator.serve.guard import token_digest
+from orchestrator.serve.runner import ModelRunner
+from orchestrator.serve.schemas import record_model
 from tests.serve_support import feature_records, free_port, make_checkpoint, make_run_dir, offline_predictions
 
 TOKEN = "test-token-123"
@@ -168,11 +173,11 @@ def test_metrics_hook_sees_every_request(runner, records):
 def test_image_and_integer_category_schemas():
     from pydantic import ValidationError
 
-    img = record_model(Preprocessor(task="classification", label="y", image_column="image", image_shape=[1, 2, 2], classes=[0, 1]))
+    img = record_model(Preprocessor(task="classification", label="y", input=ImageInput(column="image", shape=[1, 2, 2]), classes=[0, 1]))
     img.model_validate({"image": [0, 1.5, 2, 3]})
     with pytest.raises(ValidationError):
         img.model_validate({"image": [0, 1, 2]})
-    cat = record_model(Preprocessor(task="regression", label="y", categorical={"n": [1, 2, 3]}))
+    cat = record_model(Preprocessor(task="regression", label="y", input=TableInput(categorical={"n": [1, 2, 3]})))
     cat.model_validate({"n": 7})
     with pytest.raises(ValidationError):
         cat.model_validate({"n": "1"})
@@ -358,9 +363,9 @@ def test_largest_in_range_value_is_answered(client, records, runner):
 
 def test_image_values_are_bounded_before_the_float32_cast():
     pre = Preprocessor(
-        task="classification", label="y", image_column="image", image_shape=[1, 2, 2], image_mean=0.5, image_std=0.25, classes=[0, 1]
+        task="classification", label="y", input=ImageInput(column="image", shape=[1, 2, 2], mean=0.5, std=0.25), classes=[0, 1]
     )
-    lo, hi = ModelRunner._input_bounds(type("R", (), {"pre": pre})())["image"]
+    lo, hi = pre.input.value_bounds()["image"]
     assert hi <= float(np.finfo(np.float32).max) and lo >= -float(np.finfo(np.float32).max)
 
 
@@ -376,7 +381,7 @@ def test_deeply_nested_bodies_get_400_before_parsing(client, body):
 def test_brackets_inside_strings_do_not_count_and_the_depth_scan_is_linear():
     import time
 
-    from orchestrator.serve.app import json_depth
+    from orchestrator.serve.schemas import json_depth
 
     assert json_depth(b'{"records": [{"site": "[[[[{{\\"[[["}]}') == 3
     assert json_depth(b'[[["unterminated') == 3 and json_depth(b"") == 0

@@ -22,7 +22,9 @@ with warnings.catch_warnings():  # starlette's TestClient warns that it prefers 
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.serve import client as serve_client
-from orchestrator.serve.app import ModelRunner, example_record, make_api
+from orchestrator.serve.app import make_api
+from orchestrator.serve.runner import ModelRunner
+from orchestrator.serve.schemas import example_record
 from tests.serve_inputs_support import image_checkpoint, offline, png, sequence_checkpoint, series_checkpoint, text_checkpoint
 
 

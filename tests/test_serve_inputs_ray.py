@@ -172,7 +172,7 @@ def test_image_requests_cannot_buy_seconds_of_decoding(servers, models):
     normal request answered within 2 s."""
     import time
 
-    from orchestrator.serve.app import MAX_REQUEST_PIXELS
+    from orchestrator.data.kinds.image import MAX_REQUEST_PIXELS
 
     url = servers["image"]
     t0 = time.monotonic()

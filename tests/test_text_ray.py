@@ -77,10 +77,10 @@ def test_bpe_text_job_trains_on_two_workers_and_its_tokenizer_never_saw_the_test
 
     loaded = load_model(run / "best_checkpoint")
     pre = loaded.preprocessor
-    assert pre.kind == "text" and loaded.meta["input_kind"] == "text" and loaded.meta["vocab_size"] == pre.text_vocab_size
-    vocab = _vocab(pre.tokenizer)
+    assert pre.kind == "text" and loaded.meta["input_kind"] == "text" and loaded.meta["vocab_size"] == pre.input.vocab_size
+    vocab = _vocab(pre.input.tokenizer)
     assert not any("zorb" in t or "blatt" in t for t in vocab), sorted(t for t in vocab if "z" in t)
-    assert len(tokenizer_from_state(pre.tokenizer).tokens(WORD)) > 1
+    assert len(tokenizer_from_state(pre.input.tokenizer).tokens(WORD)) > 1
     # the control: a tokenizer fitted on every row would have learnt the word
     assert "Ġ" + WORD in _vocab(BpeTokenizer.fit(sorted(df["text"]), VOCAB).to_state())
 

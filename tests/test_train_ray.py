@@ -119,7 +119,7 @@ def test_train_digits_cnn_end_to_end(ray_session, tmp_path):
     assert (run / "metrics.csv").read_text().startswith("epoch,")
     assert yaml.safe_load((run / "spec.yaml").read_text())["name"] == "digits-cnn"
     loaded = load_model(run / "best_checkpoint")
-    assert loaded.preprocessor.image_shape == [1, 8, 8]
+    assert loaded.preprocessor.input.shape == [1, 8, 8]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["best_epoch"] == loaded.metrics["epoch"]
 

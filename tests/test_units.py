@@ -18,6 +18,7 @@ import pytest
 import torch
 from torch import nn
 
+from orchestrator.data.kinds.table import TableInput
 from orchestrator.data.preprocess import UNKNOWN_LABEL, Preprocessor
 from orchestrator.errors import ResourceError, RunDirError
 from orchestrator.spec import (
@@ -327,7 +328,13 @@ def test_the_loop_autocasts_to_the_chosen_torch_dtype(monkeypatch):
 
 def test_loop_config_for_regression():
     spec = _spec(train={"epochs": 4, "lr": 0.01, "early_stopping": {"patience": 2}}, checkpoint={"metric": "val_rmse"})
-    pre = Preprocessor(task="regression", label="y", numeric=["a", "b"], means=[0.0, 1.0], stds=[1.0, 2.0], target_mean=3.0, target_std=2.5)
+    pre = Preprocessor(
+        task="regression",
+        label="y",
+        input=TableInput(numeric=["a", "b"], means=[0.0, 1.0], stds=[1.0, 2.0]),
+        target_mean=3.0,
+        target_std=2.5,
+    )
     plan = plan_workers(spec.scaling, ClusterResources(cpus=8, gpus=0))  # 2 workers x 3 CPUs, 1 CPU left for Ray Data
     config = build_loop_config(spec, SimpleNamespace(preprocessor=pre), plan)
     assert isinstance(config, LoopConfig)
@@ -348,10 +355,7 @@ def test_loop_config_for_classification_keeps_metrics_unscaled():
     pre = Preprocessor(
         task="classification",
         label="y",
-        numeric=["a"],
-        means=[0.0],
-        stds=[1.0],
-        categorical={"city": ["x", "y", "z"]},
+        input=TableInput(numeric=["a"], means=[0.0], stds=[1.0], categorical={"city": ["x", "y", "z"]}),
         classes=["no", "yes"],
         target_std=7.0,
     )
@@ -373,7 +377,9 @@ def _loop_config(scale: float = 1.0, **train) -> dict:
         scaling={"workers": 1},
         checkpoint={"metric": "val_mae"},
     )
-    pre = Preprocessor(task="regression", label="y", numeric=["a", "b"], means=[0.0, 0.0], stds=[1.0, 1.0], target_std=3.0)
+    pre = Preprocessor(
+        task="regression", label="y", input=TableInput(numeric=["a", "b"], means=[0.0, 0.0], stds=[1.0, 1.0]), target_std=3.0
+    )
     config = build_loop_config(spec, SimpleNamespace(preprocessor=pre), plan_workers(spec.scaling, ClusterResources(cpus=2, gpus=0)))
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 2, generator=g) * scale
@@ -734,7 +740,7 @@ def test_metric_names_come_from_one_definition():
 
 def test_early_stopping_takes_the_specs_settings_and_a_resumed_count():
     spec = _spec(train={"early_stopping": {"patience": 3, "min_delta": 0.5}}, checkpoint={"metric": "val_accuracy"})
-    pre = Preprocessor(task="classification", label="y", numeric=["a"], means=[0.0], stds=[1.0], classes=["a", "b"])
+    pre = Preprocessor(task="classification", label="y", input=TableInput(numeric=["a"], means=[0.0], stds=[1.0]), classes=["a", "b"])
     config = build_loop_config(spec, SimpleNamespace(preprocessor=pre), plan_workers(spec.scaling, ClusterResources(cpus=3, gpus=0)))
     resumed = EarlyStopper.for_loop(config, best=0.9, since_best=2)  # restored from a checkpoint: one more flat epoch stops
     assert (resumed.mode, resumed.patience, resumed.min_delta) == ("max", 3, 0.5)

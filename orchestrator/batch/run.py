@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 import os
 import shutil
 import time
@@ -35,7 +34,8 @@ from orchestrator.batch.plan import (
     column_clashes,
     probability_column,
 )
-from orchestrator.errors import DataError, OrchestratorError, shown_value
+from orchestrator.errors import DataError, OrchestratorError
+from orchestrator.extensions import used
 
 FILE, ROW = "__file", "__row"  # where each row came from, carried beside the data until the output is written
 ACTOR_CPUS = 0.5  # a model actor's share: the reads beside it (and Serve replicas on a shared node) still get a CPU
@@ -143,44 +143,17 @@ def _row_error(row: int, column: Optional[str], message: str) -> str:
     return f"row {row}, column {column!r}: {message}" if column else f"row {row}: {message}"
 
 
-def coerce_table(df: pd.DataFrame, pre) -> tuple[pd.DataFrame, dict[int, tuple[str, str]]]:
-    """Table inputs as the model takes them, cell by cell: a numeric column that came out as text
-    (one bad cell in a CSV makes pandas read the whole column so) becomes numbers again, and each
-    cell that is no number is reported, {position: (column, message)}, instead of failing its
-    column; whole-number categories read as floats (a column with gaps) become integers again."""
-    if pre.kind != "table":
-        return df, {}
-    out = df.copy()
-    errors: dict[int, tuple[str, str]] = {}
-    for col in pre.numeric:
-        s = out[col]
-        if s.dtype == object or pd.api.types.is_string_dtype(s):
-            numbers = pd.to_numeric(s, errors="coerce")
-            blank = s.isna().to_numpy() | s.map(lambda v: isinstance(v, str) and not v.strip()).to_numpy()
-            for i in np.flatnonzero(numbers.isna().to_numpy() & ~blank):
-                errors.setdefault(int(i), (col, f"{shown_value(s.iloc[i])} is not a number"))
-            out[col] = numbers
-    for col, cats in pre.categorical.items():
-        if cats and all(isinstance(c, int) and not isinstance(c, bool) for c in cats) and out[col].dtype.kind == "f":
-            out[col] = pd.Series(
-                [int(v) if math.isfinite(v) and float(v).is_integer() else (None if v != v else v) for v in out[col]],
-                dtype=object,
-                index=out.index,
-            )
-    return out, errors
-
-
-# ------------------------------------------------------------------------------------ predict
-
-
 class Predictor:
     """A Ray Data actor: one checkpoint, loaded once, predicting batches of rows."""
 
-    def __init__(self, checkpoint: str, multi_file: bool, root: str):
-        from orchestrator.serve.app import ModelRunner, input_description
+    def __init__(self, checkpoint: str, multi_file: bool, root: str, uses: tuple[str, ...] = ()):
+        from orchestrator import extensions
+
+        extensions.ensure(uses)
+        from orchestrator.serve.runner import ModelRunner
 
         self.runner = ModelRunner(checkpoint, max_records=1 << 30, max_body_bytes=1 << 62)
-        self.info = input_description(self.runner.pre)
+        self.info = self.runner.pre.input.describe()
         self.classes = self.runner.pre.classes if self.runner.classification else None
         self.multi_file, self.root = multi_file, root
 
@@ -190,7 +163,7 @@ class Predictor:
         df = df.reset_index(drop=True)
         files, rows = df[FILE].tolist(), [int(r) for r in df[ROW]]
         n = len(df)
-        inputs, cell_errors = coerce_table(df[self.runner.columns], self.runner.pre)
+        inputs, cell_errors = self.runner.pre.input.coerce(df[self.runner.columns])
         errors = {i: _row_error(rows[i], col, msg) for i, (col, msg) in cell_errors.items()}
         records: dict[int, dict] = {}
         for i, r in enumerate(inputs.to_dict("records")):
@@ -229,7 +202,7 @@ class Predictor:
 
 def _plain_cell(v: Any) -> Any:
     """A cell as CSV or JSON holds it: arrays as (nested) lists, bytes as base64 text."""
-    from orchestrator.data.preprocess import plain_value
+    from orchestrator.data.values import plain_value
 
     if isinstance(v, (bytes, bytearray)):
         return base64.b64encode(bytes(v)).decode("ascii")
@@ -331,10 +304,6 @@ def _output_path(plan: PredictPlan, folder: Path, source: str) -> Path:
     return folder / rel.parent / name
 
 
-def _text_columns(pre) -> tuple[str, ...]:
-    return (pre.text_column,) if pre.kind == "text" else ()
-
-
 def check_inputs(plan_files: list[Path], fmt: str, needed: list[str], added: Optional[list[str]] = None) -> None:
     """Every file holds the model's input columns (and none that predict would overwrite)."""
     problems = []
@@ -371,9 +340,9 @@ def predict_files(plan: PredictPlan, on_progress: Callable[[int, int], None] = l
     kept = ctx.execution_options.preserve_order
     ctx.execution_options.preserve_order = True  # rows come out in file order (set for this pipeline only)
     try:
-        ds = read_files(plan.files, plan.input_format, _text_columns(pre)).map_batches(
+        ds = read_files(plan.files, plan.input_format, pre.input.text_columns()).map_batches(
             Predictor,
-            fn_constructor_kwargs={"checkpoint": str(plan.checkpoint), "multi_file": multi, "root": str(plan.root)},
+            fn_constructor_kwargs={"checkpoint": str(plan.checkpoint), "multi_file": multi, "root": str(plan.root), "uses": tuple(used())},
             batch_size=plan.batch_size,
             batch_format="pandas",
             concurrency=plan.actors,
@@ -428,20 +397,22 @@ def predict_files(plan: PredictPlan, on_progress: Callable[[int, int], None] = l
 # ----------------------------------------------------------------------------------- evaluate
 
 
-def _labelled(df: pd.DataFrame, *, pre: dict, key: str, absolute_images: bool) -> dict:
+def _labelled(df: pd.DataFrame, *, pre: dict, key: str, relative_paths: bool, uses: tuple[str, ...] = ()) -> dict:
     """Ray Data: rows of a labelled file -> the model's inputs and the encoded label (as training
     transforms its splits); rows without a label are left out; a bad cell names its file and row."""
+    from orchestrator import extensions
     from orchestrator.data.ingest import cached_preprocessor
 
+    extensions.ensure(uses)
     p = cached_preprocessor(pre, key)
     df = df[df[p.label].notna()].reset_index(drop=True)
     files, rows = df.pop(FILE), df.pop(ROW)
-    if absolute_images:  # relative image paths resolve against their own file's folder
-        from orchestrator.data.preprocess import resolve_image_path
+    col = p.input.path_column()
+    if relative_paths and col is not None:  # relative file paths resolve against their own data file's folder
+        from orchestrator.data.images import resolve_image_path
 
-        col = p.image_column
         df[col] = [resolve_image_path(v, os.path.dirname(f)) if isinstance(v, str) else v for v, f in zip(df[col], files)]
-    coerced, cell_errors = coerce_table(df, p)
+    coerced, cell_errors = p.input.coerce(df)
     if cell_errors:
         i, (col, msg) = min(cell_errors.items())
         raise ValueError(f"{files.iloc[i]}: {_row_error(int(rows.iloc[i]), col, msg)}")
@@ -462,27 +433,27 @@ def evaluate_files(plan: EvaluatePlan) -> tuple[dict, dict]:
     details.json and the plots (confusion_matrix.png, or residuals.png) into plan.out."""
     from orchestrator.data.ingest import data_errors, preprocessor_key
     from orchestrator.report import confusion_matrix, residuals, save_png
-    from orchestrator.serve.app import image_files
     from orchestrator.train.checkpoint import load_model
     from orchestrator.train.driver import evaluate_checkpoint
 
     loaded = load_model(plan.checkpoint)
     pre = loaded.preprocessor
-    if pre.kind == "series":
+    if pre.input.ordered:
         raise OrchestratorError(
             "evaluate scores table, image, text and sequence models; a series model is scored on its run's "
             "test period (test_metrics.json in the run directory)"
         )
     check_inputs(plan.files, plan.input_format, [*pre.feature_columns, pre.label])
-    if image_files(pre) and pre.image_source == "path":
+    relative_paths = pre.input.path_column() is not None
+    if relative_paths:  # each file's relative paths resolve against that file's folder (_labelled)
         import dataclasses
 
-        pre = dataclasses.replace(pre, image_root=None)
+        pre = dataclasses.replace(pre, input=pre.input.rooted(None))
     pre_dict = pre.to_dict()
     src = str(plan.files[0]) if len(plan.files) == 1 else str(plan.files[0].parent)
-    ds = read_files(plan.files, plan.input_format, _text_columns(pre)).map_batches(
+    ds = read_files(plan.files, plan.input_format, pre.input.text_columns()).map_batches(
         _labelled,
-        fn_kwargs={"pre": pre_dict, "key": preprocessor_key(pre_dict), "absolute_images": image_files(pre) and pre.image_source == "path"},
+        fn_kwargs={"pre": pre_dict, "key": preprocessor_key(pre_dict), "relative_paths": relative_paths, "uses": tuple(used())},
         batch_format="pandas",
         num_cpus=READ_CPUS,
     )

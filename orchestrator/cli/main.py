@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import typer
 
+from orchestrator import extensions
 from orchestrator.cli import cluster, jobs, k8s, run, serve
-from orchestrator.cli.common import command_group
+from orchestrator.cli.common import command_group, friendly
 
 app = command_group("Distributed training, hyperparameter search and serving on Ray, from one job spec.", name="orchestrator")
 
@@ -27,12 +28,14 @@ def _print_version(value: bool) -> None:
 
 
 @app.callback()
+@friendly
 def _options(
     version: bool = typer.Option(
         False, "--version", callback=_print_version, is_eager=True, help="Print the version (and Ray's and torch's) and exit."
     ),
 ) -> None:
-    pass
+    # input kinds and architectures of installed packages or ORCHESTRATOR_EXTENSIONS (docs/extending.md)
+    extensions.load_configured()
 
 
 cluster_app = command_group("Create, inspect and remove Ray clusters.")

@@ -27,8 +27,8 @@ def _print_ready(console: Console, url: str, target: ServeTarget, name: str) -> 
     import httpx
 
     from orchestrator.data.preprocess import Preprocessor
-    from orchestrator.serve.app import example_record, image_files, record_model
     from orchestrator.serve.deployment import metrics_url
+    from orchestrator.serve.schemas import example_record, record_model
 
     version = "?"
     try:
@@ -38,7 +38,7 @@ def _print_ready(console: Console, url: str, target: ServeTarget, name: str) -> 
     pre = Preprocessor.load(target.checkpoint / "preprocessing.json")
     # a test row is a request as it is only when the source column holds what a request sends (not
     # a series' single points, nor image paths); and it must pass the request schema
-    row = test_row(target.job, pre.feature_columns) if pre.kind != "series" and not image_files(pre) else None
+    row = test_row(target.job, pre.feature_columns) if pre.input.rows_are_requests() else None
     if row is not None:
         try:
             record_model(pre).model_validate(row)

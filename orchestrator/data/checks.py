@@ -5,39 +5,16 @@ types. `run` and `train` make them before Ray starts, `validate` with the spec's
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Optional
 
 import pyarrow as pa
 
+from orchestrator.data import kinds
 from orchestrator.data.files import Listing, list_source, shown
+from orchestrator.data.kinds.base import ColumnCheck, Columns
 from orchestrator.data.rows import locate_non_utf8
 from orchestrator.errors import DataError
 from orchestrator.spec import FORMAT_EXTENSIONS, JobSpec, is_uri, task_problems
-
-MAX_AUTO_CATEGORIES = 1000  # a string column with more distinct values is more likely an id than a category
-
-
-@dataclass
-class Columns:
-    """What the schema check settled: feature columns by kind and the task."""
-
-    task: str
-    numeric: list[str]
-    categorical: list[str]
-    image: Optional[str]
-    auto_categorical: list[str] = field(default_factory=list)  # string columns not listed in data.categorical
-    image_source: str = "array"  # array | path | bytes, from the image column's Arrow type
-    text: Optional[str] = None
-    sequence: Optional[str] = None
-    series: Optional[str] = None
-
-    @property
-    def inputs(self) -> list[str]:
-        """The columns the inputs are made from (the label aside)."""
-        one = self.image or self.text or self.sequence or self.series
-        return [one] if one else self.numeric + self.categorical
-
 
 # The file name endings each format reads. Ray Data's own filter skips other files without a
 # word: a folder of Parquet and CSV read as Parquet silently lost the CSV rows, and `.pq`
@@ -131,103 +108,18 @@ def check_columns(spec: JobSpec, src: str, schema: pa.Schema) -> Columns:
     if task == "regression" and not missing and not (pa.types.is_integer(label_type) or pa.types.is_floating(label_type)):
         what = "a series must hold numbers" if d.series is not None else "regression needs a numeric label"
         raise DataError(f"{src}: column {d.label!r} ({label_field}) has type {label_type}; {what}")
-    if any(k is not None for k in (d.image, d.text, d.sequence, d.series)):
-        # one input column: a missing label is reported with it
-        col, what = next(
-            (getattr(d, k).column, f"data.{k}.column") for k in ("image", "text", "sequence", "series") if getattr(d, k) is not None
-        )
-        need(col, what)
-        if d.series is not None:
-            need(d.series.order_by, "data.series.order_by")
-        refuse_missing()
-
-    if d.image is not None:
-        t = need(d.image.column, "data.image.column")
-        if is_list_type(t) and is_number_type(t.value_type):
-            source = "array"
-        elif is_text_type(t):
-            source = "path"
-        elif pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_binary_view(t):
-            source = "bytes"
-        else:
-            raise DataError(
-                f"{src}: column {d.image.column!r} (data.image.column) has type {t}; it must be a list of numbers, "
-                "an image file path (a string) or an encoded image file (binary)"
-            )
-        if source != "array" and d.image.shape[0] not in (1, 3, 4):
-            raise DataError(
-                f"{src}: data.image.shape {d.image.shape}: image files decode to 1 (grey), 3 (RGB) or 4 (RGBA) channels, "
-                f"not {d.image.shape[0]}"
-            )
-        return Columns(task=task, numeric=[], categorical=[], image=d.image.column, image_source=source)
-    if d.text is not None:
-        t = need(d.text.column, "data.text.column")
-        if not is_text_type(t):
-            if pa.types.is_binary(t) or pa.types.is_large_binary(t):  # what pyarrow makes of a CSV column that is not UTF-8
-                where = locate_non_utf8(spec, src, d.text.column)
-                raise DataError(
-                    f"{where or src}: column {d.text.column!r} (data.text.column) holds bytes that are not UTF-8 text; "
-                    "save the file as UTF-8"
-                )
-            raise DataError(f"{src}: column {d.text.column!r} (data.text.column) has type {t}; it must hold strings")
-        return Columns(task=task, numeric=[], categorical=[], image=None, text=d.text.column)
-    if d.sequence is not None:
-        t = need(d.sequence.column, "data.sequence.column")
-        inner = t.value_type if is_list_type(t) else None
-        if inner is not None and is_list_type(inner):
-            inner = inner.value_type
-        if inner is None or not is_number_type(inner):
-            raise DataError(
-                f"{src}: column {d.sequence.column!r} (data.sequence.column) has type {t}; it must hold lists of numbers "
-                "or lists of equal-length vectors (lists of numbers)"
-            )
-        return Columns(task=task, numeric=[], categorical=[], image=None, sequence=d.sequence.column)
-    if d.series is not None:
-        t = need(d.series.column, "data.series.column")
-        if not is_number_type(t):
-            raise DataError(f"{src}: column {d.series.column!r} (data.series.column) has type {t}; a series must hold numbers")
-        need(d.series.order_by, "data.series.order_by")
-        return Columns(task="regression", numeric=[], categorical=[], image=None, series=d.series.column)
-
-    features = d.features if d.features is not None else [c for c in schema.names if c != d.label]
-    numeric, categorical, auto, unusable = [], [], [], []
-    for col in features:
-        if col not in types:
-            need(col, "data.features")
-            continue
-        t = types[col]
-        if col in d.categorical:
-            categorical.append(col)
-        elif pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
-            numeric.append(col)
-        elif is_text_type(t):  # as documented (data.categorical): string columns are one-hot encoded
-            categorical.append(col)
-            auto.append(col)
-        else:
-            where = "data.features" if d.features is not None else "every column but the label, as data.features is omitted"
-            unusable.append(
-                f"{src}: column {col!r} ({where}) has type {t}; a feature must hold numbers, booleans or strings "
-                f"(strings are one-hot encoded): convert it, or leave it out of data.features"
-            )
-    if unusable:
-        problems = [f"{src}: {m}" for m in missing] + unusable
-        raise DataError("; ".join(problems), problems=problems)
-    refuse_missing()
-    return Columns(task=task, numeric=numeric, categorical=categorical, image=None, auto_categorical=auto)
-
-
-def is_list_type(t: pa.DataType) -> bool:
-    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
-
-
-def is_number_type(t: pa.DataType) -> bool:
-    return pa.types.is_integer(t) or pa.types.is_floating(t)
-
-
-def is_text_type(t: pa.DataType) -> bool:
-    if pa.types.is_dictionary(t):
-        t = t.value_type
-    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+    kind = kinds.for_spec(d)
+    check = ColumnCheck(
+        spec=spec,
+        src=src,
+        types=types,
+        task=task,
+        need=need,
+        refuse_missing=refuse_missing,
+        locate_non_utf8=lambda column: locate_non_utf8(spec, src, column),
+        missing=missing,
+    )
+    return kind.check_columns(check)
 
 
 # ------------------------------------------------------------------------- split, fit, transform

@@ -24,31 +24,20 @@ import pyarrow as pa
 import ray
 from ray.data.aggregate import Count, Mean, Std, Sum, Unique
 
-from orchestrator.data.checks import (
-    EXTENSIONS,
-    MAX_AUTO_CATEGORIES,
-    Columns,
-    check_columns,
-    check_source_files,
-    csv_problem,
-)
-from orchestrator.data.files import image_root, shown, source_bytes
-from orchestrator.data.preprocess import (
-    SERIES_TARGET,
-    SPLIT_COLUMN,
-    SPLITS,
-    Preprocessor,
-    assign_splits,
-    plain_value,
-)
-from orchestrator.data.rows import MAX_SEQUENCE_STEPS, locate_image_bytes, scan_rows
+from orchestrator import extensions
+from orchestrator.data import kinds
+from orchestrator.data.checks import EXTENSIONS, check_columns, check_source_files, csv_problem
+from orchestrator.data.files import shown, source_bytes
+from orchestrator.data.kinds.base import Columns, InputKind
+from orchestrator.data.preprocess import SPLIT_COLUMN, SPLITS, Preprocessor, assign_splits
+from orchestrator.data.rows import locate_image_bytes, scan_rows
+from orchestrator.data.values import plain_value
 from orchestrator.errors import DataError
 from orchestrator.spec import JobSpec, is_uri, resolve_source
 
 DATA_TASK_CPUS = 0.25
 CACHE_MAX_BYTES = 1 << 30  # data.cache: auto keeps sources up to this size in the object store
-FILE_ROW = "__file_row"  # a point's row in the source, kept while a series is sorted by time
-MAX_SERIES_POINTS = 10_000_000  # a series is read whole on the driver (one column); beyond this it is refused
+MAX_SERIES_POINTS = 10_000_000  # an ordered source (a series) is read whole on the driver; beyond this it is refused
 
 
 @dataclass
@@ -164,108 +153,17 @@ def _select_split(df: pd.DataFrame, *, code: int) -> pd.DataFrame:
     return df[df[SPLIT_COLUMN] == code].drop(columns=[SPLIT_COLUMN])
 
 
-def _image_moments(df: pd.DataFrame, *, column: str) -> pd.DataFrame:
-    flat = [np.asarray(v, dtype=np.float64).reshape(-1) for v in df[column]]
-    return pd.DataFrame(
-        {
-            "__s": [float(a.sum()) for a in flat],
-            "__ss": [float((a * a).sum()) for a in flat],
-            "__n": [a.size for a in flat],
-        }
-    )
+class TrainRows:
+    """The training split as a kind's fit reads it (data/kinds/base.py, TrainSplit): a Ray Dataset,
+    whose statistics Ray Data computes (one execution each), or a pandas DataFrame on the driver
+    (prepared there, _prepare_on_driver). Both give the same answers, keyed as the Ray Data
+    aggregations name them."""
 
-
-def _file_image_moments(df: pd.DataFrame, *, pre: dict, key: str = "") -> pd.DataFrame:
-    """_image_moments of image files or bytes, decoded as the transform decodes them."""
-    p = cached_preprocessor(pre, key)
-    flat = p.image_pixels(df[p.image_column]).astype(np.float64).reshape(len(df), int(np.prod(p.image_shape)))
-    return pd.DataFrame({"__s": flat.sum(axis=1), "__ss": (flat * flat).sum(axis=1), "__n": [flat.shape[1]] * len(df)})
-
-
-def _fit_text(pre: Preprocessor, spec: JobSpec, train: "_TrainRows", src: str) -> None:
-    """Fit the tokenizer on the training split's texts (collected on the driver, sorted so the
-    vocabulary does not depend on the order the blocks were read in)."""
-    from orchestrator.data.text import BpeTokenizer, ByteTokenizer
-
-    t = spec.data.text
-    texts = train.values(t.column)
-    if not texts:
-        raise DataError(f"{src}: the training split is empty (too few rows for data.split)")
-    missing = sum(1 for v in texts if not isinstance(v, str))
-    empty = sum(1 for v in texts if isinstance(v, str) and not v.strip())
-    if missing or empty:
-        what = " and ".join(
-            filter(None, [f"{missing} missing values" if missing else "", f"{empty} empty or whitespace-only texts" if empty else ""])
-        )
-        raise DataError(f"{src}: column {t.column!r} (data.text.column) holds {what} in the training split; every row needs a text")
-    if t.lowercase:
-        texts = [v.lower() for v in texts]
-    tok = ByteTokenizer() if t.tokenizer == "byte" else BpeTokenizer.fit(sorted(texts), t.vocab_size)
-    pre.text_column, pre.tokenizer, pre.text_vocab_size = t.column, tok.to_state(), tok.vocab_size
-    pre.text_max_length, pre.text_lowercase = t.max_length, t.lowercase
-
-
-def _sequence_moments(df: pd.DataFrame, *, column: str) -> pd.DataFrame:
-    """Per-feature sums over the real steps of a batch of sequences, its steps' width and longest row."""
-    from orchestrator.data.sequences import SequenceInputError, pad_sequences
-
-    cols = ["s", "ss", "n", "f", "longest"]
-    if not len(df):
-        return pd.DataFrame({c: [] for c in cols})
-    rows = [v.tolist() if isinstance(v, np.ndarray) and v.dtype == object else v for v in df[column]]
-    try:
-        x, lengths = pad_sequences(rows)
-    except (SequenceInputError, TypeError) as e:
-        raise ValueError(f"column {column!r} (data.sequence.column): {e}") from None
-    real = np.arange(x.shape[1])[None, :] < lengths[:, None]
-    vals = x[real].astype(np.float64)  # [real steps, features]
-    return pd.DataFrame(
-        {
-            "s": [vals.sum(axis=0).tolist()],
-            "ss": [(vals * vals).sum(axis=0).tolist()],
-            "n": [len(vals)],
-            "f": [x.shape[2]],
-            "longest": [int(lengths.max())],
-        }
-    )
-
-
-def _fit_sequence(pre: Preprocessor, spec: JobSpec, train: "_TrainRows", src: str) -> None:
-    col = spec.data.sequence.column
-    parts = train.per_batch(_sequence_moments, [col], column=col)
-    if not parts:
-        raise DataError(f"{src}: the training split is empty (too few rows for data.split)")
-    widths = sorted({int(r["f"]) for r in parts})
-    if len(widths) > 1:
-        raise DataError(
-            f"{src}: column {col!r} (data.sequence.column): the steps of some rows hold {widths[0]} values and of others {widths[1]}; every row needs the same"
-        )
-    n = sum(int(r["n"]) for r in parts)
-    total = np.sum([np.asarray(r["s"], np.float64) for r in parts], axis=0)
-    squares = np.sum([np.asarray(r["ss"], np.float64) for r in parts], axis=0)
-    mean = total / n
-    std = np.sqrt(np.maximum(squares / n - mean * mean, 0.0))
-    pre.sequence_column, pre.sequence_features = col, widths[0]
-    longest = max(int(r["longest"]) for r in parts)
-    if spec.data.sequence.max_length is None and longest > MAX_SEQUENCE_STEPS:
-        raise DataError(
-            f"{src}: column {col!r} (data.sequence.column): a row of the training split holds {longest} steps; without "
-            f"data.sequence.max_length rows may hold at most {MAX_SEQUENCE_STEPS} (every batch is padded to the longest row): "
-            "set data.sequence.max_length, and longer rows keep their most recent steps"
-        )
-    pre.sequence_max_length = spec.data.sequence.max_length or longest
-    pre.sequence_means = [float(v) for v in mean]
-    pre.sequence_stds = [float(v) if v > 0 else 1.0 for v in std]
-
-
-class _TrainRows:
-    """The training split as fitting reads it: a Ray Dataset, whose statistics Ray Data computes
-    (one execution each), or a pandas DataFrame on the driver (prepared there, _prepare_on_driver).
-    Both give the same answers, keyed as the Ray Data aggregations name them."""
-
-    def __init__(self, train):
+    def __init__(self, train, spec: JobSpec, columns: Columns, src: str):
         self.frame = train if isinstance(train, pd.DataFrame) else None
         self.ds = None if self.frame is not None else train
+        self.spec, self.columns, self.src = spec, columns, src
+        self._statistics: Optional[dict] = None
 
     def values(self, col: str) -> list:
         if self.frame is not None:
@@ -287,12 +185,36 @@ class _TrainRows:
         ds = self.ds if columns is None else self.ds.select_columns(columns)
         return ds.map_batches(fn, fn_kwargs=kwargs, batch_format="pandas", num_cpus=DATA_TASK_CPUS).aggregate(*(Sum(n) for n in names))
 
-    def statistics(
+    def statistics(self) -> dict:
+        """Computed once, in one pass: the row count; per measured column (table numeric features, a
+        regression label) its +/-inf and non-missing counts; per numeric column mean and std (ddof 0,
+        missing values left out); per categorical column and a classification label the distinct
+        values; a regression label's mean and std. An empty split, an infinite value or a measured
+        column without values is a DataError."""
+        if self._statistics is None:
+            cols, d = self.columns, self.spec.data
+            measured = cols.numeric + ([d.label] if cols.task == "regression" else [])
+            stats = self._aggregate(
+                cols.numeric + cols.categorical + [d.label], measured, cols.numeric, cols.categorical, d.label, cols.task
+            )
+            rows = int(stats["count()"] or 0)
+            if rows == 0:
+                raise DataError(f"{d.source}: the training split is empty (too few rows for data.split)")
+            for c in measured:
+                inf, n = int(stats[f"inf:{c}"] or 0), int(stats[f"n:{c}"] or 0)
+                if inf:  # a scaler (or a loss) fitted on +/-inf is meaningless; missing values are imputed instead
+                    raise DataError(
+                        f"{self.src}: column {c!r} holds {inf} infinite values (+inf/-inf) among its {n} values in the training "
+                        f"split ({inf / n:.0%}); replace or drop them (empty or NaN values are imputed with the training mean)"
+                    )
+                if n == 0:
+                    raise DataError(f"{self.src}: column {c!r} has no values in the training split (all {rows} are missing)")
+            self._statistics = stats
+        return self._statistics
+
+    def _aggregate(
         self, columns: list[str], measured: list[str], numeric: list[str], categorical: list[str], label: str, task: str
     ) -> dict:
-        """Row count; per measured column its +/-inf and non-missing counts; per numeric column mean and
-        std (ddof 0, missing values left out); per categorical column and a classification label the
-        distinct values; a regression label's mean and std."""
         if self.frame is not None:
             return _frame_statistics(self.frame[columns], measured, numeric, categorical, label, task)
         target = self.ds.select_columns(columns)
@@ -329,58 +251,13 @@ def _frame_statistics(df: pd.DataFrame, measured: list[str], numeric: list[str],
 
 
 def fit_preprocessor(spec: JobSpec, cols: Columns, train) -> Preprocessor:
-    """One pass over the training split only (`train`: a Ray Dataset or, on the driver, a DataFrame)."""
+    """One pass over the training split only (`train`: a Ray Dataset or, on the driver, a DataFrame):
+    the input kind's own fit, then the label's encoding."""
     d = spec.data
-    pre = Preprocessor(task=cols.task, label=d.label)
-    train = _TrainRows(train)
-    if cols.text or cols.sequence:
-        (_fit_text if cols.text else _fit_sequence)(pre, spec, train, resolve_source(spec))
-        columns = [d.label]
-    elif cols.image:
-        pre.image_column, pre.image_shape = cols.image, list(d.image.shape)
-        pre.image_source, pre.image_root = cols.image_source, image_root(resolve_source(spec))
-        if cols.image_source == "array":
-            stats = train.sums(_image_moments, None, ["__s", "__ss", "__n"], column=cols.image)
-        else:
-            pre_dict = pre.to_dict()
-            stats = train.sums(_file_image_moments, [cols.image], ["__s", "__ss", "__n"], pre=pre_dict, key=preprocessor_key(pre_dict))
-        n = stats["sum(__n)"] or 0
-        if n == 0:
-            raise DataError(f"{d.source}: the training split is empty")
-        mean = stats["sum(__s)"] / n
-        var = max(stats["sum(__ss)"] / n - mean * mean, 0.0)
-        pre.image_mean, pre.image_std = float(mean), float(np.sqrt(var)) or 1.0
-        columns = [d.label]
-    else:
-        columns = cols.numeric + cols.categorical + [d.label]
-    measured = cols.numeric + ([d.label] if cols.task == "regression" else [])
-    stats = train.statistics(columns, measured, cols.numeric, cols.categorical, d.label, cols.task)
-    pre.train_rows = int(stats["count()"] or 0)
-    if pre.train_rows == 0:
-        raise DataError(f"{d.source}: the training split is empty (too few rows for data.split)")
-    src = resolve_source(spec)
-    for c in measured:
-        inf, n = int(stats[f"inf:{c}"] or 0), int(stats[f"n:{c}"] or 0)
-        if inf:  # a scaler (or a loss) fitted on +/-inf is meaningless; missing values are imputed instead
-            raise DataError(
-                f"{src}: column {c!r} holds {inf} infinite values (+inf/-inf) among its {n} values in the training "
-                f"split ({inf / n:.0%}); replace or drop them (empty or NaN values are imputed with the training mean)"
-            )
-        if n == 0:
-            raise DataError(f"{src}: column {c!r} has no values in the training split (all {pre.train_rows} are missing)")
-    for c in cols.numeric:
-        mean, std = stats[f"mean:{c}"], stats[f"std:{c}"]
-        pre.numeric.append(c)
-        pre.means.append(float(mean))
-        pre.stds.append(float(std) if std and std > 0 else 1.0)
-    for c in cols.categorical:
-        pre.categorical[c] = sorted((plain_value(v) for v in stats[f"uniq:{c}"] if v is not None), key=lambda v: (str(type(v)), v))
-        if c in cols.auto_categorical and len(pre.categorical[c]) > MAX_AUTO_CATEGORIES:
-            raise DataError(
-                f"{src}: column {c!r} holds strings with {len(pre.categorical[c])} distinct values in the training split, "
-                f"too many to one-hot encode by default (at most {MAX_AUTO_CATEGORIES}): leave it out of data.features, "
-                f"or list it under data.categorical to encode it anyway"
-            )
+    split = TrainRows(train, spec, cols, resolve_source(spec))
+    state = kinds.get(cols.kind).fit(split)
+    stats = split.statistics()
+    pre = Preprocessor(task=cols.task, label=d.label, input=state, train_rows=int(stats["count()"] or 0))
     if cols.task == "classification":
         pre.classes = sorted((plain_value(v) for v in stats["uniq:__label"]), key=lambda v: (str(type(v)), v))
         if len(pre.classes) < 2:
@@ -388,7 +265,7 @@ def fit_preprocessor(spec: JobSpec, cols: Columns, train) -> Preprocessor:
         searched = spec.tune is not None and "train.class_weights" in spec.tune.space
         if spec.train.class_weights == "balanced" or searched:
             names = [f"__class{i}" for i in range(len(pre.classes))]
-            counts = train.sums(_class_counts, [d.label], names, label=d.label, classes=pre.classes)
+            counts = split.sums(_class_counts, [d.label], names, label=d.label, classes=pre.classes)
             pre.class_counts = [int(counts[f"sum({n})"] or 0) for n in names]
     else:
         pre.target_mean = float(stats["mean:__label"])
@@ -434,7 +311,8 @@ def cached_preprocessor(pre: dict, key: str) -> Preprocessor:
     return p
 
 
-def _transform(df: pd.DataFrame, *, pre: dict, key: str = "") -> dict:
+def _transform(df: pd.DataFrame, *, pre: dict, key: str = "", uses: tuple[str, ...] = ()) -> dict:
+    extensions.ensure(uses)  # a Ray Data task of a kind an extension adds
     return cached_preprocessor(pre, key).transform(df)
 
 
@@ -463,8 +341,9 @@ def _prepare_data(spec: JobSpec) -> PreparedData:
         schema = ds.schema()
         schema = schema.base_schema if hasattr(schema, "base_schema") else schema
     cols = check_columns(spec, src, schema)
-    if cols.series:
-        return _prepare_series(spec, src, ds, cols)
+    kind = kinds.get(cols.kind)
+    if kind.ordered:
+        return _prepare_ordered(spec, src, ds, cols, kind)
     counts = scan_rows(spec, src, cols, ds if local is not None else None)
     notes = []
     if counts is not None and counts.missing_labels:
@@ -472,7 +351,7 @@ def _prepare_data(spec: JobSpec) -> PreparedData:
             f"{counts.missing_labels} of {counts.rows} rows have no {spec.data.label!r} (data.label) and are left out of "
             "every split (a row without a label can be neither learned nor scored)"
         )
-    if local is not None and cols.image and cols.image_source != "array":
+    if local is not None and kind.expands(cols):
         # a small table of image paths or encoded bytes can decode to far more than its file
         # size: decoding stays in Ray Data's tasks, never all at once on the driver
         local = None
@@ -496,7 +375,7 @@ def _prepare_data(spec: JobSpec) -> PreparedData:
     }
     pre = fit_preprocessor(spec, cols, raw["train"])
     pre_dict = pre.to_dict()
-    fn_kwargs = {"pre": pre_dict, "key": preprocessor_key(pre_dict)}
+    fn_kwargs = {"pre": pre_dict, "key": preprocessor_key(pre_dict), "uses": tuple(extensions.used())}
     transformed = {
         name: r.map_batches(_transform, fn_kwargs=fn_kwargs, batch_format="pandas", num_cpus=DATA_TASK_CPUS) for name, r in raw.items()
     }
@@ -505,85 +384,28 @@ def _prepare_data(spec: JobSpec) -> PreparedData:
     return PreparedData(source=src, columns=cols, preprocessor=pre, raw=raw, transformed=transformed, notes=notes)
 
 
-def _series_frame(spec: JobSpec, src: str, ds) -> pd.DataFrame:
-    """The whole series on the driver, in time order; refuses what cannot be ordered or windowed.
-    `ds`: a Ray Dataset, or the table read_on_driver read."""
-    s = spec.data.series
+def _prepare_ordered(spec: JobSpec, src: str, ds, cols: Columns, kind: type[InputKind]) -> PreparedData:
+    """An ordered kind (a series): its columns read whole on the driver in file order, then the kind
+    makes its examples and splits them in time (InputKind.prepare_ordered). `ds`: a Ray Dataset, or
+    the table read_on_driver read."""
+    columns = [c for c, _ in kind.source_columns(spec.data)]
     n = ds.num_rows if isinstance(ds, pa.Table) else ds.count()
     if n > MAX_SERIES_POINTS:
-        raise DataError(f"{src}: the series holds {n:,} points; at most {MAX_SERIES_POINTS:,} are read whole for data.series")
-    if isinstance(ds, pa.Table):
-        df = _to_pandas(ds.select([s.order_by, s.column]))
-    else:
-        df = ds.select_columns([s.order_by, s.column]).to_pandas()
-    if df[s.order_by].isna().any():
-        raise DataError(
-            f"{src}: column {s.order_by!r} (data.series.order_by) has {int(df[s.order_by].isna().sum())} missing values; every point needs its time"
-        )
-    dup = int(df[s.order_by].duplicated().sum())
-    if dup:
-        raise DataError(f"{src}: column {s.order_by!r} (data.series.order_by) has {dup} repeated values; each point needs its own time")
-    # the row each point had in the file (for one file; across a folder's files, in their sorted order)
-    return df.assign(**{FILE_ROW: np.arange(len(df))}).sort_values(s.order_by, kind="stable").reset_index(drop=True)
-
-
-def _prepare_series(spec: JobSpec, src: str, ds, cols: Columns) -> PreparedData:
-    """One series -> windows -> a chronological split (no hash split: a window of a later split never
-    touches a point of an earlier one) -> standardised with the training period's points."""
-    from orchestrator.data.sequences import chronological_split, make_windows
-
-    d, s = spec.data, spec.data.series
-    df = _series_frame(spec, src, ds)
-    values = df[s.column].to_numpy(dtype=np.float64, na_value=np.nan)
-    bad = np.flatnonzero(~np.isfinite(values))
-    if bad.size:
-        i = int(bad[0])
-        raise DataError(
-            f"{src}: row {int(df[FILE_ROW].iloc[i])} ({s.order_by} = {plain_value(df[s.order_by].iloc[i])}), column {s.column!r} "
-            f"(data.series.column): {'missing value' if np.isnan(values[i]) else values[i]}; "
-            f"{int(bad.size)} point{'s' * (bad.size > 1)} in all are missing or infinite: fill or drop them before windowing"
-        )
-    try:
-        x, y = make_windows(values, s.window, s.horizon)
-        ranges = chronological_split(len(x), (d.split.train, d.split.validation, d.split.test), s.window, s.horizon)
-    except ValueError as e:
-        raise DataError(f"{src}: column {s.column!r} (data.series): {e}") from None
-    span = s.window + s.horizon
-    touched = values[: ranges["train"].stop - 1 + span]  # every point a training window reads or forecasts
-    mean, std = float(touched.mean()), float(touched.std())
-    std = std if std > 0 else 1.0
+        raise DataError(f"{src}: the {kind.name} holds {n:,} points; at most {MAX_SERIES_POINTS:,} are read whole for data.{kind.name}")
+    df = _to_pandas(ds.select(columns)) if isinstance(ds, pa.Table) else ds.select_columns(columns).to_pandas()
+    made = kind.prepare_ordered(spec, src, df)
     pre = Preprocessor(
-        task="regression",
-        label=SERIES_TARGET,
-        series_column=s.column,
-        series_window=s.window,
-        series_horizon=s.horizon,
-        series_mean=mean,
-        series_std=std,
-        target_mean=mean,
-        target_std=std,
-        train_rows=len(ranges["train"]),
+        task=cols.task,
+        label=made.label,
+        input=made.state,
+        target_mean=made.target_mean,
+        target_std=made.target_std,
+        train_rows=made.train_rows,
     )
-    times = df[s.order_by].to_numpy()
-    frames = {}
-    for name in SPLITS:
-        idx = np.asarray(ranges[name], dtype=np.int64)
-        frame = pd.DataFrame(
-            {
-                s.column: list(x[idx, :, 0].astype(np.float64)),
-                SERIES_TARGET: y[idx].astype(np.float64) if s.horizon == 1 else list(y[idx].astype(np.float64)),
-                # when each window starts and ends, and what it forecasts: the split's order can be checked
-                "input_start": times[idx],
-                "input_end": times[idx + s.window - 1],
-                "target_start": times[idx + s.window],
-                "target_end": times[idx + span - 1],
-            }
-        )
-        frames[name] = frame
-    # the windows are on the driver already: transform them here (as _transform would in a task)
+    # the examples are on the driver already: transform them here (as _transform would in a task)
     pre_dict = pre.to_dict()
-    raw = {name: ray.data.from_pandas(frame) for name, frame in frames.items()}
-    transformed = {name: _driver_transform(src, frames[name], pre_dict) for name in SPLITS}
+    raw = {name: ray.data.from_pandas(frame) for name, frame in made.frames.items()}
+    transformed = {name: _driver_transform(src, made.frames[name], pre_dict) for name in SPLITS}
     return PreparedData(source=src, columns=cols, preprocessor=pre, raw=raw, transformed=transformed)
 
 

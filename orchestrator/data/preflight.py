@@ -21,6 +21,7 @@ from typing import Optional
 
 import pyarrow as pa
 
+from orchestrator.data import kinds
 from orchestrator.data.checks import (
     EXTENSIONS,
     Columns,
@@ -88,12 +89,12 @@ def check_data(spec: JobSpec) -> DataCheck:
         out.problems += e.problems
         return out
     readable = listing.bytes <= LABEL_READ_MAX_BYTES  # a column is read alone for sources up to this size
-    if d.series is None:  # a series is split into windows in time order, checked when it is read
+    if not kinds.get(out.columns.kind).ordered:  # a series is split into windows in time order, checked when it is read
         out.problems += _split_problems(spec, src, rows)
         if out.columns.task == "classification" and readable:
             out.problems += _class_problems(spec, listing)
-    if out.columns.image_source == "path" and readable:
-        out.problems += _missing_image_files(spec, listing, out.columns.image)
+    if out.columns.kind == "image" and out.columns.form == "path" and readable:
+        out.problems += _missing_image_files(spec, listing, out.columns.inputs[0])
     return out
 
 
@@ -167,7 +168,7 @@ def _class_problems(spec: JobSpec, listing: Listing) -> list[str]:
 def _missing_image_files(spec: JobSpec, listing: Listing, column: str) -> list[str]:
     """Local image files the column names that do not exist (the first MISSING_SHOWN, and how many)."""
     from orchestrator.data.files import image_root
-    from orchestrator.data.preprocess import resolve_image_path
+    from orchestrator.data.images import resolve_image_path
 
     src = listing.src
     root = image_root(src)

@@ -19,24 +19,21 @@ multi-gigabyte source is not read twice.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 
-from orchestrator.data.files import image_root, list_files, source_bytes
-from orchestrator.data.preprocess import decode_image, image_header_problem, resolve_image_path
-from orchestrator.errors import DataError, shown_value
+from orchestrator.data import kinds
+from orchestrator.data.files import list_files, source_bytes
+from orchestrator.data.images import decode_image
+from orchestrator.data.kinds.base import Columns
+from orchestrator.data.values import is_missing
+from orchestrator.errors import DataError
 from orchestrator.spec import JobSpec
 
 SCAN_MAX_BYTES = 1 << 30
-# Without data.sequence.max_length every row is padded to the longest one: a single row of 200000
-# steps made every batch [rows, 200000, features] and no epoch finished. Beyond this the spec must
-# say how long a row may be (longer rows then keep their most recent steps).
-MAX_SEQUENCE_STEPS = 4096
 BATCH_ROWS = 8192
 
 
@@ -46,75 +43,6 @@ class RowCounts:
 
     rows: int = 0
     missing_labels: int = 0
-
-
-def _missing(v: Any) -> bool:
-    return v is None or v is pd.NA or v is pd.NaT or (isinstance(v, float) and math.isnan(v))
-
-
-def text_problem(v: Any) -> Optional[str]:
-    if _missing(v):
-        return "missing text (every row needs one)"
-    if not isinstance(v, str):
-        return f"expected text, got {type(v).__name__} {shown_value(v)}"
-    if not v:
-        return "missing or empty text (every row needs one; a CSV holds a missing text as an empty one)"
-    if not v.strip():
-        return "whitespace-only text (it has nothing to predict from; serving refuses it too)"
-    return None
-
-
-class _SequenceCheck:
-    """A row's own problems, then the width of its steps against the first row's."""
-
-    def __init__(self, max_length: Optional[int]):
-        self.max_length = max_length
-        self.width: Optional[tuple[int, str]] = None  # (values per step, where that was first seen)
-
-    def __call__(self, v: Any, where: str) -> Optional[str]:
-        from orchestrator.data.sequences import SequenceInputError, row_array
-
-        if _missing(v):
-            return "missing sequence (every row needs one)"
-        if isinstance(v, np.ndarray) and v.dtype == object:
-            v = v.tolist()
-        try:
-            a = row_array(0, v)
-        except SequenceInputError as e:
-            return str(e).split(": ", 1)[1]
-        if self.width is None:
-            self.width = (a.shape[1], where)
-        elif a.shape[1] != self.width[0]:
-            return f"its steps hold {a.shape[1]} values, those of {self.width[1]} hold {self.width[0]}; every row needs the same"
-        if self.max_length is None and len(a) > MAX_SEQUENCE_STEPS:
-            return (
-                f"{len(a)} steps; without data.sequence.max_length rows may hold at most {MAX_SEQUENCE_STEPS} "
-                "(every batch is padded to the longest row): set data.sequence.max_length, and longer rows keep their most recent steps"
-            )
-        return None
-
-
-def _image_check(source: str, root: Optional[str]) -> Callable[[Any, str], Optional[str]]:
-    def check(v: Any, where: str) -> Optional[str]:
-        if source == "path":
-            if _missing(v) or v == "":
-                return "missing image file path (an empty cell)"
-            if not isinstance(v, str) or not v.strip():
-                return f"expected an image file path, got {shown_value(v)}"
-            try:
-                resolve_image_path(v, root)
-            except ValueError as e:
-                return str(e)
-            return None
-        if _missing(v):
-            return "missing image (no bytes)"
-        if not isinstance(v, (bytes, bytearray)):
-            return f"expected encoded image bytes, got {type(v).__name__}"
-        if not v:
-            return "empty image bytes (0 bytes: no image file)"
-        return image_header_problem(bytes(v))
-
-    return check
 
 
 def _batches(fs, path: str, fmt: str, columns: list[str]) -> Iterator[pa.Table]:
@@ -151,19 +79,13 @@ def _source_tables(spec: JobSpec, src: str, columns: list[str], table: Optional[
             start += t.num_rows
 
 
-def _check_for(spec: JobSpec, cols, src: str) -> Optional[tuple[str, Callable[[Any, str], Optional[str]]]]:
+def _check_for(spec: JobSpec, cols: Columns, src: str) -> Optional[tuple[str, Callable[[Any, str], Optional[str]]]]:
     """(column, check of one cell) for the spec's input kind, or None when its cells need no row check."""
-    d = spec.data
-    if cols.text:
-        return cols.text, lambda v, where: text_problem(v)
-    if cols.sequence:
-        return cols.sequence, _SequenceCheck(d.sequence.max_length)
-    if cols.image and cols.image_source in ("path", "bytes"):
-        return cols.image, _image_check(cols.image_source, image_root(src))
-    return None
+    check = kinds.get(cols.kind).row_check(spec, cols, src)
+    return (cols.inputs[0], check) if check is not None else None
 
 
-def scan_rows(spec: JobSpec, src: str, cols, table: Optional[pa.Table] = None) -> Optional[RowCounts]:
+def scan_rows(spec: JobSpec, src: str, cols: Columns, table: Optional[pa.Table] = None) -> Optional[RowCounts]:
     """Check every row's input cells in file order (DataError naming file, row and column) and count
     the rows without a label. None when the source is larger than SCAN_MAX_BYTES (not scanned)."""
     if table is None and (source_bytes(src) or SCAN_MAX_BYTES + 1) > SCAN_MAX_BYTES:
@@ -181,7 +103,7 @@ def scan_rows(spec: JobSpec, src: str, cols, table: Optional[pa.Table] = None) -
             values = t.column(column).to_pylist()
             labels = t.column(label).to_pylist() if label in t.column_names else [0] * len(values)
             for j, v in enumerate(values):
-                if _missing(labels[j]):
+                if is_missing(labels[j]):
                     continue  # a row without a label is left out, whatever its input holds
                 problem = fn(v, f"row {start + j}")
                 if problem:

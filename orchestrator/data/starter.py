@@ -29,7 +29,8 @@ from typing import Any, Optional
 import pandas as pd
 import pyarrow as pa
 
-from orchestrator.data.checks import MAX_AUTO_CATEGORIES, is_list_type, is_number_type, is_text_type
+from orchestrator.data.kinds.base import is_list_type, is_number_type, is_text_type
+from orchestrator.data.kinds.table import MAX_AUTO_CATEGORIES
 from orchestrator.errors import DataError
 
 SAMPLE_ROWS = 5000
@@ -201,7 +202,7 @@ def _first_image_shape(paths: pd.Series, source: str, spec_dir: str) -> list[int
     from PIL import Image
 
     from orchestrator.data.files import image_root
-    from orchestrator.data.preprocess import resolve_image_path
+    from orchestrator.data.images import resolve_image_path
 
     first = str(paths.dropna().iloc[0])
     src = source if os.path.isabs(source) or "://" in source else os.path.join(spec_dir, source)

@@ -107,7 +107,8 @@ def test_row(job, columns: list[str]) -> Optional[dict]:
     """The first row of the held-out test split among the source's first rows (local files only)."""
     import pandas as pd
 
-    from orchestrator.data.preprocess import assign_splits, plain_value
+    from orchestrator.data.preprocess import assign_splits
+    from orchestrator.data.values import plain_value
     from orchestrator.spec import is_uri, resolve_source
 
     if job is None:
@@ -252,40 +253,6 @@ class PredictClient:
         raise OrchestratorError(f"server answered {resp.status_code}: {detail}{hint}")
 
 
-def _list_cell(v: Any, path: Path, row: int, column: str) -> Any:
-    """A sequence, window or image-array cell: a list as it is (JSON, Parquet list columns), a
-    CSV cell's JSON-encoded list decoded."""
-    if isinstance(v, str):
-        try:
-            return json.loads(v)
-        except ValueError:
-            raise OrchestratorError(
-                f"{path}: row {row}, column {column!r}: expected a JSON list such as [1.5, 2.0], got {v[:40]!r}"
-            ) from None
-    return v
-
-
-def _image_cell(v: Any, source: str, base_dir: Path, path: Path, row: int, column: str) -> Any:
-    """An image-file cell -> base64 text of the file: a path (relative to the input file's folder) is
-    read here, bytes are encoded; text in a bytes column is taken as base64 already."""
-    import base64
-
-    from orchestrator.data.preprocess import image_header_problem, read_image_file, resolve_image_path
-
-    if isinstance(v, (bytes, bytearray)):
-        return base64.b64encode(bytes(v)).decode("ascii")
-    if source == "path" and isinstance(v, str) and v.strip():
-        try:
-            file = resolve_image_path(v, str(base_dir))
-            data = read_image_file(file, column)
-            if image_header_problem(data):  # a file that is no image is never sent to the server
-                raise ValueError(f"{file}: not an image file PIL can read (column {column!r}); it was not sent")
-        except ValueError as e:
-            raise OrchestratorError(f"{path}: row {row}: {e}") from None
-        return base64.b64encode(data).decode("ascii")
-    return v  # base64 text already, or a mistake the server names
-
-
 def request_records(df, info: dict, path: Path) -> Iterator[dict]:
     """The rows of `df` as request records for a model whose GET /metadata "input" is `info`:
     text as strings, sequences and windows as lists, image files read and base64-encoded."""
@@ -296,15 +263,13 @@ def request_records(df, info: dict, path: Path) -> Iterator[dict]:
 def request_record(r: dict, info: dict, path: Path, row: int) -> dict:
     """One row (column -> value, as pandas gives it) of the file `path` as a request record; an
     OrchestratorError names the file, the row and the column of a cell that cannot be one."""
-    from orchestrator.data.preprocess import plain_value
+    from orchestrator.data import kinds
+    from orchestrator.data.values import plain_value
 
     kind, column = info.get("kind"), info.get("column")
     rec = {k: plain_value(v, nan_as_none=True) for k, v in r.items()}
-    if column in rec and rec[column] is not None:
-        if kind in ("sequence", "series") or (kind == "image" and info.get("source") == "array"):
-            rec[column] = _list_cell(rec[column], path, row, column)
-        elif kind == "image":
-            rec[column] = _image_cell(rec[column], info.get("source"), path.parent, path, row, column)
+    if column in rec and rec[column] is not None and kind in kinds.names():  # a kind unknown here: its cells go as they are
+        rec[column] = kinds.get(kind).request_value(info, rec[column], path, row)
     return rec
 
 

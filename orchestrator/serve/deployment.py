@@ -36,11 +36,15 @@ from typing import Any, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 
+from orchestrator import extensions
 from orchestrator.errors import CheckpointError, OrchestratorError, last_line
 from orchestrator.ports import bind_error
-from orchestrator.serve.app import DEFAULT_MAX_RECORDS, Intake, ModelRunner, make_api, token_digest
+from orchestrator.serve.app import make_api
+from orchestrator.serve.guard import Intake, token_digest
 from orchestrator.serve.plan import DEPLOYMENT, serve_args
-from orchestrator.spec import Autoscaling, ServeSpec
+from orchestrator.serve.runner import ModelRunner
+from orchestrator.serve.schemas import DEFAULT_MAX_RECORDS
+from orchestrator.spec import Autoscaling, ServeSpec, loc_path
 from orchestrator.train.checkpoint import describe_error
 
 DEFAULT_APP = "orchestrator"
@@ -79,6 +83,9 @@ class ServeArgs(BaseModel):
         None, pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the bearer token (wins over auth_token_env)."
     )
     torch_threads: Optional[int] = Field(None, gt=0, description="torch.set_num_threads in each replica.")
+    extensions: list[str] = Field(
+        default_factory=list, description="`module:function`s each replica calls first (orchestrator/extensions.py)."
+    )
     # deployment options
     max_ongoing_requests: Optional[int] = Field(None, gt=0)
     max_queued_requests: Optional[int] = Field(None, ge=-1)
@@ -102,6 +109,7 @@ class ServeArgs(BaseModel):
                 "auth_token_env",
                 "auth_token_sha256",
                 "torch_threads",
+                "extensions",
             },
         )
 
@@ -186,6 +194,7 @@ class Predictor:
 
     def __init__(self, settings: dict):
         s = ServeArgs.model_validate(settings)
+        extensions.ensure(s.extensions)
         if s.torch_threads:
             import torch
 
@@ -294,7 +303,7 @@ def app_builder(args: dict):
     try:
         a = ServeArgs.model_validate(args)
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, x['loc'])) or '(args)'}: {x['msg']}" for x in e.errors(include_url=False))
+        problems = "; ".join(f"{loc_path(tuple(x['loc']), quote=False, empty='(args)')}: {x['msg']}" for x in e.errors(include_url=False))
         raise ValueError(f"orchestrator.serve.deployment:app_builder: invalid args: {problems}") from None
     opts: dict[str, Any] = {}
     if a.max_ongoing_requests is not None:
@@ -404,6 +413,8 @@ def deploy(
     ckpt = _check_checkpoint(checkpoint_dir)
     _validate_checkpoint(ckpt)
     args = serve_args(ckpt, spec, version=version)
+    if extensions.used():
+        args["extensions"] = extensions.used()
     if torch_threads:
         args["torch_threads"] = torch_threads
     if spec.auth_token_env:

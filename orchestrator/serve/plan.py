@@ -18,7 +18,7 @@ DEPLOYMENT = "Predictor"
 def replica_capacity(spec: ServeSpec) -> int:
     """Serve's max_ongoing_requests for the deployment: the requests a replica works on, plus those
     whose bodies are still arriving or that wait for one of those slots. The replica itself lets at
-    most `spec.max_ongoing_requests` of them past the body (serve/app.py, Intake), so a slow client
+    most `spec.max_ongoing_requests` of them past the body (serve/guard.py, Intake), so a slow client
     never holds a working slot, and /healthz answers while such clients are connected."""
     return spec.max_ongoing_requests + spec.max_receiving_requests
 

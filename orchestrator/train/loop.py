@@ -20,6 +20,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from orchestrator import extensions
+from orchestrator.data import kinds
 from orchestrator.data.preprocess import UNKNOWN_LABEL
 from orchestrator.models.build import build_model, forward
 from orchestrator.spec import ACCURACY, LOSS, MAE, RMSE, TRAIN_PREFIX, VAL_PREFIX, TrainSpec
@@ -193,8 +195,9 @@ def _y_dtype(task: str) -> torch.dtype:
 
 def batch_dtypes(input_kind: str, task: str) -> dict[str, torch.dtype]:
     """The torch dtype of each column of a transformed batch: token ids and lengths stay integers."""
-    dtypes = {"x": torch.int64 if input_kind == "text" else torch.float32, "y": _y_dtype(task)}
-    if input_kind in ("text", "sequence", "series"):
+    kind = kinds.get(input_kind)
+    dtypes = {"x": torch.int64 if kind.token_ids else torch.float32, "y": _y_dtype(task)}
+    if kind.steps:
         dtypes["len"] = torch.int64
     return dtypes
 
@@ -428,4 +431,5 @@ class WorkerLoop:
 
 def run_loop(config: LoopConfig, session) -> Optional[dict]:
     """The whole loop on one worker. Returns None, or {"diverged_epoch", "loss"} when the loss became non-finite."""
+    extensions.ensure(config.extensions)
     return WorkerLoop(config, session).run()

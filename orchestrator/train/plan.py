@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
+from orchestrator import extensions
 from orchestrator.errors import DataError, ResourceError, counted
 from orchestrator.spec import JobSpec, ScalingSpec, TrainSpec
 
@@ -129,9 +130,10 @@ class LoopConfig:
     # the training split is materialised (data.cache memory, or auto on a small source): each worker
     # then takes its shard as tensors once per run and shuffles it with a permutation per epoch
     in_memory: bool = False
-    # where model.factory's module is looked for after Python's path: the spec's folder (models/build.py)
+    # where model.factory's module is looked for after Python's path: the spec's folder (models/custom.py)
     code_dirs: list[str] = field(default_factory=list)
     class_weights: Optional[list[float]] = None  # per class, in the preprocessor's class order (train.class_weights)
+    extensions: list[str] = field(default_factory=list)  # `module:function`s each worker calls first (orchestrator/extensions.py)
 
 
 def is_materialised(dataset: Any) -> bool:
@@ -174,6 +176,7 @@ def build_loop_config(spec: JobSpec, prepared: PreparedData, plan: WorkerPlan) -
         in_memory=hold_in_memory(materialised, train_bytes, plan.workers),
         code_dirs=[str(spec.base_dir)],
         class_weights=class_weight_vector(spec.train.class_weights, pre.classes or [], pre.class_counts),
+        extensions=extensions.used(),
     )
 
 
