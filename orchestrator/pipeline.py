@@ -12,7 +12,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from rich.console import Console
 from rich.text import Text
@@ -92,7 +92,7 @@ class Timings:
             "phases_s": {k: round(v, 3) for k, v in self.phases.items()},
             "total_s": round(end - self.t0, 3),
         }
-        if self.first_step is not None:
+        if self.first_step is not None and self.last_epoch is not None:
             data["start_to_first_step_s"] = round(self.process_start_s + self.first_step - self.t0, 3)
             data["last_epoch_to_end_s"] = round(end - self.last_epoch, 3)
         write_json(run / TIMINGS_FILE, data)
@@ -158,7 +158,7 @@ def _train_once(
         outcome = run_training(spec, run, plan, prepared=prepared, on_event=on_event)
         timings.split_training(started, time.perf_counter())
     write_metrics(run, outcome.epochs)
-    trial = {"trial_id": "train", "config": {}, "status": "TERMINATED", "epochs": outcome.epochs, "error": None}
+    trial: dict[str, Any] = {"trial_id": "train", "config": {}, "status": "TERMINATED", "epochs": outcome.epochs, "error": None}
     extra = {
         "epochs_run": len(outcome.epochs),
         "best_epoch": outcome.best_metrics.get("epoch"),
@@ -409,6 +409,7 @@ def _search(spec: JobSpec, run: Path, prepared, search_plan: tuple, console: Con
     from orchestrator.ui import TrialTable
 
     concurrent, plan = search_plan
+    assert spec.tune is not None, "a search needs the spec's tune section"
     with TrialTable(console, spec.tune_metric, expected_trials(spec.tune)) as table, timings.phase("search"):
         outcome = run_search(spec, run, prepared, concurrent, plan, restore=restore, on_change=table.update)
     trials = [r.__dict__ for r in outcome.records]
@@ -440,6 +441,7 @@ def _search(spec: JobSpec, run: Path, prepared, search_plan: tuple, console: Con
     if outcome.winner is None:
         reasons = "; ".join(f"{r.trial_id}: {r.error}" for r in failed) or "no trial reported a metric"
         raise OrchestratorError(f"every trial failed ({reasons})")
+    assert outcome.winner_checkpoint is not None  # a winner of an uninterrupted search has its checkpoint
     best_dir = run / "best_checkpoint"
     if best_dir.exists():
         shutil.rmtree(best_dir)

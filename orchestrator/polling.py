@@ -22,7 +22,7 @@ def poll_until(probe: Callable[[], T], done: Callable[[T], bool], *, timeout: fl
         retry=tenacity.retry_if_result(lambda result: not done(result)),
         stop=tenacity.stop_after_delay(timeout),
         wait=tenacity.wait_fixed(interval),
-        retry_error_callback=lambda state: state.outcome.result(),
+        retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
         reraise=True,
     )
     return retrying(probe)

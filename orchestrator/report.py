@@ -10,7 +10,7 @@ import html
 import io
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import matplotlib
 
@@ -26,7 +26,7 @@ def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _log_if_wide(ax, values: list[float], axis: str = "y") -> None:
+def _log_if_wide(ax, values: Sequence[Any], axis: str = "y") -> None:
     if values and min(values) > 0 and max(values) / min(values) > WIDE:
         (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
 

@@ -9,7 +9,7 @@ import os
 import shutil
 import sys
 import tempfile
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from orchestrator.ports import free_port, unassigned_port
 from orchestrator.train.plan import ClusterResources
@@ -49,7 +49,7 @@ def init_ray(
 
     if ray.is_initialized():
         return
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(
         logging_level=logging.INFO if verbose else logging.WARNING,
         log_to_driver=verbose,
     )

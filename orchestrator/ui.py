@@ -135,7 +135,7 @@ class TrialTable:
     def _print_finished(self) -> None:
         from orchestrator.tune.plan import FINAL_STATUSES
 
-        records = list(self.tracker.records.values()) if self.tracker else []
+        records: list = list(self.tracker.records.values()) if self.tracker else []
         done = sum(r.status in FINAL_STATUSES for r in records)
         for r in records:
             if r.status in FINAL_STATUSES and r.trial_id not in self.reported:
@@ -149,7 +149,7 @@ class TrialTable:
         from rich.console import Group
         from rich.progress_bar import ProgressBar
 
-        records = list(self.tracker.records.values()) if self.tracker else []
+        records: list = list(self.tracker.records.values()) if self.tracker else []
         from orchestrator.tune.plan import FINAL_STATUSES
 
         done = sum(r.status in FINAL_STATUSES for r in records)

@@ -26,6 +26,7 @@ import signal
 import sys
 import uuid
 from pathlib import Path
+from typing import Sequence
 
 import psutil
 
@@ -76,7 +77,7 @@ def _tell(what: str, path: str) -> None:
         os.write(fd, f"{what}\t{path}\n".encode())
 
 
-def node_processes(marker: str, session_dirs: list[str] = ()) -> list[int]:
+def node_processes(marker: str, session_dirs: Sequence[str] = ()) -> list[int]:
     """Pids of the node started with `marker` and of everything below them, this process left out."""
     procs = list_processes()
     roots = {
@@ -85,7 +86,7 @@ def node_processes(marker: str, session_dirs: list[str] = ()) -> list[int]:
     return [pid for pid in descendants(roots, procs) if pid != os.getpid()]
 
 
-def _has_open_file_in(pid: int, folders: list[str]) -> bool:
+def _has_open_file_in(pid: int, folders: Sequence[str]) -> bool:
     """Whether `pid` has a file under one of `folders` open for writing: a `tail -f` of a log is no part of the node."""
     prefixes = tuple(d.rstrip("/") + "/" for d in folders)
     if not prefixes:
@@ -97,7 +98,7 @@ def _has_open_file_in(pid: int, folders: list[str]) -> bool:
     return any(f.mode != "r" and f.path.startswith(prefixes) for f in files)
 
 
-def stop_node(marker: str, session_dirs: list[str] = (), grace_s: float = GRACE_S) -> int:
+def stop_node(marker: str, session_dirs: Sequence[str] = (), grace_s: float = GRACE_S) -> int:
     """SIGTERM every process of the node, SIGKILL what is left after `grace_s`; returns how many."""
     pids = node_processes(marker, session_dirs)
     send(pids, signal.SIGTERM)

@@ -46,9 +46,10 @@ def input_files(path: Path) -> tuple[list[Path], str]:
     files = sorted(f for f in p.rglob("*") if f.is_file() and not any(part.startswith((".", "_")) for part in f.relative_to(p).parts))
     found = {f: _format_of(f) for f in files}
     data = [f for f, fmt in found.items() if fmt is not None]
+    kinds = {fmt for fmt in found.values() if fmt is not None}
     if not data:
         raise OrchestratorError(f"{path}: no .csv, .parquet, .jsonl or .json files in this folder")
-    formats = sorted({found[f] for f in data})
+    formats = sorted(kinds)
     if len(formats) > 1:
         raise OrchestratorError(f"{path}: files of several formats ({', '.join(formats)}); put one format in a folder")
     return data, formats[0]

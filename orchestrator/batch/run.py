@@ -363,7 +363,7 @@ def predict_files(plan: PredictPlan, on_progress: Callable[[int, int], None] = l
                 for source, part in batch.groupby(FILE, sort=False):
                     key = "" if plan.one_file else source
                     if key not in sinks:
-                        sinks[key] = Sink(plan.out if plan.one_file else _output_path(plan, folder, source), plan.out_format)
+                        sinks[key] = Sink(plan.out if folder is None else _output_path(plan, folder, source), plan.out_format)
                     bad = part[ERROR].notna()
                     failed += int(bad.sum())
                     for msg in part.loc[bad, ERROR].head(SHOWN_ERRORS - len(shown)):
@@ -461,6 +461,7 @@ def evaluate_files(plan: EvaluatePlan) -> tuple[dict, dict]:
     details_path = plan.out / "details.json"
     with data_errors(src, plan.input_format):
         raw, details = evaluate_checkpoint(str(plan.checkpoint), ds, details_path, loaded=loaded)
+    assert details is not None  # asked for with details_path
     if not raw.get("test_rows"):
         raise DataError(f"{src}: no labelled rows to score (column {pre.label!r} is empty)")
     metrics = {k.removeprefix("test_"): v for k, v in raw.items()}

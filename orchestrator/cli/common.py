@@ -76,7 +76,7 @@ def option_group(name: str, group: type) -> Callable[[Callable], Callable]:
             values = {f.name: kwargs.pop(f.name) for f in fields}
             return fn(*args, **kwargs, **{name: group(**values)})
 
-        wrapper.__signature__ = sig.replace(parameters=[*own, *added])  # what typer reads the options from
+        wrapper.__signature__ = sig.replace(parameters=[*own, *added])  # type: ignore[attr-defined]  # what typer reads the options from
         return wrapper
 
     return decorate

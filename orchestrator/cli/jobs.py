@@ -132,7 +132,7 @@ def submit(
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be sent and contact nothing."),
     k8s: bool = typer.Option(False, "--k8s", help="Run it as a KubeRay RayJob on Kubernetes instead (docs/kubernetes.md)."),
-    namespace: Optional[str] = opt_namespace(),
+    namespace: str = opt_namespace(),
     kubeconfig: Optional[str] = opt_kubeconfig(),
     context: Optional[str] = opt_context(),
     storage_pvc: Optional[str] = opt_storage_pvc(),

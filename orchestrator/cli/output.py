@@ -16,7 +16,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from rich.console import Console
 
@@ -32,7 +32,7 @@ class QuietOutput:
         self.kept = False  # attached to a run directory: stays after the command
         self._saved: dict[int, int] = {}
         self._streams: list[io.TextIOWrapper] = []
-        self._files: list[tuple[Console, object]] = []
+        self._files: list[tuple[Console, Any]] = []
         self._copy_to: Optional[Path] = None
 
     def __enter__(self) -> "QuietOutput":
@@ -48,15 +48,16 @@ class QuietOutput:
         for c in self.consoles:
             self._files.append((c, c._file))  # None: the console follows sys.stdout/sys.stderr
             current = c.file
-            n = _fd_of(current)
-            if n not in (1, 2):  # a console that writes elsewhere (a file, a test's buffer) keeps writing there
+            target = _fd_of(current)
+            if target not in (1, 2):  # a console that writes elsewhere (a file, a test's buffer) keeps writing there
                 c.file = current
                 continue
-            if n not in streams:
-                streams[n] = io.TextIOWrapper(
-                    io.FileIO(os.dup(self._saved[n]), "w"), encoding="utf-8", errors="replace", line_buffering=True
+            assert target is not None
+            if target not in streams:
+                streams[target] = io.TextIOWrapper(
+                    io.FileIO(os.dup(self._saved[target]), "w"), encoding="utf-8", errors="replace", line_buffering=True
                 )
-            c.file = streams[n]
+            c.file = streams[target]
         self._streams = list(streams.values())
         os.dup2(fd, 1)
         os.dup2(fd, 2)

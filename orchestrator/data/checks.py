@@ -113,7 +113,7 @@ def check_columns(spec: JobSpec, src: str, schema: pa.Schema) -> Columns:
         spec=spec,
         src=src,
         types=types,
-        task=task,
+        task=task or "",  # unknown only when the label is missing: refuse_missing reports that first
         need=need,
         refuse_missing=refuse_missing,
         locate_non_utf8=lambda column: locate_non_utf8(spec, src, column),

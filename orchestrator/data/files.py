@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 from orchestrator.spec import is_uri
 
@@ -45,7 +45,7 @@ class Listing:
     def bytes(self) -> int:
         return sum(f.size or 0 for f in self.files)
 
-    def entries(self) -> list[tuple[str, object, str]]:
+    def entries(self) -> list[tuple[str, Any, str]]:
         """list_files's rows."""
         if not self.is_dir:
             return [(self.src, self.fs, self.path)]

@@ -16,7 +16,7 @@ import os
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
@@ -73,7 +73,7 @@ def read_dataset(spec: JobSpec) -> tuple[str, ray.data.Dataset]:
     src = ensure_prepared(spec)
     if not is_uri(src) and not os.path.exists(src):
         raise DataError(f"{src}: data file not found (data.source in the spec)")
-    fmt = spec.data.format
+    fmt = spec.data.file_format
     is_dir = check_source_files(src, fmt)
     # In a folder only this format's files are read (check_source_files has refused a folder
     # holding others); a file named in data.source is read whatever its extension.
@@ -161,7 +161,7 @@ class TrainRows:
 
     def __init__(self, train, spec: JobSpec, columns: Columns, src: str):
         self.frame = train if isinstance(train, pd.DataFrame) else None
-        self.ds = None if self.frame is not None else train
+        self.ds: Any = None if self.frame is not None else train
         self.spec, self.columns, self.src = spec, columns, src
         self._statistics: Optional[dict] = None
 
@@ -320,7 +320,7 @@ def prepare_data(spec: JobSpec) -> PreparedData:
     """Read, check, split and fit; the returned datasets are lazy and stream when consumed."""
     src = resolve_source(spec)
     try:
-        with data_errors(src, spec.data.format):  # any Ray Data failure in here: one clear line
+        with data_errors(src, spec.data.file_format):  # any Ray Data failure in here: one clear line
             return _prepare_data(spec)
     except DataError as e:
         # image bytes that do not decode are found in a batch of a split: name their row in the file

@@ -67,12 +67,12 @@ def check_data(spec: JobSpec) -> DataCheck:
     except Exception as e:
         list_error = e
     try:
-        if check_source_files(src, d.format, listing) is None and is_uri(src):
+        if check_source_files(src, d.file_format, listing) is None and is_uri(src):
             out.notes.append(f"{src}: cannot be listed from here; the job checks it when it reads it")
             return out
         if listing is None:  # a local source that cannot be listed (no rights...): pyarrow's reason
             raise list_error
-        schema, rows = _schema_and_rows(listing, d.format)
+        schema, rows = _schema_and_rows(listing, d.file_format)
     except DataError as e:
         out.problems += e.problems
         return out

@@ -74,7 +74,7 @@ def _source_tables(spec: JobSpec, src: str, columns: list[str], table: Optional[
         return
     for shown, fs, path in list_files(src):
         start = 0
-        for t in _batches(fs, path, spec.data.format, columns):
+        for t in _batches(fs, path, spec.data.file_format, columns):
             yield shown, start, t
             start += t.num_rows
 
@@ -128,7 +128,7 @@ def locate_image_bytes(spec: JobSpec, src: str, column: str, table: Optional[pa.
             if not isinstance(v, (bytes, bytearray)) or not v:
                 continue  # scan_rows has refused those already
             try:
-                decode_image(bytes(v), spec.data.image.shape, "")
+                decode_image(bytes(v), kinds.get("image").section_of(spec.data).shape, "")
             except ValueError as e:
                 return f"{file}: row {start + j}, column {column!r}: {str(e).removeprefix(': ')}"
     return None

@@ -108,8 +108,8 @@ def pad_sequences(
         arrays.append(a)
     features = features if features is not None else 1
     t = max((len(a) for a in arrays), default=0)
-    values = np.zeros((len(arrays), t, features), dtype=np.float32)
-    lengths = np.zeros(len(arrays), dtype=np.int64)
+    values: np.ndarray = np.zeros((len(arrays), t, features), dtype=np.float32)
+    lengths: np.ndarray = np.zeros(len(arrays), dtype=np.int64)
     for i, a in enumerate(arrays):
         values[i, : len(a)] = a
         lengths[i] = len(a)

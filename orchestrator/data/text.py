@@ -52,8 +52,8 @@ def _pad(token_lists: list[list[int]], max_length: int, add_cls: bool, truncate:
     if not isinstance(max_length, (int, np.integer)) or isinstance(max_length, bool) or max_length < 1 + int(add_cls):
         raise ValueError(f"max_length must be an integer >= {1 + int(add_cls)}, got {max_length!r}")
     n = len(token_lists)
-    ids = np.full((n, int(max_length)), PAD, dtype=np.int64)
-    lengths = np.zeros(n, dtype=np.int64)
+    ids: np.ndarray = np.full((n, int(max_length)), PAD, dtype=np.int64)
+    lengths: np.ndarray = np.zeros(n, dtype=np.int64)
     for i, toks in enumerate(token_lists):
         if add_cls:
             toks = [CLS, *toks]

@@ -32,7 +32,7 @@ import math
 import posixpath
 import re
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import yaml
 
@@ -679,7 +679,7 @@ def _str_representer(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
 _Dumper.add_representer(str, _str_representer)
 
 
-def to_yaml(objects: list[dict]) -> str:
+def to_yaml(objects: Sequence[Any]) -> str:
     """Multi-document YAML, one document per object, in order."""
     return "".join("---\n" + yaml.dump(obj, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=100) for obj in objects)
 

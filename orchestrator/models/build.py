@@ -31,7 +31,7 @@ def build_model(
     where a custom factory's module is looked for after Python's path (models/custom.py).
     """
     arch = registry.get(model_spec["arch"])
-    section = arch.spec.model_validate(model_spec, strict=False)
+    section = arch.spec.model_validate(model_spec, strict=False)  # type: ignore[attr-defined]  # a pydantic model
     inputs = ModelInputs(
         input_shape=list(input_shape),
         num_outputs=int(num_outputs),

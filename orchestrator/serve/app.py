@@ -84,7 +84,7 @@ def make_api(
     }
     example = example_record(runner.pre)
     horizon = runner.input.label_width()
-    shown = runner.pre.classes[0] if runner.classification else ([0.0] * horizon if horizon > 1 else 0.0)
+    shown = (runner.pre.classes or [None])[0] if runner.classification else ([0.0] * horizon if horizon > 1 else 0.0)
     prediction_doc = {
         "description": "one prediction per record",
         "content": {
@@ -124,7 +124,7 @@ def make_api(
         body = await intake.read_body(request, runner.max_body_bytes)
         async with intake.slot():
             records = runner.parse(body)
-            return SafeJSONResponse(runner.response(await infer(records), records))
+            return SafeJSONResponse(runner.response(await infer(records), records))  # type: ignore[arg-type]
 
     @api.get("/healthz", summary="Liveness (no token needed)")
     async def healthz():

@@ -64,6 +64,7 @@ def resolve_target(
     from orchestrator.train.checkpoint import STATE_FILE
 
     p = Path(path).expanduser().resolve()
+    run_dir: Optional[Path]
     if (p / "best_checkpoint").is_dir():
         run_dir, ckpt = p, p / "best_checkpoint"
     elif (p / STATE_FILE).is_file():
@@ -234,7 +235,7 @@ class PredictClient:
             retry=tenacity.retry_if_result(lambda resp: resp.status_code == 503),
             stop=tenacity.stop_after_attempt(RETRIES_ON_503 + 1),
             wait=_retry_after(tenacity.wait_exponential(multiplier=0.2, max=5.0), longest=5.0),
-            retry_error_callback=lambda state: state.outcome.result(),
+            retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
             reraise=True,
         )(once)
 
@@ -299,7 +300,8 @@ def _chunks(
     """(first row, records) of at most `count` records whose {"records": [...]} body fits `max_bytes`
     and, with `image_column`, whose images hold at most `max_pixels` pixels together."""
     budget = (max_bytes - 64) if max_bytes else None  # room for {"records": []}
-    start, batch, size, pixels = 0, [], 0, 0
+    batch: list[dict] = []
+    start, size, pixels = 0, 0, 0
     for i, rec in enumerate(records):
         n = len(json.dumps(rec)) + 2 if budget is not None else 0
         if budget is not None and n > budget:

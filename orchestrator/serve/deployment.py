@@ -317,7 +317,7 @@ def app_builder(args: dict):
         if a.num_gpus:
             actor["num_gpus"] = a.num_gpus
         opts["ray_actor_options"] = actor
-    dep = Predictor.options(**opts) if opts else Predictor
+    dep: Any = Predictor.options(**opts) if opts else Predictor  # type: ignore[attr-defined]  # Serve's decorator adds options()
     return dep.bind(a.replica_settings())
 
 

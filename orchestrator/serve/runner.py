@@ -284,7 +284,7 @@ class ModelRunner:
         finite = np.isfinite(out.reshape(n, -1)).all(axis=1)
         if probs is None:
             finite &= np.isfinite(np.asarray(labels, dtype=np.float64).reshape(n, -1)).all(axis=1)
-            outputs = [{"prediction": [float(x) for x in v] if isinstance(v, list) else float(v)} for v in labels]
+            outputs: list[dict[str, Any]] = [{"prediction": [float(x) for x in v] if isinstance(v, list) else float(v)} for v in labels]
         else:
             finite &= np.isfinite(probs).all(axis=1)
             keys = self._class_keys

@@ -26,7 +26,7 @@ its field, as `records[2].age` (the spec's own error paths are named the same wa
 from __future__ import annotations
 
 import re
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, create_model
@@ -76,7 +76,7 @@ def field_path(loc: tuple) -> str:
     return loc_path(loc, quote=False, empty="(body)")
 
 
-def describe_error(e: dict) -> str:
+def describe_error(e: Mapping[str, Any]) -> str:
     """One pydantic error of a record, as its message says it to a client."""
     kind = e["type"]
     if kind == "extra_forbidden":

@@ -197,7 +197,8 @@ class DataSpec(SpecModel):
     @field_validator("features", "categorical")
     @classmethod
     def _unique(cls, v: Optional[list[str]]) -> Optional[list[str]]:
-        twice = sorted({c for c in v or [] if v.count(c) > 1})
+        items = v or []
+        twice = sorted({c for c in items if items.count(c) > 1})
         if twice:
             raise ValueError(f"lists {', '.join(map(repr, twice))} more than once")
         return v
@@ -213,6 +214,13 @@ class DataSpec(SpecModel):
     def input_kind(self) -> str:
         """table, image, text, sequence, series, or a registered kind."""
         return next((k for k in INPUT_SECTIONS if getattr(self, k, None) is not None), "table")
+
+    @property
+    def file_format(self) -> str:
+        """parquet or csv: data.format, or what the source's extension says (set when the spec is validated)."""
+        if self.format is None:
+            raise ValueError(f"cannot infer the format of {self.source!r} from its extension; set data.format to parquet or csv")
+        return self.format
 
     @property
     def input_column(self) -> Optional[str]:
@@ -250,7 +258,7 @@ class DataSpec(SpecModel):
         if unknown:
             raise ValueError(f"categorical columns {unknown} are not in features")
         if self.format is None:
-            self.format = format_from_name(self.source)
+            self.format = format_from_name(self.source)  # type: ignore[assignment]  # parquet or csv, or None
             if self.format is None:
                 raise ValueError(f"cannot infer the format of {self.source!r} from its extension; set data.format to parquet or csv")
         return self

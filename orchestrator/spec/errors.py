@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import reprlib
-from typing import Any
+from typing import Any, Sequence
 
 from pydantic import ValidationError
 
@@ -53,7 +53,7 @@ def yaml_scalar(v: Any) -> str:
 _UNION_MEMBER = re.compile(r"^((constrained-)?(float|int)|literal\[.*\]|function-\w+\[.*\])$")
 
 
-def _merge_union_errors(errors: list[dict]) -> list[dict]:
+def _merge_union_errors(errors: Sequence[Any]) -> list[dict]:
     """`x: number or 'auto'` fails as one error per union member; report them as one line for `x`."""
     out: list[dict] = []
     for e in errors:

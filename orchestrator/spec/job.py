@@ -71,7 +71,8 @@ def resolve_source(spec: JobSpec) -> str:
 def _rebuild() -> None:
     """Validation and the JSON Schema follow the registries: rebuild what embeds them."""
     JobSpec.model_fields["model"] = FieldInfo.from_annotated_attribute(
-        model_union(), Field(default_factory=MLPSpec, description=JobSpec.model_fields["model"].description)
+        model_union(),  # type: ignore[arg-type]  # an Annotated union, as a field's annotation may be
+        Field(default_factory=MLPSpec, description=JobSpec.model_fields["model"].description),
     )
     DataSpec.model_rebuild(force=True)
     JobSpec.model_rebuild(force=True)
@@ -104,7 +105,10 @@ def register_input_section(name: str, section: type[SpecModel], description: str
     if "column" not in section.model_fields:
         raise TypeError(f"{section.__name__}: an input kind's section names its column in a `column` field")
     INPUT_SECTIONS[name] = section
-    DataSpec.model_fields[name] = FieldInfo.from_annotated_attribute(Optional[section], Field(None, description=description))
+    DataSpec.model_fields[name] = FieldInfo.from_annotated_attribute(
+        Optional[section],  # type: ignore[arg-type]  # an Optional of the section, as a field's annotation may be
+        Field(None, description=description),
+    )
     _rebuild()
 
 

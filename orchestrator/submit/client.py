@@ -128,7 +128,7 @@ def _why(e: Exception) -> str:
     return type(e).__name__
 
 
-def _tls_error(e: BaseException) -> Optional[ssl.SSLError]:
+def _tls_error(e: Optional[BaseException]) -> Optional[ssl.SSLError]:
     """The TLS failure behind an HTTP client error (httpx reports it as a ConnectError), if that is what it was."""
     for _ in range(20):  # a chain of causes is short; never follow a cycle
         if e is None or isinstance(e, ssl.SSLError):

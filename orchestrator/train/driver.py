@@ -241,8 +241,8 @@ def evaluate_checkpoint(
         outputs=outputs,
     )
     m["test_rows"] = int(dataset.count())
-    details = None
-    if details_path is not None:
+    details: Optional[dict] = None
+    if details_path is not None and outputs is not None:
         details = split_details(
             task, outputs["y"], outputs["outputs"], classes=pre.classes or [], target_mean=pre.target_mean, target_std=pre.target_std
         )
@@ -322,4 +322,4 @@ def _root_cause(e: BaseException) -> str:
     seen = e
     while seen.__cause__ is not None:
         seen = seen.__cause__
-    return last_line(seen)
+    return last_line(seen) or type(seen).__name__

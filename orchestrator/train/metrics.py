@@ -67,7 +67,7 @@ def split_details(
         c = len(classes)
         pred = outputs.argmax(axis=1) if n else np.zeros(0, dtype=int)
         known = y >= 0
-        confusion = np.zeros((c, c), dtype=np.int64)
+        confusion: np.ndarray = np.zeros((c, c), dtype=np.int64)
         np.add.at(confusion, (y[known], pred[known]), 1)
         per_class = []
         if n:

@@ -155,7 +155,7 @@ def hold_in_memory(materialised: bool, train_bytes: Optional[int], workers: int)
 
 def build_loop_config(spec: JobSpec, prepared: PreparedData, plan: WorkerPlan) -> LoopConfig:
     pre = prepared.preprocessor
-    train = (getattr(prepared, "transformed", None) or {}).get("train")
+    train: Any = (getattr(prepared, "transformed", None) or {}).get("train")
     materialised = is_materialised(train)
     train_bytes = train.size_bytes() if materialised else None  # the object store's block metadata: no execution
     return LoopConfig(

@@ -63,6 +63,7 @@ def decode_config(config: dict[str, Any], space: dict[str, Param]) -> dict[str, 
 
 def spec_point(spec: JobSpec) -> dict[str, Any]:
     """The spec's own values for every search dimension, encoded as Tune sees them."""
+    assert spec.tune is not None, "a search needs the spec's tune section"
     base = spec.model_dump(mode="json")
     point = {}
     for key, p in spec.tune.space.items():
@@ -114,7 +115,8 @@ def fixed_concurrency(t: TuneSpec) -> Optional[int]:
 
 def plan_search(spec: JobSpec, cluster: ClusterResources) -> tuple[int, WorkerPlan]:
     """How many trials run at once and what each of their workers reserves."""
-    t: TuneSpec = spec.tune
+    t = spec.tune
+    assert t is not None, "a search needs the spec's tune section"
     n_trials = expected_trials(t)
     workers = spec.scaling.workers
 
@@ -210,11 +212,11 @@ def finished_status(epochs: list[dict], max_epochs: int) -> str:
 def pick_winner(records: list[TrialRecord], metric: str) -> Optional[TrialRecord]:
     """The trial with the best value of `metric` in any epoch; failed trials and trials that never
     reported it do not count. Ties go to the earlier record."""
-    scored = [r for r in records if r.status != "ERROR" and r.best(metric) is not None]
+    scored = [(value, r) for r in records if r.status != "ERROR" and (value := r.best(metric)) is not None]
     if not scored:
         return None
     sign = 1 if METRIC_MODES[metric] == "min" else -1
-    return min(scored, key=lambda r: sign * r.best(metric))
+    return min(scored, key=lambda vr: sign * vr[0])[1]
 
 
 def load_records(path: Path) -> dict[str, TrialRecord]:

@@ -28,7 +28,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from orchestrator.data.ingest import PreparedData
 from orchestrator.errors import OrchestratorError, RunDirError, last_line
-from orchestrator.spec import METRIC_MODES, TRAIN_PREFIX, VAL_PREFIX, JobSpec, Param
+from orchestrator.spec import METRIC_MODES, TRAIN_PREFIX, VAL_PREFIX, AshaSpec, JobSpec, Param
 from orchestrator.train.plan import WorkerPlan
 from orchestrator.tune.plan import (
     FINAL_STATUSES,
@@ -173,7 +173,7 @@ def _error_summary(trial) -> str:
     for line in reversed(lines):
         if ("Error" in line or "Exception" in line) and not line.startswith(("File ", "raise ", "^")):
             return line[:400]
-    return last_line(text, "unknown error")[:400]
+    return (last_line(text, "unknown error") or "unknown error")[:400]
 
 
 def build_tuner(
@@ -191,6 +191,7 @@ def build_tuner(
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
     t = spec.tune
+    assert t is not None, "a search needs the spec's tune section"
     metric, mode = spec.tune_metric, METRIC_MODES[spec.tune_metric]
     if in_process_trials(plan):
         # Tune saves its experiment state each time a trial has made `checkpoint.keep` checkpoints
@@ -243,7 +244,7 @@ def build_tuner(
 
     kind = scheduler_override or t.scheduler.type
     if kind == "asha":
-        sch = t.scheduler if t.scheduler.type == "asha" else None
+        sch = t.scheduler if isinstance(t.scheduler, AshaSpec) else None
         max_t = (sch.max_epochs if sch and sch.max_epochs else None) or spec.train.epochs
         scheduler = ASHAScheduler(
             time_attr="training_iteration",
@@ -462,7 +463,9 @@ def run_search(
 ) -> SearchOutcome:
     """The search, `concurrent` trials at a time, each with `plan`'s workers (both from plan.plan_search)."""
     t0 = time.perf_counter()
-    tracker = TrialTracker(spec.tune.space, run_dir / "trials.json", spec.train.epochs)
+    tune_spec = spec.tune
+    assert tune_spec is not None, "a search needs the spec's tune section"
+    tracker = TrialTracker(tune_spec.space, run_dir / "trials.json", spec.train.epochs)
     _ACTIVE.append(tracker)
     if on_change:
         LISTENERS.append(on_change)
@@ -478,8 +481,8 @@ def run_search(
     finished = [r for r in records if r.status in FINAL_STATUSES]
     # Tune returns normally after Ctrl-C, so an interrupt shows as trials missing or unfinished
     # (the time budget is the only other reason for fewer trials than planned).
-    out_of_time = spec.tune.time_budget_s is not None and time.perf_counter() - t0 >= 0.95 * spec.tune.time_budget_s
-    interrupted = len(finished) < len(records) or (len(finished) < expected_trials(spec.tune) and not out_of_time)
+    out_of_time = tune_spec.time_budget_s is not None and time.perf_counter() - t0 >= 0.95 * tune_spec.time_budget_s
+    interrupted = len(finished) < len(records) or (len(finished) < expected_trials(tune_spec) and not out_of_time)
     winner = pick_winner(records, metric)
     ckpt = winner_checkpoint(run_dir, winner.trial_id, metric) if winner and not interrupted else None
     return SearchOutcome(

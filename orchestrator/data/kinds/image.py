@@ -69,7 +69,7 @@ class ImageInput(InputKind):
     # ---------------------------------------------------------------- spec and source columns
     @classmethod
     def check_type(cls, check: ColumnCheck, column: str, t: pa.DataType) -> str:
-        shape = check.spec.data.image.shape
+        shape = cls.section_of(check.spec.data).shape
         if is_list_type(t) and is_number_type(t.value_type):
             source = "array"
         elif is_text_type(t):
@@ -126,7 +126,7 @@ class ImageInput(InputKind):
         from orchestrator.data.files import image_root
 
         d, cols = train.spec.data, train.columns
-        state = cls(column=cols.inputs[0], shape=list(d.image.shape), source=cols.form, root=image_root(train.src))
+        state = cls(column=cols.inputs[0], shape=list(cls.section_of(d).shape), source=cols.form, root=image_root(train.src))
         if state.source == "array":
             stats = train.sums(array_moments, None, ["__s", "__ss", "__n"], column=state.column)
         else:
@@ -168,7 +168,7 @@ class ImageInput(InputKind):
             if x.shape[1] != flat:
                 raise ValueError(f"column {col!r} holds {x.shape[1]} values per row; data.image.shape {self.shape} needs {flat}")
             return x.reshape(len(x), c, h, w)
-        out = np.zeros((len(values), c, h, w), dtype=np.float32)
+        out: np.ndarray = np.zeros((len(values), c, h, w), dtype=np.float32)
         for i, v in enumerate(values):
             if self.source == "path":
                 if not isinstance(v, str) or not v.strip():
@@ -381,7 +381,7 @@ def file_moments(df: pd.DataFrame, *, state: dict) -> pd.DataFrame:
     """array_moments of image files or bytes, decoded as the transform decodes them."""
     fields = {k: v for k, v in state.items() if k != "kind"}
     p = ImageInput(**fields)
-    flat = p.pixels(df[p.column]).astype(np.float64).reshape(len(df), int(np.prod(p.shape)))
+    flat: np.ndarray = p.pixels(df[p.column]).astype(np.float64).reshape(len(df), int(np.prod(p.shape)))
     return pd.DataFrame({"__s": flat.sum(axis=1), "__ss": (flat * flat).sum(axis=1), "__n": [flat.shape[1]] * len(df)})
 
 

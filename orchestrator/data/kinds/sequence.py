@@ -71,13 +71,14 @@ class SequenceInput(InputKind):
 
     @classmethod
     def row_check(cls, spec: JobSpec, columns: Columns, src: str) -> Optional[Callable[[Any, str], Optional[str]]]:
-        return SequenceCheck(spec.data.sequence.max_length)
+        return SequenceCheck(cls.section_of(spec.data).max_length)
 
     # ----------------------------------------------------------------------------- fitting
     @classmethod
     def fit(cls, train: TrainSplit) -> SequenceInput:
         spec, src = train.spec, train.src
-        col = spec.data.sequence.column
+        section = cls.section_of(spec.data)
+        col = section.column
         parts = train.per_batch(sequence_moments, [col], column=col)
         if not parts:
             raise DataError(f"{src}: the training split is empty (too few rows for data.split)")
@@ -92,7 +93,7 @@ class SequenceInput(InputKind):
         mean = total / n
         std = np.sqrt(np.maximum(squares / n - mean * mean, 0.0))
         longest = max(int(r["longest"]) for r in parts)
-        if spec.data.sequence.max_length is None and longest > MAX_SEQUENCE_STEPS:
+        if section.max_length is None and longest > MAX_SEQUENCE_STEPS:
             raise DataError(
                 f"{src}: column {col!r} (data.sequence.column): a row of the training split holds {longest} steps; without "
                 f"data.sequence.max_length rows may hold at most {MAX_SEQUENCE_STEPS} (every batch is padded to the longest row): "
@@ -101,7 +102,7 @@ class SequenceInput(InputKind):
         return cls(
             column=col,
             features=widths[0],
-            max_length=spec.data.sequence.max_length or longest,
+            max_length=section.max_length or longest,
             means=[float(v) for v in mean],
             stds=[float(v) if v > 0 else 1.0 for v in std],
         )
@@ -123,7 +124,7 @@ class SequenceInput(InputKind):
             raise ValueError(f"column {self.column!r}: {e}") from None
         # One fixed length for every batch (Ray Data stacks rows into one tensor column); forward()
         # trims each batch back to its longest real row, so the padding costs no compute.
-        out = np.zeros((len(rows), self.max_length, self.features), dtype=np.float32)
+        out: np.ndarray = np.zeros((len(rows), self.max_length, self.features), dtype=np.float32)
         real = np.arange(x.shape[1])[None, :] < lengths[:, None]
         std = (x - np.asarray(self.means, np.float32)) / np.asarray(self.stds, np.float32)
         out[:, : x.shape[1]] = np.where(real[:, :, None], std, 0.0)

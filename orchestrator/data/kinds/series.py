@@ -60,7 +60,8 @@ class SeriesInput(InputKind):
     # ---------------------------------------------------------------- spec and source columns
     @classmethod
     def source_columns(cls, data: DataSpec) -> list[tuple[str, str]]:
-        return [(data.series.column, "data.series.column"), (data.series.order_by, "data.series.order_by")]
+        s = cls.section_of(data)
+        return [(s.column, "data.series.column"), (s.order_by, "data.series.order_by")]
 
     @classmethod
     def check_type(cls, check: ColumnCheck, column: str, t: pa.DataType) -> str:
@@ -79,7 +80,7 @@ class SeriesInput(InputKind):
         training period's points. `df` holds data.series.order_by and data.series.column in file order."""
         from orchestrator.data.sequences import chronological_split, make_windows
 
-        d, s = spec.data, spec.data.series
+        d, s = spec.data, cls.section_of(spec.data)
         if df[s.order_by].isna().any():
             raise DataError(
                 f"{src}: column {s.order_by!r} (data.series.order_by) has {int(df[s.order_by].isna().sum())} missing values; every point needs its time"

@@ -106,7 +106,7 @@ class TableInput(InputKind):
             parts.append((num - means) / np.asarray(self.stds))
         for col, cats in self.categorical.items():
             values = df[col].astype(object).to_numpy()
-            onehot = np.zeros((n, len(cats)), dtype=np.float64)
+            onehot: np.ndarray = np.zeros((n, len(cats)), dtype=np.float64)
             index = {c: i for i, c in enumerate(cats)}
             for r, v in enumerate(values):
                 i = index.get(plain_value(v))

@@ -63,7 +63,7 @@ class TextInput(InputKind):
         vocabulary does not depend on the order the blocks were read in)."""
         from orchestrator.data.text import BpeTokenizer, ByteTokenizer
 
-        t = train.spec.data.text
+        t = cls.section_of(train.spec.data)
         texts = train.values(t.column)
         if not texts:
             raise DataError(f"{train.src}: the training split is empty (too few rows for data.split)")
@@ -96,7 +96,7 @@ class TextInput(InputKind):
 
         tok = self.__dict__.get("_tokenizer")
         if tok is None:  # built once per state (a bpe one parses its tokenizer.json)
-            tok = self.__dict__["_tokenizer"] = tokenizer_from_state(self.tokenizer)
+            tok = self.__dict__["_tokenizer"] = tokenizer_from_state(self.tokenizer or {})
         texts = list(df[self.column])
         if self.lowercase:
             texts = [t.lower() if isinstance(t, str) else t for t in texts]
