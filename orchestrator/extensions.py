@@ -1,8 +1,10 @@
-"""Extensions: code outside the package that adds input kinds and architectures (docs/extending.md).
+"""Extensions: code outside the package that adds input kinds, architectures, serving checks and
+submission backends (docs/extending.md).
 
 An extension is named by the import path of a function, `module:function`; calling it registers
 what the module defines (`orchestrator.data.kinds.register(MyKind)`,
-`orchestrator.models.registry.register(Architecture(...))`). Registering the same thing twice is a
+`orchestrator.models.registry.register(Architecture(...))`, `serve.guard.register_check(fn)`,
+`cli.backends.register(Backend(...))`). Registering the same thing twice is a
 no-op, so calling an extension twice is harmless.
 
 The CLI calls the extensions named by ORCHESTRATOR_EXTENSIONS (comma-separated) and by the

@@ -1,5 +1,7 @@
-"""A toy input kind, a toy architecture and a serving check, defined and registered in this file alone
-(no edit to the package), train, checkpoint, serve and predict end to end, as docs/extending.md describes.
+"""A toy input kind, a toy architecture, a serving check and a submission backend, defined and
+registered in this file alone (no edit to the package), as docs/extending.md describes: the kind and
+the architecture train, checkpoint, serve and predict end to end; the CLI loads them from the
+environment and submits through the backend.
 
 The toy kind reads a point written as text, "x;y" (one column of strings, which no built-in kind
 parses), standardises its two coordinates with the training split's statistics, and serves a
@@ -23,9 +25,11 @@ from pydantic import Field
 from torch import nn
 
 from orchestrator import extensions
+from orchestrator.cli import backends
+from orchestrator.cli.backends import Backend, SubmitRequest
 from orchestrator.data import kinds
 from orchestrator.data.kinds import ColumnCheck, InputKind, TrainSplit
-from orchestrator.errors import DataError
+from orchestrator.errors import DataError, OrchestratorError
 from orchestrator.models import registry
 from orchestrator.models.registry import Architecture, ModelInputs
 from orchestrator.serve.guard import register_check, unregister_check
@@ -125,6 +129,19 @@ def no_blocked_clients(guard, headers: dict, path: str):
     return None
 
 
+# ------------------------------------------------------------------ a submission backend
+
+
+def toy_backend(request: SubmitRequest) -> None:
+    if request.given("kubeconfig"):
+        raise OrchestratorError("--kubeconfig does not apply to the toy backend")
+    print(f"toy backend: {request.spec_path.name} dry_run={request.dry_run} image={request.options['image']}")
+
+
+def register_backend() -> None:
+    backends.register(Backend("toy", toy_backend))
+
+
 def register() -> None:
     """The extension: what ORCHESTRATOR_EXTENSIONS=tests.test_extending:register would call."""
     kinds.register(PointInput)
@@ -186,6 +203,25 @@ def test_registering_adds_the_section_and_the_arch_to_the_spec_and_unregistering
     finally:
         unregister()
     assert json_schema() == before and extensions.used() == []
+
+
+def test_the_cli_loads_extensions_from_the_environment_and_submits_through_a_backend_one_registers(tmp_path):
+    from tests.conftest import run_cli
+
+    spec = write_spec(tmp_path)
+    unknown = run_cli("validate", str(spec))
+    assert unknown.returncode == 2 and "data.point: unknown field" in unknown.stderr, unknown.stderr
+    env = {"ORCHESTRATOR_EXTENSIONS": f"{EXTENSION},tests.test_extending:register_backend", "ORCHESTRATOR_SUBMIT_BACKEND": "toy"}
+    assert run_cli("validate", str(spec), env=env).returncode == 0
+    sent = run_cli("submit", str(spec), "--dry-run", "--image", "img:1", env=env)
+    assert sent.returncode == 0 and sent.stdout.strip() == "toy backend: toy.yaml dry_run=True image=img:1", sent.stdout + sent.stderr
+    refused = run_cli("submit", str(spec), "--kubeconfig", "k", env=env)
+    assert refused.returncode == 1 and "error: --kubeconfig does not apply to the toy backend" in refused.stderr, refused.stderr
+    nowhere = run_cli("submit", str(spec), env={**env, "ORCHESTRATOR_SUBMIT_BACKEND": "nope"})
+    assert nowhere.returncode == 1, nowhere.stderr
+    assert "ORCHESTRATOR_SUBMIT_BACKEND=nope: no such submission backend (known: ray-jobs, k8s, toy)" in nowhere.stderr
+    broken = run_cli("validate", str(spec), env={"ORCHESTRATOR_EXTENSIONS": "tests.no_such_module:register"})
+    assert broken.returncode == 1 and "extension 'tests.no_such_module:register': cannot import module" in broken.stderr, broken.stderr
 
 
 @pytest.mark.ray

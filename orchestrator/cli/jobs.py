@@ -12,6 +12,7 @@ from typing import Optional
 
 import typer
 
+from orchestrator.cli.backends import Backend, SubmitRequest
 from orchestrator.cli.common import (
     command_group,
     err_console,
@@ -145,32 +146,35 @@ def submit(
 
     The job runs `orchestrator run` on the cluster with the spec and the Python code next to it.
     """
-    if k8s:
-        if api.address or api.token_env or api.insecure or storage:
-            raise OrchestratorError("--address, --token-env, --insecure and --storage apply to Ray Jobs API submission, not to --k8s")
-        from orchestrator.cli.k8s import submit_k8s
+    from orchestrator.cli import backends
 
-        code = submit_k8s(
-            str(spec_path),
-            namespace=namespace,
-            kubeconfig=kubeconfig,
-            context=context,
-            dry_run=dry_run,
-            follow=True if follow is None else follow,
-            storage_pvc=storage_pvc,
-            image=image,
-            gpu_image=gpu_image,
-        )
-        if code:
-            raise typer.Exit(code)
-        return
-    if kubeconfig or context:
-        raise OrchestratorError("--kubeconfig and --context apply to --k8s only")
+    options = dict(
+        storage=storage,
+        namespace=namespace,
+        kubeconfig=kubeconfig,
+        context=context,
+        storage_pvc=storage_pvc,
+        image=image,
+        gpu_image=gpu_image,
+        address=api.address,
+        token_env=api.token_env,
+        insecure=api.insecure,
+        api=api,
+    )
+    backend = backends.get("k8s" if k8s else backends.default())
+    backend.submit(SubmitRequest(spec_path=spec_path, dry_run=dry_run, follow=follow, options=options))
+
+
+def submit_jobs_api(request: SubmitRequest) -> None:
+    """The `ray-jobs` backend: the spec, its data and code to a Ray cluster's Jobs API (submit/)."""
     from orchestrator.submit.plan import plan_submission, resolve_address
 
+    if request.given("kubeconfig", "context"):
+        raise OrchestratorError("--kubeconfig and --context apply to --k8s only")
+    api: JobsAPI = request.options["api"]
     target = resolve_address(api.address)
-    plan = plan_submission(spec_path, address=target, storage=storage)  # an invalid spec fails before any request
-    if dry_run:
+    plan = plan_submission(request.spec_path, address=target, storage=request.options.get("storage"))  # an invalid spec fails first
+    if request.dry_run:
         _out(plan.describe() + "\n")
         return
     client = api.client(target)
@@ -179,7 +183,7 @@ def submit(
     job_id = client.submit(plan)
     _out(job_id + "\n")
     _info(f"submitted to {client.address} (Ray {client.ray_version}); run directory {plan.run_dir}")
-    if follow:
+    if request.follow:
         _follow(client, job_id)
         return
     _info(
@@ -281,3 +285,6 @@ def jobs_stop(
     _out(f"{job_id}: {view.status}\n")
     if view.status not in ("STOPPED", "SUCCEEDED", "FAILED"):
         raise OrchestratorError(f"job {job_id} is still {view.status} 60 s after the stop request")
+
+
+BACKEND = Backend("ray-jobs", submit_jobs_api)  # cli/backends.py

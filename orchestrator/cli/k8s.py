@@ -16,6 +16,7 @@ from typing import Optional
 
 import typer
 
+from orchestrator.cli.backends import Backend, SubmitRequest
 from orchestrator.cli.common import (
     ENV_GPU_IMAGE,
     ENV_IMAGE,
@@ -176,6 +177,29 @@ def submit_k8s(
     except KeyboardInterrupt:
         echo_err(f"stopped following; RayJob {name} keeps running (kubectl -n {namespace} delete rayjob {name} cancels it)")
         return INTERRUPTED_EXIT
+
+
+def submit_rayjob(request: SubmitRequest) -> None:
+    """The `k8s` backend (`orchestrator submit --k8s`): a KubeRay RayJob, followed by default."""
+    if request.given("address", "token_env", "insecure", "storage"):
+        raise OrchestratorError("--address, --token-env, --insecure and --storage apply to Ray Jobs API submission, not to --k8s")
+    o = request.options
+    code = submit_k8s(
+        str(request.spec_path),
+        namespace=o.get("namespace") or "default",
+        kubeconfig=o.get("kubeconfig"),
+        context=o.get("context"),
+        dry_run=request.dry_run,
+        follow=True if request.follow is None else request.follow,
+        storage_pvc=o.get("storage_pvc"),
+        image=o.get("image"),
+        gpu_image=o.get("gpu_image"),
+    )
+    if code:
+        raise typer.Exit(code)
+
+
+BACKEND = Backend("k8s", submit_rayjob)  # cli/backends.py
 
 
 def _rayjob_line(name: str, status: dict) -> str:
