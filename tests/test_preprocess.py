@@ -85,3 +85,107 @@ def test_plain_value_turns_numpy_into_json_values():
     nan = plain_value(np.float64("nan"))
     assert nan != nan  # kept: a category lookup simply finds nothing
     assert plain_value([1.0, float("nan"), np.array([np.nan])], nan_as_none=True) == [1.0, None, [None]]
+
+
+# A fitted preprocessing as checkpoints wrote it before input kinds held their own state: every
+# kind's fields flat on the Preprocessor, prefixed by kind (the text ones from a real checkpoint's
+# preprocessing.json, the tokenizer cut short).
+LEGACY = {
+    "text": {
+        "task": "classification",
+        "label": "label",
+        "numeric": [],
+        "means": [],
+        "stds": [],
+        "categorical": {},
+        "image_column": None,
+        "image_shape": None,
+        "image_mean": 0.0,
+        "image_std": 1.0,
+        "image_source": "array",
+        "image_root": None,
+        "text_column": "text",
+        "tokenizer": {"kind": "byte"},
+        "text_max_length": 32,
+        "text_lowercase": True,
+        "text_vocab_size": 260,
+        "sequence_column": None,
+        "sequence_max_length": 0,
+        "sequence_features": 0,
+        "sequence_means": [],
+        "sequence_stds": [],
+        "series_column": None,
+        "series_window": 0,
+        "series_horizon": 0,
+        "series_mean": 0.0,
+        "series_std": 1.0,
+        "classes": ["a", "b"],
+        "class_counts": None,
+        "target_mean": 0.0,
+        "target_std": 1.0,
+        "train_rows": 10,
+    },
+    "series": {
+        "task": "regression",
+        "label": "__target",
+        "series_column": "v",
+        "series_window": 3,
+        "series_horizon": 2,
+        "series_mean": 5.0,
+        "series_std": 2.0,
+        "target_mean": 5.0,
+        "target_std": 2.0,
+    },
+    "image": {
+        "task": "classification",
+        "label": "y",
+        "image_column": "p",
+        "image_shape": [1, 2, 2],
+        "image_source": "path",
+        "image_root": "/data",
+        "image_mean": 3.0,
+        "classes": [0, 1],
+    },
+    "sequence": {
+        "task": "regression",
+        "label": "y",
+        "sequence_column": "s",
+        "sequence_max_length": 4,
+        "sequence_features": 2,
+        "sequence_means": [1.0, 2.0],
+        "sequence_stds": [1.0, 1.0],
+    },
+    "table": {
+        "task": "regression",
+        "label": "y",
+        "numeric": ["a"],
+        "means": [1.0],
+        "stds": [2.0],
+        "categorical": {"c": ["x"]},
+        "target_std": 3.0,
+    },
+}
+
+
+@pytest.mark.parametrize("kind", list(LEGACY))
+def test_a_preprocessing_saved_before_input_kinds_loads_as_its_kind(kind):
+    pre = Preprocessor.from_dict(LEGACY[kind])
+    assert pre.kind == kind
+    saved = pre.to_dict()
+    assert saved["input"]["kind"] == kind and Preprocessor.from_dict(saved) == pre  # and saves in today's layout
+    if kind == "text":
+        assert (pre.input.column, pre.input.max_length, pre.input.lowercase, pre.input.vocab_size) == ("text", 32, True, 260)
+        assert pre.classes == ["a", "b"] and pre.train_rows == 10 and pre.max_length == 32 and pre.vocab_size == 260
+    if kind == "series":
+        assert pre.num_outputs == 2 and pre.input_shape == [3, 1] and pre.input.mean == 5.0
+    if kind == "image":
+        assert pre.input.source == "path" and pre.input.root == "/data" and pre.input_shape == [1, 2, 2]
+    if kind == "table":
+        assert pre.input.categorical == {"c": ["x"]} and pre.input_shape == [2] and pre.target_std == 3.0
+
+
+def test_a_preprocessing_of_neither_layout_is_refused():
+    with pytest.raises(TypeError):
+        Preprocessor.from_dict({"colour": 1})
+    with pytest.raises(TypeError):
+        Preprocessor.from_dict({"task": "regression", "label": "y", "input": "table"})
