@@ -11,9 +11,10 @@ The CLI calls the extensions named by ORCHESTRATOR_EXTENSIONS (comma-separated) 
 `orchestrator.extensions` entry-point group of installed packages; Python code calls `use()`. A
 run records the extensions its process used, and every other process of the run that needs them
 (Ray Train workers and Tune trials, Ray Data tasks, Serve replicas, batch prediction actors) calls
-them first (`ensure`): the module must be importable there too (installed, or in the driver's
-working directory, which Ray puts on its workers' path). A checkpoint never names code to run: a
-served or scored checkpoint of an extension's kind needs the extension loaded the same way.
+them first (`ensure`): the module must be importable there too, installed or in the driver's
+working directory (the CLI looks there after Python's path; Ray puts it on its workers' path).
+A checkpoint never names code to run: a served or scored checkpoint of an extension's kind needs
+the extension loaded the same way.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import sys
 from typing import Iterable
 
 from orchestrator.errors import OrchestratorError
@@ -41,6 +43,17 @@ def use(path: str) -> None:
     module_name, _, attr = path.partition(":")
     try:
         module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        cwd = os.getcwd()
+        if e.name != module_name.split(".")[0] or cwd in sys.path:
+            raise OrchestratorError(f"extension {path!r}: cannot import module {module_name!r}: {e}") from None
+        # the `orchestrator` console script does not have the working directory on its path, as
+        # `python -m` would; an extension beside the user's specs is looked for there, after the rest
+        sys.path.append(cwd)
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as e2:
+            raise OrchestratorError(f"extension {path!r}: cannot import module {module_name!r} (nor from {cwd}): {e2}") from None
     except ImportError as e:
         raise OrchestratorError(f"extension {path!r}: cannot import module {module_name!r}: {e}") from None
     fn = getattr(module, attr, None)
